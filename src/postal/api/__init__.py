@@ -1,0 +1,1 @@
+"""HTTP: translates requests to calls and results to responses; holds no rules of its own."""

@@ -1,0 +1,118 @@
+"""Value objects for the cache layer's tunables, with the seed's defaults written down in units.
+
+Durations are float seconds. `None` means "no limit" (never expire, no deadline); it is never
+spelled as 0 or -1, so "unset" and "disabled" cannot be confused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SECOND = 1.0
+MILLISECOND = 1e-3
+MINUTE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """One role's connection pool. Defaults are the read role's; see WRITE_POOL below."""
+
+    max_size: int = 50  # hard cap on open connections, per process
+    min_idle: int = 10  # kept open and warm from start-up on by the maintainer
+    max_idle: int = 20  # idle connections above this are closed when returned
+    idle_time: float | None = 5 * MINUTE  # an idle connection older than this is closed
+    max_lifetime: float | None = 30 * MINUTE  # closed when returned or found idle past this
+    lifetime_jitter: float = 0.1  # each connection's lifetime is shortened by up to 10%
+    pool_timeout: float = 4 * SECOND  # longest wait for a free connection
+    dial_timeout: float = 2 * SECOND  # DNS + TCP (+ TLS) connect
+    read_timeout: float = 2 * SECOND  # socket read, handshake replies included
+    write_timeout: float = 2 * SECOND  # socket write
+    maintenance_interval: float = 1 * SECOND  # how often the reaper and refiller run
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every inconsistency, as text; empty when the configuration is usable."""
+        found = []
+        if self.max_size < 1:
+            found.append(f"pool size must be at least 1, got {self.max_size}")
+        if self.min_idle < 0 or self.max_idle < 0:
+            found.append("min idle and max idle must not be negative")
+        if self.min_idle > self.max_idle:
+            found.append(f"min idle ({self.min_idle}) must not exceed max idle ({self.max_idle})")
+        if self.max_idle > self.max_size:
+            found.append(f"max idle ({self.max_idle}) must not exceed pool size ({self.max_size})")
+        if not 0 <= self.lifetime_jitter < 1:
+            found.append("lifetime jitter must be in [0, 1)")
+        for name in ("pool_timeout", "dial_timeout", "read_timeout", "write_timeout"):
+            if getattr(self, name) <= 0:
+                found.append(f"{name} must be positive")
+        if self.maintenance_interval <= 0:
+            found.append("maintenance_interval must be positive")
+        return found
+
+
+READ_POOL = PoolConfig()
+WRITE_POOL = PoolConfig(max_size=20, min_idle=5, max_idle=10)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheTimeouts:
+    """Per-operation deadlines: they bound the whole operation, pool wait included."""
+
+    get: float | None = 100 * MILLISECOND  # GET and MGET, on the read role
+    set: float | None = 200 * MILLISECOND  # SET, DEL and pipelines, on the write role
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for Redis; certificate verification is on unless a test says otherwise."""
+
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything the cache layer needs besides the URLs: both pools, deadlines, DNS, logging."""
+
+    read_pool: PoolConfig = READ_POOL
+    write_pool: PoolConfig = WRITE_POOL
+    timeouts: CacheTimeouts = CacheTimeouts()
+    dns_ttl: float = 30 * SECOND  # 0: no DNS cache, every dial resolves
+    slow_threshold: float = 10 * MILLISECOND
+
+
+TUNED = Profile()
+NO_TLS = TlsConfig()
+
+# The seed's "before" column, kept as a named profile for the benchmarks: at most 10 connections,
+# none kept idle (max idle 0, so every operation dials, resolves and handshakes anew), no DNS cache,
+# no per-operation deadline, 3 s socket timeouts.
+_BEFORE_POOL = PoolConfig(
+    max_size=10,
+    min_idle=0,
+    max_idle=0,
+    pool_timeout=3 * SECOND,
+    dial_timeout=3 * SECOND,
+    read_timeout=3 * SECOND,
+    write_timeout=3 * SECOND,
+)
+BEFORE = Profile(
+    read_pool=_BEFORE_POOL,
+    write_pool=_BEFORE_POOL,
+    timeouts=CacheTimeouts(get=None, set=None),
+    dns_ttl=0.0,
+)
+
+
+def with_pool_size(config: PoolConfig, size: int) -> PoolConfig:
+    """A copy of `config` resized to `size`, keeping min/max idle within it."""
+    max_idle = min(config.max_idle, size)
+    min_idle = min(config.min_idle, max_idle)
+    return replace(config, max_size=size, max_idle=max_idle, min_idle=min_idle)

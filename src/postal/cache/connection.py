@@ -1,0 +1,171 @@
+"""One Redis connection, and the connector that dials it for a pool.
+
+redis-py keeps doing the protocol: handshake (HELLO, AUTH, SELECT, CLIENT SETINFO), command
+packing, reply parsing. Three things are changed, each through a narrow override:
+
+- where it dials: the address comes from the shared DNS cache, while TLS still verifies the
+  certificate against the host *name* (`_connection_arguments`);
+- the write timeout: redis-py uses its read timeout for writes too, and wraps every write in
+  `asyncio.wait_for`, which on Python 3.11 creates a task per command; Postal bounds the write with
+  its own `write_timeout` through `asyncio.timeout`, with the same error handling
+  (`send_packed_command`);
+- bookkeeping the pool needs: when the connection was opened, when it must retire, since when it
+  is idle.
+
+redis-py closes the socket whenever a read or write ends abnormally (cancelled, timed out, reset),
+so a connection interrupted by a deadline can never keep a late reply for its next user; the pool
+drops every connection that comes back closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from redis.asyncio.connection import Connection
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
+from postal.cache.dns import DnsCache, DnsLookupError
+from postal.cache.urls import RedisEndpoint
+
+
+class PostalConnection(Connection):
+    """A redis-py connection that dials a pre-resolved address and knows its age."""
+
+    def __init__(
+        self,
+        *,
+        dial_address: str,
+        write_timeout: float,
+        ssl_context: ssl.SSLContext | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dial_address = dial_address
+        self.write_timeout = write_timeout
+        self._ssl_context = ssl_context
+        self.opened_at = 0.0
+        self.retire_at: float | None = None  # max lifetime, with jitter; None: never
+        self.idle_since = 0.0
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        arguments: dict[str, Any] = {"host": self.dial_address, "port": self.port}
+        if self._ssl_context is not None:
+            arguments["ssl"] = self._ssl_context
+            arguments["server_hostname"] = self.host  # verify the name, not the IP we dialled
+        return arguments
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                self._writer.writelines(command)  # type: ignore[union-attr]
+                await self._writer.drain()  # type: ignore[union-attr]
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            where = self._host_error()
+            raise RedisConnectionError(f"Error while writing to {where}: {exc}") from exc
+        except BaseException:
+            # Cancelled mid-write: part of a command may be on the wire. Never reuse it.
+            await self.disconnect(nowait=True)
+            raise
+
+    def _host_error(self) -> str:
+        if self.dial_address != self.host:
+            return f"{self.host}({self.dial_address}):{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Certificate and host name verification on, against `ca_file` or the system store."""
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+class Connector:
+    """Opens fully initialised connections to one endpoint, with one pool's timeouts."""
+
+    def __init__(
+        self,
+        endpoint: RedisEndpoint,
+        config: PoolConfig,
+        *,
+        dns: DnsCache,
+        tls: TlsConfig = NO_TLS,
+    ) -> None:
+        self.endpoint = endpoint
+        self._config = config
+        self._dns = dns
+        use_tls = endpoint.tls or tls.enabled
+        self._ssl_context = build_ssl_context(tls) if use_tls else None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._ssl_context is not None
+
+    async def open(self) -> PostalConnection:
+        """Resolve, connect and handshake; raise and leave nothing open if any step fails."""
+        endpoint = self.endpoint
+        connection: PostalConnection | None = None
+        try:
+            # The dial timeout bounds name resolution and TCP/TLS connect together.
+            try:
+                async with asyncio.timeout(self._config.dial_timeout):
+                    address = await self._dns.resolve(endpoint.host, endpoint.port)
+            except TimeoutError:
+                too_slow = f"resolving {endpoint.host} took longer than the dial timeout"
+                raise DnsLookupError(too_slow) from None
+            connection = self._new_connection(address)
+            # TCP (and TLS) under the dial timeout; the handshake's replies under the read timeout.
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException as exc:
+            if connection is not None:
+                await connection.disconnect(nowait=True)
+            dial_failed = isinstance(exc, (OSError, RedisConnectionError, RedisTimeoutError))
+            if dial_failed and not isinstance(exc, DnsLookupError):
+                # The next dial re-resolves: Redis may have moved (failover, rescheduled pod).
+                self._dns.forget(endpoint.host)
+            raise
+        now = asyncio.get_running_loop().time()
+        connection.opened_at = now
+        connection.idle_since = now
+        if self._config.max_lifetime is not None:
+            jitter = 1 - self._config.lifetime_jitter * random.random()
+            connection.retire_at = now + self._config.max_lifetime * jitter
+        return connection
+
+    def _new_connection(self, address: str) -> PostalConnection:
+        endpoint = self.endpoint
+        return PostalConnection(
+            host=endpoint.host,
+            port=endpoint.port,
+            db=endpoint.db,
+            username=endpoint.username,
+            password=endpoint.password,
+            dial_address=address,
+            ssl_context=self._ssl_context,
+            socket_connect_timeout=self._config.dial_timeout,
+            socket_timeout=self._config.read_timeout,
+            write_timeout=self._config.write_timeout,
+            retry=Retry(NoBackoff(), 0),  # the deadline is ours to spend; no hidden retries
+            protocol=3,
+        )

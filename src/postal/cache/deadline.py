@@ -1,0 +1,21 @@
+"""The current operation's deadline, shared by the client and the pool.
+
+redis-py sits between `CacheClient` and `ManagedPool` and calls `pool.get_connection()` without
+arguments, so the deadline of the operation in progress travels in a context variable: the pool
+bounds its wait by it, and records whether a connection was handed out, so that the client can tell
+a pool timeout (never got a connection) from a timeout on the wire.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Operation:
+    deadline: float | None  # event-loop time; None: no deadline
+    acquired: bool = False  # set by the pool once a connection is handed to this operation
+
+
+current_operation: ContextVar[Operation | None] = ContextVar("postal_cache_operation", default=None)

@@ -1,0 +1,30 @@
+"""The cache layer's exceptions, the only ones its callers need to catch.
+
+    CacheError                 any failure of a cache operation
+    ├── CacheTimeout           the operation's deadline (or a socket timeout) expired
+    │   └── PoolTimeout        ...while waiting for a free connection in the pool
+    └── CacheUnavailable       Redis cannot be reached: refused, reset, DNS failure, TLS or
+                               authentication failure, or the pool is closed
+
+redis-py's own exceptions are mapped to these in one place, `cache.client`, so no caller ever
+imports `redis.exceptions` (whose ConnectionError and TimeoutError shadow the built-ins).
+Messages never contain a password: addresses are shown through `urls.mask_url`.
+"""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """A cache operation failed. Callers that only want "did it work" catch this."""
+
+
+class CacheTimeout(CacheError):
+    """The operation did not finish within its deadline or a socket timeout."""
+
+
+class PoolTimeout(CacheTimeout):
+    """No connection became free in time: the pool is exhausted (too small or Redis is slow)."""
+
+
+class CacheUnavailable(CacheError):
+    """Redis could not be reached or refused us (connection, DNS, TLS, auth, or pool closed)."""

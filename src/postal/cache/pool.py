@@ -1,0 +1,438 @@
+"""The managed connection pool, plugged under redis-py's asyncio client.
+
+Why it is ours: redis-py's asyncio pools have no min idle, max idle, idle time or max lifetime
+(redis-py issues #3430, #2992, #1065), and its BlockingConnectionPool is unfair under contention
+(100 tasks on 10 connections: most tasks never get one while a few loop). This pool gives:
+
+- a hard cap (`max_size`) with a first-come-first-served wait: a released connection goes to the
+  longest waiter, never back to whoever is fastest to grab it; the wait is bounded by the pool
+  timeout and by the current operation's deadline (`deadline.current_operation`), and ends in
+  `PoolTimeout`;
+- `min_idle` connections opened and fully initialised (HELLO, AUTH, SELECT) at start-up and
+  refilled in the background, so requests do not dial;
+- `max_idle` enforced on release; idle time and max lifetime (with jitter) enforced by a
+  background reaper and at checkout, and lifetime at release: never on a connection in use;
+- a `PoolStats` snapshot and a repr that shows it.
+
+State changes happen in plain synchronous methods (no await between reading and writing pool
+state, so no lock is needed on one event loop); closing sockets happens afterwards, in the
+background. Counters are plain integers: metrics read `stats()` at the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from redis._parsers.encoders import Encoder  # the class redis-py pools hand to clients
+from redis.asyncio.connection import ConnectionPoolInterface
+
+from postal.cache.config import PoolConfig
+from postal.cache.connection import Connector, PostalConnection
+from postal.cache.deadline import current_operation
+from postal.cache.durations import format_duration
+from postal.cache.errors import CacheUnavailable, PoolTimeout
+
+logger = logging.getLogger("postal.cache.pool")
+
+MAX_REFILL_BACKOFF = 5.0  # seconds between refill attempts while Redis stays unreachable
+
+
+class CloseReason(StrEnum):
+    IDLE_TIME = "idle_time"
+    LIFETIME = "lifetime"
+    MAX_IDLE = "max_idle"
+    ERROR = "error"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    role: str
+    max_size: int
+    in_use: int
+    idle: int
+    opening: int  # dials in progress (they count against max_size)
+    waiting: int  # callers queued for a connection right now
+    waits: int  # checkouts that had to queue, since start
+    wait_time: float  # seconds spent queued, summed
+    timeouts: int  # queued checkouts that gave up (pool timeout or operation deadline)
+    opened: int
+    closed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.in_use + self.idle
+
+    def __str__(self) -> str:
+        closed = ", ".join(f"{reason} {count}" for reason, count in sorted(self.closed.items()))
+        return (
+            f"in use {self.in_use}, idle {self.idle}, total {self.total}/{self.max_size}"
+            f" | waits {self.waits} ({format_duration(self.wait_time)}), timeouts {self.timeouts}"
+            f" | opened {self.opened}, closed {{{closed}}}"
+        )
+
+
+# What a waiter receives: a connection to use, or a reserved slot to dial one into.
+_DIAL = None
+_Grant = PostalConnection | None
+
+
+class ManagedPool(ConnectionPoolInterface):
+    """A bounded, fair pool of redis-py connections to one endpoint, for one role."""
+
+    def __init__(self, role: str, connector: Connector, config: PoolConfig) -> None:
+        self.role = role
+        self.config = config
+        self._connector = connector
+        self._encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+        # redis.asyncio.Redis reads these: protocol picks the reply callbacks.
+        self.connection_kwargs: dict[str, Any] = {"protocol": 3}
+        self.himport_registry = None
+        self._idle: deque[PostalConnection] = deque()  # most recently used on the right
+        self._in_use: set[PostalConnection] = set()
+        self._opening = 0
+        self._waiters: deque[asyncio.Future[_Grant]] = deque()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._maintainer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._waits = 0
+        self._wait_time = 0.0
+        self._timeouts = 0
+        self._opened = 0
+        self._closed_by_reason: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open `min_idle` connections now, then keep the pool topped up in the background.
+
+        A Redis that is down at start-up is not an error: the service starts without its cache,
+        and the maintainer keeps trying with a backoff.
+        """
+        if self._maintainer is not None:
+            return
+        await self._refill()
+        self._maintainer = asyncio.create_task(self._maintain(), name=f"postal-pool-{self.role}")
+
+    async def aclose(self) -> None:
+        """Close every idle connection now and each in-use one when it comes back; fail waiters."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            await asyncio.gather(self._maintainer, return_exceptions=True)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(CacheUnavailable(f"{self.role} pool closed"))
+        idle = list(self._idle)
+        self._idle.clear()
+        for connection in idle:
+            self._close_later(connection, CloseReason.SHUTDOWN)
+        await self._drain_closing()
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """redis-py's name for closing; Postal never closes connections in use under a caller."""
+        await self.aclose()
+
+    def reset(self) -> None:  # redis-py calls this after fork; Postal pools are per process
+        raise RuntimeError("ManagedPool cannot be reset; build a new one in the new process")
+
+    # -- redis-py's pool interface -----------------------------------------------------------
+
+    def get_encoder(self) -> Encoder:
+        return self._encoder
+
+    def get_protocol(self) -> int:
+        return 3
+
+    def set_retry(self, retry: Any) -> None:  # retries are decided by deadlines, not redis-py
+        return None
+
+    async def re_auth_callback(self, token: Any) -> None:
+        return None
+
+    def get_connection_count(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(self.stats().total, {"role": self.role})]
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> PostalConnection:
+        """Check out a connection: an idle one, a new one if below the cap, else wait in line."""
+        if self._closed:
+            raise CacheUnavailable(f"{self.role} pool closed")
+        operation = current_operation.get()
+        connection = self._take_idle()
+        if connection is None:
+            if self._has_free_slot():
+                self._opening += 1
+                connection = await self._dial_into_slot()
+            else:
+                connection = await self._wait_in_line(operation.deadline if operation else None)
+        self._in_use.add(connection)
+        if operation is not None:
+            operation.acquired = True
+        return connection
+
+    async def release(self, connection: PostalConnection) -> None:  # type: ignore[override]
+        self._release(connection)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            role=self.role,
+            max_size=self.config.max_size,
+            in_use=len(self._in_use),
+            idle=len(self._idle),
+            opening=self._opening,
+            waiting=sum(1 for waiter in self._waiters if not waiter.done()),
+            waits=self._waits,
+            wait_time=self._wait_time,
+            timeouts=self._timeouts,
+            opened=self._opened,
+            closed=dict(self._closed_by_reason),
+        )
+
+    @property
+    def in_use(self) -> int:
+        return len(self._in_use)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def __repr__(self) -> str:
+        return f"<ManagedPool {self.role} {self._connector.endpoint} [{self.stats()}]>"
+
+    # -- decisions (synchronous: no await between reading and changing state) -----------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _has_free_slot(self) -> bool:
+        total = len(self._in_use) + len(self._idle) + self._opening
+        return total < self.config.max_size and not self._live_waiters()
+
+    def _live_waiters(self) -> bool:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+        return bool(self._waiters)
+
+    def _expired(self, connection: PostalConnection, now: float) -> CloseReason | None:
+        if connection.retire_at is not None and now >= connection.retire_at:
+            return CloseReason.LIFETIME
+        idle_time = self.config.idle_time
+        if idle_time is not None and now - connection.idle_since >= idle_time:
+            return CloseReason.IDLE_TIME
+        return None
+
+    def _take_idle(self) -> PostalConnection | None:
+        """The most recently used healthy idle connection (so surplus ones age out), if any."""
+        now = self._now()
+        while self._idle:
+            connection = self._idle.pop()
+            reason = self._expired(connection, now)
+            if reason is None and connection.is_connected:
+                return connection
+            self._close_later(connection, reason or CloseReason.ERROR)
+        return None
+
+    def _release(self, connection: PostalConnection) -> None:
+        if connection not in self._in_use:
+            logger.warning("%s pool: release of a connection it did not hand out", self.role)
+            return
+        self._in_use.discard(connection)
+        now = self._now()
+        if self._closed:
+            self._close_later(connection, CloseReason.SHUTDOWN)
+            return
+        if not connection.is_connected:  # an error or a deadline closed it mid-command
+            self._close_later(connection, CloseReason.ERROR)
+            self._grant_slot_to_waiter()
+            return
+        if connection.retire_at is not None and now >= connection.retire_at:
+            self._close_later(connection, CloseReason.LIFETIME)
+            self._grant_slot_to_waiter()
+            return
+        if self._hand_to_waiter(connection):
+            return
+        if len(self._idle) >= self.config.max_idle:
+            self._close_later(connection, CloseReason.MAX_IDLE)
+            return
+        connection.idle_since = now
+        self._idle.append(connection)
+
+    def _hand_to_waiter(self, connection: PostalConnection) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_use.add(connection)
+                waiter.set_result(connection)
+                return True
+        return False
+
+    def _grant_slot_to_waiter(self) -> None:
+        """A connection was closed: the longest waiter may dial into the freed slot."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._opening += 1
+                waiter.set_result(_DIAL)
+                return
+        self._wake.set()  # nobody waiting: let the maintainer restore min idle
+
+    def _return_grant(self, grant: _Grant) -> None:
+        """A waiter gave up after being served: pass what it got to the next in line."""
+        if grant is None:
+            self._opening -= 1
+            self._grant_slot_to_waiter()
+        else:
+            self._release(grant)
+
+    def _reap(self) -> None:
+        """Close idle connections past their idle time or lifetime (never one in use)."""
+        now = self._now()
+        keep: deque[PostalConnection] = deque()
+        for connection in self._idle:
+            reason = self._expired(connection, now)
+            if reason is None:
+                keep.append(connection)
+            else:
+                self._close_later(connection, reason)
+        self._idle = keep
+
+    def _missing_idle(self) -> int:
+        total = len(self._in_use) + len(self._idle) + self._opening
+        wanted = self.config.min_idle - len(self._idle) - self._opening
+        return max(0, min(wanted, self.config.max_size - total))
+
+    # -- I/O ---------------------------------------------------------------------------------
+
+    async def _dial_into_slot(self) -> PostalConnection:
+        """Open a connection into a slot already reserved (`_opening` counted) by the caller."""
+        try:
+            connection = await self._connector.open()
+        except BaseException:
+            self._opening -= 1
+            self._grant_slot_to_waiter()
+            raise
+        self._opening -= 1
+        self._opened += 1
+        return connection
+
+    async def _wait_in_line(self, deadline: float | None) -> PostalConnection:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        budget = self.config.pool_timeout
+        own_timer = deadline is None or started + budget < deadline
+        if not own_timer:
+            assert deadline is not None
+            budget = deadline - started
+        self._waits += 1
+        if budget <= 0:
+            self._timeouts += 1
+            raise PoolTimeout(f"{self.role} pool: operation deadline already passed")
+        waiter: asyncio.Future[_Grant] = loop.create_future()
+        self._waiters.append(waiter)
+        # When the operation's deadline comes first, its own timer cancels us; otherwise ours fires.
+        timer = loop.call_later(budget, self._expire_waiter, waiter) if own_timer else None
+        try:
+            grant = await waiter
+        except PoolTimeout:
+            self._timeouts += 1
+            raise
+        except asyncio.CancelledError:
+            if deadline is not None and loop.time() >= deadline:
+                self._timeouts += 1
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._return_grant(waiter.result())
+            raise
+        finally:
+            self._wait_time += loop.time() - started
+            if timer is not None:
+                timer.cancel()
+        if grant is None:
+            return await self._dial_into_slot()
+        return grant
+
+    def _expire_waiter(self, waiter: asyncio.Future[_Grant]) -> None:
+        if not waiter.done():
+            waiter.set_exception(
+                PoolTimeout(
+                    f"{self.role} pool: no connection free within "
+                    f"{format_duration(self.config.pool_timeout)} (size {self.config.max_size})"
+                )
+            )
+
+    def _close_later(self, connection: PostalConnection, reason: CloseReason) -> None:
+        self._closed_by_reason[reason] = self._closed_by_reason.get(reason, 0) + 1
+        if not connection.is_connected:
+            return
+        task = asyncio.ensure_future(connection.disconnect(nowait=True))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _drain_closing(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _refill(self) -> bool:
+        """Open connections until `min_idle` are idle; False if a dial failed."""
+        missing = self._missing_idle()
+        if missing == 0:
+            return True
+        self._opening += missing
+        results = await asyncio.gather(
+            *(self._dial_into_slot() for _ in range(missing)), return_exceptions=True
+        )
+        errors = [result for result in results if not isinstance(result, PostalConnection)]
+        for result in results:
+            if isinstance(result, PostalConnection):
+                self._in_use.add(result)  # released at once: handed to a waiter or made idle
+                self._release(result)
+        if errors:
+            logger.warning(
+                "%s pool: cannot open connections to %s: %s",
+                self.role,
+                self._connector.endpoint,
+                errors[0],
+            )
+        return not errors
+
+    async def _maintain(self) -> None:
+        """Reap expired idle connections and restore min idle, every interval or when woken.
+
+        After a failed dial it sleeps with an exponential backoff, ignoring wake-ups, so a dead
+        Redis is not dialled in a tight loop.
+        """
+        interval = self.config.maintenance_interval
+        backoff = interval
+        while True:
+            self._reap()
+            refilled = await self._refill()
+            await self._drain_closing()
+            if refilled:
+                backoff = interval
+                try:
+                    async with asyncio.timeout(interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            else:
+                backoff = min(backoff * 2, MAX_REFILL_BACKOFF)
+                await asyncio.sleep(backoff)
+            self._wake.clear()
+
+
+def connections_of(pools: Iterable[ManagedPool]) -> int:
+    """Total open connections across `pools` (for tests and status pages)."""
+    return sum(pool.stats().total for pool in pools)

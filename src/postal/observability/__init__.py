@@ -1,0 +1,1 @@
+"""Where the cache layer's events become logs (and, later, metrics)."""

@@ -1,0 +1,199 @@
+"""Postal's settings, read from the environment once, in `load_settings()`, never at import.
+
+Every variable, its default and its unit is listed in the README. A bad value stops start-up with
+one line per bad variable naming it, the value given (a URL with its password masked) and what was
+expected; `SettingsError` carries those lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from postal.cache.config import CacheTimeouts, PoolConfig, Profile, TlsConfig
+from postal.cache.durations import EXPECTED as EXPECTED_DURATION
+from postal.cache.durations import parse_duration
+from postal.cache.urls import RedisEndpoint, mask_url
+
+
+class SettingsError(Exception):
+    """The environment holds values Postal cannot start with; str() is one line per problem."""
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+def _count(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit():
+            raise ValueError("expected a whole number >= 0")
+        return int(text)
+    return value
+
+
+def _redis_url(value: Any) -> Any:
+    if isinstance(value, str):
+        RedisEndpoint.from_url(value)  # raises ValueError with what is expected
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Count = Annotated[int, BeforeValidator(_count)]
+RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
+
+_EXPECTED_BY_ERROR = {
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "int_parsing": "expected a whole number",
+    "float_parsing": EXPECTED_DURATION,
+}
+
+
+class Settings(BaseSettings):
+    """All of Postal's configuration. Field names are the environment variables, lower-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # HTTP server
+    postal_host: str = "127.0.0.1"
+    postal_port: Count = 8000
+    postal_log_level: str = "INFO"
+
+    # Redis endpoints: one may default to the other
+    read_redis_url: RedisUrl | None = None
+    write_redis_url: RedisUrl | None = None
+    enable_redis_tls_mode: bool = False
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_key_prefix: str = "postal:"
+
+    # Read pool
+    read_redis_pool_size: Count = 50
+    read_redis_min_idle: Count = 10
+    read_redis_max_idle: Count = 20
+    read_redis_idle_time: Duration = 300.0
+    read_redis_max_lifetime: Duration = 1800.0
+    read_redis_pool_timeout: Duration = 4.0
+    read_redis_dial_timeout: Duration = 2.0
+    read_redis_read_timeout: Duration = 2.0
+    read_redis_write_timeout: Duration = 2.0
+
+    # Write pool
+    write_redis_pool_size: Count = 20
+    write_redis_min_idle: Count = 5
+    write_redis_max_idle: Count = 10
+    write_redis_idle_time: Duration = 300.0
+    write_redis_max_lifetime: Duration = 1800.0
+    write_redis_pool_timeout: Duration = 4.0
+    write_redis_dial_timeout: Duration = 2.0
+    write_redis_read_timeout: Duration = 2.0
+    write_redis_write_timeout: Duration = 2.0
+
+    # Per-operation deadlines, DNS, slow log
+    redis_get_deadline: Duration = 0.100
+    redis_set_deadline: Duration = 0.200
+    redis_dns_ttl: Duration = 30.0
+    redis_slow_op_threshold: Duration = 0.010
+
+    @model_validator(mode="after")
+    def _check_pools(self) -> Settings:
+        problems = []
+        for role in ("read", "write"):
+            size = getattr(self, f"{role}_redis_pool_size")
+            min_idle = getattr(self, f"{role}_redis_min_idle")
+            max_idle = getattr(self, f"{role}_redis_max_idle")
+            prefix = f"{role.upper()}_REDIS"
+            if size < 1:
+                problems.append(f"{prefix}_POOL_SIZE={size}: expected a whole number >= 1")
+            elif not min_idle <= max_idle <= size:
+                problems.append(
+                    f"{prefix}_MIN_IDLE={min_idle}, {prefix}_MAX_IDLE={max_idle},"
+                    f" {prefix}_POOL_SIZE={size}: expected min idle <= max idle <= pool size"
+                )
+            for knob in ("pool_timeout", "dial_timeout", "read_timeout", "write_timeout"):
+                if getattr(self, f"{role}_redis_{knob}") <= 0:
+                    problems.append(f"{prefix}_{knob.upper()}: expected a duration above 0")
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return self
+
+    # -- what the rest of Postal is built from -------------------------------------------------
+
+    @property
+    def read_url(self) -> str:
+        return self.read_redis_url or self.write_redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def write_url(self) -> str:
+        return self.write_redis_url or self.read_url
+
+    def tls(self) -> TlsConfig:
+        return TlsConfig(
+            enabled=self.enable_redis_tls_mode,
+            ca_file=self.redis_tls_ca_file,
+            cert_file=self.redis_tls_cert_file,
+            key_file=self.redis_tls_key_file,
+        )
+
+    def pool_config(self, role: str) -> PoolConfig:
+        def knob(name: str) -> Any:
+            return getattr(self, f"{role}_redis_{name}")
+
+        return PoolConfig(
+            max_size=knob("pool_size"),
+            min_idle=knob("min_idle"),
+            max_idle=knob("max_idle"),
+            idle_time=knob("idle_time") or None,  # 0: never close for idleness
+            max_lifetime=knob("max_lifetime") or None,
+            pool_timeout=knob("pool_timeout"),
+            dial_timeout=knob("dial_timeout"),
+            read_timeout=knob("read_timeout"),
+            write_timeout=knob("write_timeout"),
+        )
+
+    def cache_profile(self) -> Profile:
+        return Profile(
+            read_pool=self.pool_config("read"),
+            write_pool=self.pool_config("write"),
+            timeouts=CacheTimeouts(
+                get=self.redis_get_deadline or None, set=self.redis_set_deadline or None
+            ),
+            dns_ttl=self.redis_dns_ttl,
+            slow_threshold=self.redis_slow_op_threshold,
+        )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from `environ` (default: the process environment)."""
+    try:
+        if environ is None:
+            return Settings()
+        lowered = {name.lower(): value for name, value in environ.items()}
+        known = {name: lowered[name] for name in Settings.model_fields if name in lowered}
+        return Settings.model_validate(known)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        if not error["loc"]:  # a check across variables: its message names them already
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(error["loc"][0]).upper()
+        value = error.get("input")
+        shown = mask_url(value) if isinstance(value, str) and "://" in value else value
+        expected = _EXPECTED_BY_ERROR.get(error["type"]) or str(error["msg"]).removeprefix(
+            "Value error, "
+        )
+        lines.append(f"{name}={shown!r}: {expected}")
+    return "\n".join(lines)

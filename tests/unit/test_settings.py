@@ -1,0 +1,92 @@
+import pytest
+
+from postal.cache.config import READ_POOL, WRITE_POOL, CacheTimeouts
+from postal.settings import SettingsError, load_settings
+
+
+def test_defaults_are_the_seeds() -> None:
+    settings = load_settings({})
+    profile = settings.cache_profile()
+    assert profile.read_pool == READ_POOL
+    assert profile.write_pool == WRITE_POOL
+    assert (READ_POOL.max_size, READ_POOL.min_idle, READ_POOL.max_idle) == (50, 10, 20)
+    assert (WRITE_POOL.max_size, WRITE_POOL.min_idle, WRITE_POOL.max_idle) == (20, 5, 10)
+    assert READ_POOL.idle_time == 300.0
+    assert READ_POOL.max_lifetime == 1800.0
+    assert READ_POOL.pool_timeout == 4.0
+    assert (READ_POOL.dial_timeout, READ_POOL.read_timeout, READ_POOL.write_timeout) == (2, 2, 2)
+    assert profile.timeouts == CacheTimeouts(get=0.1, set=0.2)
+    assert profile.dns_ttl == 30.0
+    assert profile.slow_threshold == 0.01
+    assert settings.read_url == settings.write_url == "redis://127.0.0.1:6379/0"
+
+
+def test_one_url_defaults_to_the_other() -> None:
+    only_write = load_settings({"WRITE_REDIS_URL": "redis://primary:6379/0"})
+    assert only_write.read_url == only_write.write_url == "redis://primary:6379/0"
+    only_read = load_settings({"READ_REDIS_URL": "redis://replica:6379/0"})
+    assert only_read.write_url == "redis://replica:6379/0"
+    both = load_settings(
+        {"READ_REDIS_URL": "redis://replica:6379/0", "WRITE_REDIS_URL": "redis://primary:6379/1"}
+    )
+    assert (both.read_url, both.write_url) == ("redis://replica:6379/0", "redis://primary:6379/1")
+
+
+def test_durations_take_go_units_per_role() -> None:
+    settings = load_settings(
+        {
+            "READ_REDIS_POOL_TIMEOUT": "250ms",
+            "WRITE_REDIS_IDLE_TIME": "1m30s",
+            "REDIS_GET_DEADLINE": "50ms",
+            "REDIS_DNS_TTL": "0",
+        }
+    )
+    profile = settings.cache_profile()
+    assert profile.read_pool.pool_timeout == pytest.approx(0.25)
+    assert profile.write_pool.idle_time == pytest.approx(90.0)
+    assert profile.write_pool.pool_timeout == 4.0
+    assert profile.timeouts.get == pytest.approx(0.05)
+    assert profile.dns_ttl == 0.0
+
+
+def test_zero_disables_deadlines_idle_time_and_lifetime() -> None:
+    profile = load_settings(
+        {"REDIS_GET_DEADLINE": "0", "READ_REDIS_IDLE_TIME": "0", "READ_REDIS_MAX_LIFETIME": "0"}
+    ).cache_profile()
+    assert profile.timeouts.get is None
+    assert profile.read_pool.idle_time is None
+    assert profile.read_pool.max_lifetime is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("READ_REDIS_POOL_TIMEOUT", "100", "READ_REDIS_POOL_TIMEOUT='100': expected a duration"),
+        ("REDIS_GET_DEADLINE", "fast", "REDIS_GET_DEADLINE='fast': expected a duration"),
+        ("WRITE_REDIS_POOL_SIZE", "lots", "WRITE_REDIS_POOL_SIZE='lots': expected a whole number"),
+        ("READ_REDIS_MIN_IDLE", "-1", "READ_REDIS_MIN_IDLE='-1': expected a whole number"),
+        ("ENABLE_REDIS_TLS_MODE", "maybe", "ENABLE_REDIS_TLS_MODE='maybe': expected true or false"),
+        (
+            "READ_REDIS_URL",
+            "http://x",
+            "READ_REDIS_URL='http://x': expected a redis:// or rediss://",
+        ),
+        ("READ_REDIS_MIN_IDLE", "30", "READ_REDIS_MIN_IDLE=30, READ_REDIS_MAX_IDLE=20"),
+        ("WRITE_REDIS_POOL_SIZE", "0", "WRITE_REDIS_POOL_SIZE=0: expected a whole number >= 1"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_variable_value_and_expectation(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({variable: value})
+    message = str(caught.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_a_bad_url_never_shows_its_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"WRITE_REDIS_URL": "http://user:hunter2@redis:6379"})
+    assert "hunter2" not in str(caught.value)
+    assert "user:***@redis" in str(caught.value)
