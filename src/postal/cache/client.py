@@ -58,7 +58,8 @@ def _build_role(
     name: str, endpoint: RedisEndpoint, profile: Profile, dns: DnsCache, tls: TlsConfig
 ) -> _Role:
     config = profile.read_pool if name == "read" else profile.write_pool
-    pool = ManagedPool(name, Connector(endpoint, config, dns=dns, tls=tls), config)
+    connector = Connector(endpoint, config, dns=dns, tls=tls, client_name=f"postal-{name}")
+    pool = ManagedPool(name, connector, config)
     # ManagedPool implements redis-py's ConnectionPoolInterface, which is all Redis uses.
     return _Role(name, pool, redis.Redis(connection_pool=pool), endpoint)  # type: ignore[arg-type]
 

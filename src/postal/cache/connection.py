@@ -111,8 +111,10 @@ class Connector:
         *,
         dns: DnsCache,
         tls: TlsConfig = NO_TLS,
+        client_name: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._client_name = client_name  # shown by CLIENT LIST, so operators can tell roles apart
         self._config = config
         self._dns = dns
         use_tls = endpoint.tls or tls.enabled
@@ -166,6 +168,7 @@ class Connector:
             socket_connect_timeout=self._config.dial_timeout,
             socket_timeout=self._config.read_timeout,
             write_timeout=self._config.write_timeout,
+            client_name=self._client_name,
             retry=Retry(NoBackoff(), 0),  # the deadline is ours to spend; no hidden retries
             protocol=3,
         )

@@ -263,10 +263,13 @@ class ManagedPool(ConnectionPoolInterface):
             self._close_later(connection, CloseReason.LIFETIME)
             self._grant_slot_to_waiter()
             return
-        if self._hand_to_waiter(connection):
-            return
         if len(self._idle) >= self.config.max_idle:
+            # A connection the pool would not keep idle is not handed on either: with max idle 0
+            # every operation dials anew (the "before" profile), as go-redis does.
             self._close_later(connection, CloseReason.MAX_IDLE)
+            self._grant_slot_to_waiter()
+            return
+        if self._hand_to_waiter(connection):
             return
         connection.idle_since = now
         self._idle.append(connection)

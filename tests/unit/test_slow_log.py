@@ -1,0 +1,34 @@
+import logging
+
+import pytest
+
+from postal.cache.events import CacheEvent, Outcome
+from postal.observability.logging import SlowOperationLog, key_prefix
+
+
+def event(duration: float, key: str | None = "post:{42}") -> CacheEvent:
+    return CacheEvent(
+        role="read", command="GET", key=key, duration=duration, outcome=Outcome.HIT, in_use=3,
+        idle=7,
+    )  # fmt: skip
+
+
+def test_logs_one_structured_line_per_slow_operation(caplog: pytest.LogCaptureFixture) -> None:
+    log = SlowOperationLog(threshold=0.010)
+    with caplog.at_level(logging.WARNING, logger="postal.cache.slow"):
+        log(event(0.0099))
+        log(event(0.025))
+    assert len(caplog.records) == 1
+    record = caplog.records[0]
+    assert record.getMessage() == (
+        "slow cache operation role=read command=GET key_prefix=post duration_ms=25.0 outcome=hit"
+        " pool_in_use=3 pool_idle=7"
+    )
+    assert record.cache["duration_ms"] == 25.0  # type: ignore[attr-defined]
+
+
+def test_names_the_kind_of_key_not_the_key() -> None:
+    assert key_prefix("post:{42}") == "post"
+    assert key_prefix("session:abc:def") == "session"
+    assert key_prefix(None) == "-"
+    assert key_prefix("x" * 100) == "x" * 32
