@@ -7,7 +7,7 @@ expected; `SettingsError` carries those lines.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationError, model_validator
@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     redis_set_deadline: Duration = 0.200
     redis_dns_ttl: Duration = 30.0
     redis_slow_op_threshold: Duration = 0.010
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Settings are logged at start-up and shown in errors: never with a Redis password."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            yield name, value
 
     @model_validator(mode="after")
     def _check_pools(self) -> Settings:

@@ -11,6 +11,7 @@ import redis.asyncio as redis
 
 from postal.cache import CacheClient, CloseReason
 from tests.integration.helpers import eventually, make_client, small_profile
+from tests.support.redis_server import running_redis
 
 
 async def client_names(raw_redis: redis.Redis) -> list[dict[str, str]]:
@@ -231,3 +232,20 @@ async def test_start_does_not_fail_when_redis_is_down(key_prefix: str) -> None:
         assert client.stats()["read"].total == 0
     finally:
         await client.aclose()
+
+
+async def test_an_idle_connection_closed_by_the_server_is_not_handed_out(key_prefix: str) -> None:
+    # A server of its own: the test kills every connection named postal-read on it.
+    with running_redis() as server:
+        client = make_client(server.url, key_prefix, small_profile(min_idle=3, max_idle=3))
+        await client.start()
+        admin = redis.Redis.from_url(server.url)
+        try:
+            killed = await admin.client_kill_filter(skipme=True)
+            assert killed == 4  # three read connections and one write
+            await asyncio.sleep(0.05)  # let the event loop see the EOFs
+            assert await client.get("k") is None  # no failure: dead idle connections skipped
+            assert client.pool("read").stats().closed[CloseReason.ERROR] == 3
+        finally:
+            await admin.aclose()
+            await client.aclose()

@@ -90,3 +90,18 @@ def test_a_bad_url_never_shows_its_password() -> None:
         load_settings({"WRITE_REDIS_URL": "http://user:hunter2@redis:6379"})
     assert "hunter2" not in str(caught.value)
     assert "user:***@redis" in str(caught.value)
+
+
+def test_repr_never_shows_a_password() -> None:
+    settings = load_settings(
+        {
+            "READ_REDIS_URL": "redis://:hunter2@replica:6379/0",
+            "WRITE_REDIS_URL": "redis://alice:s3cret@primary:6379/0",
+        }
+    )
+    for text in (repr(settings), str(settings)):
+        assert "hunter2" not in text
+        assert "s3cret" not in text
+        assert "redis://:***@replica:6379/0" in text
+        assert "redis://alice:***@primary:6379/0" in text
+    assert settings.read_url == "redis://:hunter2@replica:6379/0"  # the value itself is intact

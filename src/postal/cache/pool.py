@@ -227,7 +227,10 @@ class ManagedPool(ConnectionPoolInterface):
             self._waiters.popleft()
         return bool(self._waiters)
 
-    def _expired(self, connection: PostalConnection, now: float) -> CloseReason | None:
+    def _retire_reason(self, connection: PostalConnection, now: float) -> CloseReason | None:
+        """Why an idle connection must not be used again, or None if it is good."""
+        if not connection.is_usable:
+            return CloseReason.ERROR
         if connection.retire_at is not None and now >= connection.retire_at:
             return CloseReason.LIFETIME
         idle_time = self.config.idle_time
@@ -240,10 +243,10 @@ class ManagedPool(ConnectionPoolInterface):
         now = self._now()
         while self._idle:
             connection = self._idle.pop()
-            reason = self._expired(connection, now)
-            if reason is None and connection.is_connected:
+            reason = self._retire_reason(connection, now)
+            if reason is None:
                 return connection
-            self._close_later(connection, reason or CloseReason.ERROR)
+            self._close_later(connection, reason)
         return None
 
     def _release(self, connection: PostalConnection) -> None:
@@ -302,11 +305,14 @@ class ManagedPool(ConnectionPoolInterface):
             self._release(grant)
 
     def _reap(self) -> None:
-        """Close idle connections past their idle time or lifetime (never one in use)."""
+        """Close idle connections past their idle time or lifetime, or closed by the server.
+
+        Never one in use: those are judged when they come back.
+        """
         now = self._now()
         keep: deque[PostalConnection] = deque()
         for connection in self._idle:
-            reason = self._expired(connection, now)
+            reason = self._retire_reason(connection, now)
             if reason is None:
                 keep.append(connection)
             else:
