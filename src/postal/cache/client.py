@@ -339,11 +339,15 @@ def _map_error(
     if isinstance(exc, TimeoutError):  # our deadline, from asyncio.timeout
         if limit is None:
             return CacheTimeout(f"{where}: timed out")
-        if not operation.acquired:
-            return PoolTimeout(
-                f"{where}: no pooled connection within the {format_duration(limit)} deadline"
+        if operation.acquired:
+            return CacheTimeout(f"{where}: deadline of {format_duration(limit)} expired")
+        if operation.dialing:
+            return CacheTimeout(
+                f"{where}: deadline of {format_duration(limit)} expired while connecting"
             )
-        return CacheTimeout(f"{where}: deadline of {format_duration(limit)} expired")
+        return PoolTimeout(
+            f"{where}: no pooled connection within the {format_duration(limit)} deadline"
+        )
     if isinstance(exc, redis_exc.TimeoutError):
         return CacheTimeout(f"{where}: socket timeout: {exc}")
     if isinstance(exc, (redis_exc.ConnectionError, OSError)):

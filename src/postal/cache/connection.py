@@ -57,13 +57,16 @@ class PostalConnection(Connection):
 
     @property
     def is_usable(self) -> bool:
-        """Connected, and the server has not closed its end while we were idle.
+        """Connected, and the peer has not closed or reset it while we were idle.
 
-        Redis restarting, its `timeout` setting or a proxy closing idle connections all leave an
-        EOF in the stream; checking it costs no system call and saves a request a failed command.
+        Redis restarting, its `timeout` setting or a proxy dropping idle connections leave an
+        EOF or an error on the stream; checking costs no system call and saves a request a
+        failed command.
         """
         reader = self._reader
-        return self.is_connected and reader is not None and not reader.at_eof()
+        if not self.is_connected or reader is None:
+            return False
+        return not reader.at_eof() and reader.exception() is None
 
     def _connection_arguments(self) -> Mapping[str, Any]:
         arguments: dict[str, Any] = {"host": self.dial_address, "port": self.port}

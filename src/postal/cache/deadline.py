@@ -2,8 +2,8 @@
 
 redis-py sits between `CacheClient` and `ManagedPool` and calls `pool.get_connection()` without
 arguments, so the deadline of the operation in progress travels in a context variable: the pool
-bounds its wait by it, and records whether a connection was handed out, so that the client can tell
-a pool timeout (never got a connection) from a timeout on the wire.
+bounds its wait by it, and records how far the operation got (dialing, connection handed out), so
+that the client can tell a pool timeout from a slow dial or a timeout on the wire.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class Operation:
     deadline: float | None  # event-loop time; None: no deadline
+    dialing: bool = False  # set by the pool when it starts opening a connection for this operation
     acquired: bool = False  # set by the pool once a connection is handed to this operation
 
 

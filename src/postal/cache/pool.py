@@ -34,7 +34,7 @@ from redis.asyncio.connection import ConnectionPoolInterface
 
 from postal.cache.config import PoolConfig
 from postal.cache.connection import Connector, PostalConnection
-from postal.cache.deadline import current_operation
+from postal.cache.deadline import Operation, current_operation
 from postal.cache.durations import format_duration
 from postal.cache.errors import CacheUnavailable, PoolTimeout
 
@@ -99,6 +99,7 @@ class ManagedPool(ConnectionPoolInterface):
         self._opening = 0
         self._waiters: deque[asyncio.Future[_Grant]] = deque()
         self._closing: set[asyncio.Task[None]] = set()
+        self._dials: set[asyncio.Future[PostalConnection]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -129,6 +130,10 @@ class ManagedPool(ConnectionPoolInterface):
         if self._maintainer is not None:
             self._maintainer.cancel()
             await asyncio.gather(self._maintainer, return_exceptions=True)
+        dials = list(self._dials)
+        for dial in dials:
+            dial.cancel()
+        await asyncio.gather(*dials, return_exceptions=True)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -174,9 +179,9 @@ class ManagedPool(ConnectionPoolInterface):
         if connection is None:
             if self._has_free_slot():
                 self._opening += 1
-                connection = await self._dial_into_slot()
+                connection = await self._dial_into_slot(operation)
             else:
-                connection = await self._wait_in_line(operation.deadline if operation else None)
+                connection = await self._wait_in_line(operation)
         self._in_use.add(connection)
         if operation is not None:
             operation.acquired = True
@@ -326,19 +331,51 @@ class ManagedPool(ConnectionPoolInterface):
 
     # -- I/O ---------------------------------------------------------------------------------
 
-    async def _dial_into_slot(self) -> PostalConnection:
-        """Open a connection into a slot already reserved (`_opening` counted) by the caller."""
+    async def _dial_into_slot(self, operation: Operation | None = None) -> PostalConnection:
+        """Open a connection into a slot already reserved (`_opening` counted) by the caller.
+
+        The dial belongs to the pool, not to the caller: a caller whose deadline expires stops
+        waiting for it, but the dial goes on (bounded by the dial and read timeouts) and its
+        connection joins the pool. Cancelling it instead would mean that when a dial takes longer
+        than a GET deadline (a distant or slow Redis), no dial could ever finish.
+        """
+        dial = asyncio.ensure_future(self._connector.open())
+        self._dials.add(dial)
+        dial.add_done_callback(self._dials.discard)
+        if operation is not None:
+            operation.dialing = True
         try:
-            connection = await self._connector.open()
+            connection = await asyncio.shield(dial)
+        except asyncio.CancelledError:
+            if dial.done():
+                self._adopt_dial(dial)
+            else:
+                dial.add_done_callback(self._adopt_dial)
+            raise
         except BaseException:
-            self._opening -= 1
-            self._grant_slot_to_waiter()
+            self._dial_failed()
             raise
         self._opening -= 1
         self._opened += 1
         return connection
 
-    async def _wait_in_line(self, deadline: float | None) -> PostalConnection:
+    def _adopt_dial(self, dial: asyncio.Future[PostalConnection]) -> None:
+        """A dial whose caller gave up has ended: its connection, if any, joins the pool."""
+        if dial.cancelled() or dial.exception() is not None:
+            self._dial_failed()
+            return
+        self._opening -= 1
+        self._opened += 1
+        connection = dial.result()
+        self._in_use.add(connection)
+        self._release(connection)  # to the longest waiter, or idle, or closed past max idle
+
+    def _dial_failed(self) -> None:
+        self._opening -= 1
+        self._grant_slot_to_waiter()
+
+    async def _wait_in_line(self, operation: Operation | None) -> PostalConnection:
+        deadline = operation.deadline if operation is not None else None
         loop = asyncio.get_running_loop()
         started = loop.time()
         budget = self.config.pool_timeout
@@ -370,7 +407,7 @@ class ManagedPool(ConnectionPoolInterface):
             if timer is not None:
                 timer.cancel()
         if grant is None:
-            return await self._dial_into_slot()
+            return await self._dial_into_slot(operation)
         return grant
 
     def _expire_waiter(self, waiter: asyncio.Future[_Grant]) -> None:
