@@ -51,7 +51,7 @@ def serve(
 def bench_cache(
     url: Annotated[
         str, typer.Option(help="Redis to load; loopback only (127.0.0.0/8, ::1, localhost).")
-    ] = "redis://127.0.0.1:6379/0",
+    ] = "redis://localhost:6379/0",
     concurrency: Annotated[int, typer.Option(min=1, help="Tasks issuing GETs.")] = 100,
     value_size: Annotated[int, typer.Option(min=1, help="Bytes per value.")] = 1024,
     duration: Annotated[str, typer.Option(help="Each measured run, Go-style: 3s, 500ms.")] = "3s",

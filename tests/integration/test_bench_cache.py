@@ -22,6 +22,7 @@ PROFILE_FIELDS = {
     "p50_ms",
     "p99_ms",
     "p999_ms",
+    "max_ms",
     "errors",
     "ops_vs_ref",
     "p99_vs_ref",
@@ -36,6 +37,7 @@ RUN_FIELDS = {
     "p50_ms",
     "p99_ms",
     "p999_ms",
+    "max_ms",
     "first_error",
     "details",
 }

@@ -78,6 +78,7 @@ def test_summarize_run_counts_failures_as_errors_but_keeps_their_latency() -> No
     assert run.p50 == 0.001
     assert run.p99 == 0.5
     assert run.p999 == 0.9
+    assert run.worst == 0.9
     assert run.first_error == "CacheTimeout: late"
 
 
@@ -87,7 +88,9 @@ def test_summarize_run_with_no_operations() -> None:
 
 
 def _run(ops_per_s: float, p99: float) -> RunResult:
-    return RunResult(ops=round(ops_per_s), errors=0, elapsed=1.0, p50=p99 / 2, p99=p99, p999=p99)
+    return RunResult(
+        ops=round(ops_per_s), errors=0, elapsed=1.0, p50=p99 / 2, p99=p99, p999=p99, worst=2 * p99
+    )
 
 
 def test_profile_takes_medians_and_pairs_ratios_run_by_run() -> None:
@@ -126,7 +129,7 @@ def test_table_rows_format_milliseconds_and_ratios() -> None:
     summary = summarize_profile("tuned", [_run(21000, 0.0044)], reference)
     [row] = table_rows([summary])
     assert len(row) == len(COLUMNS)
-    assert row == ("tuned", "21,000", "2.20", "4.40", "4.40", "0", "1.05x", "1.10x")
+    assert row == ("tuned", "21,000", "2.20", "4.40", "4.40", "8.80", "0", "1.05x", "1.10x")
 
 
 def test_target_line_and_check() -> None:

@@ -32,7 +32,9 @@ from postal.cache import BEFORE, TUNED, CacheClient, Profile
 from postal.cache.durations import format_duration
 from postal.cache.urls import RedisEndpoint, mask_url
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# A host name, as services use: the "before" profile then pays a lookup per connection, as in
+# the incident (an IP literal would skip DNS altogether).
+DEFAULT_URL = "redis://localhost:6379/0"
 REFERENCE_POOL_SIZE = 50  # connections in the reference peer's BlockingConnectionPool
 KEY_COUNT = 1000  # distinct keys read, each task walking them from its own offset
 WARMUP = 0.5  # seconds of unmeasured load before each measured run

@@ -23,6 +23,7 @@ COLUMNS = (
     "p50 ms",
     "p99 ms",
     "p99.9 ms",
+    "max ms",
     "errors",
     "ops/s vs ref",
     "p99 vs ref",
@@ -82,6 +83,7 @@ class RunResult:
     p999: float | None
     first_error: str | None = None
     details: Mapping[str, object] = field(default_factory=dict)  # e.g. the pool's counters
+    worst: float | None = None  # the longest operation: where an unfair pool's starvation shows
 
     @property
     def ops_per_s(self) -> float:
@@ -102,7 +104,7 @@ def summarize_run(
         return RunResult(0, errors, elapsed, None, None, None, first_error, details)
     p50, p99, p999 = percentiles(latencies, (50, 99, 99.9))
     ops = max(0, len(latencies) - errors)
-    return RunResult(ops, errors, elapsed, p50, p99, p999, first_error, details)
+    return RunResult(ops, errors, elapsed, p50, p99, p999, first_error, details, max(latencies))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class ProfileSummary:
     ops_ratio: float | None  # median over runs of ops/s / the reference's ops/s (higher is better)
     p99_ratio: float | None  # median over runs of p99 / the reference's p99 (lower is better)
     note: str | None = None  # why it was not measured, or a caveat
+    worst: float | None = None  # median over runs of each run's longest operation
 
 
 def summarize_profile(
@@ -145,6 +148,7 @@ def summarize_profile(
         ops_ratio=median(ops_ratios),
         p99_ratio=median(p99_ratios),
         note=note,
+        worst=median([run.worst for run in runs]),
     )
 
 
@@ -174,6 +178,7 @@ def table_rows(summaries: Sequence[ProfileSummary]) -> list[tuple[str, ...]]:
                 _ms(summary.p50),
                 _ms(summary.p99),
                 _ms(summary.p999),
+                _ms(summary.worst),
                 str(summary.errors),
                 _times(summary.ops_ratio),
                 _times(summary.p99_ratio),
@@ -211,6 +216,7 @@ def run_json(run: RunResult) -> dict[str, object]:
         "p50_ms": _ms_or_none(run.p50),
         "p99_ms": _ms_or_none(run.p99),
         "p999_ms": _ms_or_none(run.p999),
+        "max_ms": _ms_or_none(run.worst),
         "first_error": run.first_error,
         "details": dict(run.details),
     }
@@ -226,6 +232,7 @@ def summary_json(summary: ProfileSummary, description: str) -> dict[str, object]
         "p50_ms": _ms_or_none(summary.p50),
         "p99_ms": _ms_or_none(summary.p99),
         "p999_ms": _ms_or_none(summary.p999),
+        "max_ms": _ms_or_none(summary.worst),
         "errors": summary.errors,
         "ops_vs_ref": summary.ops_ratio,
         "p99_vs_ref": summary.p99_ratio,

@@ -5,10 +5,11 @@ packing, reply parsing. Three things are changed, each through a narrow override
 
 - where it dials: the address comes from the shared DNS cache, while TLS still verifies the
   certificate against the host *name* (`_connection_arguments`);
-- the write timeout: redis-py uses its read timeout for writes too, and wraps every write in
+- socket timeouts: redis-py uses its read timeout for writes too, and wraps every write in
   `asyncio.wait_for`, which on Python 3.11 creates a task per command; Postal bounds the write with
   its own `write_timeout` through `asyncio.timeout`, with the same error handling
-  (`send_packed_command`);
+  (`send_packed_command`); and when the operation's deadline is sooner than a socket timeout,
+  that socket timer is not set at all (`read_response` too), since it could never fire first;
 - bookkeeping the pool needs: when the connection was opened, when it must retire, since when it
   is idle, and whether the server has closed it while it sat idle (`is_usable`).
 
@@ -20,6 +21,7 @@ drops every connection that comes back closed.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
 from collections.abc import Iterable, Mapping
@@ -32,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
+from postal.cache.deadline import current_operation
 from postal.cache.dns import DnsCache, DnsLookupError
 from postal.cache.urls import RedisEndpoint
 
@@ -84,10 +87,15 @@ class PostalConnection(Connection):
             command = command.encode()
         if isinstance(command, bytes):
             command = [command]
+        writer = self._writer
+        assert writer is not None
         try:
-            async with asyncio.timeout(self.write_timeout):
-                self._writer.writelines(command)  # type: ignore[union-attr]
-                await self._writer.drain()  # type: ignore[union-attr]
+            writer.writelines(command)
+            if self._deadline_comes_first(self.write_timeout):
+                await writer.drain()
+            else:
+                async with asyncio.timeout(self.write_timeout):
+                    await writer.drain()
         except TimeoutError:
             await self.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
@@ -99,6 +107,34 @@ class PostalConnection(Connection):
             # Cancelled mid-write: part of a command may be on the wire. Never reuse it.
             await self.disconnect(nowait=True)
             raise
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        if timeout is None and self._deadline_comes_first(self.socket_timeout):
+            timeout = math.inf  # redis-py's spelling of "no read timer": the deadline bounds it
+        return await super().read_response(
+            disable_decoding,
+            timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
+
+    def _deadline_comes_first(self, socket_timeout: float | None) -> bool:
+        """Whether the current operation's deadline expires before `socket_timeout` would.
+
+        Then a socket-level timer can never fire first and is skipped: each timer is a heap
+        entry on the event loop, and an operation would otherwise set three.
+        """
+        operation = current_operation.get()
+        if operation is None or operation.deadline is None or socket_timeout is None:
+            return False
+        return operation.deadline <= asyncio.get_running_loop().time() + socket_timeout
 
     def _host_error(self) -> str:
         if self.dial_address != self.host:
