@@ -379,3 +379,12 @@ async def test_a_deadline_that_expires_while_dialing_is_a_timeout_not_a_pool_tim
         with pytest.raises(CacheTimeout, match="expired while connecting") as caught:
             await rig.client.get("k")
         assert not isinstance(caught.value, PoolTimeout)
+        # The abandoned dial goes on, bounded by its own timeouts (the handshake's read timeout
+        # here), and gives its slot back: it must not hang on the black hole.
+        pool = rig.client.pool("read")
+        assert pool.stats().opening == 1
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + READ_POOL.dial_timeout + READ_POOL.read_timeout + 1.0
+        while pool.stats().opening and loop.time() < give_up:  # noqa: ASYNC110 - polling pool state
+            await asyncio.sleep(0.02)
+        assert pool.stats().opening == 0, pool.stats()

@@ -22,6 +22,7 @@ background. Counters are plain integers: metrics read `stats()` at the edge.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -99,7 +100,7 @@ class ManagedPool(ConnectionPoolInterface):
         self._opening = 0
         self._waiters: deque[asyncio.Future[_Grant]] = deque()
         self._closing: set[asyncio.Task[None]] = set()
-        self._dials: set[asyncio.Future[PostalConnection]] = set()
+        self._dials: set[asyncio.Task[PostalConnection]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -339,7 +340,11 @@ class ManagedPool(ConnectionPoolInterface):
         connection joins the pool. Cancelling it instead would mean that when a dial takes longer
         than a GET deadline (a distant or slow Redis), no dial could ever finish.
         """
-        dial = asyncio.ensure_future(self._connector.open())
+        # The dial runs outside the caller's operation: its own timeouts bound it, not a deadline
+        # it is shielded from (inside an operation, socket timers are skipped for the deadline).
+        context = contextvars.copy_context()
+        context.run(current_operation.set, None)
+        dial = asyncio.get_running_loop().create_task(self._connector.open(), context=context)
         self._dials.add(dial)
         dial.add_done_callback(self._dials.discard)
         if operation is not None:
