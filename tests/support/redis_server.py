@@ -26,11 +26,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def answers_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+def answers_ping(host: str, port: int, timeout: float = 0.5, *, noauth_ok: bool = False) -> bool:
+    """Whether a Redis answers PING there; `noauth_ok`: a password-protected one counts too."""
+    replies = (b"+PONG", b"-NOAUTH") if noauth_ok else (b"+PONG",)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith(replies)
     except OSError:
         return False
 
@@ -74,7 +76,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server on port {self.port} did not start in {START_TIMEOUT}s")
 
     def is_ready(self) -> bool:
-        return answers_ping(self.host, self.ready_port)
+        return answers_ping(self.host, self.ready_port, noauth_ok=True)
 
     def stop(self) -> None:
         process, self._process = self._process, None

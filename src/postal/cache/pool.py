@@ -22,6 +22,7 @@ background. Counters are plain integers: metrics read `stats()` at the edge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections import deque
@@ -428,9 +429,16 @@ class ManagedPool(ConnectionPoolInterface):
         self._closed_by_reason[reason] = self._closed_by_reason.get(reason, 0) + 1
         if not connection.is_connected:
             return
-        task = asyncio.ensure_future(connection.disconnect(nowait=True))
+        task = asyncio.ensure_future(self._close(connection, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def _close(self, connection: PostalConnection, reason: CloseReason) -> None:
+        """Close and wait until the socket is closed (a TLS close is an exchange with the server,
+        and `aclose()` must not return with sockets still open); a broken connection is just
+        dropped. redis-py bounds the wait by the dial timeout."""
+        with contextlib.suppress(Exception):
+            await connection.disconnect(nowait=reason is CloseReason.ERROR)
 
     async def _drain_closing(self) -> None:
         if self._closing:
