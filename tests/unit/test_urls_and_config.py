@@ -1,6 +1,6 @@
 import pytest
 
-from postal.cache.config import BEFORE, TUNED, PoolConfig, with_pool_size
+from postal.cache.config import BEFORE, TUNED, PoolConfig
 from postal.cache.urls import RedisEndpoint, mask_url
 
 
@@ -59,8 +59,3 @@ def test_the_before_profile_is_the_seeds_before_column() -> None:
     assert BEFORE.timeouts.get is None
     assert BEFORE.dns_ttl == 0
     assert TUNED.timeouts.get == 0.1
-
-
-def test_with_pool_size_keeps_idle_limits_inside_the_new_size() -> None:
-    resized = with_pool_size(TUNED.read_pool, 1)
-    assert (resized.max_size, resized.min_idle, resized.max_idle) == (1, 1, 1)

@@ -6,7 +6,7 @@ spelled as 0 or -1, so "unset" and "disabled" cannot be confused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 SECOND = 1.0
 MILLISECOND = 1e-3
@@ -109,10 +109,3 @@ BEFORE = Profile(
     timeouts=CacheTimeouts(get=None, set=None),
     dns_ttl=0.0,
 )
-
-
-def with_pool_size(config: PoolConfig, size: int) -> PoolConfig:
-    """A copy of `config` resized to `size`, keeping min/max idle within it."""
-    max_idle = min(config.max_idle, size)
-    min_idle = min(config.min_idle, max_idle)
-    return replace(config, max_size=size, max_idle=max_idle, min_idle=min_idle)

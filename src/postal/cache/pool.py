@@ -26,7 +26,6 @@ import contextlib
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -121,8 +120,10 @@ class ManagedPool(ConnectionPoolInterface):
         """
         if self._maintainer is not None:
             return
-        await self._refill()
-        self._maintainer = asyncio.create_task(self._maintain(), name=f"postal-pool-{self.role}")
+        refilled = await self._refill()
+        self._maintainer = asyncio.create_task(
+            self._maintain(refilled), name=f"postal-pool-{self.role}"
+        )
 
     async def aclose(self) -> None:
         """Close every idle connection now and each in-use one when it comes back; fail waiters."""
@@ -467,18 +468,15 @@ class ManagedPool(ConnectionPoolInterface):
             )
         return not errors
 
-    async def _maintain(self) -> None:
+    async def _maintain(self, refilled: bool) -> None:
         """Reap expired idle connections and restore min idle, every interval or when woken.
 
         After a failed dial it sleeps with an exponential backoff, ignoring wake-ups, so a dead
-        Redis is not dialled in a tight loop.
+        Redis is not dialled in a tight loop. `refilled`: whether start()'s own refill worked.
         """
         interval = self.config.maintenance_interval
         backoff = interval
         while True:
-            self._reap()
-            refilled = await self._refill()
-            await self._drain_closing()
             if refilled:
                 backoff = interval
                 try:
@@ -490,8 +488,6 @@ class ManagedPool(ConnectionPoolInterface):
                 backoff = min(backoff * 2, MAX_REFILL_BACKOFF)
                 await asyncio.sleep(backoff)
             self._wake.clear()
-
-
-def connections_of(pools: Iterable[ManagedPool]) -> int:
-    """Total open connections across `pools` (for tests and status pages)."""
-    return sum(pool.stats().total for pool in pools)
+            self._reap()
+            refilled = await self._refill()
+            await self._drain_closing()
