@@ -92,8 +92,12 @@ async def _worker(
             await op(index)
         except Exception as exc:  # count, don't crash: a failing profile is a result
             error = f"{type(exc).__name__}: {exc}"
-        if began >= measure_from:
-            tally.latencies.append(perf() - began)
+        ended = perf()
+        # Every operation that ends in the measured window counts, timed from its request, even
+        # one requested during the warm-up: a caller starved by an unfair pool since the warm-up
+        # must show, not vanish from the tail.
+        if ended >= measure_from:
+            tally.latencies.append(ended - began)
             if error is not None:
                 tally.errors += 1
                 tally.first_error = tally.first_error or error
@@ -113,8 +117,9 @@ async def run_load(
 ) -> float:
     """`concurrency` tasks call `op` back to back, each walking the `keys` from its own offset.
 
-    The load runs without a break: `warmup` seconds unrecorded, then `seconds` in which every
-    operation started is recorded in `tally` (and awaited, even if it ends later). `on_measure` is
+    The load runs without a break: `warmup` seconds, then `seconds` in which operations are
+    started; every operation that ends after the warm-up is recorded in `tally`, timed from its
+    request (those still in flight at the end are awaited). `on_measure` is
     called when recording starts; `tick` with the elapsed time, every TICK. Returns the recorded
     span: from the start of recording to the last reply.
     """
