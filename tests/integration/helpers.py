@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
-from postal.cache import CacheClient, PoolConfig, Profile
+from postal.cache import CacheClient, CacheTimeouts, PoolConfig, Profile
 from postal.cache.dns import DnsCache
 
 FAST_MAINTENANCE = 0.05  # seconds: let the reaper and refiller act within a test's patience
@@ -17,6 +17,21 @@ def small_profile(**read_changes: object) -> Profile:
     read = PoolConfig(max_size=10, min_idle=2, max_idle=5, maintenance_interval=FAST_MAINTENANCE)
     write = PoolConfig(max_size=5, min_idle=1, max_idle=2, maintenance_interval=FAST_MAINTENANCE)
     return Profile(read_pool=replace(read, **read_changes), write_pool=write)  # type: ignore[arg-type]
+
+
+_ONE_CONNECTION = PoolConfig(
+    max_size=1, min_idle=1, max_idle=1, pool_timeout=2.0, dial_timeout=2.0, read_timeout=2.0,
+    write_timeout=2.0,
+)  # fmt: skip
+
+# One connection per role and generous deadlines, for tests about TLS or authentication rather
+# than timing: with max_size=1 the maintainer never dials while an operation holds the
+# connection, so at aclose() every connection the test opened is idle in its pool.
+ONE_CONNECTION = Profile(
+    read_pool=_ONE_CONNECTION,
+    write_pool=_ONE_CONNECTION,
+    timeouts=CacheTimeouts(get=2.0, set=2.0),
+)
 
 
 def make_client(

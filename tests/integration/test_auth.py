@@ -19,9 +19,9 @@ import redis.exceptions
 
 from postal.app import create_app
 from postal.cache import CacheClient, CacheEvent, CacheUnavailable, Outcome
-from postal.cache.config import CacheTimeouts, PoolConfig, Profile
 from postal.cache.urls import MASK
 from postal.settings import SettingsError, load_settings
+from tests.integration.helpers import ONE_CONNECTION
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
@@ -30,18 +30,6 @@ PASSWORD = "s3cret-pass"
 WRONG_PASSWORD = "wr0ng-guess"  # possibly last month's password: just as secret
 ALICE, ALICE_PASSWORD = "alice", "al1ce-pw"
 SECRETS = (PASSWORD, WRONG_PASSWORD, ALICE_PASSWORD)
-
-# One connection per role: the background maintainer never dials while an operation runs.
-_POOL = PoolConfig(
-    max_size=1,
-    min_idle=1,
-    max_idle=1,
-    pool_timeout=2.0,
-    dial_timeout=2.0,
-    read_timeout=2.0,
-    write_timeout=2.0,
-)
-PROFILE = Profile(read_pool=_POOL, write_pool=_POOL, timeouts=CacheTimeouts(get=2.0, set=2.0))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +65,9 @@ def url_for(server: RedisServer, userinfo: str) -> str:
 
 @asynccontextmanager
 async def started(url: str) -> AsyncIterator[CacheClient]:
-    client = CacheClient.create(read_url=url, profile=PROFILE, key_prefix="postal-auth-test:")
+    client = CacheClient.create(
+        read_url=url, profile=ONE_CONNECTION, key_prefix="postal-auth-test:"
+    )
     try:
         await client.start()
         yield client

@@ -81,9 +81,9 @@ async def test_timeout_none_disables_the_deadline(cache: CacheClient) -> None:
 async def test_the_pool_wait_counts_against_the_deadline(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    client = make_client(redis_url, key_prefix, small_profile(max_size=1, min_idle=1, max_idle=1))
-    await client.start()
-    try:
+    async with make_client(
+        redis_url, key_prefix, small_profile(max_size=1, min_idle=1, max_idle=1)
+    ) as client:
         pool = client.pool("read")
         held = await pool.get_connection()  # the only connection, taken
         loop = asyncio.get_running_loop()
@@ -94,25 +94,19 @@ async def test_the_pool_wait_counts_against_the_deadline(
         assert pool.stats().timeouts == 1
         await pool.release(held)
         assert await client.get("k") is None
-    finally:
-        await client.aclose()
 
 
 async def test_the_pool_timeout_applies_when_shorter_than_the_deadline(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     profile = small_profile(max_size=1, min_idle=1, max_idle=1, pool_timeout=0.05)
-    client = make_client(redis_url, key_prefix, profile)
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = await pool.get_connection()
         with pytest.raises(PoolTimeout, match="no connection free within 50ms"):
             await client.get("k", timeout=None)
         await pool.release(held)
         assert pool.stats().in_use == 0
-    finally:
-        await client.aclose()
 
 
 async def test_every_operation_emits_an_event(cache: CacheClient) -> None:

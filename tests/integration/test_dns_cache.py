@@ -35,20 +35,16 @@ async def test_a_thousand_new_connections_within_the_ttl_cost_one_lookup(
     dns = DnsCache(resolver, ttl=60.0)
     # max idle 0: every operation dials a new connection (the "before" pool's behaviour).
     profile = small_profile(max_size=10, min_idle=0, max_idle=0)
-    client = CacheClient.create(
+    async with CacheClient.create(
         read_url=hostname_url(redis_url, "redis.test"),
         profile=profile,
         dns=dns,
         key_prefix=key_prefix,
-    )
-    await client.start()
-    try:
+    ) as client:
         async with asyncio.timeout(60):
             await asyncio.gather(*(client.get("k", timeout=None) for _ in range(1000)))
         assert client.stats()["read"].opened >= 1000
         assert resolver.calls == 1
-    finally:
-        await client.aclose()
 
 
 async def test_a_failed_dial_makes_the_next_one_resolve_again(
@@ -59,17 +55,13 @@ async def test_a_failed_dial_makes_the_next_one_resolve_again(
     dns = DnsCache(resolver, ttl=60.0)
     read_only = small_profile(min_idle=0)
     profile = replace(read_only, write_pool=replace(read_only.write_pool, min_idle=0))
-    client = CacheClient.create(
+    async with CacheClient.create(
         read_url=hostname_url(redis_url, "redis.test"),
         profile=profile,
         dns=dns,
         key_prefix=key_prefix,
-    )
-    await client.start()
-    try:
+    ) as client:
         with pytest.raises(CacheUnavailable, match=r"redis\.test\(127\.0\.0\.2\)"):
             await client.get("k", timeout=1.0)
         assert await client.get("k", timeout=1.0) is None
         assert resolver.calls == 2
-    finally:
-        await client.aclose()

@@ -23,9 +23,7 @@ async def test_min_idle_connections_are_open_and_initialised_at_start(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     before = {c["id"] for c in await client_names(raw_redis)}
-    client = make_client(redis_url, key_prefix, small_profile(min_idle=4))
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, small_profile(min_idle=4)) as client:
         stats = client.stats()
         assert (stats["read"].idle, stats["read"].opened, stats["read"].in_use) == (4, 4, 0)
         assert (stats["write"].idle, stats["write"].opened) == (1, 1)
@@ -34,30 +32,24 @@ async def test_min_idle_connections_are_open_and_initialised_at_start(
         assert sorted(c["name"] for c in ours) == ["postal-read"] * 4 + ["postal-write"]
         # HELLO 3 was done on each: the server reports RESP3 for every one of them.
         assert {c["resp"] for c in ours} == {"3"}
-    finally:
-        await client.aclose()
 
 
 async def test_min_idle_is_refilled_in_the_background(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    client = make_client(redis_url, key_prefix, small_profile(min_idle=3, idle_time=0.1))
-    await client.start()
-    try:
+    async with make_client(
+        redis_url, key_prefix, small_profile(min_idle=3, idle_time=0.1)
+    ) as client:
         pool = client.pool("read")
         await eventually(lambda: pool.stats().closed.get(CloseReason.IDLE_TIME, 0) >= 3)
         await eventually(lambda: pool.stats().idle == 3)
         assert pool.stats().opened >= 6
-    finally:
-        await client.aclose()
 
 
 async def test_max_idle_is_enforced_on_release(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    client = make_client(redis_url, key_prefix, small_profile(max_size=10, max_idle=3))
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, small_profile(max_size=10, max_idle=3)) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(8)]
         assert pool.stats().in_use == 8
@@ -66,17 +58,13 @@ async def test_max_idle_is_enforced_on_release(
         stats = pool.stats()
         assert (stats.in_use, stats.idle) == (0, 3)
         assert stats.closed[CloseReason.MAX_IDLE] == 5
-    finally:
-        await client.aclose()
 
 
 async def test_idle_time_is_enforced_by_the_reaper(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     profile = small_profile(min_idle=0, max_idle=5, idle_time=0.1)
-    client = make_client(redis_url, key_prefix, profile)
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(4)]
         for connection in held:
@@ -84,17 +72,13 @@ async def test_idle_time_is_enforced_by_the_reaper(
         assert pool.stats().idle == 4
         await eventually(lambda: pool.stats().idle == 0)
         assert pool.stats().closed[CloseReason.IDLE_TIME] == 4
-    finally:
-        await client.aclose()
 
 
 async def test_lifetime_never_closes_a_connection_in_use(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     profile = small_profile(min_idle=1, max_idle=2, max_lifetime=0.1, lifetime_jitter=0.0)
-    client = make_client(redis_url, key_prefix, profile)
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         connection = await pool.get_connection()
         await asyncio.sleep(0.3)  # well past its lifetime, with the reaper running
@@ -107,8 +91,6 @@ async def test_lifetime_never_closes_a_connection_in_use(
         assert stats.closed[CloseReason.LIFETIME] >= 1
         assert stats.in_use == 0
         await eventually(lambda: pool.stats().idle >= 1)
-    finally:
-        await client.aclose()
 
 
 async def test_an_expired_idle_connection_is_not_handed_out(
@@ -118,9 +100,7 @@ async def test_an_expired_idle_connection_is_not_handed_out(
     profile = small_profile(
         min_idle=1, max_idle=1, max_lifetime=0.05, lifetime_jitter=0.0, maintenance_interval=60.0
     )
-    client = make_client(redis_url, key_prefix, profile)
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         first = await pool.get_connection()
         await pool.release(first)
@@ -129,17 +109,13 @@ async def test_an_expired_idle_connection_is_not_handed_out(
         assert second is not first
         assert pool.stats().closed[CloseReason.LIFETIME] >= 1
         await pool.release(second)
-    finally:
-        await client.aclose()
 
 
 async def test_lifetimes_are_jittered(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     profile = small_profile(min_idle=5, max_idle=5, max_lifetime=100.0, lifetime_jitter=0.1)
-    client = make_client(redis_url, key_prefix, profile)
-    await client.start()
-    try:
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(5)]
         lifetimes = [c.retire_at - c.opened_at for c in held if c.retire_at is not None]
@@ -148,8 +124,6 @@ async def test_lifetimes_are_jittered(
         assert len({round(lifetime, 6) for lifetime in lifetimes}) > 1
         for connection in held:
             await pool.release(connection)
-    finally:
-        await client.aclose()
 
 
 async def test_the_pool_is_fair_under_contention(
@@ -187,9 +161,9 @@ async def test_the_pool_is_fair_under_contention(
 async def test_stats_and_repr_show_the_pool_state(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    client = make_client(redis_url, key_prefix, small_profile(max_size=4, min_idle=2, max_idle=3))
-    await client.start()
-    try:
+    async with make_client(
+        redis_url, key_prefix, small_profile(max_size=4, min_idle=2, max_idle=3)
+    ) as client:
         pool = client.pool("read")
         held = await pool.get_connection()
         stats = pool.stats()
@@ -199,8 +173,6 @@ async def test_stats_and_repr_show_the_pool_state(
         assert "in use 1, idle 1, total 2/4" in text
         assert "opened 2" in text
         await pool.release(held)
-    finally:
-        await client.aclose()
 
 
 async def test_close_fails_waiters_and_closes_everything(
@@ -224,14 +196,10 @@ async def test_close_fails_waiters_and_closes_everything(
 
 
 async def test_start_does_not_fail_when_redis_is_down(key_prefix: str) -> None:
-    client = CacheClient.create(
+    async with CacheClient.create(
         read_url="redis://127.0.0.1:1/0", profile=small_profile(), key_prefix=key_prefix
-    )
-    await client.start()
-    try:
+    ) as client:
         assert client.stats()["read"].total == 0
-    finally:
-        await client.aclose()
 
 
 async def test_an_idle_connection_closed_by_the_server_is_not_handed_out(key_prefix: str) -> None:

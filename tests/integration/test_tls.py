@@ -17,31 +17,14 @@ import pytest
 import trustme
 
 from postal.cache import CacheClient
-from postal.cache.config import NO_TLS, CacheTimeouts, PoolConfig, Profile, TlsConfig
+from postal.cache.config import NO_TLS, TlsConfig
 from postal.cache.dns import DnsCache
 from postal.cache.errors import CacheUnavailable
 from postal.settings import load_settings
+from tests.integration.helpers import ONE_CONNECTION
 from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis_server
-
-# One connection per role and generous deadlines: these tests are about TLS, not about timing.
-# With max_size=1 the background maintainer never dials while an operation holds the connection,
-# so at aclose() every connection a test opened is idle in its pool (see `started`).
-_POOL = PoolConfig(
-    max_size=1,
-    min_idle=1,
-    max_idle=1,
-    pool_timeout=2.0,
-    dial_timeout=2.0,
-    read_timeout=2.0,
-    write_timeout=2.0,
-)
-PROFILE = Profile(
-    read_pool=_POOL,
-    write_pool=_POOL,
-    timeouts=CacheTimeouts(get=2.0, set=2.0),
-)
 
 
 @dataclass(frozen=True)
@@ -153,7 +136,7 @@ async def started(
     url: str, tls: TlsConfig = NO_TLS, dns: DnsCache | None = None
 ) -> AsyncIterator[CacheClient]:
     client = CacheClient.create(
-        read_url=url, profile=PROFILE, tls=tls, dns=dns, key_prefix="postal-tls-test:"
+        read_url=url, profile=ONE_CONNECTION, tls=tls, dns=dns, key_prefix="postal-tls-test:"
     )
     try:
         await client.start()
