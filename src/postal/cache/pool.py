@@ -8,6 +8,11 @@ Why it is ours: redis-py's asyncio pools have no min idle, max idle, idle time o
   longest waiter, never back to whoever is fastest to grab it; the wait is bounded by the pool
   timeout and by the current operation's deadline (`deadline.current_operation`), and ends in
   `PoolTimeout`;
+- dials that belong to the pool: a caller that finds no idle connection queues, and if there is
+  room a dial starts; whatever connection is ready first goes to the longest waiter. A caller
+  whose deadline expires stops waiting, but the dial goes on (bounded by the dial and read
+  timeouts) and its connection joins the pool, so a Redis whose handshake takes longer than a
+  GET deadline is still reconnected to. A dial that fails fails the longest waiter;
 - `min_idle` connections opened and fully initialised (HELLO, AUTH, SELECT) at start-up and
   refilled in the background, so requests do not dial;
 - `max_idle` enforced on release; idle time and max lifetime (with jitter) enforced by a
@@ -68,20 +73,17 @@ class PoolStats:
 
     @property
     def total(self) -> int:
+        """Open connections (in use or idle); dials in progress are `opening`."""
         return self.in_use + self.idle
 
     def __str__(self) -> str:
         closed = ", ".join(f"{reason} {count}" for reason, count in sorted(self.closed.items()))
         return (
-            f"in use {self.in_use}, idle {self.idle}, total {self.total}/{self.max_size}"
+            f"in use {self.in_use}, idle {self.idle}, opening {self.opening},"
+            f" total {self.total}/{self.max_size}"
             f" | waits {self.waits} ({format_duration(self.wait_time)}), timeouts {self.timeouts}"
             f" | opened {self.opened}, closed {{{closed}}}"
         )
-
-
-# What a waiter receives: a connection to use, or a reserved slot to dial one into.
-_DIAL = None
-_Grant = PostalConnection | None
 
 
 class ManagedPool(ConnectionPoolInterface):
@@ -97,10 +99,9 @@ class ManagedPool(ConnectionPoolInterface):
         self.himport_registry = None
         self._idle: deque[PostalConnection] = deque()  # most recently used on the right
         self._in_use: set[PostalConnection] = set()
-        self._opening = 0
-        self._waiters: deque[asyncio.Future[_Grant]] = deque()
+        self._waiters: deque[asyncio.Future[PostalConnection]] = deque()
+        self._dials: set[asyncio.Task[PostalConnection]] = set()  # len() is "opening"
         self._closing: set[asyncio.Task[None]] = set()
-        self._dials: set[asyncio.Task[PostalConnection]] = set()
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -118,6 +119,8 @@ class ManagedPool(ConnectionPoolInterface):
         A Redis that is down at start-up is not an error: the service starts without its cache,
         and the maintainer keeps trying with a backoff.
         """
+        if self._closed:
+            raise CacheUnavailable(f"{self.role} pool closed")
         if self._maintainer is not None:
             return
         refilled = await self._refill()
@@ -129,18 +132,19 @@ class ManagedPool(ConnectionPoolInterface):
         """Close every idle connection now and each in-use one when it comes back; fail waiters."""
         if self._closed:
             return
-        self._closed = True
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            await asyncio.gather(self._maintainer, return_exceptions=True)
-        dials = list(self._dials)
-        for dial in dials:
-            dial.cancel()
-        await asyncio.gather(*dials, return_exceptions=True)
+        self._closed = True  # from here on nothing is handed out, granted or dialled
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(CacheUnavailable(f"{self.role} pool closed"))
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+        dials = list(self._dials)
+        for dial in dials:
+            dial.cancel()
+        await asyncio.gather(
+            *dials, *([self._maintainer] if self._maintainer else []), return_exceptions=True
+        )
         idle = list(self._idle)
         self._idle.clear()
         for connection in idle:
@@ -174,18 +178,15 @@ class ManagedPool(ConnectionPoolInterface):
     async def get_connection(
         self, command_name: Any = None, *keys: Any, **options: Any
     ) -> PostalConnection:
-        """Check out a connection: an idle one, a new one if below the cap, else wait in line."""
+        """Check out a connection: an idle one at once, else the first one ready, in line."""
         if self._closed:
             raise CacheUnavailable(f"{self.role} pool closed")
         operation = current_operation.get()
         connection = self._take_idle()
         if connection is None:
-            if self._has_free_slot():
-                self._opening += 1
-                connection = await self._dial_into_slot(operation)
-            else:
-                connection = await self._wait_in_line(operation)
-        self._in_use.add(connection)
+            connection = await self._wait_in_line(operation)
+        else:
+            self._in_use.add(connection)
         if operation is not None:
             operation.acquired = True
         return connection
@@ -201,7 +202,7 @@ class ManagedPool(ConnectionPoolInterface):
             max_size=self.config.max_size,
             in_use=len(self._in_use),
             idle=len(self._idle),
-            opening=self._opening,
+            opening=len(self._dials),
             waiting=sum(1 for waiter in self._waiters if not waiter.done()),
             waits=self._waits,
             wait_time=self._wait_time,
@@ -226,17 +227,20 @@ class ManagedPool(ConnectionPoolInterface):
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _has_free_slot(self) -> bool:
-        total = len(self._in_use) + len(self._idle) + self._opening
-        return total < self.config.max_size and not self._live_waiters()
+    def _room(self) -> int:
+        """How many more connections may be opened without passing the cap."""
+        return self.config.max_size - len(self._in_use) - len(self._idle) - len(self._dials)
 
-    def _live_waiters(self) -> bool:
-        while self._waiters and self._waiters[0].done():
-            self._waiters.popleft()
-        return bool(self._waiters)
+    def _pop_live_waiter(self) -> asyncio.Future[PostalConnection] | None:
+        """The longest waiter still waiting, removed from the line; None if nobody waits."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                return waiter
+        return None
 
     def _retire_reason(self, connection: PostalConnection, now: float) -> CloseReason | None:
-        """Why an idle connection must not be used again, or None if it is good."""
+        """Why a connection must not be used again, or None if it is good."""
         if not connection.is_usable:
             return CloseReason.ERROR
         if connection.retire_at is not None and now >= connection.retire_at:
@@ -257,60 +261,50 @@ class ManagedPool(ConnectionPoolInterface):
             self._close_later(connection, reason)
         return None
 
-    def _release(self, connection: PostalConnection) -> None:
+    def _release(self, connection: PostalConnection, *, fresh: bool = False) -> None:
+        """A connection comes back, or is `fresh` from a dial: to the longest waiter, else idle,
+        else closed."""
         if connection not in self._in_use:
             logger.warning("%s pool: release of a connection it did not hand out", self.role)
             return
         self._in_use.discard(connection)
         now = self._now()
+        reason: CloseReason | None
         if self._closed:
-            self._close_later(connection, CloseReason.SHUTDOWN)
-            return
-        if not connection.is_connected:  # an error or a deadline closed it mid-command
-            self._close_later(connection, CloseReason.ERROR)
-            self._grant_slot_to_waiter()
-            return
-        if connection.retire_at is not None and now >= connection.retire_at:
-            self._close_later(connection, CloseReason.LIFETIME)
-            self._grant_slot_to_waiter()
-            return
-        if len(self._idle) >= self.config.max_idle:
-            # A connection the pool would not keep idle is not handed on either: with max idle 0
-            # every operation dials anew (the "before" profile), as go-redis does.
-            self._close_later(connection, CloseReason.MAX_IDLE)
-            self._grant_slot_to_waiter()
-            return
-        if self._hand_to_waiter(connection):
-            return
-        connection.idle_since = now
-        self._idle.append(connection)
-
-    def _hand_to_waiter(self, connection: PostalConnection) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._in_use.add(connection)
-                waiter.set_result(connection)
-                return True
-        return False
-
-    def _grant_slot_to_waiter(self) -> None:
-        """A connection was closed: the longest waiter may dial into the freed slot."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._opening += 1
-                waiter.set_result(_DIAL)
-                return
-        self._wake.set()  # nobody waiting: let the maintainer restore min idle
-
-    def _return_grant(self, grant: _Grant) -> None:
-        """A waiter gave up after being served: pass what it got to the next in line."""
-        if grant is None:
-            self._opening -= 1
-            self._grant_slot_to_waiter()
+            reason = CloseReason.SHUTDOWN
+        elif not connection.is_usable:  # an error or a deadline closed it mid-command
+            reason = CloseReason.ERROR
+        elif connection.retire_at is not None and now >= connection.retire_at:
+            reason = CloseReason.LIFETIME
+        elif not fresh and len(self._idle) >= self.config.max_idle:
+            # A used connection the pool would not keep idle is not handed on either: with max
+            # idle 0 every operation dials anew (the "before" profile), as go-redis does.
+            reason = CloseReason.MAX_IDLE
         else:
-            self._release(grant)
+            reason = None
+        if reason is not None:
+            self._close_later(connection, reason)
+            self._dial_for_waiters()  # its slot is free: serve whoever waits
+            return
+        waiter = self._pop_live_waiter()
+        if waiter is not None:
+            self._in_use.add(connection)
+            waiter.set_result(connection)
+        elif len(self._idle) >= self.config.max_idle:
+            self._close_later(connection, CloseReason.MAX_IDLE)
+        else:
+            connection.idle_since = now
+            self._idle.append(connection)
+
+    def _dial_for_waiters(self) -> None:
+        """Start dials for the waiters that no dial in progress will serve, within the cap."""
+        if self._closed:
+            return
+        waiting = sum(1 for waiter in self._waiters if not waiter.done())
+        for _ in range(min(waiting - len(self._dials), self._room())):
+            self._spawn_dial()
+        if not waiting:
+            self._wake.set()  # nobody waiting: let the maintainer restore min idle
 
     def _reap(self) -> None:
         """Close idle connections past their idle time or lifetime, or closed by the server.
@@ -328,101 +322,81 @@ class ManagedPool(ConnectionPoolInterface):
         self._idle = keep
 
     def _missing_idle(self) -> int:
-        total = len(self._in_use) + len(self._idle) + self._opening
-        wanted = self.config.min_idle - len(self._idle) - self._opening
-        return max(0, min(wanted, self.config.max_size - total))
+        wanted = self.config.min_idle - len(self._idle) - len(self._dials)
+        return max(0, min(wanted, self._room()))
 
     # -- I/O ---------------------------------------------------------------------------------
 
-    async def _dial_into_slot(self, operation: Operation | None = None) -> PostalConnection:
-        """Open a connection into a slot already reserved (`_opening` counted) by the caller.
+    def _spawn_dial(self) -> asyncio.Task[PostalConnection]:
+        """Start a dial owned by the pool; its connection, when ready, goes through `_release`.
 
-        The dial belongs to the pool, not to the caller: a caller whose deadline expires stops
-        waiting for it, but the dial goes on (bounded by the dial and read timeouts) and its
-        connection joins the pool. Cancelling it instead would mean that when a dial takes longer
-        than a GET deadline (a distant or slow Redis), no dial could ever finish.
+        The dial runs outside any caller's operation: its own timeouts bound it, not a deadline
+        it is shielded from (inside an operation, socket timers are skipped for the deadline).
         """
-        # The dial runs outside the caller's operation: its own timeouts bound it, not a deadline
-        # it is shielded from (inside an operation, socket timers are skipped for the deadline).
         context = contextvars.copy_context()
         context.run(current_operation.set, None)
         dial = asyncio.get_running_loop().create_task(self._connector.open(), context=context)
         self._dials.add(dial)
-        dial.add_done_callback(self._dials.discard)
-        if operation is not None:
-            operation.dialing = True
-        try:
-            connection = await asyncio.shield(dial)
-        except asyncio.CancelledError:
-            if dial.done():
-                self._adopt_dial(dial)
-            else:
-                dial.add_done_callback(self._adopt_dial)
-            raise
-        except BaseException:
-            self._dial_failed()
-            raise
-        self._opening -= 1
-        self._opened += 1
-        return connection
+        dial.add_done_callback(self._dial_done)
+        return dial
 
-    def _adopt_dial(self, dial: asyncio.Future[PostalConnection]) -> None:
-        """A dial whose caller gave up has ended: its connection, if any, joins the pool."""
-        if dial.cancelled() or dial.exception() is not None:
-            self._dial_failed()
+    def _dial_done(self, dial: asyncio.Task[PostalConnection]) -> None:
+        self._dials.discard(dial)
+        if dial.cancelled():
             return
-        self._opening -= 1
-        self._opened += 1
+        error = dial.exception()
+        if error is not None:
+            # The longest waiter learns why it gets no connection (refused, DNS, TLS, auth...).
+            waiter = self._pop_live_waiter()
+            if waiter is not None:
+                waiter.set_exception(error)
+            return
         connection = dial.result()
+        self._opened += 1
         self._in_use.add(connection)
-        self._release(connection)  # to the longest waiter, or idle, or closed past max idle
-
-    def _dial_failed(self) -> None:
-        self._opening -= 1
-        self._grant_slot_to_waiter()
+        self._release(connection, fresh=True)  # to the longest waiter, or idle, or closed
 
     async def _wait_in_line(self, operation: Operation | None) -> PostalConnection:
-        deadline = operation.deadline if operation is not None else None
+        """Queue for the next connection ready; start a dial if there is room for one."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         budget = self.config.pool_timeout
-        own_timer = deadline is None or started + budget < deadline
-        if not own_timer:
-            assert deadline is not None
-            budget = deadline - started
+        if operation is not None and operation.deadline is not None:
+            budget = min(budget, operation.deadline - started)
         self._waits += 1
         if budget <= 0:
             self._timeouts += 1
             raise PoolTimeout(f"{self.role} pool: operation deadline already passed")
-        waiter: asyncio.Future[_Grant] = loop.create_future()
+        waiter: asyncio.Future[PostalConnection] = loop.create_future()
         self._waiters.append(waiter)
-        # When the operation's deadline comes first, its own timer cancels us; otherwise ours fires.
-        timer = loop.call_later(budget, self._expire_waiter, waiter) if own_timer else None
+        if self._room() > 0:
+            self._dial_for_waiters()
+            if operation is not None:
+                operation.dialing = True
+        timer = loop.call_later(budget, self._expire_waiter, waiter, budget)
         try:
-            grant = await waiter
+            return await waiter
         except PoolTimeout:
             self._timeouts += 1
             raise
         except asyncio.CancelledError:
+            deadline = operation.deadline if operation is not None else None
             if deadline is not None and loop.time() >= deadline:
                 self._timeouts += 1
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._return_grant(waiter.result())
+                self._release(waiter.result())  # served as we left: pass it on
             raise
         finally:
             self._wait_time += loop.time() - started
-            if timer is not None:
-                timer.cancel()
-        if grant is None:
-            return await self._dial_into_slot(operation)
-        return grant
+            timer.cancel()
 
-    def _expire_waiter(self, waiter: asyncio.Future[_Grant]) -> None:
+    def _expire_waiter(self, waiter: asyncio.Future[PostalConnection], waited: float) -> None:
         if not waiter.done():
             waiter.set_exception(
                 PoolTimeout(
-                    f"{self.role} pool: no connection free within "
-                    f"{format_duration(self.config.pool_timeout)} (size {self.config.max_size})"
+                    f"{self.role} pool: no connection free within {format_duration(waited)}"
+                    f" (pool timeout {format_duration(self.config.pool_timeout)},"
+                    f" size {self.config.max_size})"
                 )
             )
 
@@ -447,18 +421,11 @@ class ManagedPool(ConnectionPoolInterface):
 
     async def _refill(self) -> bool:
         """Open connections until `min_idle` are idle; False if a dial failed."""
-        missing = self._missing_idle()
-        if missing == 0:
+        dials = [self._spawn_dial() for _ in range(self._missing_idle())]
+        if not dials:
             return True
-        self._opening += missing
-        results = await asyncio.gather(
-            *(self._dial_into_slot() for _ in range(missing)), return_exceptions=True
-        )
-        errors = [result for result in results if not isinstance(result, PostalConnection)]
-        for result in results:
-            if isinstance(result, PostalConnection):
-                self._in_use.add(result)  # released at once: handed to a waiter or made idle
-                self._release(result)
+        results = await asyncio.gather(*dials, return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
         if errors:
             logger.warning(
                 "%s pool: cannot open connections to %s: %s",
