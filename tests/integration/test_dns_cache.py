@@ -65,3 +65,21 @@ async def test_a_failed_dial_makes_the_next_one_resolve_again(
             await client.get("k", timeout=1.0)
         assert await client.get("k", timeout=1.0) is None
         assert resolver.calls == 2
+
+
+async def test_every_resolved_address_is_tried_in_turn(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    """The first address is dead (as `localhost` -> ::1 with Redis on IPv4 only): not fatal."""
+
+    async def two_addresses(host: str, port: int) -> list[str]:
+        return ["127.0.0.2", "127.0.0.1"]
+
+    async with CacheClient.create(
+        read_url=hostname_url(redis_url, "redis.test"),
+        profile=small_profile(min_idle=1),
+        dns=DnsCache(two_addresses, ttl=60.0),
+        key_prefix=key_prefix,
+    ) as client:
+        assert await client.get("k", timeout=1.0) is None
+        assert client.stats()["read"].opened >= 1

@@ -1,3 +1,5 @@
+import traceback
+
 import pytest
 
 from postal.cache.config import READ_POOL, WRITE_POOL, CacheTimeouts
@@ -105,3 +107,22 @@ def test_repr_never_shows_a_password() -> None:
         assert "redis://:***@replica:6379/0" in text
         assert "redis://alice:***@primary:6379/0" in text
     assert settings.read_url == "redis://:hunter2@replica:6379/0"  # the value itself is intact
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@redis:99999/0",
+        "redis://u:hun/ter2@redis:6379/0",
+        "redis://u:hunter2@redis:6379/x",
+    ],
+)
+def test_a_malformed_url_with_a_password_never_shows_it(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"READ_REDIS_URL": url})
+    error = caught.value
+    text = "".join(traceback.format_exception(error))
+    assert "hunter2" not in text
+    assert "ter2" not in text
+    assert str(error).startswith("READ_REDIS_URL='redis://")
+    assert "***@redis" in str(error)

@@ -59,3 +59,26 @@ def test_the_before_profile_is_the_seeds_before_column() -> None:
     assert BEFORE.timeouts.get is None
     assert BEFORE.dns_ttl == 0
     assert TUNED.timeouts.get == 0.1
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:hunter2@redis:99999/0", "redis://:***@redis:99999/0"),  # bad port
+        ("redis://u:pa/ss@redis:6379/0", "redis://u:***@redis:6379/0"),  # unescaped /
+        ("redis://u:pa#ss@redis:6379/0", "redis://u:***@redis:6379/0"),  # unescaped #
+        ("redis://u:pa?s@s@redis:6379/0", "redis://u:***@redis:6379/0"),  # ? and @ inside
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url_masks_malformed_urls_too(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2@redis:99999/0", "redis://u:hunter2/x@redis:6379/0"]
+)
+def test_an_unparseable_url_is_refused_without_quoting_it(url: str) -> None:
+    with pytest.raises(ValueError, match=r"expected a URL such as") as caught:
+        RedisEndpoint.from_url(url)
+    assert "hunter2" not in str(caught.value)

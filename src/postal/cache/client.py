@@ -239,19 +239,12 @@ class CacheClient:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         operation = Operation(deadline=None if limit is None else loop.time() + limit)
-        token = current_operation.set(operation)
         try:
-            if limit is None:
-                result = await call()
-            else:
-                async with asyncio.timeout(limit):
-                    result = await call()
+            result = await _within(operation, call)
         except (redis_exc.RedisError, OSError, TimeoutError, CacheError) as exc:
             error = _map_error(exc, role, command, limit, operation)
             self._emit(role, command, key, started, _outcome_of(error), str(error))
             raise error from exc
-        finally:
-            current_operation.reset(token)
         if self._listeners:
             outcome = Outcome.OK
             if command == "GET":
@@ -290,24 +283,20 @@ class CachePipeline:
     def __init__(self, client: CacheClient, pipeline: Any) -> None:
         self._client = client
         self._pipeline = pipeline
-        self._queued = 0
 
     def __len__(self) -> int:
-        return self._queued
+        return len(self._pipeline)
 
     def set(self, key: str, value: Value, *, ttl: float | None = None) -> Self:
         self._pipeline.execute_command("SET", self._client.key(key), value, *_px(ttl))
-        self._queued += 1
         return self
 
     def delete(self, *keys: str) -> Self:
         self._pipeline.delete(*(self._client.key(key) for key in keys))
-        self._queued += 1
         return self
 
     def get(self, key: str) -> Self:
         self._pipeline.get(self._client.key(key))
-        self._queued += 1
         return self
 
     async def execute(self, *, timeout: Timeout = USE_DEFAULT) -> list[Any]:
@@ -321,7 +310,6 @@ class CachePipeline:
             timeout,
             self._pipeline.execute,
         )
-        self._queued = 0
         return results
 
     async def __aenter__(self) -> Self:
@@ -329,6 +317,17 @@ class CachePipeline:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._pipeline.reset()
+
+
+async def _within(operation: Operation, call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call` as the current operation, bounded by its deadline (the pool's waits use the
+    same instant). Listeners are called after this returns, outside the operation."""
+    token = current_operation.set(operation)
+    try:
+        async with asyncio.timeout_at(operation.deadline):
+            return await call()
+    finally:
+        current_operation.reset(token)
 
 
 async def _command(pool: ManagedPool, *args: Value) -> Any:

@@ -82,7 +82,9 @@ class PostalConnection(Connection):
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
     ) -> None:
         if not self.is_connected:
-            await self.connect_check_health(check_health=False)
+            # redis-py would reconnect here, behind the pool's back (and its accounting): the
+            # pool hands out only connected connections, so this one was closed under its user.
+            raise RedisConnectionError(f"Connection to {self._host_error()} is closed")
         if isinstance(command, str):
             command = command.encode()
         if isinstance(command, bytes):
@@ -169,33 +171,34 @@ class Connector:
         use_tls = endpoint.tls or tls.enabled
         self._ssl_context = build_ssl_context(tls) if use_tls else None
 
-    @property
-    def uses_tls(self) -> bool:
-        return self._ssl_context is not None
-
     async def open(self) -> PostalConnection:
-        """Resolve, connect and handshake; raise and leave nothing open if any step fails."""
+        """Resolve, then connect and handshake to each address in turn until one works.
+
+        Each attempt's TCP (and TLS) connect is bounded by the dial timeout and the handshake's
+        replies by the read timeout; so is name resolution, by the dial timeout. If every address
+        fails, the name is forgotten so the next dial re-resolves (Redis may have moved), and the
+        last error is raised. Nothing is left open.
+        """
         endpoint = self.endpoint
-        connection: PostalConnection | None = None
         try:
-            # The dial timeout bounds name resolution and TCP/TLS connect together.
-            try:
-                async with asyncio.timeout(self._config.dial_timeout):
-                    address = await self._dns.resolve(endpoint.host, endpoint.port)
-            except TimeoutError:
-                too_slow = f"resolving {endpoint.host} took longer than the dial timeout"
-                raise DnsLookupError(too_slow) from None
+            async with asyncio.timeout(self._config.dial_timeout):
+                addresses = await self._dns.resolve(endpoint.host, endpoint.port)
+        except TimeoutError:
+            too_slow = f"resolving {endpoint.host} took longer than the dial timeout"
+            raise DnsLookupError(too_slow) from None
+        for attempt, address in enumerate(addresses, start=1):
             connection = self._new_connection(address)
-            # TCP (and TLS) under the dial timeout; the handshake's replies under the read timeout.
-            await connection.connect()  # type: ignore[no-untyped-call]
-        except BaseException as exc:
-            if connection is not None:
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+                break
+            except (OSError, RedisConnectionError, RedisTimeoutError):
                 await connection.disconnect(nowait=True)
-            dial_failed = isinstance(exc, (OSError, RedisConnectionError, RedisTimeoutError))
-            if dial_failed and not isinstance(exc, DnsLookupError):
-                # The next dial re-resolves: Redis may have moved (failover, rescheduled pod).
-                self._dns.forget(endpoint.host)
-            raise
+                if attempt == len(addresses):
+                    self._dns.forget(endpoint.host)
+                    raise
+            except BaseException:
+                await connection.disconnect(nowait=True)
+                raise
         now = asyncio.get_running_loop().time()
         connection.opened_at = now
         connection.idle_since = now

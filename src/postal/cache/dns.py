@@ -6,7 +6,8 @@ Kubernetes, with ndots:5 and search domains, that is several queries and tens of
 
 - keeps an answer for `ttl` seconds (0 disables caching: every dial resolves);
 - coalesces concurrent lookups of one name into one (a burst of dials costs one query);
-- serves the last good answer when a lookup fails (stale-if-error), for a short while;
+- serves the last good answer when a lookup fails (stale-if-error), asking again every few
+  seconds for as long as lookups keep failing;
 - forgets a name on request, so that after a connection failure the next dial re-resolves and a
   Redis that moved (a failover, a rescheduled pod) is found again.
 
@@ -90,14 +91,15 @@ class DnsCache:
     def stats(self) -> DnsStats:
         return DnsStats(self._cached, self._resolved, self._stale, self._failed)
 
-    async def resolve(self, host: str, port: int) -> str:
-        """One address for `host`: from the cache when fresh, else from one shared lookup."""
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of `host`, in the resolver's order: cached when fresh, else looked up
+        once for all concurrent callers."""
         if is_ip_address(host):
-            return host
+            return [host]
         entry = self._entries.get(host)
         if entry is not None and self._clock() < entry.expires_at:
             self._cached += 1
-            return entry.addresses[0]
+            return entry.addresses
         lookup = self._inflight.get(host)
         if lookup is None:
             lookup = asyncio.ensure_future(self._lookup(host, port))
@@ -106,8 +108,7 @@ class DnsCache:
         else:
             self._cached += 1  # coalesced: this caller caused no query of its own
         # Shielded: one caller's deadline must not cancel the lookup the others are waiting for.
-        addresses = await asyncio.shield(lookup)
-        return addresses[0]
+        return await asyncio.shield(lookup)
 
     def forget(self, host: str) -> None:
         """Make the next dial re-resolve `host`; the old answer stays, for stale-if-error."""

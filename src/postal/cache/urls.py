@@ -8,27 +8,28 @@ must name an address.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.connection import SSLConnection, parse_url
 
 MASK = "***"
+EXAMPLE_URL = "redis://[user:password@]host:6379/0"
 
 
 def mask_url(url: str) -> str:
-    """`redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`; other URLs unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable redis url>"
-    if parts.password is None:
+    """`redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`; never raises.
+
+    Works on text, not on a parsed URL, so that a malformed URL (a bad port, a password with an
+    unescaped `/`, `?` or `#`) is masked too: everything between `://` and the last `@` is the
+    user information, and whatever follows its first `:` is replaced.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
         return url
-    userinfo = f"{parts.username or ''}:{MASK}"
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal needs its brackets back
-        host = f"[{host}]"
-    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, _, location = rest.rpartition("@")
+    username, has_password, _ = userinfo.partition(":")
+    if not has_password:
+        return url
+    return f"{scheme}://{username}:{MASK}@{location}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +47,16 @@ class RedisEndpoint:
     @classmethod
     def from_url(cls, url: str, *, force_tls: bool = False) -> RedisEndpoint:
         """Parse `redis://` or `rediss://`; `force_tls` is ENABLE_REDIS_TLS_MODE=true."""
-        scheme = urlsplit(url).scheme
+        scheme, _, rest = url.partition("://")
         if scheme not in ("redis", "rediss"):
             raise ValueError("expected a redis:// or rediss:// URL")
-        kwargs = parse_url(url)
+        database = rest.rpartition("@")[2].partition("?")[0].partition("/")[2]
+        if database and not database.isdigit():  # redis-py would quietly use database 0
+            raise ValueError(f"expected a database number after the host, as in {EXAMPLE_URL}")
+        try:
+            kwargs = parse_url(url)
+        except ValueError:  # redis-py's message may quote part of the password: not ours to show
+            raise ValueError(f"expected a URL such as {EXAMPLE_URL}") from None
         host = kwargs.get("host")
         if not host:
             raise ValueError("expected a URL with a host, such as redis://127.0.0.1:6379/0")

@@ -26,9 +26,10 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def key_prefix(key: str | None) -> str:
-    if not key:
+    """The kind of key (`post:{42}` -> `post`); "-" for a key with no prefix: it is all data."""
+    if not key or ":" not in key:
         return "-"
-    return key.split(":", 1)[0] if ":" in key else key[:32]
+    return key.split(":", 1)[0]
 
 
 class SlowOperationLog:
