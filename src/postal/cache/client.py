@@ -239,12 +239,19 @@ class CacheClient:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         operation = Operation(deadline=None if limit is None else loop.time() + limit)
+        token = current_operation.set(operation)
         try:
-            result = await _within(operation, call)
+            async with asyncio.timeout_at(operation.deadline):
+                result = await call()
         except (redis_exc.RedisError, OSError, TimeoutError, CacheError) as exc:
+            current_operation.reset(token)  # listeners run outside the operation
             error = _map_error(exc, role, command, limit, operation)
             self._emit(role, command, key, started, _outcome_of(error), str(error))
             raise error from exc
+        except BaseException:
+            current_operation.reset(token)
+            raise
+        current_operation.reset(token)
         if self._listeners:
             outcome = Outcome.OK
             if command == "GET":
@@ -317,17 +324,6 @@ class CachePipeline:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._pipeline.reset()
-
-
-async def _within(operation: Operation, call: Callable[[], Awaitable[T]]) -> T:
-    """Run `call` as the current operation, bounded by its deadline (the pool's waits use the
-    same instant). Listeners are called after this returns, outside the operation."""
-    token = current_operation.set(operation)
-    try:
-        async with asyncio.timeout_at(operation.deadline):
-            return await call()
-    finally:
-        current_operation.reset(token)
 
 
 async def _command(pool: ManagedPool, *args: Value) -> Any:

@@ -18,5 +18,9 @@ class Operation:
     dialing: bool = False  # set by the pool when it starts opening a connection for this operation
     acquired: bool = False  # set by the pool once a connection is handed to this operation
 
+    def deadline_in(self, now: float) -> float:
+        """Seconds left at event-loop time `now`; infinite without a deadline."""
+        return float("inf") if self.deadline is None else self.deadline - now
+
 
 current_operation: ContextVar[Operation | None] = ContextVar("postal_cache_operation", default=None)

@@ -360,9 +360,8 @@ class ManagedPool(ConnectionPoolInterface):
         """Queue for the next connection ready; start a dial if there is room for one."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        budget = self.config.pool_timeout
-        if operation is not None and operation.deadline is not None:
-            budget = min(budget, operation.deadline - started)
+        left = operation.deadline_in(started) if operation is not None else float("inf")
+        budget = min(self.config.pool_timeout, left)
         self._waits += 1
         if budget <= 0:
             self._timeouts += 1
@@ -373,7 +372,10 @@ class ManagedPool(ConnectionPoolInterface):
             self._dial_for_waiters()
             if operation is not None:
                 operation.dialing = True
-        timer = loop.call_later(budget, self._expire_waiter, waiter, budget)
+        # When the operation's deadline comes first, the client's timer for it ends the wait (the
+        # same instant); a second timer here would be one more heap entry per queued operation.
+        own_timer = budget < left
+        timer = loop.call_later(budget, self._expire_waiter, waiter, budget) if own_timer else None
         try:
             return await waiter
         except PoolTimeout:
@@ -388,7 +390,8 @@ class ManagedPool(ConnectionPoolInterface):
             raise
         finally:
             self._wait_time += loop.time() - started
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _expire_waiter(self, waiter: asyncio.Future[PostalConnection], waited: float) -> None:
         if not waiter.done():
