@@ -1,7 +1,8 @@
 """The cache layer's exceptions, the only ones its callers need to catch.
 
     CacheError                 any failure of a cache operation
-    ├── CacheTimeout           the operation's deadline (or a socket timeout) expired
+    ├── CacheTimeout           the operation's deadline expired, or a socket timeout (connect,
+    │   │                      read or write) did: Redis is there but too slow
     │   └── PoolTimeout        ...while waiting for a free connection in the pool
     └── CacheUnavailable       Redis cannot be reached: refused, reset, DNS failure, TLS or
                                authentication failure, or the pool is closed
