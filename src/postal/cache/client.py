@@ -332,9 +332,8 @@ async def _command(pool: ManagedPool, *args: Value) -> Any:
     Single commands skip `redis.asyncio.Redis.execute_command`: its retry and telemetry wrappers
     are what Postal's deadlines and events replace, and they cost about a sixth of a GET's CPU
     time (measured with `postal bench cache`: tuned went from 30.6k to 36.7k GETs/s). A command
-    interrupted mid-way leaves its
-    connection closed (redis-py disconnects on any abnormal end of a read or write), and the pool
-    drops it on release.
+    interrupted mid-way leaves its connection closed (redis-py disconnects on any abnormal end of
+    a read or write), and the pool drops it on release.
     """
     connection = await pool.get_connection()
     try:
