@@ -308,8 +308,6 @@ async def test_redis_answering_after_one_second(rig: Rig) -> None:
 
 async def test_redis_restarted_under_load(key_prefix: str) -> None:
     # Straight to the server, no proxy: real refused connects while it is down, real FINs.
-    # (Through the in-process proxy, a starved CI loop can make each dial slower than the GET
-    # deadline, which is the livelock the next test shows.)
     async with asyncio.timeout(TEST_TIMEOUT), _rig(False, key_prefix) as rig:
         loop = asyncio.get_running_loop()
         restart: dict[str, float] = {}

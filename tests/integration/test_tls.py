@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -71,7 +71,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def _start_tls_server(cert: str, key: str, ca_file: str, *, auth_clients: bool) -> TlsServer:
+@contextmanager
+def _tls_server(cert: str, key: str, ca_file: str, *, auth_clients: bool) -> Iterator[TlsServer]:
     tls_port = free_port()
     server = RedisServer(
         extra_args=[
@@ -85,39 +86,29 @@ def _start_tls_server(cert: str, key: str, ca_file: str, *, auth_clients: bool) 
     # The readiness PING goes to the plain port (server.port); Postal only ever uses tls_port.
     try:
         server.start()
-    except BaseException:
+        yield TlsServer(server, tls_port)
+    finally:
         server.cleanup()
-        raise
-    return TlsServer(server, tls_port)
 
 
 @pytest.fixture(scope="module")
 def tls_server(pki: Pki) -> Iterator[TlsServer]:
-    running = _start_tls_server(pki.server_cert, pki.server_key, pki.ca_file, auth_clients=False)
-    try:
+    with _tls_server(pki.server_cert, pki.server_key, pki.ca_file, auth_clients=False) as running:
         yield running
-    finally:
-        running.server.cleanup()
 
 
 @pytest.fixture(scope="module")
 def named_server(pki: Pki) -> Iterator[TlsServer]:
     """A server whose certificate names only redis.test (no IP address, no localhost)."""
-    running = _start_tls_server(pki.named_cert, pki.named_key, pki.ca_file, auth_clients=False)
-    try:
+    with _tls_server(pki.named_cert, pki.named_key, pki.ca_file, auth_clients=False) as running:
         yield running
-    finally:
-        running.server.cleanup()
 
 
 @pytest.fixture(scope="module")
 def mtls_server(pki: Pki) -> Iterator[TlsServer]:
     """A server that demands a client certificate signed by the test CA."""
-    running = _start_tls_server(pki.server_cert, pki.server_key, pki.ca_file, auth_clients=True)
-    try:
+    with _tls_server(pki.server_cert, pki.server_key, pki.ca_file, auth_clients=True) as running:
         yield running
-    finally:
-        running.server.cleanup()
 
 
 class LoopbackResolver:
