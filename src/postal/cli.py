@@ -50,8 +50,12 @@ def serve(
 @bench_app.command("cache")
 def bench_cache(
     url: Annotated[
-        str, typer.Option(help="Redis to load; loopback only (127.0.0.0/8, ::1, localhost).")
-    ] = "redis://localhost:6379/0",
+        str | None,
+        typer.Option(
+            help="Redis to load; loopback only (127.0.0.0/8, ::1, localhost)."
+            " Default: the local Redis, by the name localhost."
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Tasks issuing GETs.")] = 100,
     value_size: Annotated[int, typer.Option(min=1, help="Bytes per value.")] = 1024,
     duration: Annotated[str, typer.Option(help="Each measured run, Go-style: 3s, 500ms.")] = "3s",
@@ -72,7 +76,7 @@ def bench_cache(
     from rich.console import Console
 
     from postal.bench import BenchError, rich_progress, write_json
-    from postal.bench.cache import CacheBenchOptions, render_report, run_cache_bench
+    from postal.bench.cache import DEFAULT_URL, CacheBenchOptions, render_report, run_cache_bench
     from postal.cache.durations import parse_duration
 
     try:
@@ -80,7 +84,7 @@ def bench_cache(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--duration") from None
     options = CacheBenchOptions(
-        url=url,
+        url=url or DEFAULT_URL,
         concurrency=concurrency,
         value_size=value_size,
         duration=seconds,

@@ -203,7 +203,7 @@ class ManagedPool(ConnectionPoolInterface):
             in_use=len(self._in_use),
             idle=len(self._idle),
             opening=len(self._dials),
-            waiting=sum(1 for waiter in self._waiters if not waiter.done()),
+            waiting=self._waiting(),
             waits=self._waits,
             wait_time=self._wait_time,
             timeouts=self._timeouts,
@@ -230,6 +230,10 @@ class ManagedPool(ConnectionPoolInterface):
     def _room(self) -> int:
         """How many more connections may be opened without passing the cap."""
         return self.config.max_size - len(self._in_use) - len(self._idle) - len(self._dials)
+
+    def _waiting(self) -> int:
+        """Callers still waiting (the line may hold futures already served or given up)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
 
     def _pop_live_waiter(self) -> asyncio.Future[PostalConnection] | None:
         """The longest waiter still waiting, removed from the line; None if nobody waits."""
@@ -300,7 +304,7 @@ class ManagedPool(ConnectionPoolInterface):
         """Start dials for the waiters that no dial in progress will serve, within the cap."""
         if self._closed:
             return
-        waiting = sum(1 for waiter in self._waiters if not waiter.done())
+        waiting = self._waiting()
         for _ in range(min(waiting - len(self._dials), self._room())):
             self._spawn_dial()
         if not waiting:
