@@ -1,0 +1,36 @@
+"""What can go wrong with posts, in the domain's words; `api/errors.py` maps these to HTTP."""
+
+from __future__ import annotations
+
+
+class PostError(Exception):
+    """Base of the posts domain's errors."""
+
+
+class PostNotFound(PostError):
+    def __init__(self, post_id: int) -> None:
+        super().__init__(f"post {post_id} does not exist")
+        self.post_id = post_id
+
+
+class VersionNotFound(PostError):
+    def __init__(self, post_id: int, version: int) -> None:
+        super().__init__(f"post {post_id} has no version {version}")
+        self.post_id = post_id
+        self.version = version
+
+
+class VersionConflict(PostError):
+    """The writer's If-Match names a version that is no longer current."""
+
+    def __init__(self, post_id: int, expected: int, current: int) -> None:
+        super().__init__(
+            f"post {post_id} is at version {current}, not {expected}: reload it and retry"
+        )
+        self.post_id = post_id
+        self.expected = expected
+        self.current = current
+
+
+class DatabaseUnavailable(PostError):
+    """The database could not be reached or did not answer in time; the request may be retried."""

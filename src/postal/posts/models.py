@@ -1,0 +1,57 @@
+"""Posts and their versions: plain data and the rules on it, no I/O.
+
+A post carries its current version number; every content change (create, update, restore) adds
+one `PostVersion` row with the content as it became, so the history is complete from version 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+MAX_TITLE_CHARS: Final = 200
+MAX_AUTHOR_CHARS: Final = 100
+MAX_TAGS: Final = 20
+MAX_TAG_CHARS: Final = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PostContent:
+    """What a writer supplies: everything about a post that has versions."""
+
+    title: str
+    body: str
+    author: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    id: int
+    title: str
+    body: str
+    author: str
+    tags: tuple[str, ...]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def content(self) -> PostContent:
+        return PostContent(self.title, self.body, self.author, self.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class PostVersion:
+    post_id: int
+    version: int
+    title: str
+    body: str
+    author: str
+    tags: tuple[str, ...]
+    created_at: datetime
+
+    @property
+    def content(self) -> PostContent:
+        return PostContent(self.title, self.body, self.author, self.tags)
