@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, ValidationError, model_validator
+from pydantic import BeforeValidator, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from postal.cache.config import CacheTimeouts, PoolConfig, Profile, TlsConfig
@@ -65,6 +65,24 @@ class Settings(BaseSettings):
     postal_host: str = "127.0.0.1"
     postal_port: Count = 8000
     postal_log_level: str = "INFO"
+    # Writes need `Authorization: Bearer <token>` when set; unset, `serve` binds loopback only.
+    postal_api_token: SecretStr | None = None
+    postal_max_body_bytes: Count = 1_000_000  # a post's body, in UTF-8 bytes; more is a 413
+
+    # Database: PostgreSQL in production; unset, the embedded SQLite file below
+    database_url: str | None = None
+    database_pool_size: Count = 10
+    database_timeout: Duration = 5.0  # connect and statement timeout; then 503 with Retry-After
+    postal_data_dir: str = "var"  # the embedded default's SQLite file and Redis live here
+
+    # Read-through cache
+    post_cache_ttl: Duration = 300.0
+    list_cache_ttl: Duration = 30.0
+    not_found_cache_ttl: Duration = 5.0
+    cache_ttl_jitter: float = 0.1  # each TTL is stretched by up to this fraction, at random
+    cache_max_pending_fills: Count = 1000
+    redis_breaker_failures: Count = 5  # consecutive failures that open the breaker
+    redis_breaker_cooldown: Duration = 1.0  # open this long, then one probe
 
     # Redis endpoints: one may default to the other
     read_redis_url: RedisUrl | None = None
@@ -133,6 +151,20 @@ class Settings(BaseSettings):
         return self
 
     # -- what the rest of Postal is built from -------------------------------------------------
+
+    @property
+    def embedded_redis(self) -> bool:
+        """No Redis URL given: `postal serve` starts a private one (the embedded default)."""
+        return self.read_redis_url is None and self.write_redis_url is None
+
+    @property
+    def database(self) -> str:
+        """The database URL; unset, an SQLite file in the data directory."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.postal_data_dir}/postal.db"
+
+    @property
+    def api_token(self) -> str | None:
+        return None if self.postal_api_token is None else self.postal_api_token.get_secret_value()
 
     @property
     def read_url(self) -> str:
