@@ -1,19 +1,29 @@
-"""Shared fixtures: a Redis to talk to, and a key prefix of each test's own.
+"""Shared fixtures: a Redis to talk to, a key prefix of each test's own, and databases.
 
 Integration tests use the Redis on 127.0.0.1:6379 when it answers, each test under its own key
 prefix so that runs never see each other's keys (nor anyone else's); when it does not answer, one
 child redis-server is started for the session. Tests that must kill, slow or reconfigure a server
 start their own with `tests.support.redis_server`.
+
+Databases: `database_url` is a migrated PostgreSQL database of the session's own, `clean_database`
+the same emptied for one test, `postgres_engine` an engine on it, `empty_database_url` a new
+unmigrated PostgreSQL database for one test, and `sqlite_url` a migrated SQLite file in the
+test's tmp_path (see tests.support.database).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postal.storage.db import create_engine
+from postal.storage.migrate import upgrade
+from tests.support.database import session_database, truncate, unmigrated_database
 from tests.support.redis_server import RedisServer, answers_ping
 
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 6379
@@ -48,3 +58,47 @@ async def raw_redis(redis_url: str, key_prefix: str) -> AsyncIterator[redis.Redi
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+# -- databases -----------------------------------------------------------------------------------
+# PostgreSQL: one migrated database per session (tests.support.database), emptied before each test
+# that asks for `clean_database`. SQLite: a migrated file in the test's own tmp_path.
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The postgresql+asyncpg:// URL of this session's migrated database (rows may be left over)."""
+    with session_database() as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own with nothing in it, not even migrations."""
+    with unmigrated_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def clean_database(database_url: str) -> str:
+    """`database_url`, with posts and post_versions emptied and ids restarting at 1."""
+    await truncate(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    """The sqlite+aiosqlite:// URL of a migrated SQLite file of this test's own."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'postal.db'}"
+    await upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def postgres_engine(clean_database: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the emptied session database; disposed after the test."""
+    engine = create_engine(clean_database, pool_size=5, timeout=5.0)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

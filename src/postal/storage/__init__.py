@@ -1,0 +1,25 @@
+"""Where posts are kept: SQL through SQLAlchemy Core, on PostgreSQL or an embedded SQLite file.
+
+    engine = create_engine(settings.database, pool_size=10, timeout=5.0)
+    await upgrade(settings.database)          # or refuse to start: `await is_current(url)`
+    repository = SqlPostRepository(engine)
+    ...
+    await engine.dispose()
+
+Only this package writes SQL; the rest of Postal sees `PostRepository` and the domain types.
+"""
+
+from postal.storage.db import create_engine, database_errors
+from postal.storage.migrate import downgrade, is_current, pending_revision, upgrade
+from postal.storage.repository import PostRepository, SqlPostRepository
+
+__all__ = [
+    "PostRepository",
+    "SqlPostRepository",
+    "create_engine",
+    "database_errors",
+    "downgrade",
+    "is_current",
+    "pending_revision",
+    "upgrade",
+]

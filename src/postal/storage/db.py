@@ -1,0 +1,156 @@
+"""The database engine, built by a function (never at import), and its errors mapped in one place.
+
+Two drivers, one engine factory:
+
+- PostgreSQL (`postgresql+asyncpg://`), production: a fixed-size pool (no overflow, so the pool
+  size is a hard cap on connections per process), a connect timeout, a server-side
+  `statement_timeout` and asyncpg's client-side `command_timeout` (which also bounds a server that
+  stopped answering), and a bounded wait for a pooled connection. No pre-ping: it would cost a
+  round trip on every checkout, and a connection found dead is invalidated with the rest of the
+  pool after one failed request, which gets a retryable `DatabaseUnavailable`.
+- SQLite (`sqlite+aiosqlite://`), the embedded default: WAL (readers do not block the writer),
+  foreign keys on (the cascade from posts to their versions needs it), and a busy timeout so a
+  writer waits for the lock instead of failing at once. The file's directory is created.
+
+`database_errors()` turns "the database is down, unreachable or too slow" into the domain's
+`DatabaseUnavailable`, whose message names the database with its password masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from asyncpg import exceptions as pg_errors
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from postal.cache.urls import mask_url
+from postal.posts.errors import DatabaseUnavailable
+
+POSTGRES_DRIVER: Final = "postgresql+asyncpg"
+SQLITE_DRIVER: Final = "sqlite+aiosqlite"
+_MEMORY_DATABASES: Final = ("", ":memory:")
+CLIENT_TIMEOUT_MARGIN: Final = 0.5  # seconds after the server's statement timeout
+
+
+def create_engine(url: str, *, pool_size: int, timeout: float) -> AsyncEngine:
+    """An engine for `url`; `timeout` (seconds, > 0) bounds connecting, each statement and the
+    wait for a pooled connection (SQLite: the wait for the write lock)."""
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout}")
+    parsed = make_url(url)
+    if parsed.drivername == POSTGRES_DRIVER:
+        return _postgres_engine(parsed, pool_size=pool_size, timeout=timeout)
+    if parsed.drivername == SQLITE_DRIVER:
+        return _sqlite_engine(parsed, pool_size=pool_size, timeout=timeout)
+    raise ValueError(
+        f"unsupported database URL {mask_url(url)!r}:"
+        f" expected {POSTGRES_DRIVER}://... or {SQLITE_DRIVER}:///path"
+    )
+
+
+def _postgres_engine(url: URL, *, pool_size: int, timeout: float) -> AsyncEngine:
+    connect_args: dict[str, Any] = {
+        "timeout": timeout,  # asyncpg: TCP connect and the start-up handshake
+        "server_settings": {"statement_timeout": str(round(timeout * 1000))},  # milliseconds
+        # The backstop for a server that stopped answering; a little later than the server's
+        # own timeout, which cancels the statement cleanly and keeps the connection.
+        "command_timeout": timeout + CLIENT_TIMEOUT_MARGIN,
+    }
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=timeout,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(url: URL, *, pool_size: int, timeout: float) -> AsyncEngine:
+    database = url.database or ""
+    pool_args: dict[str, Any] = {}
+    if database not in _MEMORY_DATABASES and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        pool_args = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": timeout}
+    # sqlite3's `timeout` is SQLite's busy timeout: how long a writer waits for the lock.
+    engine = create_async_engine(url, connect_args={"timeout": timeout}, **pool_args)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def describe(engine: AsyncEngine) -> str:
+    """The engine's URL as it may be shown: password masked."""
+    return mask_url(engine.url.render_as_string(hide_password=False))
+
+
+# Failures that mean "the database cannot be reached or did not answer in time", as raised by the
+# drivers: the OS (refused, reset, unreachable), timeouts, and PostgreSQL's own "not now" answers
+# (shutting down, starting up, statement timeout, too many connections, connection lost).
+_UNREACHABLE: Final = (
+    OSError,  # TimeoutError and ConnectionError included
+    pg_errors.PostgresConnectionError,
+    pg_errors.OperatorInterventionError,
+    pg_errors.InsufficientResourcesError,
+    pg_errors.InterfaceError,
+)
+
+
+@contextlib.contextmanager
+def database_errors(engine: AsyncEngine) -> Iterator[None]:
+    """Raise `DatabaseUnavailable` for a database that cannot be reached or does not answer.
+
+    Any error while connecting counts (a wrong password or database name included: no request
+    can be served either way, and the message says which). Errors of a statement on a working
+    connection (a constraint violated, a bug) are left as they are: retrying would not help, and
+    calling them "unavailable" would send whoever reads the log the wrong way.
+    """
+    try:
+        yield
+    except _UNREACHABLE as error:
+        raise _unavailable(engine, error) from error
+    except exc.TimeoutError as error:
+        raise _unavailable(engine, error, "no pooled connection became free in time") from error
+    except exc.DBAPIError as error:
+        cause = _driver_error(error)
+        if not (
+            error.connection_invalidated
+            or error.statement is None  # raised while connecting
+            or isinstance(error, exc.OperationalError | exc.InterfaceError)
+            or isinstance(cause, _UNREACHABLE)
+        ):
+            raise
+        raise _unavailable(engine, cause) from error
+
+
+def _driver_error(error: exc.DBAPIError) -> BaseException:
+    """The driver's own exception: asyncpg's hides behind SQLAlchemy's DBAPI adapter."""
+    orig: BaseException = error.orig if error.orig is not None else error
+    return orig.__cause__ or orig
+
+
+def _unavailable(
+    engine: AsyncEngine, error: BaseException, reason: str = ""
+) -> DatabaseUnavailable:
+    lines = str(error).strip().splitlines()
+    detail = reason or (lines[0] if lines else "no answer in time")
+    message = f"database {describe(engine)} unavailable: {type(error).__name__}: {detail}"
+    password = engine.url.password
+    if password:  # no driver's message should hold it; make sure
+        message = message.replace(str(password), "***")
+    return DatabaseUnavailable(message)

@@ -1,0 +1,288 @@
+"""Posts in SQL: the `PostRepository` protocol the service codes against, and its implementation.
+
+Each write is one transaction whose first statement is the write itself, so the version check is
+atomic without locks taken in advance: `UPDATE posts ... WHERE id = :id AND version = :expected
+RETURNING ...` either changes the row or changes nothing, and of two writers holding the same
+expected version exactly one wins (PostgreSQL re-checks the WHERE after waiting for the winner's
+row lock; SQLite has one writer at a time). Only when nothing changed does a second query find out
+why: no such post, or another version.
+
+Reads are single SELECTs run without BEGIN/COMMIT (autocommit): one statement already sees one
+consistent snapshot, and on PostgreSQL the explicit transaction would cost two more round trips
+on the hot path, `get`.
+
+Database outages become `DatabaseUnavailable` in one place, `db.database_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn, Protocol, TypeAlias
+
+from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
+from postal.posts.models import Post, PostContent, PostVersion
+from postal.storage.db import database_errors
+from postal.storage.tables import post_versions, posts
+
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+
+_POST_COLUMNS = (
+    posts.c.id,
+    posts.c.title,
+    posts.c.body,
+    posts.c.author,
+    posts.c.tags,
+    posts.c.version,
+    posts.c.created_at,
+    posts.c.updated_at,
+)
+_VERSION_COLUMNS = (
+    post_versions.c.post_id,
+    post_versions.c.version,
+    post_versions.c.title,
+    post_versions.c.body,
+    post_versions.c.author,
+    post_versions.c.tags,
+    post_versions.c.created_at,
+)
+
+
+class PostRepository(Protocol):
+    """Where posts and their versions are kept. Every method is atomic on its own."""
+
+    async def get(self, post_id: int) -> Post | None: ...
+
+    async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
+        """Newest first: at most `limit` posts with `id < before_id` (all, when None)."""
+        ...
+
+    async def create(self, content: PostContent, *, created_at: datetime | None = None) -> Post:
+        """Version 1; `created_at` (timezone-aware) for imports, else now."""
+        ...
+
+    async def update(
+        self, post_id: int, content: PostContent, *, expected_version: int | None
+    ) -> Post: ...
+
+    async def delete(self, post_id: int, *, expected_version: int | None) -> None: ...
+
+    async def versions(self, post_id: int) -> list[PostVersion]:
+        """Every version, oldest first."""
+        ...
+
+    async def version(self, post_id: int, version: int) -> PostVersion: ...
+
+    async def restore(self, post_id: int, version: int, *, expected_version: int | None) -> Post:
+        """Version `version`'s content, current again as a new version."""
+        ...
+
+
+class SqlPostRepository:
+    """`PostRepository` on SQLAlchemy Core: PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def __repr__(self) -> str:
+        return f"<SqlPostRepository {self._engine.url.render_as_string(hide_password=True)}>"
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors(self._engine):
+            async with self._reads.connect() as connection:
+                yield connection
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors(self._engine):
+            async with self._engine.begin() as connection:
+                yield connection
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, post_id: int) -> Post | None:
+        async with self._read() as connection:
+            result = await connection.execute(select(*_POST_COLUMNS).where(posts.c.id == post_id))
+            row = result.one_or_none()
+        return None if row is None else _post(row)
+
+    async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        query = select(*_POST_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(posts.c.id < before_id)
+        async with self._read() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_post(row) for row in rows]
+
+    async def versions(self, post_id: int) -> list[PostVersion]:
+        query = (
+            select(*_VERSION_COLUMNS)
+            .where(post_versions.c.post_id == post_id)
+            .order_by(post_versions.c.version)
+        )
+        async with self._read() as connection:
+            rows = (await connection.execute(query)).all()
+        if not rows:  # every post has its version 1 row, deleted only with the post
+            raise PostNotFound(post_id)
+        return [_version(row) for row in rows]
+
+    async def version(self, post_id: int, version: int) -> PostVersion:
+        async with self._read() as connection:
+            row = await _version_row(connection, post_id, version)
+            if row is None:
+                await _current_version(connection, post_id)  # raises PostNotFound if none
+                raise VersionNotFound(post_id, version)
+        return _version(row)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def create(self, content: PostContent, *, created_at: datetime | None = None) -> Post:
+        now = _now() if created_at is None else _aware(created_at)
+        async with self._write() as connection:
+            result = await connection.execute(
+                insert(posts)
+                .values(**_content_values(content), version=1, created_at=now, updated_at=now)
+                .returning(*_POST_COLUMNS)
+            )
+            post = _post(result.one())
+            await _insert_version(connection, post.id, 1, content, now)
+        return post
+
+    async def update(
+        self, post_id: int, content: PostContent, *, expected_version: int | None
+    ) -> Post:
+        async with self._write() as connection:
+            return await _new_version(connection, post_id, content, expected_version)
+
+    async def restore(self, post_id: int, version: int, *, expected_version: int | None) -> Post:
+        async with self._write() as connection:
+            # Version rows never change, so reading this one before the conditional UPDATE
+            # cannot make the restore act on stale content; the UPDATE still checks the version.
+            row = await _version_row(connection, post_id, version)
+            if row is None:
+                await _current_version(connection, post_id)
+                raise VersionNotFound(post_id, version)
+            content = _version(row).content
+            return await _new_version(connection, post_id, content, expected_version)
+
+    async def delete(self, post_id: int, *, expected_version: int | None) -> None:
+        """Removes the post and, by the foreign key's cascade, all its versions."""
+        statement = delete(posts).where(posts.c.id == post_id)
+        if expected_version is not None:
+            statement = statement.where(posts.c.version == expected_version)
+        async with self._write() as connection:
+            result = await connection.execute(statement.returning(posts.c.id))
+            if result.one_or_none() is None:
+                await _raise_for_missed_write(connection, post_id, expected_version)
+
+
+# -- statements shared by the methods -----------------------------------------------------------
+
+
+async def _new_version(
+    connection: AsyncConnection, post_id: int, content: PostContent, expected_version: int | None
+) -> Post:
+    """Make `content` current as version+1 (if the post is at `expected_version`), with its row."""
+    now = _now()
+    statement = update(posts).where(posts.c.id == post_id)
+    if expected_version is not None:
+        statement = statement.where(posts.c.version == expected_version)
+    statement = statement.values(
+        **_content_values(content), version=posts.c.version + 1, updated_at=now
+    )
+    result = await connection.execute(statement.returning(*_POST_COLUMNS))
+    row = result.one_or_none()
+    if row is None:
+        await _raise_for_missed_write(connection, post_id, expected_version)
+    post = _post(row)
+    await _insert_version(connection, post_id, post.version, content, now)
+    return post
+
+
+async def _raise_for_missed_write(
+    connection: AsyncConnection, post_id: int, expected_version: int | None
+) -> NoReturn:
+    """A conditional write changed nothing: the post is gone, or at another version."""
+    if expected_version is None:
+        raise PostNotFound(post_id)
+    current = await _current_version(connection, post_id)  # PostNotFound if gone
+    raise VersionConflict(post_id, expected_version, current)
+
+
+async def _current_version(connection: AsyncConnection, post_id: int) -> int:
+    result = await connection.execute(select(posts.c.version).where(posts.c.id == post_id))
+    current = result.scalar_one_or_none()
+    if current is None:
+        raise PostNotFound(post_id)
+    return int(current)
+
+
+async def _version_row(connection: AsyncConnection, post_id: int, version: int) -> AnyRow | None:
+    result = await connection.execute(
+        select(*_VERSION_COLUMNS).where(
+            post_versions.c.post_id == post_id, post_versions.c.version == version
+        )
+    )
+    return result.one_or_none()
+
+
+async def _insert_version(
+    connection: AsyncConnection, post_id: int, version: int, content: PostContent, at: datetime
+) -> None:
+    await connection.execute(
+        insert(post_versions).values(
+            post_id=post_id, version=version, created_at=at, **_content_values(content)
+        )
+    )
+
+
+def _content_values(content: PostContent) -> dict[str, Any]:
+    return {
+        "title": content.title,
+        "body": content.body,
+        "author": content.author,
+        "tags": list(content.tags),
+    }
+
+
+def _post(row: AnyRow) -> Post:
+    return Post(
+        id=row.id,
+        title=row.title,
+        body=row.body,
+        author=row.author,
+        tags=tuple(row.tags),
+        version=row.version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _version(row: AnyRow) -> PostVersion:
+    return PostVersion(
+        post_id=row.post_id,
+        version=row.version,
+        title=row.title,
+        body=row.body,
+        author=row.author,
+        tags=tuple(row.tags),
+        created_at=row.created_at,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"created_at must be timezone-aware, got {moment!r}")
+    return moment.astimezone(UTC)

@@ -1,0 +1,106 @@
+"""The schema as SQLAlchemy Core tables: the one description of it the repository queries.
+
+Core, not the ORM: the repository maps rows to the frozen domain dataclasses itself, so there is
+no identity map or unit of work between a request and its one or two statements. The MetaData
+carries a naming convention so every constraint has a predictable name, which Alembic needs to
+alter or drop it later (SQLite especially, whose batch mode rebuilds tables by name).
+
+The migrations in `migrations/versions` create the same schema; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+from postal.posts.models import MAX_AUTHOR_CHARS, MAX_TITLE_CHARS
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only makes an INTEGER PRIMARY KEY the rowid (and only a rowid can be AUTOINCREMENT, which
+# never reuses the id of a deleted row); it is 64-bit there anyway.
+PostId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A point in time, always timezone-aware UTC on the Python side.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones, so it stores naive UTC text and
+    this type puts the UTC back on the way out. A naive datetime is refused rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+posts = Table(
+    "posts",
+    metadata,
+    Column("id", PostId, Identity(), primary_key=True),
+    Column("title", String(MAX_TITLE_CHARS), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("author", String(MAX_AUTHOR_CHARS), nullable=False),
+    Column("tags", JSON, nullable=False),  # a list of strings
+    Column("version", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("version >= 1", name="version_positive"),
+    sqlite_autoincrement=True,
+)
+
+post_versions = Table(
+    "post_versions",
+    metadata,
+    Column(
+        "post_id",
+        PostId,
+        ForeignKey(posts.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("title", String(MAX_TITLE_CHARS), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("author", String(MAX_AUTHOR_CHARS), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint("version >= 1", name="version_positive"),
+)
