@@ -70,7 +70,10 @@ WRITE_POOL = PoolConfig(
     write_timeout=SOCKET_TIMEOUT,
 )
 assert max(GET_DEADLINE, SET_DEADLINE) + MARGIN < SOCKET_TIMEOUT
-PROFILE = Profile(read_pool=READ_POOL, write_pool=WRITE_POOL)  # default GET/SET deadlines
+# Default GET/SET deadlines, and no circuit breaker: these tests watch what every operation does
+# under a fault (deadlines, pool recovery); an open breaker would answer most of them with
+# CircuitOpen instead. The breaker under faults is tests/faults/test_breaker.py.
+PROFILE = Profile(read_pool=READ_POOL, write_pool=WRITE_POOL, breaker=None)
 KEY, VALUE = "fault-probe", b"still here"
 
 

@@ -10,8 +10,16 @@ redis-py does the protocol: the handshake, packing commands, parsing replies (hi
 pipelines through its `Pipeline` on the managed pool. Single-key commands are sent on a pooled
 connection directly (`_command`), without `Redis.execute_command`'s retry and telemetry wrappers.
 
+Each role has its own circuit breaker (unless the profile has none): while it is open, operations
+fail at once with `CircuitOpen`. Timeouts, pool timeouts and unreachable Redis count as failures;
+any completed operation, a miss or an error reply included, counts as a success (Redis answered).
+
+Generation-guarded values (`get_guarded`, `fill_guarded`, `invalidate`) close the stale-fill race;
+they are in `cache.guard`, run through the same roles, deadlines, breakers and events.
+
 This module is the only importer of `redis.exceptions`: everything redis-py raises becomes one of
-`cache.errors` here. Every operation emits a `CacheEvent` to the subscribed listeners.
+`cache.errors` here. Every operation emits a `CacheEvent` to the subscribed listeners, one refused
+by an open breaker too (outcome `circuit_open`, no I/O done).
 """
 
 from __future__ import annotations
@@ -21,18 +29,22 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, Self, TypeVar
 
 import redis.asyncio as redis
 import redis.exceptions as redis_exc
 
+from postal.cache.breaker import BreakerState, CircuitBreaker
 from postal.cache.config import NO_TLS, TUNED, Profile, TlsConfig
 from postal.cache.connection import Connector
 from postal.cache.deadline import Operation, current_operation
 from postal.cache.dns import DnsCache
 from postal.cache.durations import format_duration
-from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable, PoolTimeout
+from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable, CircuitOpen, PoolTimeout
 from postal.cache.events import CacheEvent, CacheListener, Outcome
+from postal.cache.guard import Guarded, GuardedOps, Script
+from postal.cache.keys import GuardedKey
 from postal.cache.pool import ManagedPool, PoolStats
 from postal.cache.urls import RedisEndpoint
 
@@ -56,6 +68,7 @@ class _Role:
     pool: ManagedPool
     redis: redis.Redis
     endpoint: RedisEndpoint
+    breaker: CircuitBreaker | None
 
 
 def _build_role(
@@ -64,8 +77,17 @@ def _build_role(
     config = profile.read_pool if name == "read" else profile.write_pool
     connector = Connector(endpoint, config, dns=dns, tls=tls, client_name=f"postal-{name}")
     pool = ManagedPool(name, connector, config)
+    breaker = None
+    if profile.breaker is not None:
+        breaker = CircuitBreaker(
+            profile.breaker.failure_threshold,
+            profile.breaker.cooldown,
+            failure_window=profile.breaker.failure_window,
+            name=name,
+        )
     # ManagedPool implements redis-py's ConnectionPoolInterface, which is all Redis uses.
-    return _Role(name, pool, redis.Redis(connection_pool=pool), endpoint)  # type: ignore[arg-type]
+    client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    return _Role(name, pool, client, endpoint, breaker)
 
 
 class CacheClient:
@@ -91,6 +113,7 @@ class CacheClient:
         self._dns = dns
         self._prefix = key_prefix
         self._listeners: list[CacheListener] = []
+        self._guard = GuardedOps(self)
 
     @classmethod
     def create(
@@ -150,6 +173,15 @@ class CacheClient:
     def pool(self, role: str) -> ManagedPool:
         return self._read.pool if role == "read" else self._write.pool
 
+    def breaker(self, role: str) -> CircuitBreaker | None:
+        """The role's breaker (to subscribe to its changes); None if the profile has none."""
+        return self._read.breaker if role == "read" else self._write.breaker
+
+    def breaker_state(self, role: str) -> BreakerState:
+        """For /readyz and metrics; a role without a breaker is always CLOSED."""
+        breaker = self.breaker(role)
+        return BreakerState.CLOSED if breaker is None else breaker.state
+
     def __repr__(self) -> str:
         return (
             f"<CacheClient read={self._read.endpoint} write={self._write.endpoint}"
@@ -164,14 +196,8 @@ class CacheClient:
     async def get(self, key: str, *, timeout: Timeout = USE_DEFAULT) -> bytes | None:
         """The value of `key`, or None on a miss; read role, GET deadline."""
         full_key = self.key(key)
-        value: bytes | None = await self._run(
-            self._read,
-            "GET",
-            key,
-            self._profile.timeouts.get,
-            timeout,
-            lambda: _command(self._read.pool, "GET", full_key),
-        )
+        call = partial(_command, self._read.pool, "GET", full_key)
+        value: bytes | None = await self._read_op("GET", key, timeout, call, is_hit=_is_not_none)
         return value
 
     async def mget(
@@ -181,14 +207,8 @@ class CacheClient:
         if not keys:
             return []
         full_keys = [self.key(key) for key in keys]
-        values: list[bytes | None] = await self._run(
-            self._read,
-            "MGET",
-            keys[0],
-            self._profile.timeouts.get,
-            timeout,
-            lambda: _command(self._read.pool, "MGET", *full_keys),
-        )
+        call = partial(_command, self._read.pool, "MGET", *full_keys)
+        values: list[bytes | None] = await self._read_op("MGET", keys[0], timeout, call)
         return values
 
     async def set(
@@ -196,35 +216,88 @@ class CacheClient:
     ) -> None:
         """Store `value` under `key`, expiring after `ttl` seconds (None: never); write role."""
         full_key = self.key(key)
-        await self._run(
-            self._write,
-            "SET",
-            key,
-            self._profile.timeouts.set,
-            timeout,
-            lambda: _command(self._write.pool, "SET", full_key, value, *_px(ttl)),
-        )
+        call = partial(_command, self._write.pool, "SET", full_key, value, *_px(ttl))
+        await self._write_op("SET", key, timeout, call)
 
     async def delete(self, *keys: str, timeout: Timeout = USE_DEFAULT) -> int:
         """Delete `keys`; the number that existed. Write role, SET deadline."""
         if not keys:
             return 0
         full_keys = [self.key(key) for key in keys]
-        deleted: int = await self._run(
-            self._write,
-            "DEL",
-            keys[0],
-            self._profile.timeouts.set,
-            timeout,
-            lambda: _command(self._write.pool, "DEL", *full_keys),
-        )
+        call = partial(_command, self._write.pool, "DEL", *full_keys)
+        deleted: int = await self._write_op("DEL", keys[0], timeout, call)
         return deleted
+
+    # -- generation-guarded values: the I/O is in cache.guard ----------------------------------
+
+    async def get_guarded(self, key: GuardedKey, *, timeout: Timeout = USE_DEFAULT) -> Guarded:
+        """Value (if stamped with the current generation) and generation: one MGET, read role,
+        GET deadline; the event says "GET", hit or miss. See `GuardedOps.get`."""
+        return await self._guard.get(key, timeout)
+
+    async def fill_guarded(
+        self,
+        key: GuardedKey,
+        generation: int,
+        payload: bytes,
+        *,
+        ttl: float,
+        timeout: Timeout = USE_DEFAULT,
+    ) -> bool:
+        """Store `payload` for `ttl` s if the generation is still `generation`; False if not.
+        Write role, SET deadline. See `GuardedOps.fill`."""
+        return await self._guard.fill(key, generation, payload, ttl, timeout)
+
+    async def invalidate(
+        self,
+        keys: Sequence[GuardedKey],
+        generations: Sequence[str] = (),
+        *,
+        timeout: Timeout = USE_DEFAULT,
+    ) -> None:
+        """Bump the generations of `keys` and delete them; bump the bare counters `generations`.
+        One pipeline, write role, SET deadline. See `GuardedOps.invalidate`."""
+        await self._guard.invalidate(keys, generations, timeout)
 
     def pipeline(self, *, transaction: bool = False) -> CachePipeline:
         """Queue commands for the write role and send them in one round trip with `execute()`."""
         return CachePipeline(self, self._write.redis.pipeline(transaction=transaction))
 
-    # -- the one place deadlines, errors and events meet --------------------------------------
+    # -- the one place deadlines, breakers, errors and events meet ----------------------------
+    # (`_read_op`, `_write_op` and the three wire helpers below are also used by cache.guard)
+
+    def _read_op(
+        self,
+        command: str,
+        key: str | None,
+        timeout: Timeout,
+        call: Callable[[], Awaitable[T]],
+        *,
+        is_hit: Callable[[T], bool] | None = None,
+    ) -> Awaitable[T]:
+        """`_run` on the read role with the GET deadline."""
+        default = self._profile.timeouts.get
+        return self._run(self._read, command, key, default, timeout, call, is_hit=is_hit)
+
+    def _write_op(
+        self, command: str, key: str | None, timeout: Timeout, call: Callable[[], Awaitable[T]]
+    ) -> Awaitable[T]:
+        """`_run` on the write role with the SET deadline."""
+        return self._run(self._write, command, key, self._profile.timeouts.set, timeout, call)
+
+    def _read_command(self, *args: Value) -> Awaitable[Any]:
+        """One command on a read-role connection; no deadline nor event (`_read_op` adds them)."""
+        return _command(self._read.pool, *args)
+
+    def _write_script(
+        self, script: Script, keys: Sequence[str], arguments: Sequence[Value]
+    ) -> Awaitable[Any]:
+        """`script` on a write-role connection, by SHA (EVAL after a NOSCRIPT); no deadline."""
+        return _script(self._write.pool, script, keys, arguments)
+
+    def _write_pipeline(self) -> Any:
+        """A redis-py pipeline (not a transaction) on the write role."""
+        return self._write.redis.pipeline(transaction=False)
 
     async def _run(
         self,
@@ -234,10 +307,24 @@ class CacheClient:
         default_timeout: float | None,
         timeout: Timeout,
         call: Callable[[], Awaitable[T]],
+        *,
+        is_hit: Callable[[T], bool] | None = None,
     ) -> T:
+        """Run `call` under the deadline, through the role's breaker; map errors; emit the event.
+
+        `is_hit`: for reads, tells a hit from a miss for the event's outcome.
+        """
+        breaker = role.breaker
+        started = time.perf_counter()
+        if breaker is not None and not breaker.allow():
+            refused = CircuitOpen(
+                f"{command} on {role.name} ({role.endpoint}): circuit breaker open after"
+                f" repeated failures; next probe in {format_duration(breaker.retry_in())}"
+            )
+            self._emit(role, command, key, started, Outcome.CIRCUIT_OPEN, str(refused))
+            raise refused
         limit = default_timeout if isinstance(timeout, UseDefault) else timeout
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         operation = Operation(deadline=None if limit is None else loop.time() + limit)
         token = current_operation.set(operation)
         try:
@@ -246,16 +333,25 @@ class CacheClient:
         except (redis_exc.RedisError, OSError, TimeoutError, CacheError) as exc:
             current_operation.reset(token)  # listeners run outside the operation
             error = _map_error(exc, role, command, limit, operation)
+            if breaker is not None:
+                if isinstance(error, (CacheTimeout, CacheUnavailable)):
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()  # an error reply: Redis is there and answering
             self._emit(role, command, key, started, _outcome_of(error), str(error))
             raise error from exc
         except BaseException:
             current_operation.reset(token)
+            if breaker is not None:
+                breaker.record_cancelled()
             raise
         current_operation.reset(token)
+        if breaker is not None:
+            breaker.record_success()
         if self._listeners:
             outcome = Outcome.OK
-            if command == "GET":
-                outcome = Outcome.MISS if result is None else Outcome.HIT
+            if is_hit is not None:
+                outcome = Outcome.HIT if is_hit(result) else Outcome.MISS
             self._emit(role, command, key, started, outcome, None)
         return result
 
@@ -308,15 +404,8 @@ class CachePipeline:
 
     async def execute(self, *, timeout: Timeout = USE_DEFAULT) -> list[Any]:
         """Send everything queued; one result per command. SET deadline unless given."""
-        client = self._client
-        results: list[Any] = await client._run(
-            client._write,
-            "PIPELINE",
-            None,
-            client.profile.timeouts.set,
-            timeout,
-            self._pipeline.execute,
-        )
+        call = self._pipeline.execute
+        results: list[Any] = await self._client._write_op("PIPELINE", None, timeout, call)
         return results
 
     async def __aenter__(self) -> Self:
@@ -343,9 +432,30 @@ async def _command(pool: ManagedPool, *args: Value) -> Any:
         await pool.release(connection)
 
 
+async def _script(
+    pool: ManagedPool, script: Script, keys: Sequence[str], arguments: Sequence[Value]
+) -> Any:
+    """Run `script` by its SHA; on NOSCRIPT (a fresh, restarted or failed-over Redis) send it
+    whole once, on the same connection, which also caches it there for the next EVALSHA."""
+    connection = await pool.get_connection()
+    try:
+        try:
+            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *arguments)
+            return await connection.read_response()
+        except redis_exc.NoScriptError:
+            await connection.send_command("EVAL", script.source, len(keys), *keys, *arguments)
+            return await connection.read_response()
+    finally:
+        await pool.release(connection)
+
+
 def _px(ttl: float | None) -> tuple[str, int] | tuple[()]:
     """SET's expiry arguments: milliseconds, at least 1; none for no expiry."""
     return () if ttl is None else ("PX", max(1, round(ttl * 1000)))
+
+
+def _is_not_none(value: object) -> bool:
+    return value is not None
 
 
 def _map_error(

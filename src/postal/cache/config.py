@@ -68,6 +68,32 @@ class CacheTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """The circuit breaker each role puts around its operations (see `cache.breaker`).
+
+    After `failure_threshold` consecutive failures (timeouts, pool timeouts, refused or reset
+    connections) spanning at least `failure_window` without a single success, the role fails
+    fast with `CircuitOpen` for `cooldown` seconds, then lets one probe through: its success
+    closes the breaker, its failure opens it for another cooldown.
+
+    The window is what tells a Redis that is down from a burst: when 50 requests arrive at once
+    on a cold pool, the dials that miss their deadline all fail together, a few milliseconds
+    after operations on the warm connections succeeded. Redis being down means nothing but
+    failures for a while.
+    """
+
+    failure_threshold: int = 5  # consecutive failures that open the breaker
+    failure_window: float = 250 * MILLISECOND  # ... with no success for at least this long
+    cooldown: float = 1 * SECOND  # open this long before one probe is let through
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError(f"failure threshold must be at least 1, got {self.failure_threshold}")
+        if self.cooldown <= 0:
+            raise ValueError(f"breaker cooldown must be positive, got {self.cooldown}")
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     """TLS for Redis; certificate verification is on unless a test says otherwise."""
 
@@ -86,6 +112,7 @@ class Profile:
     timeouts: CacheTimeouts = CacheTimeouts()
     dns_ttl: float = 30 * SECOND  # 0: no DNS cache, every dial resolves
     slow_threshold: float = 10 * MILLISECOND
+    breaker: BreakerConfig | None = BreakerConfig()  # None: no breaker, every call tries Redis
 
 
 TUNED = Profile()
@@ -93,7 +120,7 @@ NO_TLS = TlsConfig()
 
 # The seed's "before" column, kept as a named profile for the benchmarks: at most 10 connections,
 # none kept idle (max idle 0, so every operation dials, resolves and handshakes anew), no DNS cache,
-# no per-operation deadline, 3 s socket timeouts.
+# no per-operation deadline, 3 s socket timeouts, and no circuit breaker (the incident had none).
 _BEFORE_POOL = PoolConfig(
     max_size=10,
     min_idle=0,
@@ -108,4 +135,5 @@ BEFORE = Profile(
     write_pool=_BEFORE_POOL,
     timeouts=CacheTimeouts(get=None, set=None),
     dns_ttl=0.0,
+    breaker=None,
 )

@@ -5,10 +5,15 @@
     │   │                      read or write) did: Redis is there but too slow
     │   └── PoolTimeout        ...while waiting for a free connection in the pool
     └── CacheUnavailable       Redis cannot be reached: refused, reset, DNS failure, TLS or
-                               authentication failure, or the pool is closed
+        │                      authentication failure, or the pool is closed
+        └── CircuitOpen        not even tried: the role's circuit breaker is open after
+                               repeated failures (no I/O was done; it fails in microseconds)
 
 redis-py's own exceptions are mapped to these in one place, `cache.client`, so no caller ever
 imports `redis.exceptions` (whose ConnectionError and TimeoutError shadow the built-ins).
+A plain `CacheError` means Redis answered, but not as expected (an error reply such as a wrong
+type, or a malformed stored value): Redis is there, so it does not count against the breaker.
+
 Messages never contain a password: addresses are shown through `urls.mask_url`.
 """
 
@@ -29,3 +34,11 @@ class PoolTimeout(CacheTimeout):
 
 class CacheUnavailable(CacheError):
     """Redis could not be reached or refused us (connection, DNS, TLS, auth, or pool closed)."""
+
+
+class CircuitOpen(CacheUnavailable):
+    """The role's circuit breaker is open: the operation failed at once, without any I/O.
+
+    A subclass of `CacheUnavailable`, so callers that fall back when Redis is unreachable need no
+    extra `except`; catch it on its own only to tell "failed fast" from "tried and failed".
+    """

@@ -1,7 +1,12 @@
-"""Events the cache layer emits, one per operation; metrics and logs subscribe to them.
+"""Events the cache layer emits; metrics and logs subscribe to them.
 
-The pool and the client know nothing about Prometheus or log formats: they call listeners with a
-small immutable record, and observability code at the edge turns it into what it needs.
+The pool, the client and the read-through know nothing about Prometheus or log formats: they call
+listeners with a small immutable record, and observability code at the edge turns it into what it
+needs. Listeners are called synchronously and must not block or raise.
+
+- `CacheEvent`: one per client operation (`CacheClient.subscribe`).
+- `FillEvent`: one per background fill the read-through decided on (`ReadThrough.subscribe`).
+- Breaker state changes are `cache.breaker.BreakerChange` (`CircuitBreaker.subscribe`).
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ class Outcome(StrEnum):
     TIMEOUT = "timeout"
     POOL_TIMEOUT = "pool_timeout"
     CONNECTION_ERROR = "connection_error"
+    CIRCUIT_OPEN = "circuit_open"  # refused by the open breaker: no I/O, duration about 0
     ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
 class CacheEvent:
     role: str  # "read" or "write"
-    command: str  # "GET", "MGET", "SET", "DEL", "PIPELINE"
-    key: str | None  # the first key, for the slow log's key prefix; None for pipelines
+    # "GET", "MGET", "SET", "DEL", "PIPELINE", "EVALSHA": the command sent, except that
+    # `get_guarded` (an MGET of value and generation) reports "GET", so hit-rate metrics count
+    # guarded reads with plain ones; `fill_guarded` is "EVALSHA", `invalidate` is "PIPELINE".
+    command: str
+    key: str | None  # the first key, for the slow log's key prefix; None for `pipeline()`s
     duration: float  # seconds, from the moment the operation was requested (pool wait included)
     outcome: Outcome
     in_use: int  # pool state when the operation ended
@@ -34,3 +43,21 @@ class CacheEvent:
 
 
 CacheListener = Callable[[CacheEvent], None]
+
+
+class FillOutcome(StrEnum):
+    DONE = "done"  # written
+    STALE_REJECTED = "stale_rejected"  # the generation moved on since the read: not written
+    SKIPPED = "skipped"  # too many fills pending (or shutting down): not attempted
+    BYPASSED = "bypassed"  # an invalidation of the key is pending: not attempted
+    FAILED = "failed"  # the cache failed (timeout, unreachable, open breaker, error reply)
+
+
+@dataclass(frozen=True, slots=True)
+class FillEvent:
+    key: str  # the value's key, without the client's prefix
+    outcome: FillOutcome
+    duration: float  # seconds the fill took; 0 when it was not attempted
+
+
+FillListener = Callable[[FillEvent], None]

@@ -1,0 +1,242 @@
+"""Read-through with fallback: cache hit, else one shared load, then a guarded background fill.
+
+    reads = ReadThrough(cache, max_pending_fills=1000, bypass=invalidator.is_pending)
+    payload = await reads.get(guarded("post", "42"), load)   # load() -> (payload, ttl seconds)
+
+1. `bypass(key)`: an invalidation of this key has not reached Redis yet, so what Redis holds may
+   be stale: load, and neither read nor fill the cache.
+2. Read value and generation in one round trip (GET deadline). A hit returns the stored bytes.
+3. A miss loads, once per (key, generation) in this process however many readers miss together
+   (single-flight), and schedules a fill in the background, bounded: when `max_pending_fills`
+   are pending the fill is skipped, never waited for. The fill writes only if the generation is
+   still the one read (`CacheClient.fill_guarded`), so a load that raced a write cannot store
+   stale data.
+4. A cache error, timeout or open breaker: the generation is unknown, so load alone, no fill.
+5. The caller never sees a cache error; only the loader's own exceptions reach it.
+
+Why hand-written: the parts exist separately, never together. async-lru coalesces concurrent
+calls in one process, but caches results in process memory; dogpile.cache and aiocache's RedLock
+let one caller regenerate a key while others wait. None keys the shared load by the generation it
+read from Redis, and none makes the fill conditional on that generation, which is the whole point
+here (the stale-fill race, see `cache.guard`); wrapping them would mean rewriting both halves.
+What is here is a dict of tasks and a set of fills, in plain asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from postal.cache.errors import CacheError
+from postal.cache.events import FillEvent, FillListener, FillOutcome
+from postal.cache.guard import Guarded
+from postal.cache.keys import GuardedKey, jittered
+
+logger = logging.getLogger("postal.cache.fill")
+
+Loader = Callable[[], Awaitable[tuple[bytes, float]]]  # the payload, and its TTL in seconds
+
+
+class GuardedCache(Protocol):
+    """What the read-through needs from `CacheClient` (a fake in unit tests)."""
+
+    async def get_guarded(self, key: GuardedKey) -> Guarded: ...
+
+    async def fill_guarded(
+        self, key: GuardedKey, generation: int, payload: bytes, *, ttl: float
+    ) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadThroughStats:
+    hits: int
+    misses: int
+    cache_errors: int  # reads that failed (timeout, unreachable, open breaker): loaded alone
+    bypassed: int  # reads sent straight to the loader because an invalidation is pending
+    loads: int  # calls to a loader, whatever the reason
+    coalesced: int  # misses that joined a load already in flight instead of starting one
+    fills_done: int
+    fills_stale_rejected: int  # the generation had moved on: correctly not written
+    fills_skipped: int  # too many fills pending: not attempted (a TTL <= 0 is not counted)
+    fills_bypassed: int  # an invalidation became pending between the load and the fill
+    fills_failed: int
+    pending_fills: int
+    flights: int  # loads in flight right now
+
+
+class ReadThrough:
+    """Cache-aside reads of generation-guarded keys with single-flight loads; see the module."""
+
+    def __init__(
+        self,
+        cache: GuardedCache,
+        *,
+        max_pending_fills: int = 1000,
+        ttl_jitter: float = 0.1,
+        bypass: Callable[[GuardedKey], bool] | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if max_pending_fills < 0:
+            raise ValueError(f"max_pending_fills must not be negative, got {max_pending_fills}")
+        if ttl_jitter < 0:
+            raise ValueError(f"ttl_jitter must not be negative, got {ttl_jitter}")
+        self._cache = cache
+        self._max_pending_fills = max_pending_fills
+        self._ttl_jitter = ttl_jitter
+        self._bypass = bypass
+        self._rng = rng
+        self._flights: dict[tuple[GuardedKey, int], asyncio.Task[bytes]] = {}
+        self._fills: set[asyncio.Task[None]] = set()
+        self._listeners: list[FillListener] = []
+        self._hits = self._misses = self._cache_errors = self._bypassed = 0
+        self._loads = self._coalesced = 0
+        self._fill_counts = dict.fromkeys(FillOutcome, 0)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self, key: GuardedKey, load: Loader) -> bytes:
+        """The payload of `key`: from the cache, or from `load` (whose exceptions propagate).
+
+        `load` returns the payload and how long it may be cached, in seconds (stretched by the
+        jitter); a TTL of 0 or less means "do not cache this one".
+        """
+        if self._bypass is not None and self._bypass(key):
+            self._bypassed += 1
+            return await self._load_alone(load)
+        try:
+            found = await self._cache.get_guarded(key)
+        except CacheError:
+            # Without the generation no fill can be guarded, and a load already in flight cannot
+            # be shown to have started after the last write this caller may have seen (it could
+            # have read the database before that write committed): load alone, fill nothing.
+            self._cache_errors += 1
+            return await self._load_alone(load)
+        if found.payload is not None:
+            self._hits += 1
+            return found.payload
+        self._misses += 1
+        return await self._load_shared(key, found.generation, load)
+
+    async def _load_alone(self, load: Loader) -> bytes:
+        self._loads += 1
+        payload, _ttl = await load()
+        return payload
+
+    async def _load_shared(self, key: GuardedKey, generation: int, load: Loader) -> bytes:
+        """Join the load of (key, generation) in flight, or start it.
+
+        Keyed by generation too: a reader that saw a newer generation (a write was invalidated
+        after the flight began) must not get what the flight may have read before that write.
+        The load runs in a task of its own, and each reader awaits it through `shield`, so a
+        cancelled reader (a client gone, a request timeout) does not cancel it for the others.
+        """
+        flight_key = (key, generation)
+        flight = self._flights.get(flight_key)
+        if flight is None:
+            flight = asyncio.create_task(self._load_then_fill(key, generation, load))
+            self._flights[flight_key] = flight
+            flight.add_done_callback(lambda done: self._flight_done(flight_key, done))
+        else:
+            self._coalesced += 1
+        return await asyncio.shield(flight)
+
+    def _flight_done(self, flight_key: tuple[GuardedKey, int], flight: asyncio.Task[bytes]) -> None:
+        if self._flights.get(flight_key) is flight:
+            del self._flights[flight_key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved: the readers got it; no "never retrieved" warning
+
+    async def _load_then_fill(self, key: GuardedKey, generation: int, load: Loader) -> bytes:
+        self._loads += 1
+        payload, ttl = await load()
+        if ttl > 0:
+            self._schedule_fill(key, generation, payload, ttl)
+        return payload
+
+    # -- filling -----------------------------------------------------------------------------
+
+    def _schedule_fill(self, key: GuardedKey, generation: int, payload: bytes, ttl: float) -> None:
+        """Start the fill in the background, unless too many are pending: then skip it."""
+        if len(self._fills) >= self._max_pending_fills:
+            self._count_fill(key, FillOutcome.SKIPPED, 0.0)
+            return
+        fill = asyncio.create_task(self._fill(key, generation, payload, ttl))
+        self._fills.add(fill)
+        fill.add_done_callback(self._fills.discard)
+
+    async def _fill(self, key: GuardedKey, generation: int, payload: bytes, ttl: float) -> None:
+        # An invalidation that failed after the load began has not bumped the generation in
+        # Redis, so the guard would let this (possibly stale) payload in: do not fill.
+        if self._bypass is not None and self._bypass(key):
+            self._count_fill(key, FillOutcome.BYPASSED, 0.0)
+            return
+        started = time.perf_counter()
+        try:
+            written = await self._cache.fill_guarded(
+                key, generation, payload, ttl=jittered(ttl, self._ttl_jitter, self._rng)
+            )
+        except CacheError as exc:
+            # The key's namespace only: keys may hold data, the error has the masked address.
+            namespace = key.key.partition(":")[0]
+            logger.warning("cache fill failed: namespace=%s error=%s", namespace, exc)
+            self._count_fill(key, FillOutcome.FAILED, time.perf_counter() - started)
+            return
+        outcome = FillOutcome.DONE if written else FillOutcome.STALE_REJECTED
+        self._count_fill(key, outcome, time.perf_counter() - started)
+
+    def _count_fill(self, key: GuardedKey, outcome: FillOutcome, duration: float) -> None:
+        self._fill_counts[outcome] += 1
+        if self._listeners:
+            event = FillEvent(key=key.key, outcome=outcome, duration=duration)
+            for listener in self._listeners:
+                listener(event)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the pending fills (at shutdown, before the cache
+        closes); cancel those still pending then."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while self._fills and (left := give_up - loop.time()) > 0:
+            await asyncio.wait(set(self._fills), timeout=left)
+        leftover = set(self._fills)
+        for fill in leftover:
+            fill.cancel()
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def subscribe(self, listener: FillListener) -> None:
+        """Call `listener` with a `FillEvent` for every fill decided (it must not block)."""
+        self._listeners.append(listener)
+
+    def stats(self) -> ReadThroughStats:
+        fills = self._fill_counts
+        return ReadThroughStats(
+            hits=self._hits,
+            misses=self._misses,
+            cache_errors=self._cache_errors,
+            bypassed=self._bypassed,
+            loads=self._loads,
+            coalesced=self._coalesced,
+            fills_done=fills[FillOutcome.DONE],
+            fills_stale_rejected=fills[FillOutcome.STALE_REJECTED],
+            fills_skipped=fills[FillOutcome.SKIPPED],
+            fills_bypassed=fills[FillOutcome.BYPASSED],
+            fills_failed=fills[FillOutcome.FAILED],
+            # Not len(): a finished fill leaves the set in a done callback, a loop turn later.
+            pending_fills=sum(1 for fill in self._fills if not fill.done()),
+            flights=len(self._flights),
+        )
+
+    def __repr__(self) -> str:
+        stats = self.stats()
+        return (
+            f"<ReadThrough hits={stats.hits} misses={stats.misses} loads={stats.loads}"
+            f" pending_fills={stats.pending_fills}>"
+        )

@@ -1,0 +1,237 @@
+"""Invalidations that never fail the write they follow: retried in the background, and bypassed.
+
+A write commits in the database, then invalidates (`CacheClient.invalidate`: bump the generation,
+delete the value). When Redis does not take the invalidation, the write must still succeed, yet
+the cache may now hold, or be about to be filled with, the old value. So the `Invalidator`:
+
+- remembers the keys (and bare generation counters) whose bump has not reached Redis, and retries
+  them in the background with an exponential backoff until it does;
+- answers `is_pending(key)` in O(1), which the read-through's `bypass` calls: while the bump is
+  pending this process reads that key from the database, never from the cache, and fills nothing;
+- gives up `give_up_after` seconds after a key's latest failure: by then the value's TTL has made
+  the invalidation moot (set it to the longest TTL, jitter included).
+
+Other processes are not told: until the retry lands they may serve the old value, which is the
+best anyone can do while Redis does not take writes. A successful invalidation of a key clears a
+pending one for it only if the failure came before that invalidation started: its bump then came
+after the failed write's commit, and covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from postal.cache.errors import CacheError
+from postal.cache.keys import GuardedKey
+
+logger = logging.getLogger("postal.cache.invalidation")
+
+Item = TypeVar("Item", GuardedKey, str)
+
+RETRY_BATCH = 500  # keys (or counters) per retry pipeline, so a long outage's backlog is chunked
+LAST_ATTEMPT_TIMEOUT = 1.0  # seconds `aclose()` spends on a final attempt
+
+
+class Invalidates(Protocol):
+    """What the invalidator needs from `CacheClient` (a fake in unit tests)."""
+
+    async def invalidate(
+        self, keys: Sequence[GuardedKey], generations: Sequence[str] = ()
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    failed_at: int  # the failure's sequence number (see Invalidator._failures)
+    give_up_at: float  # clock time
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidatorStats:
+    done: int  # invalidate() calls that reached Redis at once
+    failed: int  # invalidate() calls that did not: their keys became pending
+    retries: int  # background attempts (each a pipeline of up to RETRY_BATCH items)
+    retried: int  # pending keys and counters a retry then invalidated
+    given_up: int  # pending keys and counters dropped after give_up_after
+    pending_keys: int
+    pending_generations: int
+
+
+class Invalidator:
+    """Invalidate through the cache; on failure, remember, bypass and retry. See the module."""
+
+    def __init__(
+        self,
+        cache: Invalidates,
+        *,
+        give_up_after: float,
+        retry_interval: float = 0.2,
+        max_retry_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if give_up_after <= 0 or retry_interval <= 0 or max_retry_interval < retry_interval:
+            raise ValueError(
+                "give_up_after and retry_interval must be positive,"
+                " and max_retry_interval at least retry_interval"
+            )
+        self._cache = cache
+        self._give_up_after = give_up_after
+        self._retry_interval = retry_interval
+        self._max_retry_interval = max_retry_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._pending_keys: dict[GuardedKey, _Pending] = {}
+        self._pending_generations: dict[str, _Pending] = {}
+        self._failures = 0  # sequence number of the latest failure
+        self._retrier: asyncio.Task[None] | None = None
+        self._closed = False
+        self._done = self._failed = self._retries = self._retried = self._given_up = 0
+
+    # -- the writer's side -------------------------------------------------------------------
+
+    async def invalidate(self, keys: Sequence[GuardedKey], generations: Sequence[str] = ()) -> bool:
+        """True when Redis took it; False when it is pending (logged, retried). Never raises
+        CacheError."""
+        started = self._failures
+        try:
+            await self._cache.invalidate(keys, generations)
+        except CacheError as exc:
+            self._failed += 1
+            logger.warning(
+                "cache invalidation failed, will retry: keys=%d generations=%d error=%s",
+                len(keys),
+                len(generations),
+                exc,
+            )
+            self._remember(keys, generations)
+            return False
+        self._done += 1
+        self._settle(keys, generations, started)
+        return True
+
+    def is_pending(self, key: GuardedKey) -> bool:
+        """Whether an invalidation of `key`, or of the generation that guards it, has not
+        reached Redis yet: if so, what the cache holds for it may be stale."""
+        return key in self._pending_keys or key.generation_key in self._pending_generations
+
+    # -- the background side -----------------------------------------------------------------
+
+    def _remember(self, keys: Sequence[GuardedKey], generations: Sequence[str]) -> None:
+        """Mark as pending, a later failure refreshing the give-up time; start the retrier."""
+        self._failures += 1
+        pending = _Pending(self._failures, self._clock() + self._give_up_after)
+        for key in keys:
+            self._pending_keys[key] = pending
+        for generation_key in generations:
+            self._pending_generations[generation_key] = pending
+        if not self._closed and (self._retrier is None or self._retrier.done()):
+            self._retrier = asyncio.create_task(self._retry(), name="postal-invalidation-retry")
+
+    def _settle(self, keys: Sequence[GuardedKey], generations: Sequence[str], started: int) -> int:
+        """Forget the pending entries this success covers: those that failed before it started."""
+        return _settle(self._pending_keys, keys, started) + _settle(
+            self._pending_generations, generations, started
+        )
+
+    def _give_up_expired(self) -> None:
+        now = self._clock()
+        expired = _expire(self._pending_keys, now) + _expire(self._pending_generations, now)
+        if expired:
+            self._given_up += expired
+            logger.warning("cache invalidation given up after retries: items=%d", expired)
+
+    def _has_pending(self) -> bool:
+        return bool(self._pending_keys or self._pending_generations)
+
+    async def _retry(self) -> None:
+        """Retry everything pending, backing off exponentially while it fails."""
+        interval = self._retry_interval
+        while self._has_pending():
+            await self._sleep(interval)
+            self._give_up_expired()
+            if not self._has_pending():
+                return
+            if await self._attempt():
+                interval = self._retry_interval
+            else:
+                interval = min(interval * 2, self._max_retry_interval)
+
+    async def _attempt(self) -> bool:
+        """One pass over everything pending, in batches; False at the first batch that fails."""
+        started = self._failures
+        keys = list(self._pending_keys)
+        generations = list(self._pending_generations)
+        while keys or generations:
+            key_batch, keys = keys[:RETRY_BATCH], keys[RETRY_BATCH:]
+            room = RETRY_BATCH - len(key_batch)
+            generation_batch, generations = generations[:room], generations[room:]
+            self._retries += 1
+            try:
+                await self._cache.invalidate(key_batch, generation_batch)
+            except CacheError as exc:
+                logger.info("cache invalidation retry failed: error=%s", exc)
+                return False
+            self._retried += self._settle(key_batch, generation_batch, started)
+        return True
+
+    async def aclose(self) -> None:
+        """Stop retrying, after one last attempt bounded by LAST_ATTEMPT_TIMEOUT."""
+        self._closed = True
+        if self._retrier is not None:
+            self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+            self._retrier = None
+        if self._has_pending():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LAST_ATTEMPT_TIMEOUT):
+                    await self._attempt()
+        if self._has_pending():
+            logger.warning(
+                "cache invalidations still pending at shutdown: keys=%d generations=%d",
+                len(self._pending_keys),
+                len(self._pending_generations),
+            )
+
+    # -- observability -----------------------------------------------------------------------
+
+    def stats(self) -> InvalidatorStats:
+        return InvalidatorStats(
+            done=self._done,
+            failed=self._failed,
+            retries=self._retries,
+            retried=self._retried,
+            given_up=self._given_up,
+            pending_keys=len(self._pending_keys),
+            pending_generations=len(self._pending_generations),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Invalidator pending keys={len(self._pending_keys)}"
+            f" generations={len(self._pending_generations)}>"
+        )
+
+
+def _settle(table: dict[Item, _Pending], done: Sequence[Item], started: int) -> int:
+    settled = 0
+    for item in done:
+        pending = table.get(item)
+        if pending is not None and pending.failed_at <= started:
+            del table[item]
+            settled += 1
+    return settled
+
+
+def _expire(table: dict[Item, _Pending], now: float) -> int:
+    expired = [item for item, pending in table.items() if pending.give_up_at <= now]
+    for item in expired:
+        del table[item]
+    return len(expired)

@@ -1,0 +1,236 @@
+"""The Invalidator's bookkeeping, retries, backoff and give-up, on a fake clock and a fake cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+
+from postal.cache.errors import CacheUnavailable
+from postal.cache.invalidation import Invalidator
+from postal.cache.keys import GuardedKey, guarded
+
+POST = guarded("post", "1")
+OTHER = guarded("post", "2")
+PAGE = GuardedKey("list:{all}:first", "list:{all}:gen")
+GIVE_UP_AFTER = 10.0
+
+
+class FakeCache:
+    """Fails while `down` (or on the calls numbered in `failing`); calls numbered in `gates` wait
+    for that event first. Records what reached "Redis"."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.failing: set[int] = set()
+        self.gates: dict[int, asyncio.Event] = {}
+        self.calls = 0
+        self.invalidated: list[tuple[list[GuardedKey], list[str]]] = []
+
+    async def invalidate(self, keys: Sequence[GuardedKey], generations: Sequence[str] = ()) -> None:
+        self.calls += 1
+        number = self.calls
+        if number in self.gates:
+            await self.gates[number].wait()
+        if self.down or number in self.failing:
+            raise CacheUnavailable("PIPELINE on write (redis://redis:6379/0): refused")
+        self.invalidated.append((list(keys), list(generations)))
+
+
+class FakeTime:
+    """A clock that only the fake sleep moves; it records each sleep. While `frozen`, sleeps
+    wait (so the background retrier stays out of the way) until `thaw()`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._running = asyncio.Event()
+        self._running.set()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await self._running.wait()
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def freeze(self) -> None:
+        self._running.clear()
+
+    def thaw(self) -> None:
+        self._running.set()
+
+
+async def settle(check: Callable[[], bool], rounds: int = 10_000) -> None:
+    for _ in range(rounds):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+@pytest.fixture
+def cache() -> FakeCache:
+    return FakeCache()
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+async def invalidator(cache: FakeCache, fake_time: FakeTime) -> AsyncIterator[Invalidator]:
+    made = Invalidator(
+        cache,
+        give_up_after=GIVE_UP_AFTER,
+        retry_interval=0.2,
+        max_retry_interval=1.0,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+    )
+    yield made
+    await made.aclose()
+
+
+async def test_an_invalidation_that_reaches_redis_leaves_nothing_pending(
+    invalidator: Invalidator, cache: FakeCache
+) -> None:
+    assert await invalidator.invalidate([POST], ["list:{all}:gen"])
+    assert cache.invalidated == [([POST], ["list:{all}:gen"])]
+    assert not invalidator.is_pending(POST)
+    assert invalidator.stats().done == 1
+
+
+async def test_a_failure_is_logged_pending_and_retried_with_backoff_until_it_lands(
+    invalidator: Invalidator,
+    cache: FakeCache,
+    fake_time: FakeTime,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache.down = True
+    with caplog.at_level(logging.WARNING, logger="postal.cache.invalidation"):
+        assert not await invalidator.invalidate([POST])
+    assert "cache invalidation failed, will retry: keys=1" in caplog.records[0].getMessage()
+    assert invalidator.is_pending(POST)
+    assert not invalidator.is_pending(OTHER)
+    await settle(lambda: len(fake_time.sleeps) >= 5)
+    assert fake_time.sleeps[:5] == [0.2, 0.4, 0.8, 1.0, 1.0]  # doubling, capped
+    cache.down = False
+    await settle(lambda: not invalidator.is_pending(POST))
+    assert cache.invalidated[-1] == ([POST], [])
+    stats = invalidator.stats()
+    assert (stats.failed, stats.retried, stats.given_up, stats.pending_keys) == (1, 1, 0, 0)
+    assert stats.retries >= 5
+
+
+async def test_a_pending_bare_generation_covers_every_key_it_guards(
+    invalidator: Invalidator, cache: FakeCache
+) -> None:
+    cache.down = True
+    assert not await invalidator.invalidate([], ["list:{all}:gen"])
+    assert invalidator.is_pending(PAGE)
+    assert invalidator.is_pending(GuardedKey("list:{all}:10:first", "list:{all}:gen"))
+    assert not invalidator.is_pending(POST)
+    assert invalidator.stats().pending_generations == 1
+
+
+async def test_gives_up_after_the_deadline_and_a_later_failure_refreshes_it(
+    invalidator: Invalidator, cache: FakeCache, fake_time: FakeTime
+) -> None:
+    cache.down = True
+    await invalidator.invalidate([POST, OTHER])
+    await settle(lambda: fake_time.now >= GIVE_UP_AFTER / 2)
+    await invalidator.invalidate([OTHER])  # failed again: OTHER's deadline moves on
+    await settle(lambda: not invalidator.is_pending(POST))
+    assert fake_time.now >= GIVE_UP_AFTER
+    assert invalidator.is_pending(OTHER)
+    await settle(lambda: not invalidator.is_pending(OTHER))
+    assert fake_time.now >= GIVE_UP_AFTER * 1.5
+    stats = invalidator.stats()
+    assert (stats.given_up, stats.retried, stats.pending_keys) == (2, 0, 0)
+
+
+async def test_a_later_success_clears_what_failed_before_it_started(
+    invalidator: Invalidator, cache: FakeCache, fake_time: FakeTime
+) -> None:
+    fake_time.freeze()  # no retry: only the second invalidation can clear it
+    cache.down = True
+    assert not await invalidator.invalidate([POST])
+    cache.down = False
+    assert await invalidator.invalidate([POST])
+    assert not invalidator.is_pending(POST)
+    assert invalidator.stats().retried == 0
+
+
+async def test_a_success_does_not_clear_a_failure_that_came_during_it(
+    invalidator: Invalidator, cache: FakeCache, fake_time: FakeTime
+) -> None:
+    fake_time.freeze()
+    cache.gates[1] = asyncio.Event()
+    cache.failing.add(2)
+    succeeding = asyncio.create_task(invalidator.invalidate([POST]))
+    await settle(lambda: cache.calls == 1)
+    # Meanwhile another write's invalidation of the same key fails. That write may have committed
+    # after the first invalidation's bump reached Redis, so that bump does not cover it.
+    assert not await invalidator.invalidate([POST])
+    cache.gates[1].set()
+    assert await succeeding
+    assert invalidator.is_pending(POST)
+    fake_time.thaw()
+    await settle(lambda: not invalidator.is_pending(POST))  # the retry covers it
+    assert invalidator.stats().retried == 1
+
+
+async def test_aclose_stops_retrying_after_one_last_attempt(
+    cache: FakeCache, fake_time: FakeTime
+) -> None:
+    invalidator = Invalidator(
+        cache, give_up_after=GIVE_UP_AFTER, clock=fake_time.clock, sleep=fake_time.sleep
+    )
+    fake_time.freeze()
+    cache.down = True
+    await invalidator.invalidate([POST])
+    cache.down = False
+    await invalidator.aclose()
+    assert cache.calls == 2  # the failure, then the last attempt
+    assert not invalidator.is_pending(POST)
+    fake_time.thaw()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert cache.calls == 2  # no retrier left
+    assert len(fake_time.sleeps) <= 1  # at most the one it was cancelled in
+
+
+async def test_aclose_gives_up_at_once_when_redis_is_still_down(
+    cache: FakeCache, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    invalidator = Invalidator(
+        cache, give_up_after=GIVE_UP_AFTER, clock=fake_time.clock, sleep=fake_time.sleep
+    )
+    fake_time.freeze()
+    cache.down = True
+    await invalidator.invalidate([POST])
+    with caplog.at_level(logging.WARNING, logger="postal.cache.invalidation"):
+        await asyncio.wait_for(invalidator.aclose(), 1.0)
+    assert "still pending at shutdown: keys=1" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("give_up_after", "retry_interval", "max_retry_interval"),
+    [(0.0, 0.2, 5.0), (1.0, 0.0, 5.0), (1.0, 1.0, 0.5)],
+)
+def test_refuses_unusable_settings(
+    give_up_after: float, retry_interval: float, max_retry_interval: float
+) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        Invalidator(
+            FakeCache(),
+            give_up_after=give_up_after,
+            retry_interval=retry_interval,
+            max_retry_interval=max_retry_interval,
+        )
