@@ -127,7 +127,9 @@ async def test_an_error_reply_is_a_cache_error_that_does_not_trip_the_breaker(
 
 async def test_the_breaker_opens_per_role_and_fails_fast(key_prefix: str) -> None:
     closed_port = free_port()  # nothing listens there: every dial is refused
-    profile = replace(small_profile(min_idle=0), breaker=BreakerConfig(3, failure_window=0.0, cooldown=0.2))
+    profile = replace(
+        small_profile(min_idle=0), breaker=BreakerConfig(3, failure_window=0.0, cooldown=0.2)
+    )
     profile = replace(profile, write_pool=replace(profile.write_pool, min_idle=0))
     client = make_client(f"redis://127.0.0.1:{closed_port}/0", key_prefix, profile)
     events: list[CacheEvent] = []
