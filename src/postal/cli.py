@@ -1,4 +1,4 @@
-"""The `postal` command: serve, bench."""
+"""The `postal` command: serve, migrate, bench."""
 
 from __future__ import annotations
 
@@ -26,25 +26,99 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+GRACEFUL_SHUTDOWN = 10  # seconds for requests in flight to finish after SIGTERM
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [default: POSTAL_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: POSTAL_PORT]")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its pools.")] = 1,
 ) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API (uvicorn, uvloop, httptools)."""
+    import asyncio
+    import logging
+    import os
+    import signal
+    from contextlib import ExitStack
+
     import uvicorn
 
-    from postal.app import create_app
+    from postal.app import NotMigrated, prepare_database
+    from postal.cache.urls import mask_url
+    from postal.embedded import EmbeddedRedis, EmbeddedRedisError
     from postal.observability.logging import configure_logging
+    from postal.posts.errors import DatabaseUnavailable
 
     settings = settings_or_exit()
     configure_logging(settings.postal_log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.postal_host,
-        port=port or settings.postal_port,
-        log_config=None,
-    )
+    logger = logging.getLogger("postal.serve")
+    bind = host or settings.postal_host
+    if settings.api_token is None:
+        if bind not in LOOPBACK_HOSTS:
+            logger.warning("POSTAL_API_TOKEN is not set: binding 127.0.0.1, not %s", bind)
+            bind = "127.0.0.1"
+        logger.warning("POSTAL_API_TOKEN is not set: writes are open to anyone on this machine")
+    with ExitStack() as stack:
+        redis_note = ""
+        if settings.embedded_redis:
+            try:
+                embedded = stack.enter_context(EmbeddedRedis(Path(settings.postal_data_dir)))
+            except EmbeddedRedisError as exc:
+                typer.echo(f"postal: {exc}", err=True)
+                raise typer.Exit(1) from None
+            # Workers are separate processes: they read their settings from the environment.
+            os.environ["READ_REDIS_URL"] = os.environ["WRITE_REDIS_URL"] = embedded.url
+            settings = settings_or_exit()
+            redis_note = " (embedded, started by Postal)"
+        try:
+            asyncio.run(prepare_database(settings.database))
+        except (NotMigrated, DatabaseUnavailable) as exc:
+            typer.echo(f"postal: {mask_url(settings.database)}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        where = f"http://{bind}:{port or settings.postal_port}"
+        typer.echo(f"Postal serving on {where} with {workers} worker(s)")
+        typer.echo(f"  database: {mask_url(settings.database)}")
+        typer.echo(f"  Redis read: {mask_url(settings.read_url)}{redis_note}")
+        typer.echo(f"  Redis write: {mask_url(settings.write_url)}{redis_note}")
+        # uvicorn re-raises SIGTERM once it has shut down; with the default handler that kills
+        # the process on the spot, and the embedded Redis would outlive us. Exit normally instead.
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        uvicorn.run(
+            "postal.app:app_from_environment",
+            factory=True,
+            host=bind,
+            port=port or settings.postal_port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        )
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database (DATABASE_URL) to the latest schema."""
+    import asyncio
+
+    from postal.cache.urls import mask_url
+    from postal.posts.errors import DatabaseUnavailable
+    from postal.storage.migrate import upgrade
+
+    settings = settings_or_exit()
+    try:
+        asyncio.run(upgrade(settings.database))
+    except DatabaseUnavailable as exc:
+        typer.echo(f"postal: migrate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{mask_url(settings.database)}: at the latest migration")
 
 
 @bench_app.command("cache")
@@ -102,6 +176,93 @@ def bench_cache(
             report = asyncio.run(run_cache_bench(options, progress))
     except BenchError as exc:
         typer.echo(f"postal: bench cache: {exc}", err=True)
+        raise typer.Exit(1) from None
+    render_report(report, console)
+    if json_path is not None:
+        write_json(json_path, report.to_json())
+        console.print(f"JSON written to {json_path}", markup=False, highlight=False)
+
+
+@bench_app.command("http")
+def bench_http(
+    redis_url: Annotated[
+        str,
+        typer.Option(help="Redis for the peer and Postal; loopback only (127.0.0.0/8, ::1)."),
+    ] = "redis://127.0.0.1:6379/0",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Postal's database, e.g. postgresql+asyncpg://... on loopback."
+            " Default: SQLite in a temporary directory."
+        ),
+    ] = None,
+    targets: Annotated[
+        str, typer.Option(help="Comma-separated, of floor, peer, postal.")
+    ] = "floor,peer,postal",
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn workers per server.")] = 1,
+    connections: Annotated[int, typer.Option(min=1, help="Closed-loop connections.")] = 100,
+    rate: Annotated[float, typer.Option(min=1, help="Open-loop requests per second.")] = 1000,
+    duration: Annotated[str, typer.Option(help="Each measured loop, Go-style: 3s, 500ms.")] = "3s",
+    runs: Annotated[int, typer.Option(min=1, help="Runs per target; medians are shown.")] = 3,
+    value_size: Annotated[int, typer.Option(min=1, help="Characters in the post's body.")] = 1024,
+    quick: Annotated[bool, typer.Option("--quick", help="One 1s run per target.")] = False,
+    wrk: Annotated[
+        bool, typer.Option("--wrk/--no-wrk", help="Closed loop by wrk if installed.")
+    ] = True,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this file.")
+    ] = None,
+) -> None:
+    """HTTP req/s and latency: Postal's cached GET next to a bare route and a plain Redis app."""
+    import asyncio
+    import shutil
+    import sys
+    from collections.abc import Callable
+
+    from rich.console import Console
+
+    from postal.bench import BenchError, rich_progress, write_json
+    from postal.bench.http import HttpBenchOptions, render_report, run_http_bench
+    from postal.cache.durations import parse_duration
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:  # the load generator runs here: on uvloop when installed, as the servers do
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+
+    try:
+        seconds = 1.0 if quick else parse_duration(duration)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--duration") from None
+    options = HttpBenchOptions(
+        redis_url=redis_url,
+        database_url=database_url,
+        targets=tuple(name.strip() for name in targets.split(",") if name.strip()),
+        workers=workers,
+        connections=connections,
+        rate=rate,
+        duration=seconds,
+        runs=1 if quick else runs,
+        value_size=value_size,
+        wrk=shutil.which("wrk") if wrk else None,
+    )
+    try:
+        options.check()
+    except BenchError as exc:  # NotLoopback included: a load generator stays on this machine
+        typer.echo(f"postal: bench http: {exc}", err=True)
+        raise typer.Exit(2) from None
+    console = Console(width=None if sys.stdout.isatty() else 120)  # piped: don't squeeze
+    try:
+        with (
+            rich_progress(console) as progress,
+            asyncio.Runner(loop_factory=loop_factory) as runner,
+        ):
+            report = runner.run(run_http_bench(options, progress))
+    except BenchError as exc:
+        typer.echo(f"postal: bench http: {exc}", err=True)
         raise typer.Exit(1) from None
     render_report(report, console)
     if json_path is not None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from postal.cache.config import CacheTimeouts, PoolConfig, Profile, TlsConfig
+from postal.cache.config import BreakerConfig, CacheTimeouts, PoolConfig, Profile, TlsConfig
 from postal.cache.durations import EXPECTED as EXPECTED_DURATION
 from postal.cache.durations import parse_duration
 from postal.cache.urls import RedisEndpoint, mask_url
@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     cache_ttl_jitter: float = 0.1  # each TTL is stretched by up to this fraction, at random
     cache_max_pending_fills: Count = 1000
     redis_breaker_failures: Count = 5  # consecutive failures that open the breaker
+    redis_breaker_window: Duration = 0.250  # ... with no success for at least this long
     redis_breaker_cooldown: Duration = 1.0  # open this long, then one probe
 
     # Redis endpoints: one may default to the other
@@ -146,6 +147,14 @@ class Settings(BaseSettings):
             for knob in ("pool_timeout", "dial_timeout", "read_timeout", "write_timeout"):
                 if getattr(self, f"{role}_redis_{knob}") <= 0:
                     problems.append(f"{prefix}_{knob.upper()}: expected a duration above 0")
+        if self.redis_breaker_failures < 1:
+            problems.append("REDIS_BREAKER_FAILURES=0: expected a whole number >= 1")
+        if self.redis_breaker_cooldown <= 0:
+            problems.append("REDIS_BREAKER_COOLDOWN: expected a duration above 0")
+        if self.database_timeout <= 0:
+            problems.append("DATABASE_TIMEOUT: expected a duration above 0")
+        if self.database_pool_size < 1:
+            problems.append("DATABASE_POOL_SIZE=0: expected a whole number >= 1")
         if problems:
             raise ValueError(" | ".join(problems))
         return self
@@ -207,6 +216,11 @@ class Settings(BaseSettings):
             ),
             dns_ttl=self.redis_dns_ttl,
             slow_threshold=self.redis_slow_op_threshold,
+            breaker=BreakerConfig(
+                failure_threshold=self.redis_breaker_failures,
+                failure_window=self.redis_breaker_window,
+                cooldown=self.redis_breaker_cooldown,
+            ),
         )
 
 

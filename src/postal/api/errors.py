@@ -1,0 +1,154 @@
+"""The one place where errors become HTTP answers, all in one shape.
+
+Every error a client sees is `{"error": {"code": ..., "message": ..., "field": ...}}` (`field`
+only when one input is to blame), with a 4xx status for bad requests and 503 with Retry-After
+when the database is unavailable. Unknown routes and methods answer in the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from postal.posts.errors import DatabaseUnavailable, PostNotFound, VersionConflict, VersionNotFound
+from postal.posts.representation import etag
+
+logger = logging.getLogger("postal.api")
+
+RETRY_AFTER_SECONDS = 1  # a database blip or failover usually clears within a second or two
+
+
+class ApiError(Exception):
+    """An error the API answers as it is: status, code, message, the field to blame."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+class RequestTooLarge(HTTPException):
+    """A request body over the limit. An HTTPException so that FastAPI's body reader re-raises it
+    as it is instead of turning it into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+# pydantic's error types -> our codes; anything else is "invalid_value"
+_CODES = {
+    "extra_forbidden": "unknown_field",
+    "missing": "missing_field",
+    "string_too_short": "too_short",
+    "string_too_long": "too_long",
+    "too_short": "too_short",
+    "too_long": "too_long",
+    "greater_than_equal": "out_of_range",
+    "less_than_equal": "out_of_range",
+}
+
+
+def _validation_error(exc: RequestValidationError) -> Response:
+    errors = exc.errors()
+    if any(error["type"] == "json_invalid" for error in errors):
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    first = errors[0]
+    location = [str(part) for part in first["loc"]]
+    source, path = (location[0], location[1:]) if location else ("body", [])
+    field = ".".join(path) or None
+    kind = first["type"]
+    if source == "path" and path == ["post_id"]:
+        return error_response(422, "invalid_id", ID_MESSAGE, field="post_id")
+    if source == "body" and not path:
+        return error_response(422, "invalid_type", "the request body must be a JSON object")
+    if kind.endswith(("_type", "_parsing")):
+        code = "invalid_type"
+    else:
+        code = _CODES.get(kind, "invalid_value")
+    message = f"{field}: {first['msg']}" if field else str(first["msg"])
+    return error_response(422, code, message, field=field)
+
+
+ID_MESSAGE = "post_id must be a whole number from 1 to 9223372036854775807"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(
+            exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers
+        )
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return _validation_error(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            message = f"no such route: {request.method} {request.url.path}"
+            return error_response(404, "not_found", message, headers=headers)
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+            return error_response(405, "method_not_allowed", message, headers=headers)
+        if exc.status_code == 413:
+            return error_response(413, "too_large", str(exc.detail), headers=headers)
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PostNotFound | VersionNotFound)
+        code = "post_not_found" if isinstance(exc, PostNotFound) else "version_not_found"
+        return error_response(404, code, str(exc))
+
+    async def conflict(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, VersionConflict)
+        headers = {"ETag": etag(exc.current)}
+        return error_response(412, "version_conflict", str(exc), headers=headers)
+
+    async def database_down(request: Request, exc: Exception) -> Response:
+        logger.warning("database unavailable: %s", exc)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(PostNotFound, not_found)
+    app.add_exception_handler(VersionNotFound, not_found)
+    app.add_exception_handler(VersionConflict, conflict)
+    app.add_exception_handler(DatabaseUnavailable, database_down)

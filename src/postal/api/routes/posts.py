@@ -1,0 +1,126 @@
+"""Writes and history: create, update, delete, versions, restore. Thin: parse, call, shape.
+
+Writes honour If-Match (a strong ETag `"v3"`, or `*`): a writer that read version 3 cannot
+overwrite version 4 without seeing it first; the mismatch is a 412 with the current ETag.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from starlette.responses import Response
+
+from postal.api.errors import ApiError
+from postal.api.schemas import PostIn
+from postal.posts.models import Post
+from postal.posts.representation import (
+    etag,
+    post_json,
+    version_json,
+    version_of_etag,
+    versions_json,
+)
+from postal.posts.service import PostService
+
+router = APIRouter(prefix="/api/v1/posts", tags=["posts"])
+
+PostId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The post's id")]
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="A version number")]
+IfMatch = Annotated[
+    str | None,
+    Header(description='The ETag you read (`"v3"`), or `*`: the write fails with 412 otherwise'),
+]
+JSON = "application/json"
+_ERROR: dict[int | str, dict[str, Any]] = {
+    status: {"description": description}
+    for status, description in {
+        401: "Missing or wrong bearer token",
+        404: "No such post or version",
+        412: "If-Match does not name the current version",
+        413: "The body is over the size limit",
+        422: "Invalid input",
+        503: "The database is unavailable",
+    }.items()
+}
+
+
+def _service(request: Request) -> PostService:
+    service: PostService = request.app.state.posts
+    return service
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    """The version If-Match requires; None when any version will do (no header, or `*`)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = {version_of_etag(tag) for tag in if_match.split(",")} - {None}
+    if not versions:  # nothing we ever sent: it cannot match the current version
+        raise ApiError(412, "version_conflict", f"If-Match {if_match} names no version of ours")
+    if len(versions) > 1:
+        message = "If-Match with several ETags is not supported: send the one you read"
+        raise ApiError(400, "invalid_value", message, field="If-Match")
+    return versions.pop()
+
+
+def _checked(request: Request, post: PostIn) -> PostIn:
+    limit: int = request.app.state.settings.postal_max_body_bytes
+    size = len(post.body.encode())
+    if size > limit:
+        message = f"body is {size} bytes; the limit is {limit}"
+        raise ApiError(413, "too_large", message, field="body")
+    return post
+
+
+def _post_response(post: Post, status: int = 200) -> Response:
+    headers = {"ETag": etag(post.version)}
+    if status == 201:
+        headers["Location"] = f"/api/v1/posts/{post.id}"
+    return Response(post_json(post), status_code=status, media_type=JSON, headers=headers)
+
+
+@router.post("", status_code=201, responses=_ERROR, summary="Create a post (version 1)")
+async def create_post(request: Request, post: PostIn) -> Response:
+    created = await _service(request).create(_checked(request, post).content())
+    return _post_response(created, 201)
+
+
+@router.put("/{post_id}", responses=_ERROR, summary="Replace a post's content (a new version)")
+async def update_post(
+    request: Request, post_id: PostId, post: PostIn, if_match: IfMatch = None
+) -> Response:
+    expected = _expected_version(if_match)
+    content = _checked(request, post).content()
+    updated = await _service(request).update(post_id, content, expected=expected)
+    return _post_response(updated)
+
+
+@router.delete("/{post_id}", status_code=204, responses=_ERROR, summary="Delete a post")
+async def delete_post(request: Request, post_id: PostId, if_match: IfMatch = None) -> Response:
+    await _service(request).delete(post_id, expected=_expected_version(if_match))
+    return Response(status_code=204)
+
+
+@router.get("/{post_id}/versions", responses=_ERROR, summary="A post's versions, oldest first")
+async def list_versions(request: Request, post_id: PostId) -> Response:
+    versions = await _service(request).versions(post_id)
+    return Response(versions_json(post_id, versions), media_type=JSON)
+
+
+@router.get("/{post_id}/versions/{version}", responses=_ERROR, summary="One version of a post")
+async def get_version(request: Request, post_id: PostId, version: VersionNumber) -> Response:
+    found = await _service(request).version(post_id, version)
+    return Response(version_json(found), media_type=JSON)
+
+
+@router.post(
+    "/{post_id}/versions/{version}/restore",
+    responses=_ERROR,
+    summary="Make an old version current again, as a new version",
+)
+async def restore_version(
+    request: Request, post_id: PostId, version: VersionNumber, if_match: IfMatch = None
+) -> Response:
+    expected = _expected_version(if_match)
+    restored = await _service(request).restore(post_id, version, expected=expected)
+    return _post_response(restored)

@@ -1,0 +1,81 @@
+"""The hot read routes, as plain Starlette routes: no dependency chain, no response model.
+
+A cache hit is answered with the cached bytes as they are: FastAPI's request handling (dependency
+resolution, validation, response serialisation) would cost more than the Redis round trip itself.
+They are documented in the OpenAPI schema by hand (`api/openapi.py`).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from postal.api.errors import ID_MESSAGE, ApiError
+from postal.posts.representation import decode_cursor
+from postal.posts.service import PostService
+
+MAX_ID = 2**63 - 1
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+JSON = "application/json"
+
+
+def parse_post_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= MAX_ID:
+        raise ApiError(422, "invalid_id", ID_MESSAGE, field="post_id")
+    return int(text)
+
+
+def _matches(if_none_match: str, tag: str) -> bool:
+    """If-None-Match uses the weak comparison: `W/"v3"` matches `"v3"`."""
+    candidates = (part.strip().removeprefix("W/") for part in if_none_match.split(","))
+    return any(candidate in ("*", tag) for candidate in candidates)
+
+
+async def get_post(request: Request) -> Response:
+    service: PostService = request.app.state.posts
+    post_id = parse_post_id(request.path_params["post_id"])
+    entry = await service.read_post(post_id)
+    if not entry.found:
+        raise ApiError(404, "post_not_found", f"post {post_id} does not exist")
+    assert entry.etag is not None
+    headers = {"ETag": entry.etag}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and _matches(if_none_match, entry.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type=JSON, headers=headers)
+
+
+def _page_size(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        message = f"limit must be a whole number from 1 to {MAX_PAGE}"
+        raise ApiError(422, "invalid_value", message, field="limit")
+    return int(text)
+
+
+async def list_posts(request: Request) -> Response:
+    service: PostService = request.app.state.posts
+    query = request.query_params
+    unknown = set(query) - {"limit", "cursor"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ApiError(422, "unknown_field", f"unknown query parameter: {name}", field=name)
+    limit = _page_size(query.get("limit"))
+    cursor = query.get("cursor")
+    before_id = None
+    if cursor is not None:
+        before_id = decode_cursor(cursor)
+        if before_id is None:
+            message = "cursor is not one this service gave out; use next_cursor as it is"
+            raise ApiError(422, "invalid_value", message, field="cursor")
+    body = await service.read_page(limit=limit, before_id=before_id)
+    return Response(body, media_type=JSON)
+
+
+routes = [
+    Route("/api/v1/posts/{post_id}", get_post, methods=["GET"], name="get_post"),
+    Route("/api/v1/posts", list_posts, methods=["GET"], name="list_posts"),
+]

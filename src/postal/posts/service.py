@@ -1,0 +1,104 @@
+"""The posts use cases: read through the cache with a database fallback; write, then invalidate.
+
+Reads (`read_post`, `read_page`) go through `ReadThrough`: a hit returns the cached entry; a miss,
+a cache error or an open breaker loads from the database, and the fill happens in the
+background. A read fails only when the database does (`DatabaseUnavailable`).
+
+Writes commit in the database first, then invalidate the post's key and bump the list pages'
+generation. A failed invalidation never fails the write: the `Invalidator` retries it in the
+background, and until it lands this process reads that post from the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from postal.cache.fallback import ReadThrough
+from postal.cache.invalidation import Invalidator
+from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
+from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
+from postal.posts.models import Post, PostContent, PostVersion
+from postal.posts.representation import encode_cursor, etag, page_json, post_json
+from postal.storage.repository import PostRepository
+
+
+@dataclass(frozen=True, slots=True)
+class CacheTtls:
+    """How long entries live in the cache, in seconds (jitter is added by the read path)."""
+
+    post: float = 300.0
+    page: float = 30.0
+    not_found: float = 5.0
+
+
+class PostService:
+    def __init__(
+        self,
+        repository: PostRepository,
+        reads: ReadThrough,
+        invalidator: Invalidator,
+        ttls: CacheTtls = CacheTtls(),
+    ) -> None:
+        self._repository = repository
+        self._reads = reads
+        self._invalidator = invalidator
+        self._ttls = ttls
+
+    # -- reads through the cache ---------------------------------------------------------------
+
+    async def read_post(self, post_id: int) -> Entry:
+        """The post as its response: 200 with ETag and JSON body, or the 404 entry."""
+
+        async def load() -> tuple[bytes, float]:
+            post = await self._repository.get(post_id)
+            if post is None:
+                return encode_entry(NOT_FOUND), self._ttls.not_found
+            entry = Entry(200, etag(post.version), post_json(post))
+            return encode_entry(entry), self._ttls.post
+
+        return decode_entry(await self._reads.get(post_key(post_id), load))
+
+    async def read_page(self, *, limit: int, before_id: int | None) -> bytes:
+        """One page of posts, newest first, as its JSON body."""
+
+        async def load() -> tuple[bytes, float]:
+            # One more than asked tells whether a next page exists, so the last page says so.
+            found = await self._repository.list_page(limit=limit + 1, before_id=before_id)
+            posts = found[:limit]
+            cursor = encode_cursor(posts[-1].id) if len(found) > limit else None
+            return encode_entry(Entry(200, None, page_json(posts, cursor))), self._ttls.page
+
+        return decode_entry(await self._reads.get(page_key(limit, before_id), load)).body
+
+    # -- reads straight from the database (history is read rarely) ------------------------------
+
+    async def versions(self, post_id: int) -> list[PostVersion]:
+        return await self._repository.versions(post_id)
+
+    async def version(self, post_id: int, version: int) -> PostVersion:
+        return await self._repository.version(post_id, version)
+
+    # -- writes: commit, then invalidate -------------------------------------------------------
+
+    async def create(self, content: PostContent) -> Post:
+        post = await self._repository.create(content)
+        await self._invalidate(post.id)  # a negative entry may be cached for this id
+        return post
+
+    async def update(self, post_id: int, content: PostContent, *, expected: int | None) -> Post:
+        post = await self._repository.update(post_id, content, expected_version=expected)
+        await self._invalidate(post_id)
+        return post
+
+    async def delete(self, post_id: int, *, expected: int | None) -> None:
+        await self._repository.delete(post_id, expected_version=expected)
+        await self._invalidate(post_id)
+
+    async def restore(self, post_id: int, version: int, *, expected: int | None) -> Post:
+        post = await self._repository.restore(post_id, version, expected_version=expected)
+        await self._invalidate(post_id)
+        return post
+
+    async def _invalidate(self, post_id: int) -> None:
+        """Never raises: a failure is queued for retry and bypassed by this process's reads."""
+        await self._invalidator.invalidate([post_key(post_id)], generations=[LIST_GENERATION])

@@ -1,0 +1,138 @@
+"""`postal serve` as a user runs it: a real process, a real port, the embedded default."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from postal.embedded import free_loopback_port
+from tests.support.database import empty_database
+from tests.support.redis_server import answers_ping
+
+SCRUBBED = ("DATABASE_URL", "READ_REDIS_URL", "WRITE_REDIS_URL", "POSTAL_API_TOKEN", "POSTAL_HOST")
+
+
+@dataclass
+class Served:
+    base: str
+    output: str = ""  # everything the process printed, once it has exited
+    returncode: int | None = None
+
+
+@contextmanager
+def serving(cwd: Path, *args: str, **env: str) -> Iterator[Served]:
+    port = free_loopback_port()
+    environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    environ.update(env)
+    command = [sys.executable, "-m", "postal.cli", "serve", "--port", str(port), *args]
+    process = subprocess.Popen(
+        command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    served = Served(f"http://127.0.0.1:{port}")
+    base = served.base
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise AssertionError("postal serve exited before it was ready")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("postal serve did not become ready in 30 s")
+            time.sleep(0.1)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            served.output = process.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            process.kill()
+            served.output = process.communicate()[0]
+        served.returncode = process.returncode
+        print(served.output)  # shown by pytest when the test fails
+
+
+def test_the_embedded_default_serves_posts_and_cleans_up(tmp_path: Path) -> None:
+    with serving(tmp_path) as served:
+        base = served.base
+        created = httpx.post(
+            f"{base}/api/v1/posts", json={"title": "Hi", "body": "there", "author": "me"}
+        )
+        assert created.status_code == 201
+        url = f"{base}{created.headers['location']}"
+        assert httpx.get(url).json()["title"] == "Hi"
+        ready = httpx.get(f"{base}/readyz").json()
+        assert ready["cache"]["connected"] is True
+    output = served.output
+    assert served.returncode == 0, output
+    assert "embedded" in output
+    assert "sqlite+aiosqlite:///var/postal.db" in output
+    assert "writes are open" in output
+    assert (tmp_path / "var" / "postal.db").exists()
+    embedded_port = next(
+        int(line.rsplit(":", 1)[1].split("/")[0])
+        for line in output.splitlines()
+        if "Redis read:" in line
+    )
+    assert not answers_ping("127.0.0.1", embedded_port)  # stopped with Postal
+
+
+def test_without_a_token_it_binds_loopback_only(tmp_path: Path) -> None:
+    with serving(tmp_path, POSTAL_HOST="0.0.0.0") as served:
+        pass
+    output = served.output
+    assert "binding 127.0.0.1, not 0.0.0.0" in output
+    assert "http://127.0.0.1:" in output
+
+
+def test_a_bad_setting_exits_2_with_the_variable_named(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "postal.cli", "serve"],
+        cwd=tmp_path,
+        env={**os.environ, "REDIS_GET_DEADLINE": "100"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "REDIS_GET_DEADLINE" in result.stderr
+
+
+@pytest.fixture
+async def empty_database_url() -> AsyncIterator[str]:
+    async with empty_database() as url:
+        yield url
+
+
+def test_an_unmigrated_postgresql_is_refused_until_postal_migrate(
+    tmp_path: Path, empty_database_url: str, redis_url: str
+) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database_url, "READ_REDIS_URL": redis_url}
+    refused = subprocess.run(
+        [sys.executable, "-m", "postal.cli", "serve"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "postal migrate" in refused.stderr
+    migrated = subprocess.run(
+        [sys.executable, "-m", "postal.cli", "migrate"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    assert "latest migration" in migrated.stdout
+    with serving(tmp_path, DATABASE_URL=empty_database_url, READ_REDIS_URL=redis_url) as served:
+        assert httpx.get(f"{served.base}/readyz").json()["database"] == {"reachable": True}

@@ -1,0 +1,125 @@
+"""The service when Redis is stopped, black-holed or refusing: reads answer 200, writes land."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import make_url
+
+from tests.integration.api_support import AUTH, running_api
+from tests.support.proxy import FaultProxy
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_reads_survive_a_stopped_redis_and_writes_still_land(
+    database_url: str, clean_database: None, own_redis: RedisServer, key_prefix: str
+) -> None:
+    async with running_api(database_url, own_redis.url, key_prefix) as api:
+        post = await api.create(title="before")
+        url = f"/api/v1/posts/{post['id']}"
+        await api.client.get(url)
+        await api.settle()
+        own_redis.stop()
+        for _ in range(5):
+            response = await api.client.get(url)
+            assert response.status_code == 200
+            assert response.json()["title"] == "before"
+        assert (await api.client.get("/api/v1/posts")).status_code == 200
+        # a write while Redis is down succeeds; its invalidation waits for Redis
+        update = {"title": "after", "body": "b", "author": "a"}
+        assert (await api.client.put(url, json=update, headers=AUTH)).status_code == 200
+        assert api.state.invalidator.stats().failed >= 1
+        assert (await api.client.get(url)).json()["title"] == "after"
+        ready = (await api.client.get("/readyz")).json()
+        assert ready["status"] == "ok"  # the cache is reported, not required
+
+
+async def test_a_failed_invalidation_is_retried_and_nothing_stale_is_served(
+    database_url: str, clean_database: None, own_redis: RedisServer, key_prefix: str
+) -> None:
+    async with (
+        FaultProxy(own_redis.port) as proxy,
+        running_api(database_url, proxy.url, key_prefix) as api,
+    ):
+        post = await api.create(title="v1")
+        url = f"/api/v1/posts/{post['id']}"
+        await api.client.get(url)
+        await api.settle()  # version 1 cached
+        await proxy.refuse()
+        update = {"title": "v2", "body": "b", "author": "a"}
+        assert (await api.client.put(url, json=update, headers=AUTH)).status_code == 200
+        await proxy.pass_through()
+        # the cached v1 was never invalidated; this process must not serve it
+        assert (await api.client.get(url)).json()["title"] == "v2"
+        deadline = time.monotonic() + 10
+        while api.state.invalidator.stats().pending_keys and time.monotonic() < deadline:
+            await api.client.get("/healthz")
+            await asyncio.sleep(0.05)
+        assert api.state.invalidator.stats().pending_keys == 0
+        await api.settle()
+        for _ in range(3):
+            assert (await api.client.get(url)).json()["title"] == "v2"
+            await api.settle()
+
+
+async def test_with_redis_black_holed_the_breaker_stops_reads_paying_the_deadline(
+    database_url: str, clean_database: None, own_redis: RedisServer, key_prefix: str
+) -> None:
+    deadline = 0.2
+    async with FaultProxy(own_redis.port) as proxy:
+        env = {"REDIS_GET_DEADLINE": "200ms", "REDIS_BREAKER_COOLDOWN": "1m"}
+        async with running_api(database_url, proxy.url, key_prefix, **env) as api:
+            post = await api.create()
+            url = f"/api/v1/posts/{post['id']}"
+            await proxy.black_hole()
+            durations = []
+            for _ in range(20):
+                started = time.perf_counter()
+                response = await api.client.get(url)
+                durations.append(time.perf_counter() - started)
+                assert response.status_code == 200
+            assert api.state.cache.breaker_state("read").name == "OPEN"
+            slow = [d for d in durations if d >= deadline * 0.9]
+            assert 1 <= len(slow) <= 5  # the failures that opened it, then none
+            assert max(durations[10:]) < deadline / 2
+
+
+async def test_database_down_is_503_with_retry_after_and_nothing_hangs(
+    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+) -> None:
+    url = make_url(database_url)
+    async with FaultProxy(url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        env = {"DATABASE_TIMEOUT": "1s"}
+        async with running_api(proxied, redis_url, key_prefix, **env) as api:
+            post = await api.create()
+            await proxy.refuse()
+            for request in [
+                api.client.get(f"/api/v1/posts/{post['id'] + 1}"),  # a miss: needs the database
+                api.client.get("/api/v1/posts/1/versions"),
+                api.client.post("/api/v1/posts", json={"title": "t", "body": "b", "author": "a"},
+                                headers=AUTH),
+            ]:  # fmt: skip
+                started = time.perf_counter()
+                response = await request
+                assert time.perf_counter() - started < 5
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "database_unavailable"
+                assert response.headers["retry-after"] == "1"
+            ready = await api.client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["database"]["reachable"] is False
+            await proxy.pass_through()

@@ -1,0 +1,66 @@
+"""Building the HTTP app for tests: real PostgreSQL, real Redis, httpx over ASGI, lifespan run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import event
+
+from postal.app import create_app
+from postal.settings import load_settings
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+    post_selects: list[str]  # the SELECTs on posts the app ran
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def create(self, **fields: Any) -> dict[str, Any]:
+        document = {"title": "Hello", "body": "First body", "author": "ada", "tags": ["a"]}
+        document.update(fields)
+        response = await self.client.post("/api/v1/posts", json=document, headers=AUTH)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    async def settle(self) -> None:
+        """Wait for background fills, so the next read is answered from the cache."""
+        await self.state.reads.drain(5.0)
+
+
+@asynccontextmanager
+async def running_api(
+    database_url: str, redis_url: str, key_prefix: str, **env: str
+) -> AsyncIterator[Api]:
+    environ: Mapping[str, str] = {
+        "DATABASE_URL": database_url,
+        "READ_REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": key_prefix,
+        "POSTAL_API_TOKEN": TOKEN,
+        **env,
+    }
+    app = create_app(load_settings(environ))
+    async with app.router.lifespan_context(app):
+        selects: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT") and "posts" in statement:
+                selects.append(statement)
+
+        event.listen(app.state.engine.sync_engine, "before_cursor_execute", record)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://postal.test") as client:
+            yield Api(app, client, selects)
