@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench bench-http clean
 
 install: $(STAMP)
 
@@ -15,7 +15,6 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	scripts/ensure-redis
 	$(BIN)/postal serve
 
 lint: install
@@ -32,6 +31,16 @@ test-fast: install
 bench: install
 	scripts/ensure-redis
 	$(BIN)/postal bench cache
+
+# wrk runs the closed loop when installed (else the built-in generator does): installed here with
+# apt-get when missing and running as root; without it the bench still runs.
+bench-http: install
+	scripts/ensure-redis
+	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null 2>&1 || \
+	    { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null 2>&1; }; }; } || \
+	  echo "bench-http: wrk not installed; the built-in load generator runs the closed loop" >&2
+	$(BIN)/postal bench http
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,385 @@
+"""`postal bench http`: Postal's `GET /api/v1/posts/{id}` on cache hits, next to what the same
+HTTP server does with nothing behind it and with what a user would otherwise write.
+
+Targets, each a real server process on a free loopback port, all uvicorn (uvloop, httptools)
+with the same worker count, started once and measured interleaved run by run:
+
+- `floor`: a bare Starlette route answering constant bytes of the post's size (`http_apps`);
+- `peer`: a plain Starlette route doing one redis.asyncio GET per request on a
+  BlockingConnectionPool(50), as large as Postal's read pool, answering the post's bytes;
+- `postal`: `postal serve`, reading one post whose cache entry is filled beforehand.
+
+Each run of a target is a closed loop (C connections back to back: the req/s, by wrk when
+installed, else the built-in generator) then an open loop at a fixed rate (the latencies, from
+each request's scheduled time; built-in, as wrk has no open loop). Medians of the runs; ratios
+per run, then their median (see `http_stats`). Client and server share this machine's CPUs,
+which the report says, since the load generator's CPU is taken from the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis.asyncio as redis
+from rich.console import Console
+from rich.table import Table
+
+from postal import bench
+from postal.bench import http_stats, loadgen
+from postal.bench.http_apps import BODY_BYTES, KEY_PREFIX, REDIS_URL, constant_body
+from postal.bench.http_postal import READY_PATH, PostalConfig, PreparedPost, delete_post
+from postal.bench.http_postal import prepare_post as prepare_postal_post
+from postal.bench.http_servers import ServerProcess, free_port, postal_command, uvicorn_command
+from postal.bench.http_stats import FLOOR, ORDER, PEER, POSTAL, HttpRun, TargetSummary
+from postal.bench.stats import RunResult, summarize_run
+from postal.cache.durations import format_duration
+from postal.cache.urls import mask_url
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+WARMUP = 0.5  # s of unmeasured load before each loop
+TOOL_GRACE = 30.0  # s wrk may overrun its planned time before it is killed
+WRK_THREADS = 1  # wrk's C outruns a uvicorn worker on one thread, leaving the other core free
+MAX_CONNECTIONS = 1_000  # bounds on what a run may ask for: a benchmark, not a load test
+MAX_RATE = 100_000.0  # req/s
+MAX_DURATION = 600.0  # s per loop
+LOG_LINE_SHOWN = 200  # characters of a server's first log line shown in the report
+DEFAULT_POST_ID = "1"  # the id the floor and peer serve when Postal is not measured
+
+DESCRIPTIONS = {
+    FLOOR: "bare Starlette route answering constant bytes (the floor)",
+    PEER: "Starlette + one redis.asyncio GET, BlockingConnectionPool(50) (the peer)",
+    POSTAL: "postal serve, GET /api/v1/posts/{id}, cache hits",
+}
+FACTORIES = {FLOOR: "postal.bench.http_apps:floor_app", PEER: "postal.bench.http_apps:peer_app"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBenchOptions:
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str | None = None  # None: SQLite in a temporary directory
+    targets: tuple[str, ...] = ORDER
+    workers: int = 1  # uvicorn worker processes per server
+    connections: int = 100  # closed loop
+    rate: float = 1000.0  # open loop, requests per second
+    duration: float = 3.0  # seconds per measured loop
+    runs: int = 3  # medians are taken over these
+    warmup: float = WARMUP
+    value_size: int = 1024  # characters in the post's body (floor and peer: the served size)
+    wrk: str | None = None  # path to wrk; None: the built-in closed loop
+
+    def check(self) -> None:
+        bench.require_loopback(self.redis_url)
+        if self.database_url is not None:
+            check_database_url(self.database_url)
+        unknown = sorted(set(self.targets) - set(ORDER))
+        if unknown or not self.targets:
+            raise bench.BenchError(f"targets are {', '.join(ORDER)}; got {unknown or 'none'}")
+        for name in ("workers", "connections", "runs", "value_size"):
+            if getattr(self, name) < 1:
+                raise bench.BenchError(f"{name} must be at least 1")
+        if not (0 < self.rate <= MAX_RATE and 0 < self.duration <= MAX_DURATION):
+            raise bench.BenchError(
+                f"rate must be in (0, {MAX_RATE:,.0f}] req/s"
+                f" and duration in (0, {MAX_DURATION:g}] s"
+            )
+        if self.connections > MAX_CONNECTIONS or self.warmup < 0:
+            raise bench.BenchError(f"at most {MAX_CONNECTIONS} connections; warm-up >= 0")
+
+
+def check_database_url(url: str) -> None:
+    """SQLite (a file here) or a PostgreSQL on loopback: the bench loads no other machine."""
+    scheme = urlsplit(url).scheme
+    if scheme.startswith("sqlite"):
+        return
+    if not scheme.startswith("postgresql"):
+        raise bench.BenchError(
+            f"--database-url: expected sqlite+aiosqlite:// or postgresql+asyncpg://, got {scheme}://"
+        )
+    bench.require_loopback(url, schemes=(scheme,))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBenchReport:
+    options: HttpBenchOptions
+    summaries: list[TargetSummary]
+    started_at: str
+    closed_loop_tool: str  # "wrk" or "built-in"
+    body_bytes: int  # the size of every target's response body
+    servers: dict[str, str]  # target -> the URL it was measured at (closed since)
+    cpus: int | None
+    key_prefixes: list[str]  # the Redis keys the peer and Postal read, deleted since
+
+    def summary(self, name: str) -> TargetSummary:
+        return next(summary for summary in self.summaries if summary.name == name)
+
+    @property
+    def check(self) -> http_stats.TargetCheck:
+        return http_stats.check_targets(self.summaries, self.options.rate)
+
+    def to_json(self) -> dict[str, object]:
+        settings = asdict(self.options) | {
+            "redis_url": mask_url(self.options.redis_url),
+            "database_url": self.options.database_url and mask_url(self.options.database_url),
+            "closed_loop_tool": self.closed_loop_tool,
+            "body_bytes": self.body_bytes,
+            "servers": self.servers,
+            "cpus": self.cpus,
+            "key_prefixes": self.key_prefixes,
+        }
+        return {
+            "benchmark": "http",
+            "started_at": self.started_at,
+            "settings": settings,
+            "targets": [
+                http_stats.summary_json(summary, DESCRIPTIONS[summary.name])
+                for summary in self.summaries
+            ],
+            "target": self.check.to_json(),
+        }
+
+
+def _loop_result(result: loadgen.LoadResult, details: dict[str, object]) -> RunResult:
+    return summarize_run(
+        result.latencies,
+        errors=result.errors,
+        elapsed=result.elapsed,
+        first_error=result.first_error,
+        details=details | {"sent": result.sent, "connections": result.connections},
+    )
+
+
+async def measure_closed(
+    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: bench.ProgressFn
+) -> RunResult:
+    """The closed loop: a warm-up then the measured load (wrk's, when given)."""
+    planned = options.warmup + options.duration
+
+    def tick(offset: float, phase: str | None = None) -> loadgen.Tick:
+        def show(elapsed: float) -> None:
+            shown = phase or ("warm-up" if elapsed < options.warmup else "closed loop")
+            progress(f"{label} · {shown}", offset + elapsed, planned)
+
+        return show
+
+    if options.wrk is None:
+        result = await loadgen.closed_loop(
+            target,
+            connections=options.connections,
+            seconds=options.duration,
+            warmup=options.warmup,
+            tick=tick(0.0),
+        )
+        return _loop_result(result, {"tool": "built-in"})
+    if options.warmup > 0:
+        await loadgen.closed_loop(
+            target,
+            connections=options.connections,
+            seconds=options.warmup,
+            tick=tick(0.0, "warm-up"),
+        )
+    seconds = max(1, round(options.duration))  # wrk takes whole seconds
+    command = [
+        options.wrk, "-t", str(min(WRK_THREADS, options.connections)),
+        "-c", str(options.connections), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
+        target.url,
+    ]  # fmt: skip
+    output = await bench.run_tool(
+        command, seconds + TOOL_GRACE, tick(options.warmup, "closed loop (wrk)")
+    )
+    try:
+        return http_stats.parse_wrk(output)
+    except ValueError as exc:
+        raise bench.BenchError(f"cannot read wrk's output ({exc}); try --no-wrk") from None
+
+
+async def measure_open(
+    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: bench.ProgressFn
+) -> RunResult:
+    planned = options.warmup + options.duration
+    phase = f"open loop {options.rate:,.0f} req/s"
+    result = await loadgen.open_loop(
+        target,
+        rate=options.rate,
+        seconds=options.duration,
+        warmup=options.warmup,
+        tick=lambda elapsed: progress(f"{label} · {phase}", elapsed, planned),
+    )
+    details: dict[str, object] = {"rate": options.rate, "late_sends": result.late_sends}
+    return _loop_result(result, details)
+
+
+async def seed_peer(url: str, key: str, body: bytes) -> None:
+    """The peer's one key, holding the bytes Postal serves, expiring after 1 h."""
+    client = redis.Redis.from_url(url)
+    try:
+        await client.set(key, body, px=bench.KEY_TTL_MS)
+    except Exception as exc:  # whatever redis-py raises, the peer cannot be prepared
+        raise bench.BenchError(f"cannot prepare the peer's key on {mask_url(url)}: {exc}") from exc
+    finally:
+        await client.aclose()
+
+
+class Bench:
+    """One bench's servers and keys: started in `prepare`, always released by `close`."""
+
+    def __init__(self, options: HttpBenchOptions, workdir: Path) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.servers: dict[str, ServerProcess] = {}
+        self.paths: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+        self.peer_prefix = f"postal-bench-http:{uuid.uuid4().hex[:12]}:"
+        self.postal: PostalConfig | None = None
+        self.post: PreparedPost | None = None
+        self.body = constant_body(options.value_size)
+
+    def _server(
+        self, name: str, command: list[str], port: int, env: dict[str, str]
+    ) -> ServerProcess:
+        server = ServerProcess(name, command, port, env, self.workdir)
+        self.servers[name] = server
+        server.start()
+        return server
+
+    async def prepare(self) -> None:
+        """Postal first (its post decides the body everyone serves), then the floor and peer."""
+        options = self.options
+        post_id = DEFAULT_POST_ID
+        if POSTAL in options.targets:
+            self.postal = PostalConfig.create(options.redis_url, options.database_url, self.workdir)
+            port = free_port()
+            server = self._server(
+                POSTAL, postal_command(port, options.workers), port, self.postal.environment
+            )
+            await server.wait_ready(READY_PATH)
+            self.post = await prepare_postal_post(
+                server, self.postal, options.redis_url, options.value_size
+            )
+            post_id, self.body = self.post.post_id, self.post.body
+            self.paths[POSTAL] = self.post.path
+            if not self.post.cache_confirmed:
+                self.notes[POSTAL] = "its cache entry was not seen in Redis before measuring"
+        path = f"/api/v1/posts/{post_id}"
+        if PEER in options.targets:
+            await seed_peer(options.redis_url, self.peer_prefix + post_id, self.body)
+        environment = {
+            BODY_BYTES: str(len(self.body)),
+            REDIS_URL: options.redis_url,
+            KEY_PREFIX: self.peer_prefix,
+        }
+        started = []
+        for name in (FLOOR, PEER):
+            if name in options.targets:
+                port = free_port()
+                command = uvicorn_command(FACTORIES[name], port, options.workers)
+                started.append(self._server(name, command, port, environment))
+                self.paths[name] = path
+        await asyncio.gather(*(server.wait_ready(path) for server in started))
+
+    @property
+    def key_prefixes(self) -> list[str]:
+        postal = [] if self.postal is None else [self.postal.key_prefix]
+        return [self.peer_prefix, *postal]
+
+    async def close(self) -> None:
+        try:
+            postal = self.servers.get(POSTAL)
+            if postal and self.postal and self.post and postal.returncode() is None:
+                await delete_post(postal, self.postal, self.post.post_id)
+        finally:
+            for server in reversed(self.servers.values()):
+                server.stop()
+            for prefix in self.key_prefixes:
+                await bench.delete_prefix(self.options.redis_url, prefix)
+
+    def target(self, name: str) -> loadgen.HttpTarget:
+        server = self.servers[name]
+        code = server.returncode()
+        if code is not None:
+            raise server.failure(f"exited during the bench with code {code}")
+        return loadgen.HttpTarget.from_url(server.base_url + self.paths[name])
+
+
+async def run_http_bench(
+    options: HttpBenchOptions, progress: bench.ProgressFn = bench.no_progress
+) -> HttpBenchReport:
+    """Start the targets, measure each `runs` times interleaved, stop them, summarize."""
+    options.check()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    names = [name for name in ORDER if name in options.targets]
+    results: dict[str, list[HttpRun]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="postal-bench-http-") as workdir:
+        state = Bench(options, Path(workdir))
+        try:
+            progress("starting servers", 0.0, 1.0)
+            await state.prepare()
+            for run in range(1, options.runs + 1):
+                for name in names:
+                    label = f"{name} · run {run}/{options.runs}"
+                    server = state.servers[name]
+                    position = server.log_position()
+                    closed = await measure_closed(state.target(name), options, label, progress)
+                    opened = await measure_open(state.target(name), options, label, progress)
+                    logged = [line for line in server.log_since(position) if line.strip()]
+                    first = logged[0][:LOG_LINE_SHOWN] if logged else None
+                    results[name].append(HttpRun(closed, opened, len(logged), first))
+        finally:
+            await state.close()
+        servers = {name: server.base_url for name, server in state.servers.items()}
+    return HttpBenchReport(
+        options=options,
+        summaries=http_stats.summarize(results, state.notes),
+        started_at=started_at,
+        closed_loop_tool="wrk" if options.wrk else "built-in",
+        body_bytes=len(state.body),
+        servers=servers,
+        cpus=os.cpu_count(),
+        key_prefixes=state.key_prefixes,
+    )
+
+
+def render_report(report: HttpBenchReport, console: Console) -> None:
+    """The table, what was measured how, one legend line per target, the target check."""
+    options = report.options
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    title = (
+        f"postal bench http: GET of a {report.body_bytes:,} B post, {options.workers} uvicorn"
+        f" worker(s), {format_duration(options.duration)} x {options.runs} run(s)"
+    )
+    table = Table(title=title)
+    for column in http_stats.COLUMNS:
+        table.add_column(column, justify="left" if column == "target" else "right", no_wrap=True)
+    for row in http_stats.table_rows(report.summaries):
+        table.add_row(*row)
+    console.print(table)
+    say(
+        f"req/s: closed loop, {options.connections} connections back to back"
+        f" ({report.closed_loop_tool})\n"
+        f"p50/p99/max: open loop at {options.rate:,.0f} req/s, each request timed from its"
+        " scheduled send (no coordinated omission)\n"
+        "medians of runs; errors (non-2xx, failed) summed over runs and loops;"
+        " ratios: median of per-run ratios\n"
+        f"client and server share this machine ({report.cpus or '?'} CPUs): the load generator"
+        " takes CPU from the server;\ncompare ratios from one run, not absolute figures"
+    )
+    for summary in report.summaries:
+        note = f" ({summary.note})" if summary.note else ""
+        say(f"  {summary.name}: {DESCRIPTIONS[summary.name]}{note}")
+        each_run = http_stats.runs_line(summary)
+        if each_run:
+            say(f"    {each_run}")
+        runs = [loop for run in summary.runs for loop in (run.closed, run.open)]
+        first_error = next((loop.first_error for loop in runs if loop.first_error), None)
+        if first_error:
+            say(f"    first error: {first_error}")
+    say(report.check.line())

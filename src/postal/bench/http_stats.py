@@ -1,0 +1,299 @@
+"""Pure code for `postal bench http`: reading wrk's output, reducing runs to medians and ratios,
+the table's rows, the target check and the JSON. No I/O; the runner measures, this decides.
+
+A run of a target has two halves: a closed loop (its rate is the req/s shown) and an open loop at
+a fixed rate (its p50, p99 and max are the latencies shown). As in `stats`, every ratio is taken
+between targets measured in the same run and the median of those per-run ratios is reported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from postal.bench.stats import MS, RunResult, median, ratio, run_json
+
+FLOOR, PEER, POSTAL = "floor", "peer", "postal"
+ORDER = (FLOOR, PEER, POSTAL)
+
+COLUMNS = (
+    "target",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "errors",
+    "req/s vs peer",
+    "req/s vs floor",
+    "p99 vs peer",
+    "p99 vs floor",
+)
+
+RPS_TARGET = 1.0  # postal must serve at least the peer's requests per second...
+P99_TARGET = 0.005  # s: ...with a p99 under 5 ms in the open loop (at 1,000 req/s by default)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRun:
+    """One run of one target: `closed` gives the rate, `open` the latencies."""
+
+    closed: RunResult
+    open: RunResult
+    log_lines: int = 0  # lines the server wrote during the run (warnings and errors)
+    first_log_line: str | None = None
+
+    @property
+    def rps(self) -> float:
+        return self.closed.ops_per_s
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSummary:
+    name: str
+    runs: list[HttpRun]
+    rps: float | None
+    p50: float | None
+    p99: float | None
+    p999: float | None
+    worst: float | None
+    errors: int  # both loops, summed over the runs
+    rps_vs_peer: float | None
+    rps_vs_floor: float | None
+    p99_vs_peer: float | None
+    p99_vs_floor: float | None
+    note: str | None = None
+
+
+def _paired(runs: Sequence[HttpRun], reference: Sequence[HttpRun] | None) -> list[HttpRun]:
+    """`reference`'s runs when it has one per run of `runs`, else none (no ratio)."""
+    if not reference or len(reference) != len(runs):
+        return []
+    return list(reference)
+
+
+def summarize_target(
+    name: str,
+    runs: Sequence[HttpRun],
+    by_name: Mapping[str, Sequence[HttpRun]],
+    note: str | None = None,
+) -> TargetSummary:
+    """Medians of `runs`, and median per-run ratios to the peer's and the floor's runs."""
+    log_lines = sum(run.log_lines for run in runs)
+    if log_lines:
+        first = next(run.first_log_line for run in runs if run.first_log_line)
+        logged = f"the server logged {log_lines:,} line(s) while measured, first: {first}"
+        note = f"{note}; {logged}" if note else logged
+    peer = _paired(runs, by_name.get(PEER))
+    floor = _paired(runs, by_name.get(FLOOR))
+
+    def ratios(reference: Sequence[HttpRun], p99: bool) -> float | None:
+        if not reference:
+            return None
+        pairs = zip(runs, reference, strict=True)
+        if p99:
+            return median([ratio(run.open.p99, ref.open.p99) for run, ref in pairs])
+        return median([ratio(run.rps, ref.rps) for run, ref in pairs])
+
+    return TargetSummary(
+        name=name,
+        runs=list(runs),
+        rps=median([run.rps for run in runs]),
+        p50=median([run.open.p50 for run in runs]),
+        p99=median([run.open.p99 for run in runs]),
+        p999=median([run.open.p999 for run in runs]),
+        worst=median([run.open.worst for run in runs]),
+        errors=sum(run.closed.errors + run.open.errors for run in runs),
+        rps_vs_peer=ratios(peer, p99=False),
+        rps_vs_floor=ratios(floor, p99=False),
+        p99_vs_peer=ratios(peer, p99=True),
+        p99_vs_floor=ratios(floor, p99=True),
+        note=note,
+    )
+
+
+def summarize(
+    results: Mapping[str, Sequence[HttpRun]], notes: Mapping[str, str] | None = None
+) -> list[TargetSummary]:
+    """Every measured target, in floor, peer, postal order."""
+    notes = notes or {}
+    return [
+        summarize_target(name, results[name], results, notes.get(name))
+        for name in ORDER
+        if name in results
+    ]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * MS:.2f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table_rows(summaries: Sequence[TargetSummary]) -> list[tuple[str, ...]]:
+    """One row of text per target, in `COLUMNS` order."""
+    return [
+        (
+            summary.name,
+            _number(summary.rps),
+            _ms(summary.p50),
+            _ms(summary.p99),
+            _ms(summary.worst),
+            str(summary.errors),
+            _times(summary.rps_vs_peer),
+            _times(summary.rps_vs_floor),
+            _times(summary.p99_vs_peer),
+            _times(summary.p99_vs_floor),
+        )
+        for summary in summaries
+    ]
+
+
+def runs_line(summary: TargetSummary) -> str | None:
+    """Each run's req/s and p99, when there are several: a median hides one bad run, this not."""
+    if len(summary.runs) < 2:
+        return None
+    rates = " / ".join(_number(run.rps) for run in summary.runs)
+    p99s = " / ".join(_ms(run.open.p99) for run in summary.runs)
+    return f"runs: req/s {rates}; p99 ms {p99s}"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    """Postal's two targets, checked; None where Postal or the peer was not measured."""
+
+    rps_vs_peer: float | None
+    p99: float | None
+    rate: float  # the open loop's rate the p99 was measured at, req/s
+
+    @property
+    def rps_met(self) -> bool | None:
+        return None if self.rps_vs_peer is None else self.rps_vs_peer >= RPS_TARGET
+
+    @property
+    def p99_met(self) -> bool | None:
+        return None if self.p99 is None else self.p99 < P99_TARGET
+
+    @property
+    def met(self) -> bool:
+        return bool(self.rps_met and self.p99_met)
+
+    def line(self) -> str:
+        def verdict(met: bool | None) -> str:
+            return {True: "met", False: "NOT met", None: "not measured"}[met]
+
+        if self.rps_vs_peer is None and self.p99 is None:
+            return "targets: not checked (postal was not measured)"
+        return (
+            f"targets: postal req/s vs peer {_times(self.rps_vs_peer)}"
+            f" (>= {RPS_TARGET:.1f}x): {verdict(self.rps_met)};"
+            f" postal p99 at {self.rate:,.0f} req/s {_ms(self.p99)} ms"
+            f" (< {P99_TARGET * MS:g} ms): {verdict(self.p99_met)}"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "rps_vs_peer": self.rps_vs_peer,
+            "rps_target": RPS_TARGET,
+            "p99_ms": _ms_or_none(self.p99),
+            "p99_target_ms": P99_TARGET * MS,
+            "open_loop_rate": self.rate,
+            "met": self.met,
+            "line": self.line(),
+        }
+
+
+def check_targets(summaries: Sequence[TargetSummary], rate: float) -> TargetCheck:
+    postal = next((summary for summary in summaries if summary.name == POSTAL), None)
+    if postal is None:
+        return TargetCheck(None, None, rate)
+    return TargetCheck(postal.rps_vs_peer, postal.p99, rate)
+
+
+def _ms_or_none(value: float | None) -> float | None:
+    return None if value is None else round(value * MS, 4)
+
+
+def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
+    """A target as JSON: the medians shown in the table, the ratios, and every run's two loops."""
+    return {
+        "name": summary.name,
+        "description": description,
+        "req_per_s": None if summary.rps is None else round(summary.rps, 1),
+        "p50_ms": _ms_or_none(summary.p50),
+        "p99_ms": _ms_or_none(summary.p99),
+        "p999_ms": _ms_or_none(summary.p999),
+        "max_ms": _ms_or_none(summary.worst),
+        "errors": summary.errors,
+        "req_per_s_vs_peer": summary.rps_vs_peer,
+        "req_per_s_vs_floor": summary.rps_vs_floor,
+        "p99_vs_peer": summary.p99_vs_peer,
+        "p99_vs_floor": summary.p99_vs_floor,
+        "note": summary.note,
+        "runs": [
+            {
+                "closed": run_json(run.closed),
+                "open": run_json(run.open),
+                "server_log_lines": run.log_lines,
+                "first_server_log_line": run.first_log_line,
+            }
+            for run in summary.runs
+        ],
+    }
+
+
+# -- wrk ---------------------------------------------------------------------------------------
+
+_WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_WRK_TIME = r"([\d.]+)(us|ms|s|m|h)"
+_WRK_TOTAL = re.compile(rf"(\d+) requests in {_WRK_TIME}")
+_WRK_PERCENTILE = re.compile(rf"^\s*(50|99)(?:\.0+)?%\s+{_WRK_TIME}\s*$", re.MULTILINE)
+_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s*(\d+)")
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+def _wrk_seconds(number: str, unit: str) -> float:
+    return float(number) * _WRK_UNITS[unit]
+
+
+def parse_wrk(output: str) -> RunResult:
+    """A closed-loop run from `wrk --latency`'s output; ValueError if it has no totals.
+
+    Errors are the non-2xx/3xx replies plus the socket errors (connect, read, write, timeout);
+    p50 and p99 come from the "Latency Distribution" block (timed from each send: closed loop).
+    """
+    total = _WRK_TOTAL.search(output)
+    if total is None:
+        raise ValueError("no 'N requests in T' line in wrk's output")
+    requests = int(total.group(1))
+    elapsed = _wrk_seconds(total.group(2), total.group(3))
+    latency = {
+        match.group(1): _wrk_seconds(match.group(2), match.group(3))
+        for match in _WRK_PERCENTILE.finditer(output)
+    }
+    non_2xx_match = _WRK_NON_2XX.search(output)
+    non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0  # counted in `requests`
+    socket = _WRK_SOCKET.search(output)
+    failed = sum(int(count) for count in socket.groups()) if socket else 0  # not in `requests`
+    errors = non_2xx + failed
+    first_error = None
+    if non_2xx:
+        first_error = f"{non_2xx} non-2xx/3xx replies"
+    elif socket is not None and failed:
+        first_error = f"wrk: {socket.group(0)}"
+    return RunResult(
+        ops=max(0, requests - non_2xx),
+        errors=errors,
+        elapsed=elapsed,
+        p50=latency.get("50"),
+        p99=latency.get("99"),
+        p999=None,
+        first_error=first_error,
+        details={"tool": "wrk", "requests": requests},
+    )
