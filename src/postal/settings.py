@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     read_redis_pool_size: Count = 50
     read_redis_min_idle: Count = 10
     read_redis_max_idle: Count = 20
+    read_redis_max_idle_grace: Duration = 1.0
     read_redis_idle_time: Duration = 300.0
     read_redis_max_lifetime: Duration = 1800.0
     read_redis_pool_timeout: Duration = 4.0
@@ -109,6 +110,7 @@ class Settings(BaseSettings):
     write_redis_pool_size: Count = 20
     write_redis_min_idle: Count = 5
     write_redis_max_idle: Count = 10
+    write_redis_max_idle_grace: Duration = 1.0
     write_redis_idle_time: Duration = 300.0
     write_redis_max_lifetime: Duration = 1800.0
     write_redis_pool_timeout: Duration = 4.0
@@ -199,6 +201,7 @@ class Settings(BaseSettings):
             max_size=knob("pool_size"),
             min_idle=knob("min_idle"),
             max_idle=knob("max_idle"),
+            max_idle_grace=knob("max_idle_grace"),
             idle_time=knob("idle_time") or None,  # 0: never close for idleness
             max_lifetime=knob("max_lifetime") or None,
             pool_timeout=knob("pool_timeout"),

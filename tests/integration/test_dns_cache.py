@@ -34,7 +34,7 @@ async def test_a_thousand_new_connections_within_the_ttl_cost_one_lookup(
     resolver = CountingResolver("127.0.0.1")
     dns = DnsCache(resolver, ttl=60.0)
     # max idle 0: every operation dials a new connection (the "before" pool's behaviour).
-    profile = small_profile(max_size=10, min_idle=0, max_idle=0)
+    profile = small_profile(max_size=10, min_idle=0, max_idle=0, max_idle_grace=0.0)
     async with CacheClient.create(
         read_url=hostname_url(redis_url, "redis.test"),
         profile=profile,

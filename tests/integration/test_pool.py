@@ -46,10 +46,11 @@ async def test_min_idle_is_refilled_in_the_background(
         assert pool.stats().opened >= 6
 
 
-async def test_max_idle_is_enforced_on_release(
+async def test_with_no_grace_max_idle_is_enforced_on_release(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    async with make_client(redis_url, key_prefix, small_profile(max_size=10, max_idle=3)) as client:
+    profile = small_profile(max_size=10, max_idle=3, max_idle_grace=0.0)
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(8)]
         assert pool.stats().in_use == 8
@@ -58,6 +59,24 @@ async def test_max_idle_is_enforced_on_release(
         stats = pool.stats()
         assert (stats.in_use, stats.idle) == (0, 3)
         assert stats.closed[CloseReason.MAX_IDLE] == 5
+
+
+async def test_surplus_idle_connections_are_closed_after_the_grace_not_at_once(
+    redis_url: str, key_prefix: str, raw_redis: redis.Redis
+) -> None:
+    profile = small_profile(max_size=10, max_idle=3, max_idle_grace=0.3)
+    async with make_client(redis_url, key_prefix, profile) as client:
+        pool = client.pool("read")
+        held = [await pool.get_connection() for _ in range(8)]
+        for connection in held:
+            await pool.release(connection)
+        assert (pool.stats().idle, pool.stats().closed.get(CloseReason.MAX_IDLE, 0)) == (8, 0)
+        again = [await pool.get_connection() for _ in range(8)]  # a second burst: no dial
+        assert pool.stats().opened == 8
+        for connection in again:
+            await pool.release(connection)
+        await eventually(lambda: pool.stats().idle == 3)
+        assert pool.stats().closed[CloseReason.MAX_IDLE] == 5
 
 
 async def test_idle_time_is_enforced_by_the_reaper(

@@ -32,3 +32,20 @@ def test_names_the_kind_of_key_not_the_key() -> None:
     assert key_prefix("session:abc:def") == "session"
     assert key_prefix(None) == "-"
     assert key_prefix("greeting") == "-"
+
+
+def test_at_most_the_rate_is_logged_and_the_next_line_counts_what_was_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = SlowOperationLog(threshold=0.010, max_lines_per_second=2, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="postal.cache.slow"):
+        for _ in range(50):  # a saturated second: every operation is slow
+            log(event(0.050))
+        assert len(caplog.records) == 2
+        assert log.suppressed == 48
+        now[0] += 0.5  # half a second later, one more line's worth
+        log(event(0.050))
+    assert len(caplog.records) == 3
+    assert caplog.records[-1].getMessage().endswith("suppressed=48")
+    assert log.suppressed == 0

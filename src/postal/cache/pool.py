@@ -15,7 +15,8 @@ Why it is ours: redis-py's asyncio pools have no min idle, max idle, idle time o
   GET deadline is still reconnected to. A dial that fails fails the longest waiter;
 - `min_idle` connections opened and fully initialised (HELLO, AUTH, SELECT) at start-up and
   refilled in the background, so requests do not dial;
-- `max_idle` enforced on release; idle time and max lifetime (with jitter) enforced by a
+- `max_idle` enforced once a surplus connection has stayed idle for `max_idle_grace` (at
+  once, on release, when the grace is 0); idle time and max lifetime (with jitter) enforced by a
   background reaper and at checkout, and lifetime at release: never on a connection in use;
 - a `PoolStats` snapshot and a repr that shows it.
 
@@ -280,7 +281,7 @@ class ManagedPool(ConnectionPoolInterface):
             reason = CloseReason.ERROR
         elif connection.retire_at is not None and now >= connection.retire_at:
             reason = CloseReason.LIFETIME
-        elif not fresh and len(self._idle) >= self.config.max_idle:
+        elif not fresh and self._closes_surplus_at_once():
             # A used connection the pool would not keep idle is not handed on either: with max
             # idle 0 every operation dials anew (the "before" profile), as go-redis does.
             reason = CloseReason.MAX_IDLE
@@ -294,11 +295,14 @@ class ManagedPool(ConnectionPoolInterface):
         if waiter is not None:
             self._in_use.add(connection)
             waiter.set_result(connection)
-        elif len(self._idle) >= self.config.max_idle:
+        elif self._closes_surplus_at_once():
             self._close_later(connection, CloseReason.MAX_IDLE)
-        else:
+        else:  # a surplus above max idle, if any, is closed by the reaper after the grace
             connection.idle_since = now
             self._idle.append(connection)
+
+    def _closes_surplus_at_once(self) -> bool:
+        return self.config.max_idle_grace == 0 and len(self._idle) >= self.config.max_idle
 
     def _dial_for_waiters(self) -> None:
         """Start dials for the waiters that no dial in progress will serve, within the cap."""
@@ -323,6 +327,10 @@ class ManagedPool(ConnectionPoolInterface):
                 keep.append(connection)
             else:
                 self._close_later(connection, reason)
+        # Idle is used last-in first-out, so the surplus above max idle is the oldest, on the left.
+        grace = self.config.max_idle_grace
+        while len(keep) > self.config.max_idle and now - keep[0].idle_since >= grace:
+            self._close_later(keep.popleft(), CloseReason.MAX_IDLE)
         self._idle = keep
 
     def _missing_idle(self) -> int:
