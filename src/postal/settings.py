@@ -149,6 +149,9 @@ class Settings(BaseSettings):
             for knob in ("pool_timeout", "dial_timeout", "read_timeout", "write_timeout"):
                 if getattr(self, f"{role}_redis_{knob}") <= 0:
                     problems.append(f"{prefix}_{knob.upper()}: expected a duration above 0")
+        token = self.postal_api_token
+        if token is not None and not token.get_secret_value().strip():
+            problems.append("POSTAL_API_TOKEN is empty: set a token, or unset it to open writes")
         if self.redis_breaker_failures < 1:
             problems.append("REDIS_BREAKER_FAILURES=0: expected a whole number >= 1")
         if self.redis_breaker_cooldown <= 0:
@@ -165,8 +168,11 @@ class Settings(BaseSettings):
 
     @property
     def embedded_redis(self) -> bool:
-        """No Redis URL given: `postal serve` starts a private one (the embedded default)."""
-        return self.read_redis_url is None and self.write_redis_url is None
+        """The embedded default (no database, no Redis given): `postal serve` starts a private
+        Redis. Never with a real database: each instance would invalidate only its own Redis,
+        and the others would serve what it overwrote."""
+        no_redis = self.read_redis_url is None and self.write_redis_url is None
+        return no_redis and self.database_url is None
 
     @property
     def database(self) -> str:

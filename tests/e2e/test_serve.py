@@ -77,6 +77,11 @@ def test_the_embedded_default_serves_posts_and_cleans_up(tmp_path: Path) -> None
         assert httpx.get(url).json()["title"] == "Hi"
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["cache"]["connected"] is True
+        config = (tmp_path / "var" / "redis.conf").read_text()
+        port = int(config.split("port ", 1)[1].split()[0])
+        assert oct((tmp_path / "var" / "redis.conf").stat().st_mode & 0o777) == "0o600"
+        assert not answers_ping("127.0.0.1", port)  # it wants its password: NOAUTH
+        assert answers_ping("127.0.0.1", port, noauth_ok=True)
     output = served.output
     assert served.returncode == 0, output
     assert "embedded" in output
@@ -136,3 +141,27 @@ def test_an_unmigrated_postgresql_is_refused_until_postal_migrate(
     assert "latest migration" in migrated.stdout
     with serving(tmp_path, DATABASE_URL=empty_database_url, READ_REDIS_URL=redis_url) as served:
         assert httpx.get(f"{served.base}/readyz").json()["database"] == {"reachable": True}
+
+
+def test_two_workers_serve_and_shut_down_cleanly(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as served:
+        created = httpx.post(
+            f"{served.base}/api/v1/posts", json={"title": "W", "body": "b", "author": "a"}
+        )
+        assert created.status_code == 201
+        for _ in range(10):  # whichever worker answers, it reads what the other wrote
+            read = httpx.get(f"{served.base}{created.headers['location']}")
+            assert read.json()["title"] == "W"
+    assert served.returncode == 0, served.output
+    assert "with 2 worker(s)" in served.output
+
+
+def test_a_database_without_a_redis_url_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env["DATABASE_URL"] = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    result = subprocess.run(
+        [sys.executable, "-m", "postal.cli", "serve"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "READ_REDIS_URL" in result.stderr

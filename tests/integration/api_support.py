@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.app import create_app
 from postal.settings import load_settings
+from postal.storage.repository import PostRepository, SqlPostRepository
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,7 +45,11 @@ class Api:
 
 @asynccontextmanager
 async def running_api(
-    database_url: str, redis_url: str, key_prefix: str, **env: str
+    database_url: str,
+    redis_url: str,
+    key_prefix: str,
+    repository: Callable[[AsyncEngine], PostRepository] = SqlPostRepository,
+    **env: str,
 ) -> AsyncIterator[Api]:
     environ: Mapping[str, str] = {
         "DATABASE_URL": database_url,
@@ -52,7 +58,7 @@ async def running_api(
         "POSTAL_API_TOKEN": TOKEN,
         **env,
     }
-    app = create_app(load_settings(environ))
+    app = create_app(load_settings(environ), repository=repository)
     async with app.router.lifespan_context(app):
         selects: list[str] = []
 

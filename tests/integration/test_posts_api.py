@@ -243,3 +243,14 @@ async def test_readyz_reports_database_and_cache(api: Api) -> None:
     assert ready["database"] == {"reachable": True}
     assert ready["cache"]["breaker"] == {"read": "closed", "write": "closed"}
     assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_create_replaces_a_cached_not_found_for_its_id(api: Api) -> None:
+    # ids restart at 1 in a clean database: "no post 1" is cached before post 1 exists
+    assert (await api.client.get("/api/v1/posts/1")).status_code == 404
+    await api.settle()
+    created = await api.create(title="Now here")
+    assert created["id"] == 1
+    found = await api.client.get("/api/v1/posts/1")
+    assert found.status_code == 200
+    assert found.json()["title"] == "Now here"

@@ -6,22 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.posts.models import Post
-from postal.storage.repository import PostRepository
+from postal.storage.repository import PostRepository, SqlPostRepository
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually
-
-
-@pytest.fixture
-async def api(
-    database_url: str, clean_database: None, redis_url: str, key_prefix: str
-) -> AsyncIterator[Api]:
-    # 100 requests in one process load its event loop: a generous GET deadline keeps this test
-    # about coalescing, not about deadlines (tested elsewhere).
-    env = {"REDIS_GET_DEADLINE": "5s"}
-    async with running_api(database_url, redis_url, key_prefix, **env) as running:
-        yield running
+from tests.support.redis_server import free_port
 
 
 class GatedRepository:
@@ -44,17 +35,35 @@ class GatedRepository:
         return post
 
 
-async def test_a_hundred_concurrent_misses_make_one_database_query(api: Api) -> None:
+@pytest.fixture
+async def gated(
+    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+) -> AsyncIterator[tuple[Api, GatedRepository]]:
+    """The app over a GatedRepository, and that repository."""
+    built: list[GatedRepository] = []
+
+    def repository(engine: AsyncEngine) -> PostRepository:
+        built.append(GatedRepository(SqlPostRepository(engine)))
+        return built[-1]
+
+    # 100 requests in one process load its event loop: a generous GET deadline keeps this test
+    # about coalescing, not about deadlines (tested elsewhere).
+    env = {"REDIS_GET_DEADLINE": "5s"}
+    async with running_api(database_url, redis_url, key_prefix, repository, **env) as api:
+        yield api, built[0]
+
+
+async def test_a_hundred_concurrent_misses_make_one_database_query(
+    gated: tuple[Api, GatedRepository],
+) -> None:
+    api, repository = gated
     post = await api.create()
-    service = api.state.posts
-    gated = GatedRepository(service._repository)
-    service._repository = gated
-    gated.gate = True  # hold the one load until every request has missed and joined it
+    repository.gate = True  # hold the one load until every request has missed and joined it
     api.post_selects.clear()
     url = f"/api/v1/posts/{post['id']}"
     requests = [asyncio.create_task(api.client.get(url)) for _ in range(100)]
     await eventually(lambda: api.state.reads.stats().misses == 100)
-    gated.release.set()
+    repository.release.set()
     responses = await asyncio.gather(*requests)
     assert {response.status_code for response in responses} == {200}
     assert {response.content for response in responses} == {responses[0].content}
@@ -62,25 +71,67 @@ async def test_a_hundred_concurrent_misses_make_one_database_query(api: Api) -> 
     assert api.state.reads.stats().coalesced == 99
 
 
-async def test_a_late_fill_of_an_old_version_never_reaches_readers(api: Api) -> None:
+async def test_a_late_fill_of_an_old_version_never_reaches_readers(
+    gated: tuple[Api, GatedRepository],
+) -> None:
+    api, repository = gated
     post = await api.create(title="v1")
     url = f"/api/v1/posts/{post['id']}"
-    service = api.state.posts
-    gated = GatedRepository(service._repository)
-    service._repository = gated
-    gated.gate = True
+    repository.gate = True
     # 1. a reader misses and loads version 1 from the database, then is held
     reader = asyncio.create_task(api.client.get(url))
-    await asyncio.wait_for(gated.loaded.wait(), 5)
-    gated.gate = False
+    await asyncio.wait_for(repository.loaded.wait(), 5)
+    repository.gate = False
     # 2. a writer commits version 2 and invalidates; the write returns
     update = {"title": "v2", "body": "b", "author": "a"}
     assert (await api.client.put(url, json=update, headers=AUTH)).status_code == 200
     # 3. the reader's load completes; its fill of version 1 arrives after the write
-    gated.release.set()
+    repository.release.set()
     assert (await reader).json()["title"] == "v1"  # it began before the write: fair
     await api.settle()
     assert api.state.reads.stats().fills_stale_rejected >= 1
     for _ in range(3):  # from now on, every read is version 2, from the cache or not
         assert (await api.client.get(url)).json()["title"] == "v2"
         await api.settle()
+
+
+@pytest.fixture
+async def gated_without_cache(
+    database_url: str, clean_database: None, key_prefix: str
+) -> AsyncIterator[tuple[Api, GatedRepository]]:
+    """The app over a GatedRepository, with its Redis URL pointing where nothing listens."""
+    built: list[GatedRepository] = []
+
+    def repository(engine: AsyncEngine) -> PostRepository:
+        built.append(GatedRepository(SqlPostRepository(engine)))
+        return built[-1]
+
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    async with running_api(database_url, nowhere, key_prefix, repository) as api:
+        yield api, built[0]
+
+
+async def test_with_redis_unreachable_reads_share_loads_but_never_one_older_than_a_write(
+    gated_without_cache: tuple[Api, GatedRepository],
+) -> None:
+    api, repository = gated_without_cache
+    post = await api.create(title="v1")
+    url = f"/api/v1/posts/{post['id']}"
+    repository.gate = True
+    readers = [asyncio.create_task(api.client.get(url)) for _ in range(50)]
+    await eventually(lambda: api.state.reads.stats().coalesced == 49)
+    repository.release.set()
+    assert {(await reader).json()["title"] for reader in readers} == {"v1"}
+    assert api.state.reads.stats().loads == 1  # one query for fifty readers, cache or no cache
+    # a reader held after loading v1; a write returns; a reader arriving now must not join it
+    repository.release.clear()
+    repository.loaded.clear()
+    repository.gate = True
+    early = asyncio.create_task(api.client.get(url))
+    await asyncio.wait_for(repository.loaded.wait(), 5)
+    repository.gate = False
+    update = {"title": "v2", "body": "b", "author": "a"}
+    assert (await api.client.put(url, json=update, headers=AUTH)).status_code == 200
+    assert (await api.client.get(url)).json()["title"] == "v2"
+    repository.release.set()
+    assert (await early).json()["title"] == "v1"  # it began before the write: fair

@@ -65,6 +65,17 @@ def error_response(
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+def database_unavailable(exc: Exception) -> Response:
+    """503 with Retry-After, logged: what every route answers when the database is away."""
+    logger.warning("database unavailable: %s", exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 # pydantic's error types -> our codes; anything else is "invalid_value"
 _CODES = {
     "extra_forbidden": "unknown_field",
@@ -137,13 +148,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(412, "version_conflict", str(exc), headers=headers)
 
     async def database_down(request: Request, exc: Exception) -> Response:
-        logger.warning("database unavailable: %s", exc)
-        return error_response(
-            503,
-            "database_unavailable",
-            "the database is unavailable; retry shortly",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return database_unavailable(exc)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette's ServerErrorMiddleware sends this, then re-raises for the server to log.
+        return error_response(500, "internal_error", "an unexpected error; it has been logged")
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation)
@@ -152,3 +161,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(VersionNotFound, not_found)
     app.add_exception_handler(VersionConflict, conflict)
     app.add_exception_handler(DatabaseUnavailable, database_down)
+    app.add_exception_handler(Exception, unexpected)  # the 500 in the same shape

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from postal.api.errors import RETRY_AFTER_SECONDS, error_response
-from postal.api.routes.reads import MAX_ID, etag_matches
+from postal.api.errors import database_unavailable, error_response
+from postal.api.routes.reads import etag_matches, post_id_or_none
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.service import PostService
 
@@ -29,9 +29,9 @@ class FastReads:
         if scope["type"] == "http" and scope["method"] == "GET":
             path: str = scope["path"]
             if path.startswith(PREFIX):
-                ident = path[len(PREFIX) :]
-                if ident.isascii() and ident.isdigit() and 0 < int(ident) <= MAX_ID:
-                    await self._get_post(scope, receive, send, int(ident))
+                post_id = post_id_or_none(path[len(PREFIX) :])
+                if post_id is not None:
+                    await self._get_post(scope, receive, send, post_id)
                     return
         await self.app(scope, receive, send)
 
@@ -39,14 +39,8 @@ class FastReads:
         service: PostService = scope["app"].state.posts
         try:
             entry = await service.read_post(post_id)
-        except DatabaseUnavailable:
-            response = error_response(
-                503,
-                "database_unavailable",
-                "the database is unavailable; retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-            await response(scope, receive, send)
+        except DatabaseUnavailable as exc:
+            await database_unavailable(exc)(scope, receive, send)
             return
         if not entry.found:
             missing = error_response(404, "post_not_found", f"post {post_id} does not exist")

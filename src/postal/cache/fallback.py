@@ -4,14 +4,19 @@
     payload = await reads.get(guarded("post", "42"), load)   # load() -> (payload, ttl seconds)
 
 1. `bypass(key)`: an invalidation of this key has not reached Redis yet, so what Redis holds may
-   be stale: load, and neither read nor fill the cache.
+   be stale: load (as in point 4), and neither read nor fill the cache.
 2. Read value and generation in one round trip (GET deadline). A hit returns the stored bytes.
 3. A miss loads, once per (key, generation) in this process however many readers miss together
    (single-flight), and schedules a fill in the background, bounded: when `max_pending_fills`
    are pending the fill is skipped, never waited for. The fill writes only if the generation is
    still the one read (`CacheClient.fill_guarded`), so a load that raced a write cannot store
    stale data.
-4. A cache error, timeout or open breaker: the generation is unknown, so load alone, no fill.
+4. A cache error, timeout or open breaker: the generation is unknown, so no fill. Loads are
+   still shared, by (key, `local_writes()`): a count of this process's writes, which moves once
+   a write has committed and before it returns, so nobody who arrives after one of its writes
+   joins a load that began before it. (Writes from other processes cannot be seen without the
+   generation: with Redis unreachable, a shared load is as fresh as the database was when it
+   began, a few milliseconds.) Without `local_writes`, each such read loads alone.
 5. The caller never sees a cache error; only the loader's own exceptions reach it.
 
 Why hand-written: the parts exist separately, never together. async-lru coalesces concurrent
@@ -40,6 +45,8 @@ from postal.cache.keys import GuardedKey, jittered
 logger = logging.getLogger("postal.cache.fill")
 
 Loader = Callable[[], Awaitable[tuple[bytes, float]]]  # the payload, and its TTL in seconds
+# (key, the generation read, True) or, with the generation unknown, (key, local writes, False)
+_FlightKey = tuple[GuardedKey, int, bool]
 
 
 class GuardedCache(Protocol):
@@ -79,6 +86,7 @@ class ReadThrough:
         max_pending_fills: int = 1000,
         ttl_jitter: float = 0.1,
         bypass: Callable[[GuardedKey], bool] | None = None,
+        local_writes: Callable[[], int] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if max_pending_fills < 0:
@@ -89,8 +97,9 @@ class ReadThrough:
         self._max_pending_fills = max_pending_fills
         self._ttl_jitter = ttl_jitter
         self._bypass = bypass
+        self._local_writes = local_writes
         self._rng = rng
-        self._flights: dict[tuple[GuardedKey, int], asyncio.Task[bytes]] = {}
+        self._flights: dict[_FlightKey, asyncio.Task[bytes]] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self._listeners: list[FillListener] = []
         self._hits = self._misses = self._cache_errors = self._bypassed = 0
@@ -107,7 +116,7 @@ class ReadThrough:
         """
         if self._bypass is not None and self._bypass(key):
             self._bypassed += 1
-            return await self._load_alone(load)
+            return await self._load_unguarded(key, load)
         try:
             found = await self._cache.get_guarded(key)
         except CacheError:
@@ -115,37 +124,47 @@ class ReadThrough:
             # be shown to have started after the last write this caller may have seen (it could
             # have read the database before that write committed): load alone, fill nothing.
             self._cache_errors += 1
-            return await self._load_alone(load)
+            return await self._load_unguarded(key, load)
         if found.payload is not None:
             self._hits += 1
             return found.payload
         self._misses += 1
-        return await self._load_shared(key, found.generation, load)
+        generation = found.generation
+        return await self._shared(
+            (key, generation, True), lambda: self._load_then_fill(key, generation, load)
+        )
+
+    async def _load_unguarded(self, key: GuardedKey, load: Loader) -> bytes:
+        """A load with no generation to go by, and no fill: shared by `local_writes()` if given,
+        else alone (see the module docstring, point 4)."""
+        if self._local_writes is None:
+            return await self._load_alone(load)
+        flight_key = (key, self._local_writes(), False)
+        return await self._shared(flight_key, lambda: self._load_alone(load))
 
     async def _load_alone(self, load: Loader) -> bytes:
         self._loads += 1
         payload, _ttl = await load()
         return payload
 
-    async def _load_shared(self, key: GuardedKey, generation: int, load: Loader) -> bytes:
-        """Join the load of (key, generation) in flight, or start it.
+    async def _shared(self, flight_key: _FlightKey, start: Callable[[], Awaitable[bytes]]) -> bytes:
+        """Join the load of `flight_key` in flight, or `start` it.
 
         Keyed by generation too: a reader that saw a newer generation (a write was invalidated
         after the flight began) must not get what the flight may have read before that write.
         The load runs in a task of its own, and each reader awaits it through `shield`, so a
         cancelled reader (a client gone, a request timeout) does not cancel it for the others.
         """
-        flight_key = (key, generation)
         flight = self._flights.get(flight_key)
         if flight is None:
-            flight = asyncio.create_task(self._load_then_fill(key, generation, load))
+            flight = asyncio.ensure_future(start())
             self._flights[flight_key] = flight
             flight.add_done_callback(lambda done: self._flight_done(flight_key, done))
         else:
             self._coalesced += 1
         return await asyncio.shield(flight)
 
-    def _flight_done(self, flight_key: tuple[GuardedKey, int], flight: asyncio.Task[bytes]) -> None:
+    def _flight_done(self, flight_key: _FlightKey, flight: asyncio.Task[bytes]) -> None:
         if self._flights.get(flight_key) is flight:
             del self._flights[flight_key]
         if not flight.cancelled():
@@ -197,13 +216,13 @@ class ReadThrough:
                 listener(event)
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the pending fills (at shutdown, before the cache
-        closes); cancel those still pending then."""
+        """Wait up to `timeout` seconds for the loads in flight and the fills they schedule (at
+        shutdown, before the database and the cache close); cancel what is left then."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
-        while self._fills and (left := give_up - loop.time()) > 0:
-            await asyncio.wait(set(self._fills), timeout=left)
-        leftover = set(self._fills)
+        while (self._fills or self._flights) and (left := give_up - loop.time()) > 0:
+            await asyncio.wait({*self._fills, *self._flights.values()}, timeout=left)
+        leftover = {*self._fills, *self._flights.values()}
         for fill in leftover:
             fill.cancel()
         if leftover:

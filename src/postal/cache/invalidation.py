@@ -93,12 +93,14 @@ class Invalidator:
         self._retrier: asyncio.Task[None] | None = None
         self._closed = False
         self._done = self._failed = self._retries = self._retried = self._given_up = 0
+        self._begun = 0
 
     # -- the writer's side -------------------------------------------------------------------
 
     async def invalidate(self, keys: Sequence[GuardedKey], generations: Sequence[str] = ()) -> bool:
         """True when Redis took it; False when it is pending (logged, retried). Never raises
         CacheError."""
+        self._begun += 1
         started = self._failures
         try:
             await self._cache.invalidate(keys, generations)
@@ -115,6 +117,12 @@ class Invalidator:
         self._done += 1
         self._settle(keys, generations, started)
         return True
+
+    def begun(self) -> int:
+        """How many invalidations this process has begun: one per write, once it has committed
+        and before it returns. `ReadThrough(local_writes=...)` keys its loads by it when Redis
+        cannot say the generation."""
+        return self._begun
 
     def is_pending(self, key: GuardedKey) -> bool:
         """Whether an invalidation of `key`, or of the generation that guards it, has not

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+MAX_ID: Final = 2**63 - 1  # ids are BIGINT
 MAX_TITLE_CHARS: Final = 200
 MAX_AUTHOR_CHARS: Final = 100
 MAX_TAGS: Final = 20

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from postal.posts.models import Post, PostVersion
+from postal.posts.models import MAX_ID, Post, PostVersion
 
 
 def timestamp(moment: datetime) -> str:
@@ -100,4 +100,5 @@ def decode_cursor(cursor: str) -> int | None:
     digits = text[1:]
     if not text.startswith("p") or not digits.isdigit() or len(digits) > 19:
         return None
-    return int(digits)
+    before_id = int(digits)
+    return before_id if 1 <= before_id <= MAX_ID else None

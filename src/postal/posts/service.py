@@ -6,20 +6,35 @@ background. A read fails only when the database does (`DatabaseUnavailable`).
 
 Writes commit in the database first, then invalidate the post's key and bump the list pages'
 generation. A failed invalidation never fails the write: the `Invalidator` retries it in the
-background, and until it lands this process reads that post from the database.
+background, and until it lands this process reads that post from the database. The
+invalidation is shielded from the request's cancellation (a client gone, a shutdown's deadline),
+and it is attempted too when the database fails at the commit, which may have landed.
+
+Entries are read back defensively: bytes in the cache that are not an entry (a foreign writer
+on a shared Redis, a format from another version during a rolling deploy) are treated as a
+miss, invalidated, and answered from the database; they never fail the request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from postal.cache.fallback import ReadThrough
 from postal.cache.invalidation import Invalidator
+from postal.cache.keys import GuardedKey
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
 from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
+from postal.posts.errors import DatabaseUnavailable
 from postal.posts.models import Post, PostContent, PostVersion
 from postal.posts.representation import encode_cursor, etag, page_json, post_json
 from postal.storage.repository import PostRepository
+
+logger = logging.getLogger("postal.posts")
+
+Loader = Callable[[], Awaitable[tuple[bytes, float]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +71,7 @@ class PostService:
             entry = Entry(200, etag(post.version), post_json(post))
             return encode_entry(entry), self._ttls.post
 
-        return decode_entry(await self._reads.get(post_key(post_id), load))
+        return await self._read(post_key(post_id), load)
 
     async def read_page(self, *, limit: int, before_id: int | None) -> bytes:
         """One page of posts, newest first, as its JSON body."""
@@ -68,7 +83,19 @@ class PostService:
             cursor = encode_cursor(posts[-1].id) if len(found) > limit else None
             return encode_entry(Entry(200, None, page_json(posts, cursor))), self._ttls.page
 
-        return decode_entry(await self._reads.get(page_key(limit, before_id), load)).body
+        return (await self._read(page_key(limit, before_id), load)).body
+
+    async def _read(self, key: GuardedKey, load: Loader) -> Entry:
+        payload = await self._reads.get(key, load)
+        try:
+            return decode_entry(payload)
+        except ValueError:
+            logger.warning(
+                "not a cache entry under %s: invalidating it, reading the database", key.key
+            )
+            await self._invalidator.invalidate([key])
+            payload, _ttl = await load()
+            return decode_entry(payload)
 
     # -- reads straight from the database (history is read rarely) ------------------------------
 
@@ -81,24 +108,44 @@ class PostService:
     # -- writes: commit, then invalidate -------------------------------------------------------
 
     async def create(self, content: PostContent) -> Post:
-        post = await self._repository.create(content)
+        try:
+            post = await self._repository.create(content)
+        except DatabaseUnavailable:
+            await self._invalidate(None)  # the commit may have landed: pages may show it
+            raise
         await self._invalidate(post.id)  # a negative entry may be cached for this id
         return post
 
     async def update(self, post_id: int, content: PostContent, *, expected: int | None) -> Post:
-        post = await self._repository.update(post_id, content, expected_version=expected)
+        try:
+            post = await self._repository.update(post_id, content, expected_version=expected)
+        except DatabaseUnavailable:
+            await self._invalidate(post_id)
+            raise
         await self._invalidate(post_id)
         return post
 
     async def delete(self, post_id: int, *, expected: int | None) -> None:
-        await self._repository.delete(post_id, expected_version=expected)
+        try:
+            await self._repository.delete(post_id, expected_version=expected)
+        except DatabaseUnavailable:
+            await self._invalidate(post_id)
+            raise
         await self._invalidate(post_id)
 
     async def restore(self, post_id: int, version: int, *, expected: int | None) -> Post:
-        post = await self._repository.restore(post_id, version, expected_version=expected)
+        try:
+            post = await self._repository.restore(post_id, version, expected_version=expected)
+        except DatabaseUnavailable:
+            await self._invalidate(post_id)
+            raise
         await self._invalidate(post_id)
         return post
 
-    async def _invalidate(self, post_id: int) -> None:
-        """Never raises: a failure is queued for retry and bypassed by this process's reads."""
-        await self._invalidator.invalidate([post_key(post_id)], generations=[LIST_GENERATION])
+    async def _invalidate(self, post_id: int | None) -> None:
+        """The post's key (if known) and every list page. Never raises a cache error: a failure
+        is queued for retry and bypassed by this process's reads. Shielded: once the database
+        has committed, a cancelled request must not take the invalidation down with it."""
+        keys = [] if post_id is None else [post_key(post_id)]
+        invalidation = self._invalidator.invalidate(keys, generations=[LIST_GENERATION])
+        await asyncio.shield(asyncio.ensure_future(invalidation))

@@ -32,6 +32,9 @@ async def readyz(request: Request) -> JSONResponse:
         "connected": any(pool["idle"] + pool["in_use"] > 0 for pool in pools.values()),
         "breaker": {role: state.cache.breaker_state(role).name.lower() for role in pools},
         "pools": pools,
+        # fills and invalidations: done, skipped, failed, pending (metrics come with /metrics)
+        "reads": asdict(state.reads.stats()),
+        "invalidations": asdict(state.invalidator.stats()),
     }
     database: dict[str, Any] = {"reachable": problem is None}
     if problem is not None:

@@ -13,19 +13,33 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from postal.api.errors import ID_MESSAGE, ApiError
+from postal.posts.models import MAX_ID
 from postal.posts.representation import decode_cursor
 from postal.posts.service import PostService
 
-MAX_ID = 2**63 - 1
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 JSON = "application/json"
 
 
+def post_id_or_none(text: str) -> int | None:
+    """The id a path segment names, or None. Leading zeros are allowed, as FastAPI's int
+    parameters on the write routes allow them. The length is checked before `int()`: a
+    5,000-digit number is an error to Python, and costs time to convert."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0")
+    if not digits or len(digits) > 19:
+        return None
+    post_id = int(digits)
+    return post_id if 1 <= post_id <= MAX_ID else None
+
+
 def parse_post_id(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 1 <= int(text) <= MAX_ID:
+    post_id = post_id_or_none(text)
+    if post_id is None:
         raise ApiError(422, "invalid_id", ID_MESSAGE, field="post_id")
-    return int(text)
+    return post_id
 
 
 def etag_matches(if_none_match: str, tag: str) -> bool:
@@ -51,7 +65,7 @@ async def get_post(request: Request) -> Response:
 def _page_size(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+    if not (text.isascii() and text.isdigit()) or len(text) > 3 or not 1 <= int(text) <= MAX_PAGE:
         message = f"limit must be a whole number from 1 to {MAX_PAGE}"
         raise ApiError(422, "invalid_value", message, field="limit")
     return int(text)
