@@ -30,6 +30,7 @@ from typing import Any
 
 from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -39,6 +40,8 @@ from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
 from postal.cache.deadline import current_operation
 from postal.cache.dns import DnsCache, DnsLookupError
 from postal.cache.urls import RedisEndpoint
+
+_PACKER = HiredisRespSerializer()  # stateless
 
 
 class PostalConnection(Connection):
@@ -72,6 +75,12 @@ class PostalConnection(Connection):
         if not self.is_connected or reader is None:
             return False
         return not reader.at_eof() and reader.exception() is None
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """hiredis packs the command: redis-py's asyncio connection packs in Python (a fifth
+        of a cache hit's CPU in a profile), while its sync one already uses this packer."""
+        packed: list[bytes] = _PACKER.pack(*args)
+        return packed
 
     def _connection_arguments(self) -> Mapping[str, Any]:
         arguments: dict[str, Any] = {"host": self.dial_address, "port": self.port}
