@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal import __version__
 from postal.api.errors import install_error_handlers
-from postal.api.fast_reads import FastReads
+from postal.api.fast_reads import PostalApp
 from postal.api.guards import WriteGuard
 from postal.api.openapi import install_openapi
 from postal.api.routes import ops, posts, reads
@@ -111,7 +111,7 @@ def create_app(
             logger.info("cache ready: %r", cache)
             yield
 
-    app = FastAPI(
+    app = PostalApp(
         title="Postal",
         version=__version__,
         description="Posts and their versions, read through Redis.",
@@ -130,7 +130,6 @@ def create_app(
     # character for control characters) plus the other fields.
     request_limit = 6 * settings.postal_max_body_bytes + 64 * 1024
     app.add_middleware(WriteGuard, token=settings.api_token, max_request_bytes=request_limit)
-    app.add_middleware(FastReads)  # added last: the outermost of ours, before the router
     return app
 
 

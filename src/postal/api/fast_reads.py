@@ -6,16 +6,25 @@ middleware recognises the route by its path, asks the service for the cached ent
 the stored bytes. Anything it does not fully own (an id that is not a plain number, any other
 route or method) goes on to the app unchanged, where the Starlette route in `routes/reads.py`
 answers in the same way and with the same errors.
+
+`PostalApp` puts it outside the whole stack FastAPI builds (server errors, FastAPI's telemetry
+and body-limit middlewares, ours), so it answers its own unexpected errors: a 500 in the same
+shape, logged.
 """
 
 from __future__ import annotations
 
+import logging
+
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postal.api.errors import database_unavailable, error_response
 from postal.api.routes.reads import etag_matches, post_id_or_none
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.service import PostService
+
+logger = logging.getLogger("postal.api")
 
 PREFIX = "/api/v1/posts/"
 _JSON = (b"content-type", b"application/json")
@@ -42,6 +51,13 @@ class FastReads:
         except DatabaseUnavailable as exc:
             await database_unavailable(exc)(scope, receive, send)
             return
+        except Exception:
+            logger.exception("unhandled error on GET %s", scope["path"])
+            failed = error_response(
+                500, "internal_error", "an unexpected error; it has been logged"
+            )
+            await failed(scope, receive, send)
+            return
         if not entry.found:
             missing = error_response(404, "post_not_found", f"post {post_id} does not exist")
             await missing(scope, receive, send)
@@ -58,3 +74,10 @@ class FastReads:
         headers = [_JSON, (b"content-length", b"%d" % len(body)), (b"etag", etag)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class PostalApp(FastAPI):
+    """FastAPI, with `FastReads` in front of the middleware stack it builds."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return FastReads(super().build_middleware_stack())
