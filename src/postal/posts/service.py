@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from postal.cache.fallback import ReadThrough
+from postal.cache.fallback import Loader, ReadThrough
 from postal.cache.invalidation import Invalidator
 from postal.cache.keys import GuardedKey
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
@@ -33,9 +32,6 @@ from postal.posts.representation import encode_cursor, etag, page_json, post_jso
 from postal.storage.repository import PostRepository
 
 logger = logging.getLogger("postal.posts")
-
-Loader = Callable[[], Awaitable[tuple[bytes, float]]]
-
 
 @dataclass(frozen=True, slots=True)
 class CacheTtls:
