@@ -33,6 +33,7 @@ from postal.storage.repository import PostRepository
 
 logger = logging.getLogger("postal.posts")
 
+
 @dataclass(frozen=True, slots=True)
 class CacheTtls:
     """How long entries live in the cache, in seconds (jitter is added by the read path)."""
