@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ SCRUBBED = ("DATABASE_URL", "READ_REDIS_URL", "WRITE_REDIS_URL", "POSTAL_API_TOK
 @dataclass
 class Served:
     base: str
+    process: subprocess.Popen[str]
     output: str = ""  # everything the process printed, once it has exited
     returncode: int | None = None
 
@@ -38,7 +40,7 @@ def serving(cwd: Path, *args: str, **env: str) -> Iterator[Served]:
     process = subprocess.Popen(
         command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    served = Served(f"http://127.0.0.1:{port}")
+    served = Served(f"http://127.0.0.1:{port}", process)
     base = served.base
     try:
         deadline = time.monotonic() + 30
@@ -165,3 +167,22 @@ def test_a_database_without_a_redis_url_is_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "READ_REDIS_URL" in result.stderr
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
+    body = b'{"title": "Slow", "body": "sent in two halves", "author": "me"}'
+    with serving(tmp_path) as served:
+        host, port = served.base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=15) as client:
+            head = (
+                f"POST /api/v1/posts HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            client.sendall(head.encode() + body[:20])
+            time.sleep(0.5)  # the request is in flight: its app task is reading the body
+            served.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            client.sendall(body[20:])
+            reply = client.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 201"), reply[:200]
+    assert served.returncode == 0, served.output
