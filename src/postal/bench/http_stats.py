@@ -12,7 +12,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from postal.bench.stats import MS, RunResult, median, ratio, run_json
+from postal.bench.stats import (
+    MS,
+    RunResult,
+    median,
+    ms_or_none,
+    ratio,
+    run_json,
+    show_count,
+    show_ms,
+    show_ratio,
+)
 
 FLOOR, PEER, POSTAL = "floor", "peer", "postal"
 ORDER = (FLOOR, PEER, POSTAL)
@@ -124,32 +134,20 @@ def summarize(
     ]
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * MS:.2f}"
-
-
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def table_rows(summaries: Sequence[TargetSummary]) -> list[tuple[str, ...]]:
     """One row of text per target, in `COLUMNS` order."""
     return [
         (
             summary.name,
-            _number(summary.rps),
-            _ms(summary.p50),
-            _ms(summary.p99),
-            _ms(summary.worst),
+            show_count(summary.rps),
+            show_ms(summary.p50),
+            show_ms(summary.p99),
+            show_ms(summary.worst),
             str(summary.errors),
-            _times(summary.rps_vs_peer),
-            _times(summary.rps_vs_floor),
-            _times(summary.p99_vs_peer),
-            _times(summary.p99_vs_floor),
+            show_ratio(summary.rps_vs_peer),
+            show_ratio(summary.rps_vs_floor),
+            show_ratio(summary.p99_vs_peer),
+            show_ratio(summary.p99_vs_floor),
         )
         for summary in summaries
     ]
@@ -159,8 +157,8 @@ def runs_line(summary: TargetSummary) -> str | None:
     """Each run's req/s and p99, when there are several: a median hides one bad run, this not."""
     if len(summary.runs) < 2:
         return None
-    rates = " / ".join(_number(run.rps) for run in summary.runs)
-    p99s = " / ".join(_ms(run.open.p99) for run in summary.runs)
+    rates = " / ".join(show_count(run.rps) for run in summary.runs)
+    p99s = " / ".join(show_ms(run.open.p99) for run in summary.runs)
     return f"runs: req/s {rates}; p99 ms {p99s}"
 
 
@@ -191,9 +189,9 @@ class TargetCheck:
         if self.rps_vs_peer is None and self.p99 is None:
             return "targets: not checked (postal was not measured)"
         return (
-            f"targets: postal req/s vs peer {_times(self.rps_vs_peer)}"
+            f"targets: postal req/s vs peer {show_ratio(self.rps_vs_peer)}"
             f" (>= {RPS_TARGET:.1f}x): {verdict(self.rps_met)};"
-            f" postal p99 at {self.rate:,.0f} req/s {_ms(self.p99)} ms"
+            f" postal p99 at {self.rate:,.0f} req/s {show_ms(self.p99)} ms"
             f" (< {P99_TARGET * MS:g} ms): {verdict(self.p99_met)}"
         )
 
@@ -201,7 +199,7 @@ class TargetCheck:
         return {
             "rps_vs_peer": self.rps_vs_peer,
             "rps_target": RPS_TARGET,
-            "p99_ms": _ms_or_none(self.p99),
+            "p99_ms": ms_or_none(self.p99),
             "p99_target_ms": P99_TARGET * MS,
             "open_loop_rate": self.rate,
             "met": self.met,
@@ -216,20 +214,16 @@ def check_targets(summaries: Sequence[TargetSummary], rate: float) -> TargetChec
     return TargetCheck(postal.rps_vs_peer, postal.p99, rate)
 
 
-def _ms_or_none(value: float | None) -> float | None:
-    return None if value is None else round(value * MS, 4)
-
-
 def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
     """A target as JSON: the medians shown in the table, the ratios, and every run's two loops."""
     return {
         "name": summary.name,
         "description": description,
         "req_per_s": None if summary.rps is None else round(summary.rps, 1),
-        "p50_ms": _ms_or_none(summary.p50),
-        "p99_ms": _ms_or_none(summary.p99),
-        "p999_ms": _ms_or_none(summary.p999),
-        "max_ms": _ms_or_none(summary.worst),
+        "p50_ms": ms_or_none(summary.p50),
+        "p99_ms": ms_or_none(summary.p99),
+        "p999_ms": ms_or_none(summary.p999),
+        "max_ms": ms_or_none(summary.worst),
         "errors": summary.errors,
         "req_per_s_vs_peer": summary.rps_vs_peer,
         "req_per_s_vs_floor": summary.rps_vs_floor,

@@ -152,15 +152,18 @@ def summarize_profile(
     )
 
 
-def _number(value: float | None) -> str:
+# Shared with `bench.http_stats`: how both benchmarks print and store figures.
+
+
+def show_count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def _ms(value: float | None) -> str:
+def show_ms(value: float | None) -> str:
     return "-" if value is None else f"{value * MS:.2f}"
 
 
-def _times(value: float | None) -> str:
+def show_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
@@ -174,14 +177,14 @@ def table_rows(summaries: Sequence[ProfileSummary]) -> list[tuple[str, ...]]:
         rows.append(
             (
                 summary.name,
-                _number(summary.ops_per_s),
-                _ms(summary.p50),
-                _ms(summary.p99),
-                _ms(summary.p999),
-                _ms(summary.worst),
+                show_count(summary.ops_per_s),
+                show_ms(summary.p50),
+                show_ms(summary.p99),
+                show_ms(summary.p999),
+                show_ms(summary.worst),
                 str(summary.errors),
-                _times(summary.ops_ratio),
-                _times(summary.p99_ratio),
+                show_ratio(summary.ops_ratio),
+                show_ratio(summary.p99_ratio),
             )
         )
     return rows
@@ -198,12 +201,12 @@ def target_met(tuned: ProfileSummary) -> bool:
 
 def target_line(tuned: ProfileSummary) -> str:
     return (
-        f"tuned vs reference: {_times(tuned.ops_ratio)} ops/s (target >= {OPS_TARGET:.1f}x),"
-        f" p99 {_times(tuned.p99_ratio)} (target <= {P99_TARGET:.1f}x)"
+        f"tuned vs reference: {show_ratio(tuned.ops_ratio)} ops/s (target >= {OPS_TARGET:.1f}x),"
+        f" p99 {show_ratio(tuned.p99_ratio)} (target <= {P99_TARGET:.1f}x)"
     )
 
 
-def _ms_or_none(value: float | None) -> float | None:
+def ms_or_none(value: float | None) -> float | None:
     return None if value is None else round(value * MS, 4)
 
 
@@ -213,10 +216,10 @@ def run_json(run: RunResult) -> dict[str, object]:
         "errors": run.errors,
         "elapsed_s": round(run.elapsed, 4),
         "ops_per_s": round(run.ops_per_s, 1),
-        "p50_ms": _ms_or_none(run.p50),
-        "p99_ms": _ms_or_none(run.p99),
-        "p999_ms": _ms_or_none(run.p999),
-        "max_ms": _ms_or_none(run.worst),
+        "p50_ms": ms_or_none(run.p50),
+        "p99_ms": ms_or_none(run.p99),
+        "p999_ms": ms_or_none(run.p999),
+        "max_ms": ms_or_none(run.worst),
         "first_error": run.first_error,
         "details": dict(run.details),
     }
@@ -229,10 +232,10 @@ def summary_json(summary: ProfileSummary, description: str) -> dict[str, object]
         "name": summary.name,
         "description": description,
         "ops_per_s": None if ops_per_s is None else round(ops_per_s, 1),
-        "p50_ms": _ms_or_none(summary.p50),
-        "p99_ms": _ms_or_none(summary.p99),
-        "p999_ms": _ms_or_none(summary.p999),
-        "max_ms": _ms_or_none(summary.worst),
+        "p50_ms": ms_or_none(summary.p50),
+        "p99_ms": ms_or_none(summary.p99),
+        "p999_ms": ms_or_none(summary.p999),
+        "max_ms": ms_or_none(summary.worst),
         "errors": summary.errors,
         "ops_vs_ref": summary.ops_ratio,
         "p99_vs_ref": summary.p99_ratio,
