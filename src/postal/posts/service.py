@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from postal.cache.fallback import Loader, ReadThrough
 from postal.cache.invalidation import Invalidator
@@ -32,6 +34,8 @@ from postal.posts.representation import encode_cursor, etag, page_json, post_jso
 from postal.storage.repository import PostRepository
 
 logger = logging.getLogger("postal.posts")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,30 +118,27 @@ class PostService:
         return post
 
     async def update(self, post_id: int, content: PostContent, *, expected: int | None) -> Post:
-        try:
-            post = await self._repository.update(post_id, content, expected_version=expected)
-        except DatabaseUnavailable:
-            await self._invalidate(post_id)
-            raise
-        await self._invalidate(post_id)
-        return post
+        write = self._repository.update(post_id, content, expected_version=expected)
+        return await self._then_invalidate(post_id, write)
 
     async def delete(self, post_id: int, *, expected: int | None) -> None:
-        try:
-            await self._repository.delete(post_id, expected_version=expected)
-        except DatabaseUnavailable:
-            await self._invalidate(post_id)
-            raise
-        await self._invalidate(post_id)
+        write = self._repository.delete(post_id, expected_version=expected)
+        await self._then_invalidate(post_id, write)
 
     async def restore(self, post_id: int, version: int, *, expected: int | None) -> Post:
+        write = self._repository.restore(post_id, version, expected_version=expected)
+        return await self._then_invalidate(post_id, write)
+
+    async def _then_invalidate(self, post_id: int, write: Awaitable[T]) -> T:
+        """Run a write of an existing post, then invalidate it; also when the database failed
+        at the commit, which may have landed."""
         try:
-            post = await self._repository.restore(post_id, version, expected_version=expected)
+            result = await write
         except DatabaseUnavailable:
             await self._invalidate(post_id)
             raise
         await self._invalidate(post_id)
-        return post
+        return result
 
     async def _invalidate(self, post_id: int | None) -> None:
         """The post's key (if known) and every list page. Never raises a cache error: a failure
