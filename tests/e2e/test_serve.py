@@ -23,6 +23,16 @@ from tests.support.redis_server import answers_ping
 SCRUBBED = ("DATABASE_URL", "READ_REDIS_URL", "WRITE_REDIS_URL", "POSTAL_API_TOKEN", "POSTAL_HOST")
 
 
+def run_postal(
+    cwd: Path, *args: str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`postal ARGS` to completion (for the commands that exit on their own), output captured."""
+    command = [sys.executable, "-m", "postal.cli", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 @dataclass
 class Served:
     base: str
@@ -107,13 +117,8 @@ def test_without_a_token_it_binds_loopback_only(tmp_path: Path) -> None:
 
 
 def test_a_bad_setting_exits_2_with_the_variable_named(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "postal.cli", "serve"],
-        cwd=tmp_path,
-        env={**os.environ, "REDIS_GET_DEADLINE": "100"},
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_postal(
+        tmp_path, "serve", env={**os.environ, "REDIS_GET_DEADLINE": "100"}, timeout=30
     )
     assert result.returncode == 2
     assert "REDIS_GET_DEADLINE" in result.stderr
@@ -129,16 +134,10 @@ def test_an_unmigrated_postgresql_is_refused_until_postal_migrate(
     tmp_path: Path, empty_database_url: str, redis_url: str
 ) -> None:
     env = {**os.environ, "DATABASE_URL": empty_database_url, "READ_REDIS_URL": redis_url}
-    refused = subprocess.run(
-        [sys.executable, "-m", "postal.cli", "serve"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    refused = run_postal(tmp_path, "serve", env=env, timeout=60)
     assert refused.returncode == 1
     assert "postal migrate" in refused.stderr
-    migrated = subprocess.run(
-        [sys.executable, "-m", "postal.cli", "migrate"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    migrated = run_postal(tmp_path, "migrate", env=env, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
     assert "latest migration" in migrated.stdout
     with serving(tmp_path, DATABASE_URL=empty_database_url, READ_REDIS_URL=redis_url) as served:
@@ -161,10 +160,7 @@ def test_two_workers_serve_and_shut_down_cleanly(tmp_path: Path) -> None:
 def test_a_database_without_a_redis_url_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     env["DATABASE_URL"] = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-    result = subprocess.run(
-        [sys.executable, "-m", "postal.cli", "serve"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = run_postal(tmp_path, "serve", env=env, timeout=30)
     assert result.returncode == 2
     assert "READ_REDIS_URL" in result.stderr
 

@@ -7,7 +7,7 @@ Real PostgreSQL and real Redis, as in test_posts_api.py.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,14 +24,6 @@ HUGE_ID = "9" * 5000  # int() of this many digits raises ValueError in Python >=
 PADDED_ID = "0" * 23 + "1"  # 24 characters
 
 Request = Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]
-
-
-@pytest.fixture
-async def api(
-    database_url: str, clean_database: None, redis_url: str, key_prefix: str
-) -> AsyncIterator[Api]:
-    async with running_api(database_url, redis_url, key_prefix) as running:
-        yield running
 
 
 def assert_error(

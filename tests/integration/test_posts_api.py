@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from tests.integration.api_support import AUTH, Api, running_api
-
-
-@pytest.fixture
-async def api(
-    database_url: str, clean_database: None, redis_url: str, key_prefix: str
-) -> AsyncIterator[Api]:
-    async with running_api(database_url, redis_url, key_prefix) as running:
-        yield running
+from tests.integration.api_support import AUTH, Api
 
 
 async def test_create_then_read_through_the_cache(api: Api) -> None:

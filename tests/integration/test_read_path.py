@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,9 +36,9 @@ class GatedRepository:
         return post
 
 
-@pytest.fixture
-async def gated(
-    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+@asynccontextmanager
+async def running_gated(
+    database_url: str, redis_url: str, key_prefix: str, **env: str
 ) -> AsyncIterator[tuple[Api, GatedRepository]]:
     """The app over a GatedRepository, and that repository."""
     built: list[GatedRepository] = []
@@ -46,11 +47,19 @@ async def gated(
         built.append(GatedRepository(SqlPostRepository(engine)))
         return built[-1]
 
+    async with running_api(database_url, redis_url, key_prefix, repository, **env) as api:
+        yield api, built[0]
+
+
+@pytest.fixture
+async def gated(
+    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+) -> AsyncIterator[tuple[Api, GatedRepository]]:
     # 100 requests in one process load its event loop: a generous GET deadline keeps this test
     # about coalescing, not about deadlines (tested elsewhere).
     env = {"REDIS_GET_DEADLINE": "5s"}
-    async with running_api(database_url, redis_url, key_prefix, repository, **env) as api:
-        yield api, built[0]
+    async with running_gated(database_url, redis_url, key_prefix, **env) as running:
+        yield running
 
 
 async def test_a_hundred_concurrent_misses_make_one_database_query(
@@ -99,16 +108,10 @@ async def test_a_late_fill_of_an_old_version_never_reaches_readers(
 async def gated_without_cache(
     database_url: str, clean_database: None, key_prefix: str
 ) -> AsyncIterator[tuple[Api, GatedRepository]]:
-    """The app over a GatedRepository, with its Redis URL pointing where nothing listens."""
-    built: list[GatedRepository] = []
-
-    def repository(engine: AsyncEngine) -> PostRepository:
-        built.append(GatedRepository(SqlPostRepository(engine)))
-        return built[-1]
-
+    """As `gated`, with the Redis URL pointing where nothing listens."""
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
-    async with running_api(database_url, nowhere, key_prefix, repository) as api:
-        yield api, built[0]
+    async with running_gated(database_url, nowhere, key_prefix) as running:
+        yield running
 
 
 async def test_with_redis_unreachable_reads_share_loads_but_never_one_older_than_a_write(

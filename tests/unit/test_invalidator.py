@@ -11,6 +11,7 @@ import pytest
 from postal.cache.errors import CacheUnavailable
 from postal.cache.invalidation import Invalidator
 from postal.cache.keys import GuardedKey, guarded
+from tests.support.loop import spin_until
 
 POST = guarded("post", "1")
 OTHER = guarded("post", "2")
@@ -65,12 +66,8 @@ class FakeTime:
         self._running.set()
 
 
-async def settle(check: Callable[[], bool], rounds: int = 10_000) -> None:
-    for _ in range(rounds):
-        if check():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
+async def settle(check: Callable[[], bool]) -> None:
+    await spin_until(check, rounds=10_000)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from postal.cache.events import FillEvent, FillOutcome
 from postal.cache.fallback import Loader, ReadThrough
 from postal.cache.guard import Guarded
 from postal.cache.keys import GuardedKey, guarded
+from tests.support.loop import spin_until
 
 KEY = guarded("thing", "1")
 TTL = 60.0
@@ -80,13 +81,9 @@ class CountingLoader:
         return payload, TTL
 
 
-async def settle(check: Callable[[], bool], rounds: int = 1000) -> None:
+async def settle(check: Callable[[], bool]) -> None:
     """Let the loop run until `check` holds (the fake does no I/O: a few rounds suffice)."""
-    for _ in range(rounds):
-        if check():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
+    await spin_until(check, rounds=1000)
 
 
 @pytest.fixture
