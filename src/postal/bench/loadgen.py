@@ -172,6 +172,14 @@ class LoadResult:
 
     def fail(self, latency: float, error: str) -> None:
         self.latencies.append(latency)
+        self._error(error)
+
+    def count_status(self, status: int) -> None:
+        """A reply came (its latency is recorded by the caller): outside 2xx, it is an error."""
+        if not 200 <= status < 300:
+            self._error(f"HTTP {status}")
+
+    def _error(self, error: str) -> None:
         self.errors += 1
         self.first_error = self.first_error or error
 
@@ -253,9 +261,7 @@ async def closed_loop(
                 if ended >= measure_from:
                     latencies.append(ended - began)
                     last_reply = ended
-                    if not 200 <= reply.status < 300:
-                        result.errors += 1
-                        result.first_error = result.first_error or f"HTTP {reply.status}"
+                    result.count_status(reply.status)
                 if not connection.reusable:
                     await connection.aclose()
                     connection = None
@@ -332,9 +338,7 @@ async def open_loop(
                     queue.task_done()
                 if measured:
                     result.latencies.append(perf() - origin)
-                    if not 200 <= reply.status < 300:
-                        result.errors += 1
-                        result.first_error = result.first_error or f"HTTP {reply.status}"
+                    result.count_status(reply.status)
                 if not connection.reusable:
                     await connection.aclose()
                     connection = None
