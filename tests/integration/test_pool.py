@@ -148,20 +148,20 @@ async def test_lifetimes_are_jittered(
 async def test_the_pool_is_fair_under_contention(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    """100 tasks on 10 connections for 2 s: every task gets its turn, no one waits seconds."""
+    """100 tasks on 10 connections for 2 s: every task gets its turn (FIFO hand-off).
+
+    Fairness is judged by counts, not by wait times: on two shared cores a single stall of the
+    event loop makes any one wait long, whatever the pool does."""
     profile = small_profile(max_size=10, min_idle=10, max_idle=10, pool_timeout=4.0)
     client = make_client(redis_url, key_prefix, profile)
     await client.start()
     await client.set("fair", b"x" * 1024)
     done_by_task = [0] * 100
-    waits: list[float] = []
     stop_at = time.perf_counter() + 2.0
 
     async def worker(index: int) -> None:
         while time.perf_counter() < stop_at:
-            started = time.perf_counter()
             await client.get("fair", timeout=None)
-            waits.append(time.perf_counter() - started)
             done_by_task[index] += 1
 
     try:
@@ -171,10 +171,10 @@ async def test_the_pool_is_fair_under_contention(
         await client.aclose()
     mean_done = statistics.fmean(done_by_task)
     assert min(done_by_task) > 0, "a task never got a connection"
+    # FIFO hand-off: every task gets about the same number of turns (a LIFO or random
+    # hand-off starves some tasks while others loop).
     assert min(done_by_task) >= 0.5 * mean_done, done_by_task
-    mean_wait = statistics.fmean(waits)
-    # FIFO hand-off: the longest wait is a small multiple of the mean, not seconds.
-    assert max(waits) <= 10 * mean_wait, (max(waits), mean_wait)
+    assert max(done_by_task) <= 1.5 * mean_done, done_by_task
 
 
 async def test_stats_and_repr_show_the_pool_state(
