@@ -86,6 +86,7 @@ _CODES = {
     "too_long": "too_long",
     "greater_than_equal": "out_of_range",
     "less_than_equal": "out_of_range",
+    "nul_character": "nul_character",  # the CSV import's reason for the same rule
 }
 
 

@@ -15,6 +15,14 @@ MAX_TITLE_CHARS: Final = 200
 MAX_AUTHOR_CHARS: Final = 100
 MAX_TAGS: Final = 20
 MAX_TAG_CHARS: Final = 50
+# A post's body, in UTF-8 bytes: the default of POSTAL_MAX_BODY_BYTES (settings.py) and the CSV
+# reader's. A setting, not a fixed rule, so only this default lives here.
+DEFAULT_MAX_BODY_BYTES: Final = 1_000_000
+
+# PostgreSQL's text cannot hold U+0000, so no way in (the API, the CSV import) accepts it in any
+# field: refused up front, on every database, rather than failing in the INSERT.
+NUL: Final = "\x00"
+NUL_REFUSAL: Final = "contains a NUL character (U+0000), which cannot be stored"
 
 
 @dataclass(frozen=True, slots=True)
