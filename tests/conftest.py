@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,8 +44,25 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def key_prefix() -> str:
-    return f"postal-test:{uuid.uuid4().hex[:12]}:"
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of the test's own; whatever the test (or a process it ran) wrote under it
+    is deleted afterwards, so no run leaves keys behind in the shared Redis."""
+    prefix = f"postal-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    except sync_redis.ConnectionError:
+        pass  # the test stopped or replaced the Redis: nothing of ours is left to delete
+    finally:
+        client.close()
 
 
 @pytest.fixture

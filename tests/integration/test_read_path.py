@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.posts.models import Post
+from postal.posts.models import Post, PostContent
 from postal.storage.repository import PostRepository, SqlPostRepository
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually
@@ -138,3 +138,47 @@ async def test_with_redis_unreachable_reads_share_loads_but_never_one_older_than
     assert (await api.client.get(url)).json()["title"] == "v2"
     repository.release.set()
     assert (await early).json()["title"] == "v1"  # it began before the write: fair
+
+
+class HangsAfterCommit:
+    """The real repository, whose `update` commits and then hangs, as a request cancelled by a
+    shutdown's deadline at the COMMIT would: the write has landed, the caller never hears."""
+
+    def __init__(self, inner: PostRepository) -> None:
+        self._inner = inner
+        self.committed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def update(self, post_id: int, content: PostContent, **kwargs: object) -> Post:
+        post = await self._inner.update(post_id, content, **kwargs)  # type: ignore[arg-type]
+        self.committed.set()
+        await asyncio.Event().wait()  # never returns: only cancellation ends it
+        return post
+
+
+async def test_a_write_cancelled_after_its_commit_still_invalidates(
+    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+) -> None:
+    built: list[HangsAfterCommit] = []
+
+    def repository(engine: AsyncEngine) -> PostRepository:
+        built.append(HangsAfterCommit(SqlPostRepository(engine)))
+        return built[-1]  # type: ignore[return-value]
+
+    async with running_api(database_url, redis_url, key_prefix, repository) as api:
+        post = await api.create(title="v1")
+        url = f"/api/v1/posts/{post['id']}"
+        await api.client.get(url)
+        await api.settle()
+        assert (await api.client.get(url)).json()["title"] == "v1"  # cached
+        service = api.state.posts
+        update = asyncio.create_task(
+            service.update(post["id"], PostContent("v2", "b", "a"), expected=None)
+        )
+        await built[0].committed.wait()
+        update.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await update
+        assert (await api.client.get(url)).json()["title"] == "v2"

@@ -132,10 +132,6 @@ def test_listeners_see_every_change(breaker: CircuitBreaker, clock: FakeClock) -
     assert changes[0].at == 100.0
 
 
-def test_states_are_stable_integers_for_the_metrics_gauge() -> None:
-    assert [int(state) for state in BreakerState] == [0, 1, 2]
-
-
 @pytest.mark.parametrize(("threshold", "cooldown"), [(0, 1.0), (1, 0.0)])
 def test_refuses_unusable_settings(threshold: int, cooldown: float) -> None:
     with pytest.raises(ValueError, match="must be"):

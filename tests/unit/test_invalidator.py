@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -123,6 +124,31 @@ async def test_a_failure_is_logged_pending_and_retried_with_backoff_until_it_lan
     stats = invalidator.stats()
     assert (stats.failed, stats.retried, stats.given_up, stats.pending_keys) == (1, 1, 0, 0)
     assert stats.retries >= 5
+
+
+REQUEST = contextvars.ContextVar("request", default="none")
+
+
+async def test_the_retrier_does_not_run_in_the_failing_requests_context(
+    invalidator: Invalidator, cache: FakeCache
+) -> None:
+    """It outlives that request and retries other requests' keys: its logs must not carry the
+    first request's id (a context variable, as the request-id middleware sets)."""
+    seen: list[str] = []
+    original = cache.invalidate
+
+    async def recording(keys: Sequence[GuardedKey], generations: Sequence[str] = ()) -> None:
+        seen.append(REQUEST.get())
+        await original(keys, generations)
+
+    cache.invalidate = recording  # type: ignore[method-assign]
+    cache.down = True
+    REQUEST.set("request-1")
+    assert not await invalidator.invalidate([POST])
+    cache.down = False
+    await settle(lambda: not invalidator.is_pending(POST))
+    assert seen[0] == "request-1"  # the request's own attempt
+    assert set(seen[1:]) == {"none"}  # the retrier's (at least one retry ran)
 
 
 async def test_a_pending_bare_generation_covers_every_key_it_guards(

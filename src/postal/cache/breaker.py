@@ -30,7 +30,8 @@ from enum import IntEnum
 
 
 class BreakerState(IntEnum):
-    """Exported as a gauge, hence the stable integer values."""
+    """The breaker's state. The metrics gauge numbers states its own way (0 closed, 1 half
+    open, 2 open: observability/metrics.py maps them), so these values mean nothing outside."""
 
     CLOSED = 0
     OPEN = 1

@@ -14,8 +14,9 @@ Each role has its own circuit breaker (unless the profile has none): while it is
 fail at once with `CircuitOpen`. Timeouts, pool timeouts and unreachable Redis count as failures;
 any completed operation, a miss or an error reply included, counts as a success (Redis answered).
 
-Generation-guarded values (`get_guarded`, `fill_guarded`, `invalidate`) close the stale-fill race;
-they are in `cache.guard`, run through the same roles, deadlines, breakers and events.
+Generation-guarded values (`get_guarded`, `fill_guarded`, `invalidate`, and the batch forms
+`fill_guarded_many` and `invalidate_many`) close the stale-fill race; they are in `cache.guard`,
+run through the same roles, deadlines, breakers and events.
 
 This module is the only importer of `redis.exceptions`: everything redis-py raises becomes one of
 `cache.errors` here. Every operation emits a `CacheEvent` to the subscribed listeners, one refused
@@ -43,7 +44,7 @@ from postal.cache.dns import DnsCache
 from postal.cache.durations import format_duration
 from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable, CircuitOpen, PoolTimeout
 from postal.cache.events import CacheEvent, CacheListener, Outcome
-from postal.cache.guard import Guarded, GuardedOps, Script
+from postal.cache.guard import Guarded, GuardedFill, GuardedOps, Script
 from postal.cache.keys import GuardedKey
 from postal.cache.pool import ManagedPool, PoolStats
 from postal.cache.urls import RedisEndpoint
@@ -258,6 +259,27 @@ class CacheClient:
         """Bump the generations of `keys` and delete them; bump the bare counters `generations`.
         One pipeline, write role, SET deadline. See `GuardedOps.invalidate`."""
         await self._guard.invalidate(keys, generations, timeout)
+
+    # Batch forms, for many keys at once (a bulk import): one script call, one round trip, a
+    # batch. Write role, SET deadline: a batch of thousands of keys may need a longer `timeout`.
+
+    async def invalidate_many(
+        self,
+        keys: Sequence[GuardedKey],
+        generations: Sequence[str] = (),
+        *,
+        timeout: Timeout = USE_DEFAULT,
+    ) -> list[int]:
+        """As `invalidate`; the new generation of each of `keys`, which a fill of its new value
+        quotes. See `GuardedOps.invalidate_many`."""
+        return await self._guard.invalidate_many(keys, generations, timeout)
+
+    async def fill_guarded_many(
+        self, fills: Sequence[GuardedFill], *, timeout: Timeout = USE_DEFAULT
+    ) -> int:
+        """`fill_guarded` for each of `fills`; how many were written. See
+        `GuardedOps.fill_many`."""
+        return await self._guard.fill_many(fills, timeout)
 
     def pipeline(self, *, transaction: bool = False) -> CachePipeline:
         """Queue commands for the write role and send them in one round trip with `execute()`."""

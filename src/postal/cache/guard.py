@@ -1,6 +1,7 @@
 """The stale-fill guard: the stamped format, the fill script, the invalidation commands (all pure),
-and `GuardedOps`, to which `CacheClient.get_guarded`, `fill_guarded` and `invalidate` delegate;
-it runs them through the client's roles (deadlines, breakers, errors, events as for any command).
+and `GuardedOps`, to which `CacheClient.get_guarded`, `fill_guarded` and `invalidate` (and their
+batch forms `fill_guarded_many` and `invalidate_many`) delegate; it runs them through the client's
+roles (deadlines, breakers, errors, events as for any command).
 
 The race it closes: a reader misses and loads version 1 from the database; a writer commits
 version 2 and invalidates the key; the reader's late fill then stores version 1, served until its
@@ -18,6 +19,16 @@ So a fill for a load that began before an invalidation finds the counter moved a
 and a value that slipped in anyway (a fill that won its race against the DEL) carries an old stamp
 and reads as a miss. Correctness comes from the stamp and the script, so the invalidation needs no
 MULTI: a plain pipeline is enough, and is friendlier to a cluster.
+
+Batches (a bulk import's thousands of keys): `invalidate_many` and `fill_many` do the same for
+many keys in one script call each, one command and one reply per batch. Measured on loopback
+(1,000 keys a batch): 3.5 us a key, where a pipeline of the per-key commands took 23 us a key
+(redis-py parses three replies a key) and a pipeline of one script call a key 9 us. The new
+generations come back from the invalidation, so a writer can then fill the keys with what it
+committed, quoting them: a later writer's bump makes that fill stale in turn. A batch's keys lie
+in many hash slots: on a Redis Cluster a batch would have to be split by slot (Postal's clients
+talk to one node today). Redis runs a script without interleaving: 1,000 keys hold it a
+millisecond or two, about what an MGET of 1,000 values does.
 
 Known limit: the guard assumes the counter survives while a load is in flight. A counter evicted
 under memory pressure (an `allkeys-*` policy) or expired (see GENERATION_TTL) reads as 0 again,
@@ -105,7 +116,54 @@ return 1
 """
 )
 
+# The batch forms. KEYS: each key's value then its counter, pairs after pairs, then (invalidation
+# only) bare counters; ARGV[1] the number of pairs, ARGV[2] the counters' TTL in milliseconds.
+# Returns each pair's new generation.
+INVALIDATE_MANY_SCRIPT = Script.of(
+    """\
+local pairs, ttl = tonumber(ARGV[1]), ARGV[2]
+local generations = {}
+for i = 1, pairs do
+  generations[i] = redis.call('INCR', KEYS[2 * i])
+  redis.call('PEXPIRE', KEYS[2 * i], ttl)
+  redis.call('DEL', KEYS[2 * i - 1])
+end
+for i = 2 * pairs + 1, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return generations
+"""
+)
+
+# KEYS as above (pairs only); ARGV: for each pair its generation, stamped value and TTL in
+# milliseconds. Returns how many were written (the others' generation had moved: stale).
+FILL_MANY_SCRIPT = Script.of(
+    """\
+local written = 0
+for i = 1, #KEYS / 2 do
+  local current = redis.call('GET', KEYS[2 * i])
+  if current == false then current = '0' end
+  if current == ARGV[3 * i - 2] then
+    redis.call('SET', KEYS[2 * i - 1], ARGV[3 * i - 1], 'PX', ARGV[3 * i])
+    written = written + 1
+  end
+end
+return written
+"""
+)
+
 Command = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedFill:
+    """One fill of a batch (`CacheClient.fill_guarded_many`): `fill_guarded`'s arguments."""
+
+    key: GuardedKey
+    generation: int  # the generation the payload was loaded under, or an invalidation returned
+    payload: bytes
+    ttl: float  # seconds, > 0
 
 
 def invalidation_commands(
@@ -123,6 +181,35 @@ def invalidation_commands(
         counter = name(generation_key)
         commands += [("INCR", counter), ("PEXPIRE", counter, ttl_ms)]
     return commands
+
+
+def invalidate_many_arguments(
+    keys: Sequence[GuardedKey], generations: Sequence[str], name: Callable[[str], str]
+) -> tuple[list[str], list[int]]:
+    """INVALIDATE_MANY_SCRIPT's KEYS and ARGV; `name` adds the client's key prefix."""
+    names: list[str] = []
+    for key in keys:
+        names += (name(key.key), name(key.generation_key))
+    names += (name(generation_key) for generation_key in generations)
+    return names, [len(keys), round(GENERATION_TTL * 1000)]
+
+
+def fill_many_arguments(
+    fills: Sequence[GuardedFill], name: Callable[[str], str]
+) -> tuple[list[str], list[int | bytes]]:
+    """FILL_MANY_SCRIPT's KEYS and ARGV; `name` adds the client's key prefix."""
+    names: list[str] = []
+    arguments: list[int | bytes] = []
+    for fill in fills:
+        if fill.ttl <= 0:
+            raise ValueError(f"a fill needs a positive TTL, got {fill.ttl}")
+        names += (name(fill.key.key), name(fill.key.generation_key))
+        arguments += (
+            fill.generation,
+            stamp(fill.generation, fill.payload),
+            max(1, round(fill.ttl * 1000)),
+        )
+    return names, arguments
 
 
 def has_payload(found: Guarded) -> bool:
@@ -192,3 +279,35 @@ class GuardedOps:
             pipeline.execute_command(*command)
         first = keys[0].key if keys else generations[0]
         await client._write_op("PIPELINE", first, timeout, pipeline.execute)
+
+    async def invalidate_many(
+        self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
+    ) -> list[int]:
+        """As `invalidate`, in one INVALIDATE_MANY_SCRIPT call; the new generation of each of
+        `keys`. When it raises, all, some or none of it may have run: repeating it is safe. The
+        event says "EVALSHA", with the first key."""
+        if not keys and not generations:
+            return []
+        client = self._client
+        names, arguments = invalidate_many_arguments(keys, generations, client.key)
+
+        def call() -> Awaitable[list[int]]:
+            return client._write_script(INVALIDATE_MANY_SCRIPT, names, arguments)
+
+        first = keys[0].key if keys else generations[0]
+        new_generations: list[int] = await client._write_op("EVALSHA", first, timeout, call)
+        return new_generations
+
+    async def fill_many(self, fills: Sequence[GuardedFill], timeout: Timeout) -> int:
+        """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call; how many were written.
+        The event says "EVALSHA", with the first key."""
+        if not fills:
+            return 0
+        client = self._client
+        names, arguments = fill_many_arguments(fills, client.key)
+
+        def call() -> Awaitable[int]:
+            return client._write_script(FILL_MANY_SCRIPT, names, arguments)
+
+        written: int = await client._write_op("EVALSHA", fills[0].key.key, timeout, call)
+        return written

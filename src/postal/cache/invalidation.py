@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +34,7 @@ from postal.cache.keys import GuardedKey
 logger = logging.getLogger("postal.cache.invalidation")
 
 Item = TypeVar("Item", GuardedKey, str)
+T = TypeVar("T")
 
 RETRY_BATCH = 500  # keys (or counters) per retry pipeline, so a long outage's backlog is chunked
 LAST_ATTEMPT_TIMEOUT = 1.0  # seconds `aclose()` spends on a final attempt
@@ -100,10 +102,27 @@ class Invalidator:
     async def invalidate(self, keys: Sequence[GuardedKey], generations: Sequence[str] = ()) -> bool:
         """True when Redis took it; False when it is pending (logged, retried). Never raises
         CacheError."""
+
+        async def send() -> bool:
+            await self._cache.invalidate(keys, generations)
+            return True
+
+        return await self.invalidate_with(keys, generations, send) is not None
+
+    async def invalidate_with(
+        self,
+        keys: Sequence[GuardedKey],
+        generations: Sequence[str],
+        send: Callable[[], Awaitable[T]],
+    ) -> T | None:
+        """As `invalidate`, with `send` doing it: a call that invalidates exactly `keys` and
+        `generations` and returns what its caller needs (e.g. `CacheClient.invalidate` with a
+        deadline of its own, returning the new generations, to warm the keys with). Its result
+        (not None), or None when it failed: then the keys are pending (logged, retried)."""
         self._begun += 1
         started = self._failures
         try:
-            await self._cache.invalidate(keys, generations)
+            result = await send()
         except CacheError as exc:
             self._failed += 1
             logger.warning(
@@ -113,10 +132,10 @@ class Invalidator:
                 exc,
             )
             self._remember(keys, generations)
-            return False
+            return None
         self._done += 1
         self._settle(keys, generations, started)
-        return True
+        return result
 
     def begun(self) -> int:
         """How many invalidations this process has begun: one per write, once it has committed
@@ -140,7 +159,11 @@ class Invalidator:
         for generation_key in generations:
             self._pending_generations[generation_key] = pending
         if not self._closed and (self._retrier is None or self._retrier.done()):
-            self._retrier = asyncio.create_task(self._retry(), name="postal-invalidation-retry")
+            # A fresh context: the retrier outlives the request that started it and retries
+            # other requests' keys too, so it must not carry that request's id into its logs.
+            self._retrier = asyncio.create_task(
+                self._retry(), name="postal-invalidation-retry", context=contextvars.Context()
+            )
 
     def _settle(self, keys: Sequence[GuardedKey], generations: Sequence[str], started: int) -> int:
         """Forget the pending entries this success covers: those that failed before it started."""

@@ -37,6 +37,10 @@ logger = logging.getLogger("postal.posts")
 
 T = TypeVar("T")
 
+# A write that ends in one of these may have committed before it ended (the database failed, or
+# a shutdown cancelled the request, at the COMMIT): its invalidation is sent all the same.
+COMMIT_MAY_HAVE_LANDED = (DatabaseUnavailable, asyncio.CancelledError)
+
 
 @dataclass(frozen=True, slots=True)
 class CacheTtls:
@@ -111,7 +115,7 @@ class PostService:
     async def create(self, content: PostContent) -> Post:
         try:
             post = await self._repository.create(content)
-        except DatabaseUnavailable:
+        except COMMIT_MAY_HAVE_LANDED:
             await self._invalidate(None)  # the commit may have landed: pages may show it
             raise
         await self._invalidate(post.id)  # a negative entry may be cached for this id
@@ -131,10 +135,10 @@ class PostService:
 
     async def _then_invalidate(self, post_id: int, write: Awaitable[T]) -> T:
         """Run a write of an existing post, then invalidate it; also when the database failed
-        at the commit, which may have landed."""
+        at the commit, or the request was cancelled during it: either may have landed."""
         try:
             result = await write
-        except DatabaseUnavailable:
+        except COMMIT_MAY_HAVE_LANDED:
             await self._invalidate(post_id)
             raise
         await self._invalidate(post_id)

@@ -1,0 +1,178 @@
+"""BulkWriter against real databases: COPY and INSERT give the same rows, inside the caller's
+transaction; SQLite takes the INSERT path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from postal.posts.models import PostContent, PostVersion
+from postal.storage.bulk import (
+    BulkWriter,
+    NewPost,
+    PostChange,
+    WriteMethod,
+    choose_method,
+    read_posts,
+)
+from postal.storage.db import create_engine
+from postal.storage.repository import SqlPostRepository
+from postal.storage.tables import post_versions, posts
+
+EARLY = datetime(2020, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
+NOW = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+
+
+def content(number: int, tags: tuple[str, ...] = ("a", "b")) -> PostContent:
+    return PostContent(f"title {number}", f'body {number}, with "quotes" and ünïcode', "ada", tags)
+
+
+@pytest.fixture(params=[WriteMethod.COPY, WriteMethod.INSERT], ids=str)
+def method(request: pytest.FixtureRequest) -> WriteMethod:
+    return WriteMethod(request.param)
+
+
+@pytest.fixture
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(sqlite_url, pool_size=2, timeout=5.0)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def count(engine: AsyncEngine) -> tuple[int, int]:
+    async with engine.connect() as connection:
+        post_count = (await connection.execute(select(func.count()).select_from(posts))).scalar()
+        version_count = (
+            await connection.execute(select(func.count()).select_from(post_versions))
+        ).scalar()
+    return int(post_count or 0), int(version_count or 0)
+
+
+async def write_batches(engine: AsyncEngine, method: WriteMethod) -> list[int]:
+    """Two batches in one transaction: creates, then updates of some of them and a create."""
+    async with engine.connect() as connection, connection.begin():
+        writer = BulkWriter(connection, method)
+        await writer.start()
+        first = await writer.create(
+            [NewPost(content(1), EARLY), NewPost(content(2, ()), NOW), NewPost(content(3), NOW)]
+        )
+        current = await writer.current_versions([first[0], first[2], 999], lock=True)
+        assert current == {first[0]: 1, first[2]: 1}  # 999 is no post
+        changes = [PostChange(first[0], content(10)), PostChange(first[2], content(30, ("z",)))]
+        await writer.update(changes, current, NOW + timedelta(hours=1))
+        # the same post twice in one batch: two consecutive versions
+        current = await writer.current_versions([first[0]], lock=True)
+        assert current == {first[0]: 2}
+        twice = [PostChange(first[0], content(11)), PostChange(first[0], content(12))]
+        await writer.update(twice, current, NOW + timedelta(hours=2))
+        second = await writer.create([NewPost(content(4), NOW)])
+    return first + second
+
+
+async def test_creates_and_updates_write_posts_and_their_versions(
+    postgres_engine: AsyncEngine, method: WriteMethod
+) -> None:
+    ids = await write_batches(postgres_engine, method)
+    assert ids == [1, 2, 3, 4]  # in the order given, from the identity's sequence
+    repository = SqlPostRepository(postgres_engine)
+    one = await repository.get(1)
+    assert one is not None
+    assert (one.title, one.version, one.tags) == ("title 12", 4, ("a", "b"))
+    assert one.created_at == EARLY  # an update leaves created_at alone
+    assert one.updated_at == NOW + timedelta(hours=2)
+    two = await repository.get(2)
+    assert two is not None
+    assert (two.version, two.tags, two.created_at, two.updated_at) == (1, (), NOW, NOW)
+    versions = await repository.versions(1)
+    assert [(v.version, v.title) for v in versions] == [
+        (1, "title 1"),
+        (2, "title 10"),
+        (3, "title 11"),
+        (4, "title 12"),
+    ]
+    assert versions[0].created_at == EARLY
+    assert versions[1].created_at == NOW + timedelta(hours=1)
+    three = await repository.versions(3)
+    assert [(v.version, v.tags) for v in three] == [(1, ("a", "b")), (2, ("z",))]
+    assert await count(postgres_engine) == (4, 8)
+    # a post created after the import's does not reuse an id
+    later = await repository.create(content(5))
+    assert later.id == 5
+
+
+async def test_copy_and_insert_write_the_same_rows(clean_database: str) -> None:
+    seen: list[tuple[list[tuple[object, ...]], list[PostVersion]]] = []
+    for method in WriteMethod:
+        engine = create_engine(clean_database, pool_size=2, timeout=5.0)
+        try:
+            async with engine.begin() as connection:  # empty, ids from 1 again
+                await connection.exec_driver_sql(
+                    "TRUNCATE posts, post_versions RESTART IDENTITY CASCADE"
+                )
+            await write_batches(engine, method)
+            async with engine.connect() as connection:
+                rows = (await connection.execute(select(posts).order_by(posts.c.id))).all()
+            versions = [
+                version
+                for post_id in (1, 2, 3, 4)
+                for version in await SqlPostRepository(engine).versions(post_id)
+            ]
+            seen.append(([tuple(row) for row in rows], versions))
+        finally:
+            await engine.dispose()
+    assert seen[0] == seen[1]
+
+
+async def test_nothing_is_kept_when_the_transaction_rolls_back(
+    postgres_engine: AsyncEngine, method: WriteMethod
+) -> None:
+    async with postgres_engine.connect() as connection:
+        transaction = await connection.begin()
+        writer = BulkWriter(connection, method)
+        await writer.start()
+        await writer.create([NewPost(content(1), NOW), NewPost(content(2), NOW)])
+        assert await writer.current_versions([1, 2], lock=False) == {1: 1, 2: 1}
+        await transaction.rollback()
+    assert await count(postgres_engine) == (0, 0)
+
+
+async def test_read_posts_returns_those_that_exist(
+    postgres_engine: AsyncEngine, method: WriteMethod
+) -> None:
+    await write_batches(postgres_engine, method)
+    async with postgres_engine.connect() as connection:
+        found = await read_posts(connection, [4, 2, 77])
+    assert sorted((post.id, post.title) for post in found) == [(2, "title 2"), (4, "title 4")]
+
+
+# -- the method ----------------------------------------------------------------------------------
+
+
+async def test_auto_is_copy_on_postgresql_and_insert_on_sqlite(
+    postgres_engine: AsyncEngine, sqlite_engine: AsyncEngine
+) -> None:
+    assert choose_method(postgres_engine, "auto") is WriteMethod.COPY
+    assert choose_method(postgres_engine, "insert") is WriteMethod.INSERT
+    assert choose_method(sqlite_engine, "auto") is WriteMethod.INSERT
+    with pytest.raises(ValueError, match="COPY needs PostgreSQL"):
+        choose_method(sqlite_engine, "copy")
+
+
+async def test_sqlite_takes_the_insert_path(sqlite_engine: AsyncEngine) -> None:
+    ids = await write_batches(sqlite_engine, WriteMethod.INSERT)
+    assert ids == [1, 2, 3, 4]
+    repository = SqlPostRepository(sqlite_engine)
+    one = await repository.get(1)
+    assert one is not None
+    assert (one.title, one.version, one.created_at) == ("title 12", 4, EARLY)
+    assert [v.version for v in await repository.versions(1)] == [1, 2, 3, 4]
+    assert await count(sqlite_engine) == (4, 8)
+    async with sqlite_engine.connect() as connection:
+        found = await read_posts(connection, [1, 3, 50])
+    assert sorted(post.id for post in found) == [1, 3]
