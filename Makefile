@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench bench-http clean
+.PHONY: install run test test-fast lint bench bench-http bench-import clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-http: install
 	    { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null 2>&1; }; }; } || \
 	  echo "bench-http: wrk not installed; the built-in load generator runs the closed loop" >&2
 	$(BIN)/postal bench http
+
+# PostgreSQL on 127.0.0.1:5432 (user postgres) takes a scratch database; add --rss-check by hand.
+bench-import: install
+	scripts/ensure-redis
+	$(BIN)/postal bench import
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

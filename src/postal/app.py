@@ -9,8 +9,10 @@ requests in flight: pending fills are drained, the invalidator stops, pools and 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,12 +21,16 @@ from postal import __version__
 from postal.api.errors import install_error_handlers
 from postal.api.fast_reads import PostalApp
 from postal.api.guards import WriteGuard
+from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
-from postal.api.routes import ops, posts, reads
+from postal.api.routes import imports, ops, posts, reads
 from postal.cache import CacheClient
 from postal.cache.fallback import ReadThrough
 from postal.cache.invalidation import Invalidator
+from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
+from postal.observability.metrics import PostalMetrics
+from postal.posts.imports import PostImporter
 from postal.posts.service import CacheTtls, PostService
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine
@@ -54,6 +60,22 @@ def build_cache(settings: Settings) -> CacheClient:
     return cache
 
 
+def cache_ttls(settings: Settings) -> CacheTtls:
+    return CacheTtls(
+        post=settings.post_cache_ttl,
+        page=settings.list_cache_ttl,
+        not_found=settings.not_found_cache_ttl,
+    )
+
+
+def invalidator_for(cache: CacheClient, settings: Settings) -> Invalidator:
+    """The invalidator, as the service and `postal import` use it; not yet retrying."""
+    ttls = cache_ttls(settings)
+    longest_ttl = max(ttls.post, ttls.page, ttls.not_found) * (1 + settings.cache_ttl_jitter)
+    # After the longest TTL, whatever a failed invalidation left behind has expired.
+    return Invalidator(cache, give_up_after=longest_ttl + 1.0)
+
+
 async def prepare_database(url: str) -> None:
     """SQLite (the embedded default) migrates itself; any other database must be migrated."""
     if url.startswith("sqlite"):
@@ -68,6 +90,9 @@ def create_app(
     repository: Callable[[AsyncEngine], PostRepository] = SqlPostRepository,
 ) -> FastAPI:
     """The app; `repository` builds the posts repository on the engine (tests wrap it)."""
+    # Prometheus collectors of this app's own (or, under `postal serve --workers N`, files all
+    # workers share): fed by the cache's events and snapshots, and by the HTTP middleware.
+    metrics = PostalMetrics.from_environment()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +100,8 @@ def create_app(
         # the read path drains (loads in flight, then their fills) before the engine and the
         # cache close under it.
         async with AsyncExitStack() as stack:
+            metrics.forget_dead_workers()
+            stack.callback(metrics.close)  # last: a final sample, once the cache has closed
             await prepare_database(settings.database)
             engine = create_engine(
                 settings.database, pool_size=settings.database_pool_size,
@@ -84,16 +111,8 @@ def create_app(
             cache = build_cache(settings)
             stack.push_async_callback(cache.aclose)
             await cache.start()
-            ttls = CacheTtls(
-                post=settings.post_cache_ttl,
-                page=settings.list_cache_ttl,
-                not_found=settings.not_found_cache_ttl,
-            )
-            longest_ttl = max(ttls.post, ttls.page, ttls.not_found) * (
-                1 + settings.cache_ttl_jitter
-            )
-            # After the longest TTL, whatever a failed invalidation left behind has expired.
-            invalidator = Invalidator(cache, give_up_after=longest_ttl + 1.0)
+            ttls = cache_ttls(settings)
+            invalidator = invalidator_for(cache, settings)
             stack.push_async_callback(invalidator.aclose)
             reads_ = ReadThrough(
                 cache,
@@ -103,11 +122,21 @@ def create_app(
                 local_writes=invalidator.begun,
             )
             stack.push_async_callback(reads_.drain, DRAIN_TIMEOUT)
+            instrument_cache(metrics, cache, reads_, invalidator)
+            await stack.enter_async_context(metrics.refreshing())
             app.state.engine = engine
             app.state.cache = cache
             app.state.reads = reads_
             app.state.invalidator = invalidator
             app.state.posts = PostService(repository(engine), reads_, invalidator, ttls)
+            app.state.importer = PostImporter(
+                engine,
+                cache,
+                invalidator,
+                ttls=ttls,
+                max_body_bytes=settings.postal_max_body_bytes,
+                ttl_jitter=settings.cache_ttl_jitter,
+            )
             logger.info("cache ready: %r", cache)
             yield
 
@@ -120,23 +149,33 @@ def create_app(
         # 18 us, measured in-process: a tenth of a cache hit). Postal exports its own metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.metrics = metrics
+    app.measure = partial(HttpMetrics, metrics=metrics, routes=app.router.routes)
     app.state.settings = settings
+    app.state.started_at = time.time()  # for /status's uptime
     install_error_handlers(app)
     app.router.routes.extend(reads.routes)  # before the FastAPI routes: the hot path first
     app.include_router(posts.router)
+    app.include_router(imports.router)
     app.include_router(ops.router)
     install_openapi(app)
     # The request limit leaves room for JSON escaping of a body at the limit (up to 6 bytes per
     # character for control characters) plus the other fields.
     request_limit = 6 * settings.postal_max_body_bytes + 64 * 1024
-    app.add_middleware(WriteGuard, token=settings.api_token, max_request_bytes=request_limit)
+    # The CSV import streams its body (never held whole): a limit of its own, far larger.
+    app.add_middleware(
+        WriteGuard,
+        token=settings.api_token,
+        max_request_bytes=request_limit,
+        streamed={imports.PATH: settings.postal_max_import_bytes},
+    )
     return app
 
 
 def app_from_environment() -> FastAPI:
     """The app as each `postal serve` worker builds it: settings from the environment."""
-    from postal.observability.logging import configure_logging
+    from postal.observability.logging import configure_from_settings
 
     settings = load_settings()
-    configure_logging(settings.postal_log_level)
+    configure_from_settings(settings)
     return create_app(settings)

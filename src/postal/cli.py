@@ -45,14 +45,14 @@ def serve(
 
     import uvicorn
 
-    from postal.app import NotMigrated, prepare_database
     from postal.cache.urls import mask_url
     from postal.embedded import EmbeddedRedis, EmbeddedRedisError
-    from postal.observability.logging import configure_logging
+    from postal.observability.logging import configure_from_settings
+    from postal.observability.multiproc import metrics_directory
     from postal.posts.errors import DatabaseUnavailable
 
     settings = settings_or_exit()
-    configure_logging(settings.postal_log_level)
+    configure_from_settings(settings)
     logger = logging.getLogger("postal.serve")
     no_redis = settings.read_redis_url is None and settings.write_redis_url is None
     if no_redis and not settings.embedded_redis:
@@ -70,6 +70,11 @@ def serve(
             bind = "127.0.0.1"
         logger.warning("POSTAL_API_TOKEN is not set: writes are open to anyone on this machine")
     with ExitStack() as stack:
+        # PROMETHEUS_MULTIPROC_DIR must be set before anything imports prometheus_client (it
+        # reads it once): so before postal.app, which the workers import too.
+        metrics_dir = stack.enter_context(metrics_directory(workers))
+        from postal.app import NotMigrated, prepare_database
+
         redis_note = ""
         if settings.embedded_redis:
             try:
@@ -80,6 +85,7 @@ def serve(
             # Workers are separate processes: they read their settings from the environment.
             os.environ["READ_REDIS_URL"] = os.environ["WRITE_REDIS_URL"] = embedded.url
             settings = settings_or_exit()
+            configure_from_settings(settings)  # its password is now one to mask
             redis_note = " (embedded, started by Postal)"
         try:
             asyncio.run(prepare_database(settings.database))
@@ -91,9 +97,12 @@ def serve(
         typer.echo(f"  database: {mask_url(settings.database)}")
         typer.echo(f"  Redis read: {mask_url(settings.read_url)}{redis_note}")
         typer.echo(f"  Redis write: {mask_url(settings.write_url)}{redis_note}")
+        if metrics_dir is not None:
+            typer.echo(f"  metrics: all workers' /metrics files in {metrics_dir}")
         # uvicorn re-raises SIGTERM once it has shut down; with the default handler that kills
         # the process on the spot, and the embedded Redis would outlive us. Exit normally instead.
         signal.signal(signal.SIGTERM, _exit_quietly)
+        os.environ["WEB_CONCURRENCY"] = str(workers)  # for /status: the workers inherit it
         uvicorn.run(
             "postal.app:app_from_environment",
             factory=True,
@@ -277,6 +286,188 @@ def bench_http(
     if json_path is not None:
         write_json(json_path, report.to_json())
         console.print(f"JSON written to {json_path}", markup=False, highlight=False)
+
+
+@bench_app.command("import")
+def bench_import(
+    rows: Annotated[int, typer.Option(min=1, help="Rows in the generated CSV.")] = 100_000,
+    runs: Annotated[int, typer.Option(min=1, help="Imports per method; medians are shown.")] = 3,
+    method: Annotated[
+        str, typer.Option(help="copy, insert, or both (each run imports with both).")
+    ] = "both",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An empty, loopback postgresql+asyncpg:// database, emptied between runs."
+            " Default: a scratch database on 127.0.0.1:5432 (user postgres), dropped after."
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str, typer.Option(help="Redis for the cache step; loopback only (127.0.0.0/8, ::1).")
+    ] = "redis://127.0.0.1:6379/0",
+    rss_check: Annotated[
+        bool,
+        typer.Option(
+            "--rss-check", help="Also import a --rss-rows file once; compare the peak RSS."
+        ),
+    ] = False,
+    rss_rows: Annotated[int, typer.Option(min=1, help="Rows for --rss-check.")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="The generated CSV's seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per database batch.")] = 1000,
+    quick: Annotated[bool, typer.Option("--quick", help="20,000 rows, one run.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this file.")
+    ] = None,
+) -> None:
+    """CSV import into PostgreSQL: rows/s, peak RSS, COPY vs INSERT, pipelined cache step."""
+    import asyncio
+    import sys
+
+    from rich.console import Console
+
+    from postal.bench import BenchError, write_json
+    from postal.bench.import_render import render_report
+    from postal.bench.imports import (
+        QUICK_ROWS,
+        ImportBenchOptions,
+        parse_methods,
+        run_import_bench,
+        step_progress,
+    )
+
+    try:
+        options = ImportBenchOptions(
+            rows=QUICK_ROWS if quick else rows,
+            runs=1 if quick else runs,
+            methods=parse_methods(method),
+            database_url=database_url,
+            redis_url=redis_url,
+            seed=seed,
+            batch_size=batch_size,
+            rss_rows=rss_rows if rss_check else None,
+        )
+        options.check()
+    except BenchError as exc:  # NotLoopback included: a benchmark stays on this machine
+        typer.echo(f"postal: bench import: {exc}", err=True)
+        raise typer.Exit(2) from None
+    console = Console(width=None if sys.stdout.isatty() else 120)  # piped: don't squeeze
+    try:
+        with step_progress(console) as progress:
+            report = asyncio.run(run_import_bench(options, progress))
+    except BenchError as exc:
+        typer.echo(f"postal: bench import: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # the import process, the scratch database and the keys are gone
+        typer.echo("postal: bench import: interrupted", err=True)
+        raise typer.Exit(130) from None
+    render_report(report, console)
+    if json_path is not None:
+        write_json(json_path, report.to_json())
+        console.print(f"JSON written to {json_path}", markup=False, highlight=False)
+
+
+@app.command("import")
+def import_posts(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE.csv",
+            help="The CSV file (header row first).",
+        ),
+    ],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Write the good rows; report the bad ones.")
+    ] = False,
+    ignore_unknown_columns: Annotated[
+        bool, typer.Option("--ignore-unknown-columns", help="Ignore columns Postal lacks.")
+    ] = False,
+    warm: Annotated[
+        bool, typer.Option("--warm", help="Fill the cache with the imported posts.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Rows per database batch.")
+    ] = 1000,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report to this file.")
+    ] = None,
+    cache_wait: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds to wait for a pending cache invalidation to land."),
+    ] = 10.0,
+) -> None:
+    """Import posts from a CSV file: all or nothing, unless --skip-invalid.
+
+    Exit codes: 0 imported, 1 nothing imported, 2 bad usage, 3 imported but the cache
+    invalidation is still pending (cached copies expire with their TTL), 130 interrupted.
+    """
+    from postal.import_cli import ImportCommand, run_import_command
+    from postal.posts.imports import ImportOptions
+
+    options = ImportOptions(
+        skip_invalid=skip_invalid,
+        ignore_unknown_columns=ignore_unknown_columns,
+        warm=warm,
+        batch_size=batch_size,
+    )
+    command = ImportCommand(file, options, json_path, cache_wait)
+    raise typer.Exit(run_import_command(settings_or_exit(), command))
+
+
+@app.command()
+def stats(
+    url: Annotated[str, typer.Option(help="The running Postal.")] = "http://127.0.0.1:8000",
+    interval: Annotated[
+        str, typer.Option(help="Between the two scrapes rates are taken over, Go-style.")
+    ] = "1s",
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    redis_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Redis URL with its password (repeatable); default: READ_REDIS_URL and"
+            " WRITE_REDIS_URL, matched with the servers Postal names."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Machine-readable (JSON lines with --watch).")
+    ] = False,
+    pings: Annotated[int, typer.Option(min=1, max=10_000, help="PINGs per Redis.")] = 100,
+    redis: Annotated[
+        bool, typer.Option("--redis/--no-redis", help="Ask the Redis servers too.")
+    ] = True,
+) -> None:
+    """A running Postal and its Redis at a glance: hit rate, ops/s, p50/p99, pools, Redis."""
+    import sys
+
+    from rich.console import Console
+
+    from postal.cache.durations import parse_duration
+    from postal.stats.command import StatsOptions, run_stats
+
+    try:
+        seconds = parse_duration(interval)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--interval") from None
+    if seconds <= 0:
+        raise typer.BadParameter("expected a duration above 0", param_hint="--interval")
+    settings = settings_or_exit()  # READ_REDIS_URL, WRITE_REDIS_URL and TLS, as the service's
+    local_urls = [settings.read_redis_url, settings.write_redis_url]
+    options = StatsOptions(
+        url=url,
+        interval=seconds,
+        watch=watch,
+        json=json_output,
+        redis_urls=[*(redis_url or ()), *(u for u in local_urls if u is not None)],
+        tls=settings.tls(),
+        pings=pings,
+        probe_redis=redis,
+    )
+    console = Console(width=None if sys.stdout.isatty() else 160)  # piped: don't squeeze
+    code = run_stats(options, console, Console(stderr=True))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -8,7 +8,7 @@ expected; `SettingsError` carries those lines.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,7 @@ from postal.cache.config import BreakerConfig, CacheTimeouts, PoolConfig, Profil
 from postal.cache.durations import EXPECTED as EXPECTED_DURATION
 from postal.cache.durations import parse_duration
 from postal.cache.urls import RedisEndpoint, mask_url
+from postal.posts.models import DEFAULT_MAX_BODY_BYTES
 
 
 class SettingsError(Exception):
@@ -65,9 +66,16 @@ class Settings(BaseSettings):
     postal_host: str = "127.0.0.1"
     postal_port: Count = 8000
     postal_log_level: str = "INFO"
+    # JSON lines when stderr is not a terminal (auto), or forced: auto, json or text
+    postal_log_format: Annotated[
+        Literal["auto", "json", "text"], BeforeValidator(lambda v: str(v).strip().lower())
+    ] = "auto"
     # Writes need `Authorization: Bearer <token>` when set; unset, `serve` binds loopback only.
     postal_api_token: SecretStr | None = None
-    postal_max_body_bytes: Count = 1_000_000  # a post's body, in UTF-8 bytes; more is a 413
+    # A post's body, in UTF-8 bytes; more is a 413 (1_000_000)
+    postal_max_body_bytes: Count = DEFAULT_MAX_BODY_BYTES
+    # A CSV import's whole request body (streamed, never held whole); more is a 413. 1 GiB.
+    postal_max_import_bytes: Count = 1_073_741_824
 
     # Database: PostgreSQL in production; unset, the embedded SQLite file below
     database_url: str | None = None
@@ -160,6 +168,8 @@ class Settings(BaseSettings):
             problems.append("DATABASE_TIMEOUT: expected a duration above 0")
         if self.database_pool_size < 1:
             problems.append("DATABASE_POOL_SIZE=0: expected a whole number >= 1")
+        if self.postal_max_import_bytes < 1:
+            problems.append("POSTAL_MAX_IMPORT_BYTES=0: expected a whole number >= 1")
         if problems:
             raise ValueError(" | ".join(problems))
         return self

@@ -3,12 +3,18 @@
 A plain ASGI middleware rather than a FastAPI dependency, so that an unauthenticated or oversized
 request is refused before its body is read or parsed, and so that reads (GET, HEAD) pay one
 method comparison and nothing else.
+
+Streamed routes (the CSV import) have a limit of their own, far above a single write's: their
+body is never held whole, so the ordinary limit, which protects the JSON parser, does not apply.
+Either limit is enforced on the declared Content-Length before anything is read, and again while
+the body streams in (a chunked upload declares nothing).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,10 +24,19 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class WriteGuard:
-    def __init__(self, app: ASGIApp, *, token: str | None, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        max_request_bytes: int,
+        streamed: Mapping[str, int] | None = None,
+    ) -> None:
+        """`streamed`: path -> byte limit, for the routes that stream their body."""
         self.app = app
         self._token = None if token is None else token.encode()
         self._limit = max_request_bytes
+        self._streamed = dict(streamed or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _READS:
@@ -31,12 +46,13 @@ class WriteGuard:
         if self._token is not None and not self._authorized(headers.get(b"authorization")):
             await _refuse(send, 401, "unauthorized", "writes need Authorization: Bearer <token>")
             return
+        limit = self._streamed.get(scope.get("path", ""), self._limit)
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._limit:
-            message = f"the request body is larger than the limit of {self._limit} bytes"
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            message = f"the request body is larger than the limit of {limit} bytes"
             await _refuse(send, 413, "too_large", message)
             return
-        await self.app(scope, _counting(receive, self._limit), send)
+        await self.app(scope, _counting(receive, limit), send)
 
     def _authorized(self, header: bytes | None) -> bool:
         assert self._token is not None

@@ -6,6 +6,8 @@ needs. Listeners are called synchronously and must not block or raise.
 
 - `CacheEvent`: one per client operation (`CacheClient.subscribe`).
 - `FillEvent`: one per background fill the read-through decided on (`ReadThrough.subscribe`).
+- `PoolWaitEvent`: one per checkout that had to queue for a connection
+  (`ManagedPool.subscribe_waits`).
 - Breaker state changes are `cache.breaker.BreakerChange` (`CircuitBreaker.subscribe`).
 """
 
@@ -61,3 +63,13 @@ class FillEvent:
 
 
 FillListener = Callable[[FillEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolWaitEvent:
+    role: str  # the pool's role: "read" or "write"
+    waited: float  # seconds queued; 0 when the operation's deadline had passed before queueing
+    served: bool  # False: it gave up (pool timeout, deadline), or the dial or the pool failed
+
+
+PoolWaitListener = Callable[[PoolWaitEvent], None]

@@ -18,7 +18,8 @@ Why it is ours: redis-py's asyncio pools have no min idle, max idle, idle time o
 - `max_idle` enforced once a surplus connection has stayed idle for `max_idle_grace` (at
   once, on release, when the grace is 0); idle time and max lifetime (with jitter) enforced by a
   background reaper and at checkout, and lifetime at release: never on a connection in use;
-- a `PoolStats` snapshot and a repr that shows it.
+- a `PoolStats` snapshot and a repr that shows it, and a `PoolWaitEvent` for each checkout that
+  had to queue (`subscribe_waits`), for the wait-time histogram.
 
 State changes happen in plain synchronous methods (no await between reading and writing pool
 state, so no lock is needed on one event loop); closing sockets happens afterwards, in the
@@ -44,6 +45,7 @@ from postal.cache.connection import Connector, PostalConnection
 from postal.cache.deadline import Operation, current_operation
 from postal.cache.durations import format_duration
 from postal.cache.errors import CacheUnavailable, PoolTimeout
+from postal.cache.events import PoolWaitEvent, PoolWaitListener
 
 logger = logging.getLogger("postal.cache.pool")
 
@@ -111,6 +113,7 @@ class ManagedPool(ConnectionPoolInterface):
         self._timeouts = 0
         self._opened = 0
         self._closed_by_reason: dict[str, int] = {}
+        self._wait_listeners: list[PoolWaitListener] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -211,6 +214,11 @@ class ManagedPool(ConnectionPoolInterface):
             opened=self._opened,
             closed=dict(self._closed_by_reason),
         )
+
+    def subscribe_waits(self, listener: PoolWaitListener) -> None:
+        """Call `listener` with a `PoolWaitEvent` after every checkout that queued (it must not
+        block); there is one per wait counted in `stats().waits`."""
+        self._wait_listeners.append(listener)
 
     @property
     def in_use(self) -> int:
@@ -377,6 +385,7 @@ class ManagedPool(ConnectionPoolInterface):
         self._waits += 1
         if budget <= 0:
             self._timeouts += 1
+            self._emit_wait(0.0, served=False)
             raise PoolTimeout(f"{self.role} pool: operation deadline already passed")
         waiter: asyncio.Future[PostalConnection] = loop.create_future()
         self._waiters.append(waiter)
@@ -388,8 +397,11 @@ class ManagedPool(ConnectionPoolInterface):
         # same instant); a second timer here would be one more heap entry per queued operation.
         own_timer = budget < left
         timer = loop.call_later(budget, self._expire_waiter, waiter, budget) if own_timer else None
+        served = False
         try:
-            return await waiter
+            connection = await waiter
+            served = True
+            return connection
         except PoolTimeout:
             self._timeouts += 1
             raise
@@ -401,9 +413,17 @@ class ManagedPool(ConnectionPoolInterface):
                 self._release(waiter.result())  # served as we left: pass it on
             raise
         finally:
-            self._wait_time += loop.time() - started
+            waited = loop.time() - started
+            self._wait_time += waited
             if timer is not None:
                 timer.cancel()
+            self._emit_wait(waited, served=served)
+
+    def _emit_wait(self, waited: float, *, served: bool) -> None:
+        if self._wait_listeners:
+            event = PoolWaitEvent(self.role, waited, served)
+            for listener in self._wait_listeners:
+                listener(event)
 
     def _expire_waiter(self, waiter: asyncio.Future[PostalConnection], waited: float) -> None:
         if not waiter.done():

@@ -1,0 +1,308 @@
+"""Postal's Prometheus metrics: their names, their collectors, and the text `/metrics` serves.
+
+The names below are the project's interface to dashboards and alerts (deploy/): `METRIC_NAMES`
+lists them, `SERIES_NAMES` adds the `_bucket`/`_sum`/`_count` series of the histograms, and
+`KEY_EXPRESSIONS` holds the seed's five key metrics, each one PromQL expression over them, so the
+dashboard, the alert rules and their tests use the very strings documented in the README.
+
+Two ways to collect, chosen when the app is built (`PostalMetrics.from_environment`):
+
+- in-process (the default, and every test): the collectors live in a `CollectorRegistry` of the
+  app's own, so many apps in one process never collide;
+- multiprocess, when `PROMETHEUS_MULTIPROC_DIR` is set (`postal serve` sets it for its workers):
+  prometheus_client keeps each value in a per-process file in that directory and `/metrics`, in
+  whichever worker answers, merges the files of all of them. prometheus_client picks its value
+  class when it is first imported, so the variable must be set before that; if it was set too
+  late, Postal says so and falls back to in-process collection.
+
+The collectors are fed at the edge (`observability.cache_metrics`, `api.http_metrics`): nothing
+here is called from inside the cache layer. The hot path's updates are batched
+(`observability.batching`); `refresh()` moves them into the collectors, with the samples of the
+cache's running totals, every second (`refreshing()`), before each scrape and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from postal.observability.batching import Batches
+from postal.observability.multiproc import MULTIPROC_ENV, dead_worker_pids
+
+logger = logging.getLogger("postal.metrics")
+
+REFRESH_INTERVAL = 1.0  # seconds between refreshes: batched updates and cache samples
+
+# The classic text format, which every Prometheus (2.x and 3.x) and compatible scraper reads;
+# prometheus_client's CONTENT_TYPE_LATEST now says version=1.0.0, and the body is the same text.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+# -- the names: the interface to dashboards and alerts ---------------------------------------------
+
+CACHE_OPERATIONS = "postal_cache_operations_total"
+CACHE_OPERATION_SECONDS = "postal_cache_operation_seconds"
+POOL_CONNECTIONS = "postal_pool_connections"
+POOL_MAX_CONNECTIONS = "postal_pool_max_connections"
+POOL_WAIT_SECONDS = "postal_pool_wait_seconds"
+POOL_TIMEOUTS = "postal_pool_timeouts_total"
+POOL_OPENED = "postal_pool_connections_opened_total"
+POOL_CLOSED = "postal_pool_connections_closed_total"
+CACHE_FILLS = "postal_cache_fills_total"
+CACHE_INVALIDATIONS = "postal_cache_invalidations_total"
+BREAKER_STATE = "postal_cache_breaker_state"
+DNS_LOOKUPS = "postal_dns_lookups_total"
+HTTP_REQUEST_SECONDS = "postal_http_request_duration_seconds"
+
+HISTOGRAMS = frozenset({CACHE_OPERATION_SECONDS, POOL_WAIT_SECONDS, HTTP_REQUEST_SECONDS})
+METRIC_NAMES = frozenset(
+    {
+        CACHE_OPERATIONS,
+        CACHE_OPERATION_SECONDS,
+        POOL_CONNECTIONS,
+        POOL_MAX_CONNECTIONS,
+        POOL_WAIT_SECONDS,
+        POOL_TIMEOUTS,
+        POOL_OPENED,
+        POOL_CLOSED,
+        CACHE_FILLS,
+        CACHE_INVALIDATIONS,
+        BREAKER_STATE,
+        DNS_LOOKUPS,
+        HTTP_REQUEST_SECONDS,
+    }
+)
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Every series name a PromQL expression over Postal's metrics may name.
+SERIES_NAMES = METRIC_NAMES | {
+    name + suffix for name in HISTOGRAMS for suffix in HISTOGRAM_SUFFIXES
+}
+
+# Seconds. Fine below 10 ms, where a healthy cache lives (a GET is ~0.1-0.5 ms); up to the
+# deadlines, pool timeout (4 s) and database timeout (5 s) above. +Inf is added by the library.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+# postal_cache_breaker_state's values (cache.breaker.BreakerState numbers them differently).
+BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
+
+# Label values beyond the issue's lists, kept because folding them into another would hide them:
+# cache outcome `circuit_open` (refused by the open breaker, no I/O), fill outcome `bypassed` (an
+# invalidation of the key was pending, so no fill), invalidation outcome `given_up`.
+INVALIDATION_OUTCOMES = ("done", "failed", "retried", "given_up")
+DNS_OUTCOMES = ("cached", "resolved", "stale", "failed")
+
+# -- the seed's five key metrics, one PromQL expression each ---------------------------------------
+
+_READ_GETS = 'role="read",command="GET"'
+_FAILED = 'outcome=~"timeout|pool_timeout|connection_error|error|circuit_open"'
+KEY_EXPRESSIONS: Mapping[str, str] = {
+    # Share of cache reads answered with the value; errors and breaker refusals count as not hit.
+    "hit_rate": (
+        f'sum(rate({CACHE_OPERATIONS}{{{_READ_GETS},outcome="hit"}}[5m]))'
+        f" / sum(rate({CACHE_OPERATIONS}{{{_READ_GETS}}}[5m]))"
+    ),
+    # Seconds per cache read, pool wait included.
+    "average_latency": (
+        f"sum(rate({CACHE_OPERATION_SECONDS}_sum{{{_READ_GETS}}}[5m]))"
+        f" / sum(rate({CACHE_OPERATION_SECONDS}_count{{{_READ_GETS}}}[5m]))"
+    ),
+    "p99_latency": (
+        f"histogram_quantile(0.99, sum by (le) "
+        f"(rate({CACHE_OPERATION_SECONDS}_bucket{{{_READ_GETS}}}[5m])))"
+    ),
+    # Share of each role's connection cap in use, over all workers and instances.
+    "pool_usage": (
+        f'sum by (role) ({POOL_CONNECTIONS}{{state="in_use"}})'
+        f" / sum by (role) ({POOL_MAX_CONNECTIONS})"
+    ),
+    # Share of cache operations (all roles and commands) that failed or were refused.
+    "error_rate": (
+        f"sum(rate({CACHE_OPERATIONS}{{{_FAILED}}}[5m])) / sum(rate({CACHE_OPERATIONS}[5m]))"
+    ),
+}
+
+
+def multiprocess_values_enabled() -> bool:
+    """Whether prometheus_client chose its per-process file values at import (see the module)."""
+    return bool(getattr(prometheus_values.ValueClass, "_multiprocess", False))
+
+
+class PostalMetrics:
+    """The collectors of one app, and the rendering of `/metrics`.
+
+    `multiprocess_dir`: None for in-process collection into `registry`; else the directory the
+    workers' files are in (the collectors then register nowhere: the files are the registry).
+    """
+
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry() if multiprocess_dir is None else None
+        registry = self.registry
+        self.batches = Batches()  # the hot path's updates, until the next refresh()
+        self._samplers: list[Callable[[], None]] = []
+
+        self.cache_operations = Counter(
+            CACHE_OPERATIONS,
+            "Cache operations by role, command and outcome (hit, miss, ok, timeout,"
+            " pool_timeout, connection_error, error, circuit_open).",
+            ("role", "command", "outcome"),
+            registry=registry,
+        )
+        self.cache_operation_seconds = Histogram(
+            CACHE_OPERATION_SECONDS,
+            "Cache operation latency in seconds, pool wait included.",
+            ("role", "command"),
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.pool_connections = Gauge(
+            POOL_CONNECTIONS,
+            "Open pooled Redis connections by role and state (in_use, idle).",
+            ("role", "state"),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_max_connections = Gauge(
+            POOL_MAX_CONNECTIONS,
+            "The pools' connection caps by role, summed over the worker processes.",
+            ("role",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_wait_seconds = Histogram(
+            POOL_WAIT_SECONDS,
+            "Seconds a checkout queued for a pooled connection (only checkouts that queued).",
+            ("role",),
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.pool_timeouts = Counter(
+            POOL_TIMEOUTS,
+            "Checkouts that gave up waiting for a pooled connection.",
+            ("role",),
+            registry=registry,
+        )
+        self.pool_opened = Counter(
+            POOL_OPENED, "Redis connections opened by the pools.", ("role",), registry=registry
+        )
+        self.pool_closed = Counter(
+            POOL_CLOSED,
+            "Redis connections closed by the pools, by reason (idle_time, lifetime, max_idle,"
+            " error, shutdown).",
+            ("role", "reason"),
+            registry=registry,
+        )
+        self.cache_fills = Counter(
+            CACHE_FILLS,
+            "Background cache fills by outcome (done, skipped, failed, stale_rejected, bypassed).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.cache_invalidations = Counter(
+            CACHE_INVALIDATIONS,
+            "Cache invalidations: done and failed count writes; retried and given_up count the"
+            " keys a background retry then invalidated, or dropped.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            BREAKER_STATE,
+            "Circuit breaker state by role: 0 closed, 1 half open, 2 open (worst worker).",
+            ("role",),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.dns_lookups = Counter(
+            DNS_LOOKUPS,
+            "Redis host name lookups by outcome (cached, resolved, stale, failed).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.http_request_seconds = Histogram(
+            HTTP_REQUEST_SECONDS,
+            "HTTP request duration in seconds by method, route template and status.",
+            ("method", "route", "status"),
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> PostalMetrics:
+        """Multiprocess when `PROMETHEUS_MULTIPROC_DIR` is set (and was, in time), else
+        in-process."""
+        path = (os.environ if environ is None else environ).get(MULTIPROC_ENV) or None
+        if path is not None and not multiprocess_values_enabled():
+            logger.warning(
+                "%s is set but prometheus_client was imported before it was: /metrics reports"
+                " this process only",
+                MULTIPROC_ENV,
+            )
+            path = None
+        return cls(multiprocess_dir=path)
+
+    @property
+    def multiprocess(self) -> bool:
+        return self.multiprocess_dir is not None
+
+    def add_sampler(self, sample: Callable[[], None]) -> None:
+        """Call `sample` at each `refresh()` (to sample this process's pools and counters)."""
+        self._samplers.append(sample)
+
+    def refresh(self) -> None:
+        """Bring the collectors up to date: samples taken, batched updates moved in."""
+        for sample in self._samplers:
+            sample()
+        self.batches.flush()
+
+    @contextlib.asynccontextmanager
+    async def refreshing(self, interval: float = REFRESH_INTERVAL) -> AsyncIterator[None]:
+        """Refresh every `interval` seconds while inside, so that a scrape answered by another
+        worker is at most that far behind this one."""
+
+        async def every() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                self.refresh()
+
+        task = asyncio.create_task(every(), name="postal-metrics-refresh")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def render(self) -> bytes:
+        """The text `/metrics` serves: this app's metrics, or all workers' in multiprocess mode."""
+        self.refresh()
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    def forget_dead_workers(self) -> None:
+        """At a worker's start: drop the live gauges of workers that died without saying so."""
+        if self.multiprocess_dir is not None:
+            for pid in dead_worker_pids(Path(self.multiprocess_dir)):
+                mark_process_dead(pid, self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """At shutdown, once the cache has closed: a last sample (the connections closed for
+        the shutdown included); then this worker's live gauges (pool connections, breaker)
+        leave the multiprocess sums. Its counters and histograms stay, so totals never drop."""
+        self.refresh()
+        self._samplers.clear()
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]

@@ -1,0 +1,203 @@
+"""`GET /status` and `postal stats` against a real Postal (in-process, on a real socket), real
+PostgreSQL and real Redis: the figures it prints are the traffic the test made."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from postal.cli import app as cli_app
+from postal.embedded import free_loopback_port
+from tests.integration.api_support import TOKEN, Api, running_api
+from tests.integration.helpers import eventually
+from tests.support.redis_server import RedisServer
+
+SMALL_READ_POOL = {
+    "READ_REDIS_POOL_SIZE": "7",
+    "READ_REDIS_MIN_IDLE": "2",
+    "READ_REDIS_MAX_IDLE": "5",
+}
+SCRUBBED = ("READ_REDIS_URL", "WRITE_REDIS_URL", "DATABASE_URL", "POSTAL_API_TOKEN")
+REDIS_PASSWORD = "st4ts-redis-passw0rd"
+
+
+@asynccontextmanager
+async def over_http(api: Api) -> AsyncIterator[str]:
+    """The app (its lifespan run by `running_api`) on a real uvicorn socket: its base URL."""
+    port = free_loopback_port()
+    config = uvicorn.Config(
+        api.app, host="127.0.0.1", port=port, lifespan="off", log_config=None, ws="none",
+        access_log=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: server.started, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def postal_stats(*args: str, **env: str) -> tuple[int, str, str]:
+    """`postal stats ARGS` as a process (the loop keeps serving meanwhile): code, out, err."""
+    environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    environ.update(env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "postal.cli", "stats", *args,
+        env=environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def read_until_stopped(api: Api, path: str, stop: asyncio.Event) -> int:
+    """Cache hits while `postal stats` watches, a few hundred a second at most."""
+    reads = 0
+    while not stop.is_set():
+        assert (await api.client.get(path)).status_code == 200
+        reads += 1
+        await asyncio.sleep(0.005)
+    return reads
+
+
+# -- /status -------------------------------------------------------------------------------------
+
+
+async def test_status_reports_the_process_its_settings_and_its_cache(
+    clean_database: str, redis_url: str, key_prefix: str
+) -> None:
+    scheme, _, rest = clean_database.partition("://")
+    user, _, location = rest.partition("@")
+    with_password = f"{scheme}://{user}:db-s3cret@{location}"  # trusted: the password is ignored
+    async with running_api(with_password, redis_url, key_prefix, **SMALL_READ_POOL) as api:
+        response = await api.client.get("/status")
+        ready = (await api.client.get("/readyz")).json()
+    assert response.status_code == 200
+    status: dict[str, Any] = response.json()
+    assert status["pid"] == os.getpid()
+    assert status["uptime_seconds"] >= 0
+    assert status["database"]["url"] == f"{scheme}://{user}:***@{location}"
+    assert status["redis"]["read"]["url"] == redis_url
+    assert status["redis"]["key_prefix"] == key_prefix
+    read_pool = status["config"]["pools"]["read"]
+    assert (read_pool["max_size"], read_pool["min_idle"], read_pool["max_idle"]) == (7, 2, 5)
+    assert status["config"]["pools"]["write"]["max_size"] == 20
+    assert status["config"]["deadlines"] == {"get": 0.1, "set": 0.2}
+    assert status["cache"]["pools"]["read"]["max_size"] == 7
+    assert status["cache"]["breaker"] == {"read": "closed", "write": "closed"}
+    assert {"reads", "invalidations", "dns"} <= status["cache"].keys()
+    assert ready["cache"].keys() == status["cache"].keys()  # one report, shared with /readyz
+    assert "db-s3cret" not in response.text
+    assert TOKEN not in response.text
+
+
+# -- postal stats --------------------------------------------------------------------------------
+
+
+async def test_stats_json_shows_the_traffic_made(
+    clean_database: str, redis_url: str, key_prefix: str
+) -> None:
+    async with running_api(clean_database, redis_url, key_prefix, **SMALL_READ_POOL) as api:
+        first, second = await api.create(), await api.create(title="Second")
+        paths = [f"/api/v1/posts/{first['id']}", f"/api/v1/posts/{second['id']}"]
+        for path in paths:  # two misses, then their fills
+            assert (await api.client.get(path)).status_code == 200
+        await api.settle()
+        for path in paths * 3:  # six hits
+            assert (await api.client.get(path)).status_code == 200
+        async with over_http(api) as base:
+            stop = asyncio.Event()
+            reader = asyncio.create_task(read_until_stopped(api, paths[0], stop))
+            try:
+                code, out, err = await postal_stats(
+                    "--url", base, "--json", "--interval", "500ms", "--pings", "20",
+                    READ_REDIS_URL=redis_url,
+                )  # fmt: skip
+            finally:
+                stop.set()
+                watched = await reader
+    assert code == 0, err
+    assert watched > 0
+    report = json.loads(out)
+    summary = report["summary"]
+    cache = summary["cache"]
+    assert cache["hit_rate"] == 1.0  # only hits while it watched
+    (read_get,) = [c for c in cache["commands"] if (c["role"], c["command"]) == ("read", "GET")]
+    assert read_get["ops_per_second"] > 0
+    assert read_get["basis"] == "interval"
+    assert 0 < read_get["p50_ms"] <= read_get["p99_ms"]
+    assert {outcome for outcome, count in read_get["outcomes"].items() if count} == {"hit"}
+    # Since the start: 2 misses, then 6 hits and the hits made while it watched.
+    hits = 6 + watched
+    assert cache["hit_rate_since_start"] == pytest.approx(hits / (hits + 2), abs=0.05)
+    pools = {pool["role"]: pool for pool in summary["pools"]}
+    assert pools["read"]["max"] == 7
+    assert pools["write"]["max"] == 20
+    assert pools["read"]["breaker"] == "closed"
+    assert pools["read"]["in_use"] + pools["read"]["idle"] >= 2  # min idle kept warm
+    assert summary["fills"]["total"]["done"] >= 2
+    assert report["status"]["config"]["pools"]["read"]["max_idle"] == 5
+    (redis,) = report["redis"]
+    assert redis["error"] is None
+    assert redis["roles"] == ["read", "write"]
+    assert redis["connected_clients"] >= 1
+    assert redis["maxclients"] > 0
+    assert redis["latency"]["samples"] == 20
+    assert 0 < redis["latency"]["min_ms"] <= redis["latency"]["max_ms"]
+
+
+@pytest.mark.redis_server
+async def test_stats_says_when_it_lacks_the_password_and_never_prints_it(
+    clean_database: str, key_prefix: str
+) -> None:
+    server = RedisServer(extra_args=["--requirepass", REDIS_PASSWORD])
+    server.start()
+    url = f"redis://:{REDIS_PASSWORD}@{server.host}:{server.port}/0"
+    try:
+        async with running_api(clean_database, url, key_prefix) as api, over_http(api) as base:
+            assert (await api.client.get("/api/v1/posts/1")).status_code == 404
+            without = await postal_stats("--url", base, "--interval", "100ms", "--pings", "5")
+            given = await postal_stats(
+                "--url", base, "--interval", "100ms", "--pings", "5", "--redis-url", url, "--json"
+            )
+    finally:
+        server.cleanup()
+    code, out, err = without
+    assert code == 0, err
+    assert "its password is not known here" in out
+    assert "READ_REDIS_URL or WRITE_REDIS_URL" in out
+    assert "Cache operations" in out  # the rest is printed all the same
+    code, out, err = given
+    assert code == 0, err
+    (redis,) = json.loads(out)["redis"]
+    assert redis["error"] is None
+    assert redis["url"] == f"redis://:***@{server.host}:{server.port}/0"
+    assert redis["connected_clients"] >= 2  # Postal's pools and this probe
+    for output in (*without, *given):
+        assert REDIS_PASSWORD not in str(output)
+
+
+def test_stats_exits_1_when_postal_does_not_answer() -> None:
+    port = free_loopback_port()  # nothing listens there
+    result = CliRunner().invoke(cli_app, ["stats", "--url", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert f"127.0.0.1:{port}" in result.output
+    assert "does not answer" in result.output
+
+
+def test_stats_refuses_a_bad_interval() -> None:
+    result = CliRunner().invoke(cli_app, ["stats", "--interval", "100"])
+    assert result.exit_code == 2
+    assert "--interval" in result.output

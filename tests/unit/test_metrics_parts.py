@@ -1,0 +1,279 @@
+"""The pure parts of the metrics: batching, running totals, route templates, the HTTP middleware,
+the multiprocess directory, the names and the key expressions. No I/O but temporary files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from postal.api.fast_reads import ROUTE as FAST_LANE_ROUTE
+from postal.api.http_metrics import HttpMetrics, RouteTemplates
+from postal.cache.breaker import BreakerChange, BreakerState
+from postal.cache.events import CacheEvent, Outcome
+from postal.observability.batching import Batches, HistogramBatch
+from postal.observability.cache_metrics import (
+    BreakerMetrics,
+    CacheOperationMetrics,
+    CumulativeCounters,
+)
+from postal.observability.metrics import (
+    HISTOGRAMS,
+    KEY_EXPRESSIONS,
+    LATENCY_BUCKETS,
+    METRIC_NAMES,
+    SERIES_NAMES,
+    PostalMetrics,
+)
+from postal.observability.multiproc import MULTIPROC_ENV, dead_worker_pids, metrics_directory
+from tests.support.metrics_text import Scrape
+
+# -- batching -------------------------------------------------------------------------------------
+
+# On the bounds, between them, below the first and above the last (+Inf).
+VALUES = [0.0, 0.0001, 0.00011, 0.0003, 0.01, 0.0100001, 4.9, 5.0, 7.5, 120.0, 0.0005]
+
+
+def histogram_text(feed: str) -> str:
+    registry = CollectorRegistry()
+    histogram = Histogram("h_seconds", "h", ("role",), registry=registry, buckets=LATENCY_BUCKETS)
+    if feed == "direct":
+        for value in VALUES:
+            histogram.labels("read").observe(value)
+    else:
+        batch = HistogramBatch(histogram.labels("read"), LATENCY_BUCKETS)
+        for value in VALUES[:5]:
+            batch.observe(value)
+        batch.flush()
+        for value in VALUES[5:]:
+            batch.observe(value)
+        batch.flush()
+        batch.flush()  # nothing pending: nothing added
+    return "\n".join(
+        line for line in generate_latest(registry).decode().splitlines() if "_created" not in line
+    )
+
+
+def test_a_batched_histogram_flushes_exactly_what_direct_observations_give() -> None:
+    assert histogram_text("batched") == histogram_text("direct")
+
+
+def test_a_batch_refuses_bounds_other_than_the_histograms() -> None:
+    histogram = Histogram("h", "h", registry=CollectorRegistry(), buckets=(0.1, 1.0))
+    with pytest.raises(ValueError, match="bounds"):
+        HistogramBatch(histogram, LATENCY_BUCKETS)
+
+
+def test_batched_counters_reach_the_counter_only_at_flush() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c_total", "c", ("outcome",), registry=registry)
+    batches = Batches()
+    hit = batches.counter(counter, "hit")
+    assert batches.counter(counter, "hit") is hit  # one batch per label values
+    for _ in range(3):
+        hit.inc()
+    assert registry.get_sample_value("c_total", {"outcome": "hit"}) == 0
+    batches.flush()
+    assert registry.get_sample_value("c_total", {"outcome": "hit"}) == 3
+    batches.flush()
+    assert registry.get_sample_value("c_total", {"outcome": "hit"}) == 3
+
+
+def test_cache_events_are_counted_once_refreshed() -> None:
+    metrics = PostalMetrics()
+    listener = CacheOperationMetrics(metrics)
+    for outcome, duration in ((Outcome.HIT, 0.0002), (Outcome.HIT, 0.0004), (Outcome.MISS, 0.02)):
+        event = CacheEvent("read", "GET", "post:{1}", duration, outcome, in_use=0, idle=1)
+        listener(event)
+    scrape = Scrape.parse(metrics.render().decode())
+    ops = "postal_cache_operations_total"
+    assert scrape.value(ops, role="read", command="GET", outcome="hit") == 2
+    assert scrape.value(ops, role="read", command="GET", outcome="miss") == 1
+    seconds = "postal_cache_operation_seconds_bucket"
+    assert scrape.value(seconds, role="read", command="GET", le="0.0005") == 2
+    assert scrape.value(seconds, role="read", command="GET", le="0.025") == 3
+    assert scrape.value("postal_cache_operation_seconds_sum", role="read", command="GET") == (
+        pytest.approx(0.0206)
+    )
+
+
+# -- running totals and the breaker gauge ---------------------------------------------------------
+
+
+def test_running_totals_become_increments_and_a_restart_counts_from_zero() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("opened_total", "o", registry=registry)
+    totals = CumulativeCounters()
+    for total in (0, 3, 3, 10, 2, 5):  # 2: the source started over
+        totals.advance(counter, "opened", total)
+    assert registry.get_sample_value("opened_total") == 10 + 2 + 3
+
+
+def test_the_breaker_gauge_says_0_closed_1_half_open_2_open() -> None:
+    metrics = PostalMetrics()
+    breakers = BreakerMetrics(metrics)
+    seen = []
+    for new in (BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED):
+        breakers(BreakerChange("read", BreakerState.CLOSED, new, 0.0))
+        assert metrics.registry is not None
+        seen.append(
+            metrics.registry.get_sample_value("postal_cache_breaker_state", {"role": "read"})
+        )
+    assert seen == [2, 1, 0]
+
+
+# -- HTTP: route templates and the middleware -----------------------------------------------------
+
+
+async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("not called")
+
+
+def test_route_templates_come_from_the_route_or_its_endpoint() -> None:
+    plain = Route("/items/{item_id:int}", endpoint)
+    templates = RouteTemplates([plain])
+    assert templates({"route": FAST_LANE_ROUTE}) == "/api/v1/posts/{post_id}"
+    assert templates({"route": plain}) == "/items/{item_id}"  # converters dropped
+    assert templates({"endpoint": endpoint}) == "/items/{item_id}"
+    assert templates({"endpoint": len}) == "unmatched"  # an endpoint of no known route
+    assert templates({}) == "unmatched"
+
+
+def answering(status: int, *, route: Route | None = None, fail: bool = False) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if route is not None:
+            scope["route"] = route
+        if fail:
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def call(app: HttpMetrics, method: str, path: str) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": method, "path": path}, receive, send)
+    return sent
+
+
+async def test_the_middleware_labels_method_template_and_status() -> None:
+    metrics = PostalMetrics()
+    route = Route("/items/{item_id}", endpoint)
+    found = HttpMetrics(answering(200, route=route), metrics=metrics)
+    missing = HttpMetrics(answering(404), metrics=metrics)
+    failing = HttpMetrics(answering(0, fail=True), metrics=metrics)
+    sent = await call(found, "GET", "/items/1")
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    await call(found, "GET", "/items/2")
+    for index in range(5):
+        await call(missing, f"X-SCAN-{index}", f"/random/{index}")
+    with pytest.raises(RuntimeError):
+        await call(failing, "POST", "/items/3")
+    scrape = Scrape.parse(metrics.render().decode())
+    count = "postal_http_request_duration_seconds_count"
+    assert scrape.value(count, method="GET", route="/items/{item_id}", status="200") == 2
+    assert scrape.value(count, method="other", route="unmatched", status="404") == 5
+    assert scrape.value(count, method="POST", route="unmatched", status="500") == 1
+
+
+# -- names and expressions ------------------------------------------------------------------------
+
+PROMQL_FUNCTIONS = {"sum", "rate", "by", "histogram_quantile", "le", "role", "state"}
+
+
+def test_the_key_expressions_name_only_real_series() -> None:
+    assert set(KEY_EXPRESSIONS) == {
+        "hit_rate", "average_latency", "p99_latency", "pool_usage", "error_rate",
+    }  # fmt: skip
+    for name, expression in KEY_EXPRESSIONS.items():
+        without_strings = re.sub(r'"[^"]*"', "", expression)
+        without_matchers = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", without_strings)
+        identifiers = set(re.findall(r"[a-z_][a-z0-9_]*", without_matchers))
+        series = identifiers - PROMQL_FUNCTIONS
+        assert series, name
+        assert series <= SERIES_NAMES, (name, series - SERIES_NAMES)
+
+
+def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
+    assert len(METRIC_NAMES) == 13
+    assert all(name.startswith("postal_") for name in METRIC_NAMES)
+    assert {name + "_bucket" for name in HISTOGRAMS} <= SERIES_NAMES
+    text = PostalMetrics().render().decode()
+    assert set(re.findall(r"^# HELP (\S+)", text, re.MULTILINE)) == METRIC_NAMES
+
+
+# -- multiprocess ---------------------------------------------------------------------------------
+
+
+def test_one_worker_collects_in_process_and_drops_the_variable() -> None:
+    environ = {MULTIPROC_ENV: "/somewhere"}
+    with metrics_directory(1, environ, imported=()) as path:
+        assert path is None
+        assert MULTIPROC_ENV not in environ
+
+
+def test_several_workers_get_a_fresh_directory_removed_at_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    environ: dict[str, str] = {}
+    with metrics_directory(2, environ, imported=()) as path:
+        assert path is not None
+        assert path.is_dir()
+        assert environ[MULTIPROC_ENV] == str(path)
+        (path / "counter_123.db").write_bytes(b"x")
+    assert not path.exists()
+    assert MULTIPROC_ENV not in environ
+
+
+def test_the_operators_directory_is_emptied_of_metric_files_only(tmp_path: Path) -> None:
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    (directory / "counter_99.db").write_bytes(b"stale")
+    (directory / "notes.txt").write_text("keep me")
+    environ = {MULTIPROC_ENV: str(directory)}
+    with metrics_directory(3, environ, imported=()) as path:
+        assert path == directory
+        assert sorted(file.name for file in directory.iterdir()) == ["notes.txt"]
+        (directory / "histogram_100.db").write_bytes(b"x")
+    assert sorted(file.name for file in directory.iterdir()) == ["notes.txt"]
+    assert environ[MULTIPROC_ENV] == str(directory)
+
+
+def test_setting_up_after_prometheus_client_was_imported_is_refused() -> None:
+    with (
+        pytest.raises(RuntimeError, match="imported before"),
+        metrics_directory(2, {}, imported={"prometheus_client"}),
+    ):
+        pass
+
+
+def test_dead_workers_are_found_by_their_live_gauge_files(tmp_path: Path) -> None:
+    for name in ("gauge_livesum_11.db", "gauge_livemax_11.db", "gauge_livesum_12.db",
+                 "counter_13.db", f"gauge_livesum_{os.getpid()}.db"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"")
+    assert dead_worker_pids(tmp_path, is_alive=lambda pid: pid == 12) == [11]
+
+
+def test_a_variable_set_too_late_falls_back_to_in_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="postal.metrics"):
+        metrics = PostalMetrics.from_environment({MULTIPROC_ENV: str(tmp_path)})
+    assert not metrics.multiprocess  # this test process imported prometheus_client without it
+    assert metrics.registry is not None
+    assert "imported before" in caplog.text
