@@ -23,10 +23,12 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
+	scripts/ensure-promtool $(BIN)
 	$(BIN)/pytest
 
+# No services needed by either: pure logic, and the deploy/ files checked offline.
 test-fast: install
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit tests/deploy
 
 bench: install
 	scripts/ensure-redis
