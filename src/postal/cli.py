@@ -48,7 +48,7 @@ def serve(
     from postal.cache.urls import mask_url
     from postal.embedded import EmbeddedRedis, EmbeddedRedisError
     from postal.observability.logging import configure_from_settings
-    from postal.observability.multiproc import metrics_directory
+    from postal.observability.multiproc import MetricsDirectoryInUse, metrics_directory
     from postal.posts.errors import DatabaseUnavailable
 
     settings = settings_or_exit()
@@ -72,7 +72,11 @@ def serve(
     with ExitStack() as stack:
         # PROMETHEUS_MULTIPROC_DIR must be set before anything imports prometheus_client (it
         # reads it once): so before postal.app, which the workers import too.
-        metrics_dir = stack.enter_context(metrics_directory(workers))
+        try:
+            metrics_dir = stack.enter_context(metrics_directory(workers))
+        except MetricsDirectoryInUse as exc:
+            typer.echo(f"postal: configuration error: {exc}", err=True)
+            raise typer.Exit(2) from None
         from postal.app import NotMigrated, prepare_database
 
         redis_note = ""

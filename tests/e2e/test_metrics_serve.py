@@ -7,13 +7,17 @@ operator's PROMETHEUS_MULTIPROC_DIR, emptied at start and exit, is unit-tested.)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.e2e.test_serve import serving
+from postal.embedded import free_loopback_port
+from tests.e2e.test_serve import SCRUBBED, serving
 from tests.support.metrics_text import Scrape
 
 HTTP_COUNT = "postal_http_request_duration_seconds_count"
@@ -99,3 +103,38 @@ def test_one_worker_collects_in_process(
     assert metrics.value("postal_pool_max_connections", role="read") == 50
     assert list(directory.iterdir()) == []  # the variable was not used
     assert "metrics:" not in served.output
+
+
+def test_a_second_serve_on_the_same_directory_is_refused_and_the_first_keeps_its_counts(
+    tmp_path: Path, database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    """One PROMETHEUS_MULTIPROC_DIR for two `postal serve`s: the second must neither empty the
+    first's files nor have its counts summed into the first's /metrics."""
+    directory = tmp_path / "prometheus"
+    env = backend(database_url, redis_url, key_prefix, tmp_path)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    with serving(tmp_path, "--workers", "2", **env) as served:
+        for _ in range(5):
+            assert httpx.get(f"{served.base}/healthz").status_code == 200
+        deadline = time.monotonic() + PATIENCE
+        while scrape(served.base).total(HTTP_COUNT, route="/healthz") != 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED} | env
+        port = str(free_loopback_port())
+        second = subprocess.Popen(
+            [sys.executable, "-m", "postal.cli", "serve", "--port", port, "--workers", "2"],
+            cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            output, _ = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            second.terminate()
+            output, _ = second.communicate(timeout=15)
+            raise AssertionError(f"the second postal serve started: {output}") from None
+        assert second.returncode == 2, output
+        assert f"PROMETHEUS_MULTIPROC_DIR={directory} is in use by another" in output
+        time.sleep(1.2)  # a refresh: the first's workers write their files again
+        assert scrape(served.base).total(HTTP_COUNT, route="/healthz") == 5
+    assert served.returncode == 0, served.output
+    assert not list(directory.glob("*.db"))

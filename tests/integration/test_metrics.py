@@ -82,7 +82,8 @@ async def test_only_known_metric_names_and_no_unbounded_labels(api: Api) -> None
     assert metrics.value(HTTP_COUNT, method="GET", route=POST_ROUTE, status="422") == 1
     assert metrics.value(HTTP_COUNT, method="GET", route="unmatched", status="404") == 4
     assert metrics.label_values(HTTP_COUNT, "method") == {"GET", "other"}
-    assert metrics.label_values(HTTP_COUNT, "route") == {POST_ROUTE, "unmatched"}
+    # PROPFIND: refused by the write guard (no token), under the route its path names
+    assert metrics.label_values(HTTP_COUNT, "route") == {POST_ROUTE, "/healthz", "unmatched"}
     names = {name for name, _labels in metrics.samples}
     postal_names = {name for name in names if name.startswith("postal_")}
     created = {name for name in postal_names if name.endswith("_created")}  # in-process only
@@ -201,3 +202,25 @@ async def test_the_pool_reports_each_queued_checkout_served_or_not(
     assert [(event.role, event.served) for event in events] == [("read", False), ("read", True)]
     assert len(events) == waits
     assert all(event.waited > 0 for event in events)
+
+
+async def test_requests_the_write_guard_refuses_keep_their_route_template(api: Api) -> None:
+    """A 401 or a 413 is answered before the router runs: still labelled with the route the
+    request was for (the import's own limit included), and scanners still fold into one."""
+    document = {"title": "T", "body": "B", "author": "a"}
+    assert (await api.client.post("/api/v1/posts", json=document)).status_code == 401
+    assert (await api.client.put("/api/v1/posts/7", json=document)).status_code == 401
+    oversized = {**AUTH, "content-type": "text/csv", "content-length": str(2**40)}
+    refused = await api.client.post("/api/v1/posts/import", content=b"id\n", headers=oversized)
+    assert refused.status_code == 413
+    for path in ("/wp-login.php", "/api/v1/posts/7/x", "/cgi-bin/x"):
+        assert (await api.client.post(path, content=b"x")).status_code == 401
+    metrics = await scrape(api)
+
+    assert metrics.value(HTTP_COUNT, method="POST", route="/api/v1/posts", status="401") == 1
+    assert metrics.value(HTTP_COUNT, method="PUT", route=POST_ROUTE, status="401") == 1
+    assert metrics.value(HTTP_COUNT, method="POST", route="/api/v1/posts/import", status="413") == 1
+    assert metrics.value(HTTP_COUNT, method="POST", route="unmatched", status="401") == 3
+    assert metrics.label_values(HTTP_COUNT, "route") == {
+        "/api/v1/posts", POST_ROUTE, "/api/v1/posts/import", "unmatched",
+    }  # fmt: skip

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from postal.cache.urls import mask_url
 from postal.observability.redaction import Redactor, url_secrets
 
 
@@ -62,3 +63,58 @@ def test_url_secrets_gives_the_password_as_written_and_decoded() -> None:
     assert url_secrets("redis://h:6379") == []
     assert url_secrets(None) == []
     assert url_secrets("redis://:pw@h:notaport") == ["pw"]  # malformed: still found
+
+
+# -- passwords in a URL's query string, and secrets in a repr --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        # redis-py and SQLAlchemy (asyncpg) both log in with a `password` query parameter
+        ("redis://cache:6379/0?password=hunter22", "redis://cache:6379/0?password=***"),
+        (
+            "rediss://cache:6380/1?ssl_cert_reqs=none&password=p%40ss&db=1",
+            "rediss://cache:6380/1?ssl_cert_reqs=none&password=***&db=1",
+        ),
+        (
+            "postgresql+asyncpg://app@db/posts?Password=hunter22#frag",
+            "postgresql+asyncpg://app@db/posts?Password=***#frag",
+        ),
+        (
+            "postgresql://app:pw@db/posts?sslpassword=keypass&sslmode=require",
+            "postgresql://app:***@db/posts?sslpassword=***&sslmode=require",
+        ),
+        ("redis://cache:6379/0?protocol=3", "redis://cache:6379/0?protocol=3"),  # nothing secret
+    ],
+)
+def test_mask_url_masks_a_password_given_as_a_query_parameter(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_url_secrets_finds_a_password_given_as_a_query_parameter() -> None:
+    assert url_secrets("redis://cache:6379/0?password=p%40ss+word") == sorted(
+        {"p%40ss+word", "p@ss+word", "p@ss word"}  # as written, percent- and form-decoded
+    )
+    assert url_secrets("postgresql://u:one@db/x?sslpassword=two") == ["one", "two"]
+    assert url_secrets("redis://cache:6379/0?protocol=3") == []
+
+
+def test_a_known_secret_is_masked_in_a_repr_too() -> None:
+    """A password with a backslash or quotes is spelled differently by repr(), and again once
+    that repr is inside a JSON line: every spelling is masked."""
+    secret = "Pa\\ss'w\"0rd"
+    redactor = Redactor([secret])
+    for text in (f"failed: {secret!r}", f"failed: {(secret, 1)!r}"):
+        assert "0rd" not in redactor.scrub(text), redactor.scrub(text)
+        line = json.dumps({"message": text})
+        assert "0rd" not in redactor.scrub(line), redactor.scrub(line)
+        assert json.loads(redactor.scrub(line))["message"].startswith("failed: ")
+
+
+def test_a_url_password_holding_an_at_sign_is_masked_whole() -> None:
+    """An unescaped `@` in an unknown URL's password: everything up to the last `@` goes."""
+    line = json.dumps({"message": "dial redis://:s3c@r3t@cache:6379/0 failed", "n": 1})
+    scrubbed = Redactor().scrub(line)
+    assert "r3t" not in scrubbed
+    assert json.loads(scrubbed) == {"message": "dial redis://:***@cache:6379/0 failed", "n": 1}

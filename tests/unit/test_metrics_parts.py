@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,13 @@ from postal.observability.metrics import (
     SERIES_NAMES,
     PostalMetrics,
 )
-from postal.observability.multiproc import MULTIPROC_ENV, dead_worker_pids, metrics_directory
+from postal.observability.multiproc import (
+    LOCK_FILE,
+    MULTIPROC_ENV,
+    MetricsDirectoryInUse,
+    dead_worker_pids,
+    metrics_directory,
+)
 from tests.support.metrics_text import Scrape
 
 # -- batching -------------------------------------------------------------------------------------
@@ -62,6 +70,51 @@ def histogram_text(feed: str) -> str:
 
 def test_a_batched_histogram_flushes_exactly_what_direct_observations_give() -> None:
     assert histogram_text("batched") == histogram_text("direct")
+
+
+MULTIPROCESS_FEED = """
+import sys
+from postal.observability.metrics import LATENCY_BUCKETS, PostalMetrics
+metrics = PostalMetrics(multiprocess_dir=sys.argv[1])
+assert metrics.multiprocess
+values = [float(value) for value in sys.argv[2:]]
+histogram = metrics.http_request_seconds
+batch = metrics.batches.histogram(histogram, LATENCY_BUCKETS, "GET", "batched", "200")
+for value in values[:5]:
+    batch.observe(value)
+metrics.refresh()
+for value in values[5:]:
+    batch.observe(value)
+for value in values:
+    histogram.labels("GET", "direct", "200").observe(value)
+sys.stdout.write(metrics.render().decode())
+"""
+
+
+def test_in_multiprocess_mode_a_batch_flushes_what_direct_observations_give(
+    tmp_path: Path,
+) -> None:
+    """prometheus_client picks its file-backed values at import: a process of its own."""
+    environ = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    command = [sys.executable, "-c", MULTIPROCESS_FEED, str(tmp_path), *map(str, VALUES)]
+    result = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    scrape = Scrape.parse(result.stdout)
+    name = "postal_http_request_duration_seconds"
+
+    def series(route: str) -> dict[tuple[str, str], float]:
+        return {
+            (series, dict(labels).get("le", "")): value
+            for (series, labels), value in scrape.samples.items()
+            if series.startswith(name) and ("route", route) in labels
+        }
+
+    batched, direct = series("batched"), series("direct")
+    assert batched == direct
+    assert batched[(name + "_count", "")] == len(VALUES)
+    assert batched[(name + "_bucket", "0.0001")] == 2  # 0.0 and 0.0001: a bound is inclusive
+    assert batched[(name + "_sum", "")] == pytest.approx(sum(VALUES))
+    assert list(tmp_path.glob("histogram_*.db"))  # the values went through the files
 
 
 def test_a_batch_refuses_bounds_other_than_the_histograms() -> None:
@@ -143,6 +196,15 @@ def test_route_templates_come_from_the_route_or_its_endpoint() -> None:
     assert templates({"endpoint": endpoint}) == "/items/{item_id}"
     assert templates({"endpoint": len}) == "unmatched"  # an endpoint of no known route
     assert templates({}) == "unmatched"
+    # Answered before the router ran (the write guard's 401 and 413): matched here, the method
+    # told apart as the router does, and anything else still unmatched.
+    listing = Route("/items", endpoint, methods=["GET"])
+    creating = Route("/items", endpoint, methods=["POST"])
+    templates = RouteTemplates([plain, listing, creating])
+    assert templates({"type": "http", "method": "POST", "path": "/items"}) == "/items"
+    assert templates({"type": "http", "method": "PUT", "path": "/items/3"}) == "/items/{item_id}"
+    assert templates({"type": "http", "method": "PUT", "path": "/items/x"}) == "unmatched"
+    assert templates({"type": "http", "method": "POST", "path": "/wp-login.php"}) == "unmatched"
 
 
 def answering(status: int, *, route: Route | None = None, fail: bool = False) -> ASGIApp:
@@ -248,10 +310,29 @@ def test_the_operators_directory_is_emptied_of_metric_files_only(tmp_path: Path)
     environ = {MULTIPROC_ENV: str(directory)}
     with metrics_directory(3, environ, imported=()) as path:
         assert path == directory
-        assert sorted(file.name for file in directory.iterdir()) == ["notes.txt"]
+        assert sorted(file.name for file in directory.iterdir()) == [LOCK_FILE, "notes.txt"]
         (directory / "histogram_100.db").write_bytes(b"x")
-    assert sorted(file.name for file in directory.iterdir()) == ["notes.txt"]
+    assert sorted(file.name for file in directory.iterdir()) == [LOCK_FILE, "notes.txt"]
     assert environ[MULTIPROC_ENV] == str(directory)
+
+
+def test_a_directory_another_running_serve_uses_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Emptying it would drop the other server's counts, and sharing it would sum both."""
+    directory = tmp_path / "prom"
+    first_env = {MULTIPROC_ENV: str(directory)}
+    with metrics_directory(2, first_env, imported=()) as path:
+        assert path is not None
+        (directory / "counter_100.db").write_bytes(b"the first server's")
+        with (
+            pytest.raises(MetricsDirectoryInUse, match="in use by another") as refused,
+            metrics_directory(2, {MULTIPROC_ENV: str(directory)}, imported=()),
+        ):
+            pass
+        assert str(directory) in str(refused.value)
+        assert (directory / "counter_100.db").read_bytes() == b"the first server's"
+    assert not (directory / "counter_100.db").exists()  # emptied by its owner, at exit
+    with metrics_directory(2, {MULTIPROC_ENV: str(directory)}, imported=()) as path:
+        assert path == directory  # free again once the first has exited
 
 
 def test_setting_up_after_prometheus_client_was_imported_is_refused() -> None:

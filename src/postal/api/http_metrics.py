@@ -8,9 +8,11 @@ so ids and scanners cannot grow the label set. Where it comes from, with FastAPI
 Starlette 1.x: FastAPI leaves its own routes (`APIRoute`) in `scope["route"]`, whose
 `path_format` is the template, and so does the fast lane; for a plain Starlette route (the hot
 reads in `routes/reads.py`) FastAPI's router sets only `scope["endpoint"]`, which is looked up in
-a map from endpoint to template built from the app's routes. A request no route matched (a 404,
-a slash redirect) is `unmatched`; an unusual method is `other`. The label values are thus a fixed
-set, and each (method, route, status) keeps its batched histogram child in a dict
+a map from endpoint to template built from the app's routes. A request the router never saw (a
+401 or 413 from the write guard, which answers before it) is matched against the routes here, so
+it keeps the template of the route it was for. A request no route matches (a 404, a slash
+redirect) is `unmatched`; an unusual method is `other`. The label values are thus a fixed set,
+and each (method, route, status) keeps its batched histogram child in a dict
 (`observability.batching`): a request costs two clock reads, a few dict lookups and a bisect.
 
 /metrics itself is measured like any route (route="/metrics"), so scrape time shows too.
@@ -18,10 +20,11 @@ set, and each (method, route, status) keeps its batched histogram child in a dic
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postal.observability.batching import HistogramBatch
@@ -40,6 +43,8 @@ class RouteTemplates:
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
         self._routes = routes  # the app's live list: routes added later are found too
         self._by_endpoint: dict[int, str] = {}  # id(endpoint): routes keep their endpoints alive
+        self._paths: list[tuple[re.Pattern[str], str, frozenset[str] | None]] = []
+        self._matched_routes = -1  # len(routes) when `_paths` was compiled
 
     def __call__(self, scope: Scope) -> str:
         template = getattr(scope.get("route"), "path_format", None)
@@ -47,11 +52,28 @@ class RouteTemplates:
             return template
         endpoint = scope.get("endpoint")
         if endpoint is None:
-            return UNMATCHED
+            return self._match(scope)
         found = self._by_endpoint.get(id(endpoint))
         if found is None:
             found = self._lookup(endpoint)
         return found
+
+    def _match(self, scope: Scope) -> str:
+        """The template of the route the router would pick (the first full match, else the
+        first that wants another method), for a request answered before the router ran."""
+        if len(self._routes) != self._matched_routes:  # routes added since: compile again
+            self._paths = _compiled_paths(self._routes)
+            self._matched_routes = len(self._routes)
+        path, method = scope.get("path", ""), scope.get("method")
+        partial = UNMATCHED
+        for regex, template, methods in self._paths:
+            if regex.match(path) is None:
+                continue
+            if methods is None or method in methods:
+                return template
+            if partial == UNMATCHED:
+                partial = template
+        return partial
 
     def _lookup(self, endpoint: object) -> str:
         template = UNMATCHED  # an endpoint of no top-level route: remembered as such
@@ -62,6 +84,27 @@ class RouteTemplates:
                 break
         self._by_endpoint[id(endpoint)] = template
         return template
+
+
+def _compiled_paths(
+    routes: Sequence[BaseRoute],
+) -> list[tuple[re.Pattern[str], str, frozenset[str] | None]]:
+    """(path regex, template, methods or None for any) of every route, in the router's order,
+    the routes of included routers too: FastAPI 0.165 keeps those nested, behind an object of
+    its own, and `iter_route_contexts` is its way to walk them (the routes are flat before)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # an older FastAPI: the routes are the list itself
+        contexts: Iterable[object] = routes
+    else:
+        contexts = iter_route_contexts(routes)
+    compiled = []
+    for route in contexts:
+        path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if isinstance(path, str) and path.startswith("/"):
+            regex, template, _ = compile_path(path)
+            compiled.append((regex, template, None if methods is None else frozenset(methods)))
+    return compiled
 
 
 class HttpMetrics:

@@ -7,6 +7,7 @@ must name an address.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -15,21 +16,36 @@ MASK = "***"
 EXAMPLE_URL = "redis://[user:password@]host:6379/0"
 
 
+# A query parameter that holds a secret: redis-py and SQLAlchemy (asyncpg, psycopg) log in with
+# `?password=`, libpq has `sslpassword`; the name is matched case-insensitively, the value is
+# everything up to the next `&` or `#`.
+SECRET_QUERY_PARAMETER = re.compile(
+    r"(?P<name>[?&][^=&#]*(?:password|passwd|secret|token)[^=&#]*=)(?P<value>[^&#]*)",
+    re.IGNORECASE,
+)
+
+
 def mask_url(url: str) -> str:
     """`redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`; never raises.
 
     Works on text, not on a parsed URL, so that a malformed URL (a bad port, a password with an
     unescaped `/`, `?` or `#`) is masked too: everything between `://` and the last `@` is the
-    user information, and whatever follows its first `:` is replaced.
+    user information, and whatever follows its first `:` is replaced. A password given as a
+    query parameter (`?password=secret`) is replaced too.
     """
     scheme, separator, rest = url.partition("://")
-    if not separator or "@" not in rest:
+    if not separator:
         return url
-    userinfo, _, location = rest.rpartition("@")
+    userinfo, at, location = rest.rpartition("@")
     username, has_password, _ = userinfo.partition(":")
-    if not has_password:
-        return url
-    return f"{scheme}://{username}:{MASK}@{location}"
+    if has_password:
+        rest = f"{username}:{MASK}{at}{location}"
+    # Over all of the rest: a query password with an unescaped `@` looks like user information.
+    return f"{scheme}://{SECRET_QUERY_PARAMETER.sub(_masked_parameter, rest)}"
+
+
+def _masked_parameter(match: re.Match[str]) -> str:
+    return match["name"] + MASK
 
 
 @dataclass(frozen=True, slots=True)

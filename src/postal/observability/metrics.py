@@ -104,8 +104,10 @@ DNS_OUTCOMES = ("cached", "resolved", "stale", "failed")
 
 # -- the seed's five key metrics, one PromQL expression each ---------------------------------------
 
+# The cache operation outcomes that count as failed, here and in `postal stats`.
+FAILED_OUTCOMES = ("timeout", "pool_timeout", "connection_error", "error", "circuit_open")
 _READ_GETS = 'role="read",command="GET"'
-_FAILED = 'outcome=~"timeout|pool_timeout|connection_error|error|circuit_open"'
+_FAILED = f'outcome=~"{"|".join(FAILED_OUTCOMES)}"'
 KEY_EXPRESSIONS: Mapping[str, str] = {
     # Share of cache reads answered with the value; errors and breaker refusals count as not hit.
     "hit_rate": (

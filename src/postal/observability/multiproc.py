@@ -6,7 +6,10 @@ must report all of them: each worker's values live in files in one directory
 directory before anything imports prometheus_client (which reads the variable once, at import):
 
 - the operator's `PROMETHEUS_MULTIPROC_DIR` when set (in Kubernetes, an emptyDir), emptied of the
-  previous run's files at start;
+  previous run's files at start and of this run's at exit. One `postal serve` at a time: it holds
+  a lock on the directory (`flock`, released by the kernel however the process ends), and a second
+  one is refused (`MetricsDirectoryInUse`), since emptying the directory would drop the first's
+  counts, and sharing it would sum the two servers' metrics in both;
 - else a fresh temporary directory, removed at exit.
 
 With one worker the variable is not used (it is removed from the environment): the metrics are
@@ -18,6 +21,7 @@ This module must not import prometheus_client: it runs before the variable is se
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
@@ -29,6 +33,11 @@ from pathlib import Path
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FILE_PATTERN = "*.db"  # prometheus_client's files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 LIVE_GAUGE_PREFIX = "gauge_live"  # files of the gauges a dead process must leave
+LOCK_FILE = ".postal-serve.lock"  # held by the `postal serve` using the operator's directory
+
+
+class MetricsDirectoryInUse(RuntimeError):
+    """Another running `postal serve` uses this `PROMETHEUS_MULTIPROC_DIR`; str() is one line."""
 
 
 @contextmanager
@@ -49,23 +58,39 @@ def metrics_directory(
         yield None
         return
     configured = env.get(MULTIPROC_ENV)
+    lock = None
     if configured:
         path = Path(configured)
         path.mkdir(parents=True, exist_ok=True)
+        lock = _lock(path)
         _remove_files(path)  # counters of a previous run must not be summed into this one's
-        created = False
     else:
         path = Path(tempfile.mkdtemp(prefix="postal-metrics-"))
         env[MULTIPROC_ENV] = str(path)
-        created = True
     try:
         yield path
     finally:
-        if created:
+        if lock is None:
             shutil.rmtree(path, ignore_errors=True)
             env.pop(MULTIPROC_ENV, None)
         else:
             _remove_files(path)
+            os.close(lock)  # the lock goes with it
+
+
+def _lock(path: Path) -> int:
+    """An open descriptor holding the directory's lock (not inherited by the workers: they
+    need none, and a worker outliving its server must not keep the directory taken)."""
+    descriptor = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise MetricsDirectoryInUse(
+            f"{MULTIPROC_ENV}={path} is in use by another running postal serve: give each"
+            " its own directory"
+        ) from None
+    return descriptor
 
 
 def _remove_files(path: Path) -> None:

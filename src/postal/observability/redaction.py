@@ -19,14 +19,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
+
+from postal.cache.urls import SECRET_QUERY_PARAMETER
 
 MASK = "***"
 SHORTEST_SECRET = 6  # characters; a shorter literal would mask ordinary words everywhere
 
-# scheme://user:password@ -> scheme://user:***@ (the password may hold anything but space and @,
-# so an unescaped / or : in it is masked too; `mask_url` reasons the same way)
-_URL_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
+# scheme://user:password@host -> scheme://user:***@host: the password is everything up to the
+# last @ before the host (which holds no @, space or quote), so an unescaped /, : or @ in it is
+# masked too; `mask_url` reasons the same way
+_URL_USERINFO = re.compile(
+    r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)\S*?(?=@[^\s@\"']*(?:[\s\"']|$))"
+)
 _BEARER = re.compile(r"(?P<head>\bbearer\s+)[^\s\"',;]+", re.IGNORECASE)
 _PAIR = re.compile(
     r"(?P<head>(?:(?:password|passwd|secret|token)[\"']?\s*[=:]\s*[\"']?)"
@@ -48,9 +53,12 @@ class Redactor:
         for secret in secrets:
             if secret is None or len(secret) < SHORTEST_SECRET:
                 continue
-            spellings.add(secret)
-            spellings.add(json.dumps(secret)[1:-1])  # as it appears inside a JSON line
-            spellings.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+            # As written, and as repr() writes it (an exception's args, a tuple in a message:
+            # a backslash or a quote is escaped); each also as it appears inside a JSON line.
+            for written in (secret, repr(secret)[1:-1]):
+                spellings.add(written)
+                spellings.add(json.dumps(written)[1:-1])
+                spellings.add(json.dumps(written, ensure_ascii=False)[1:-1])
         # Longest first, so a secret containing another is replaced whole.
         self._secrets = sorted(spellings, key=len, reverse=True)
 
@@ -65,12 +73,16 @@ class Redactor:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The password of a URL as written and percent-decoded (a client may echo either); empty
-    when the URL has none. Works on text, as `mask_url` does, so a malformed URL counts too."""
+    """The passwords of a URL (its user information's, and any `?password=`-like query
+    parameter's: see `mask_url`), as written and decoded (a client may echo either); empty when
+    it has none. Works on text, as `mask_url` does, so a malformed URL counts too."""
     if not url or "://" not in url:
         return []
-    userinfo = url.partition("://")[2].rpartition("@")[0]
-    password = userinfo.partition(":")[2]
-    if not password:
-        return []
-    return sorted({password, unquote(password)})
+    rest = url.partition("://")[2]
+    passwords = [rest.rpartition("@")[0].partition(":")[2]]
+    passwords += [match["value"] for match in SECRET_QUERY_PARAMETER.finditer(rest)]
+    spellings = set()
+    for password in filter(None, passwords):
+        # Clients form-decode a query's value (`+` is a space): every decoding is masked.
+        spellings |= {password, unquote(password), unquote_plus(password)}
+    return sorted(spellings)

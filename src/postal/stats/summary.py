@@ -23,6 +23,7 @@ from postal.observability.metrics import (
     CACHE_OPERATION_SECONDS,
     CACHE_OPERATIONS,
     DNS_LOOKUPS,
+    FAILED_OUTCOMES,
     HTTP_REQUEST_SECONDS,
     POOL_CLOSED,
     POOL_CONNECTIONS,
@@ -36,7 +37,6 @@ from postal.stats.scrape import Scrape
 Basis = Literal["interval", "since_start"]
 Buckets = list[tuple[float, float]]  # (upper bound, cumulative count), +Inf last
 
-FAILED_OUTCOMES = ("timeout", "pool_timeout", "connection_error", "error", "circuit_open")
 BREAKER_NAMES = {0: "closed", 1: "half_open", 2: "open"}  # postal_cache_breaker_state's values
 READ_GET = {"role": "read", "command": "GET"}  # what the hit rate is about, as in the docs' PromQL
 
