@@ -312,3 +312,17 @@ async def test_a_missing_post_is_404_in_the_error_shape_from_database_and_cache(
         assert message
         assert body == {"error": {"code": "post_not_found", "message": message}}
     assert fresh.content == cached.content
+
+
+async def test_every_answer_of_the_cached_read_lane_carries_a_request_id(api: Api) -> None:
+    """The fast lane does the request-id middleware's work itself: 200, 304 and 404 too."""
+    post = await api.create(title="with an id")
+    url = f"/api/v1/posts/{post['id']}"
+    found = await api.client.get(url)
+    same = await api.client.get(url, headers={"If-None-Match": found.headers["etag"]})
+    missing = await api.client.get("/api/v1/posts/999999999")
+    tagged = await api.client.get(url, headers={"X-Request-ID": "lb-7f3a:42"})
+    assert [found.status_code, same.status_code, missing.status_code] == [200, 304, 404]
+    ids = [response.headers["x-request-id"] for response in (found, same, missing)]
+    assert len(set(ids)) == 3
+    assert tagged.headers["x-request-id"] == "lb-7f3a:42"

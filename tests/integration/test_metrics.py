@@ -111,6 +111,8 @@ async def test_an_unreachable_redis_counts_connection_errors_and_opens_the_break
     read_get = {"role": "read", "command": "GET"}
     assert metrics.value(OPS, **read_get, outcome="connection_error") == 3  # then it opened
     assert metrics.value(OPS, **read_get, outcome="circuit_open") == 5
+    # timed: the 3 attempts only; refusals did no I/O and must not pull the percentiles down
+    assert metrics.value("postal_cache_operation_seconds_count", **read_get) == 3
     assert metrics.value("postal_cache_breaker_state", role="read") == 2
     assert metrics.value("postal_cache_invalidations_total", outcome="failed") == 1
     assert metrics.value(OPS, **read_get, outcome="hit") == 0

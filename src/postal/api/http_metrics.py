@@ -135,15 +135,19 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            elapsed = _clock() - started
             method = scope["method"]
             if method not in METHODS:  # before the dict: random methods must not grow it
                 method = OTHER_METHOD
-            key = (method, self._templates(scope), status)
-            child = self._bound.get(key)
-            if child is None:
-                child = self._bind(key)
-            child.observe(elapsed)
+            self.record(method, self._templates(scope), status, _clock() - started)
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One request's duration. Called by `__call__`, and directly by the fast lane, which
+        knows its route and status and so needs no middleware layer around it."""
+        key = (method, route, status)
+        child = self._bound.get(key)
+        if child is None:
+            child = self._bind(key)
+        child.observe(seconds)
 
     def _bind(self, key: tuple[str, str, int]) -> HistogramBatch:
         method, route, status = key

@@ -37,6 +37,16 @@ class RequestIds:
     def __call__(self) -> str:
         return f"{self._prefix}{next(self._counter):08x}"
 
+    def of(self, scope: Scope) -> str:
+        """The request's id: its sane `X-Request-ID`, else a new one."""
+        for name, value in scope["headers"]:
+            if name == HEADER:
+                incoming = sane_request_id(value)
+                if incoming is not None:
+                    return incoming
+                break
+        return self()
+
 
 def sane_request_id(value: bytes) -> str | None:
     """An incoming id as text if it is safe to log and echo, else None."""
@@ -44,21 +54,15 @@ def sane_request_id(value: bytes) -> str | None:
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, ids: RequestIds | None = None) -> None:
         self.app = app
-        self._ids = RequestIds()
+        self._ids = ids or RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
-        for name, value in scope["headers"]:
-            if name == HEADER:
-                rid = sane_request_id(value)
-                break
-        if rid is None:
-            rid = self._ids()
+        rid = self._ids.of(scope)
         header = (HEADER, rid.encode("ascii"))
 
         async def send_with_id(message: Message) -> None:
