@@ -42,9 +42,10 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _answers_ping(port: int, password: str) -> bool:
+def answers_ping(port: int, password: str, timeout: float = 0.5) -> bool:
+    """Whether the Redis on 127.0.0.1:`port` takes `password` and answers PING."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
             connection.sendall(f"AUTH {password}\r\nPING\r\n".encode())
             replies = b""
             while replies.count(b"\r\n") < 2:
@@ -91,7 +92,7 @@ class EmbeddedRedis:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers_ping(self.port, self._password):
+        while not answers_ping(self.port, self._password):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise EmbeddedRedisError(f"the embedded Redis did not start; see {log}")

@@ -37,14 +37,14 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from types import FrameType
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -52,6 +52,7 @@ from rich.console import Console
 from postal.cache import CacheClient
 from postal.cache.invalidation import Invalidator
 from postal.cache.urls import mask_url
+from postal.embedded import answers_ping
 from postal.import_display import progress_display, report_lines
 from postal.posts.imports import (
     ImportConflict,
@@ -197,24 +198,42 @@ def running_embedded_redis(data_dir: Path) -> str | None:
     port, password = values.get("port", ""), values.get("requirepass", "")
     if not port.isdigit() or not password:
         return None
-    if not _answers_ping(int(port), password):
+    if not answers_ping(int(port), password, PING_TIMEOUT):
         return None  # a config file left by a serve that has stopped
     return f"redis://:{password}@127.0.0.1:{port}/0"
 
 
-def _answers_ping(port: int, password: str) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=PING_TIMEOUT) as connection:
-            connection.sendall(f"AUTH {password}\r\nPING\r\n".encode())
-            replies = b""
-            while replies.count(b"\r\n") < 2:
-                chunk = connection.recv(64)
-                if not chunk:
-                    return False
-                replies += chunk
-            return replies == b"+OK\r\n+PONG\r\n"
-    except OSError:
-        return False
+@asynccontextmanager
+async def standalone_importer(
+    settings: Settings,
+    read_url: str,
+    write_url: str,
+    *,
+    method: Literal["auto", "copy", "insert"] = "auto",
+) -> AsyncIterator[tuple[PostImporter, Invalidator]]:
+    """An importer outside the service, as `postal import` (and its benchmark) runs one: its own
+    small engine, cache client and invalidator, all closed on the way out."""
+    from postal.app import cache_ttls, invalidator_for
+    from postal.storage.db import create_engine
+
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings.database, pool_size=2, timeout=settings.database_timeout)
+        stack.push_async_callback(engine.dispose)
+        cache = _cli_cache(settings, read_url, write_url)
+        stack.push_async_callback(cache.aclose)
+        await cache.start()
+        invalidator = invalidator_for(cache, settings)
+        stack.push_async_callback(invalidator.aclose)
+        importer = PostImporter(
+            engine,
+            cache,
+            invalidator,
+            ttls=cache_ttls(settings),
+            max_body_bytes=settings.postal_max_body_bytes,
+            ttl_jitter=settings.cache_ttl_jitter,
+            method=method,
+        )
+        yield importer, invalidator
 
 
 def _cli_cache(settings: Settings, read_url: str, write_url: str) -> CacheClient:
@@ -247,26 +266,10 @@ async def import_file(
     progress: Callable[[ImportProgress], None],
 ) -> Outcome:
     """Import the file; wait (bounded) for a pending cache invalidation to land."""
-    from postal.app import cache_ttls, invalidator_for, prepare_database
-    from postal.storage.db import create_engine
+    from postal.app import prepare_database
 
     await prepare_database(settings.database)
-    async with AsyncExitStack() as stack:
-        engine = create_engine(settings.database, pool_size=2, timeout=settings.database_timeout)
-        stack.push_async_callback(engine.dispose)
-        cache = _cli_cache(settings, *urls)
-        stack.push_async_callback(cache.aclose)
-        await cache.start()
-        invalidator = invalidator_for(cache, settings)
-        stack.push_async_callback(invalidator.aclose)
-        importer = PostImporter(
-            engine,
-            cache,
-            invalidator,
-            ttls=cache_ttls(settings),
-            max_body_bytes=settings.postal_max_body_bytes,
-            ttl_jitter=settings.cache_ttl_jitter,
-        )
+    async with standalone_importer(settings, *urls) as (importer, invalidator):
         chunks = read_chunks(command.path, reading)
         report = await importer.run(chunks, command.options, progress)
         late = reading.stop_requested

@@ -24,17 +24,13 @@ import json
 import resource
 import sys
 import time
-from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from postal.app import cache_ttls, invalidator_for
-from postal.cache import CacheClient
-from postal.import_cli import read_chunks
-from postal.posts.imports import ImportOptions, ImportProgress, PostImporter
+from postal.import_cli import read_chunks, standalone_importer
+from postal.posts.imports import ImportOptions, ImportProgress
 from postal.settings import load_settings
-from postal.storage.db import create_engine
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress lines
 DATABASE_TIMEOUT = "60s"  # per statement (Postal's default is 5)
@@ -98,27 +94,8 @@ async def run(config: ChildConfig) -> dict[str, Any]:
             last = now
             emit({"progress": {"bytes_read": update.bytes_read, "rows_read": update.rows_read}})
 
-    async with AsyncExitStack() as stack:
-        engine = create_engine(settings.database, pool_size=2, timeout=settings.database_timeout)
-        stack.push_async_callback(engine.dispose)
-        cache = CacheClient.create(
-            read_url=settings.read_url,
-            write_url=settings.write_url,
-            profile=settings.cache_profile(),
-            key_prefix=settings.redis_key_prefix,
-        )
-        stack.push_async_callback(cache.aclose)
-        await cache.start()
-        invalidator = invalidator_for(cache, settings)
-        stack.push_async_callback(invalidator.aclose)
-        importer = PostImporter(
-            engine,
-            cache,
-            invalidator,
-            ttls=cache_ttls(settings),
-            max_body_bytes=settings.postal_max_body_bytes,
-            method=config.method,
-        )
+    urls = (settings.read_url, settings.write_url)
+    async with standalone_importer(settings, *urls, method=config.method) as (importer, _):
         rss_before = current_rss()
         started = time.perf_counter()
         report = await importer.run(read_chunks(Path(config.file)), options, progress)

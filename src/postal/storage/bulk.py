@@ -42,7 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from postal.posts.models import Post, PostContent
 
 # The repository's columns and row mappings: a post is read and written here as it is there.
-from postal.storage.repository import _POST_COLUMNS, _content_values, _post
+from postal.storage.repository import POST_COLUMNS, content_values, post_from_row
 from postal.storage.tables import post_versions, posts
 
 
@@ -164,7 +164,7 @@ class BulkWriter:
             return await self._copy_new(new)
         rows = [
             {
-                **_content_values(post.content),
+                **content_values(post.content),
                 "version": 1,
                 "created_at": post.created_at,
                 "updated_at": post.created_at,
@@ -255,7 +255,7 @@ class BulkWriter:
             await self._copy("post_versions", _VERSION_COPY_COLUMNS, records)
             return
         rows = [
-            {"post_id": post_id, "version": version, "created_at": at, **_content_values(content)}
+            {"post_id": post_id, "version": version, "created_at": at, **content_values(content)}
             for post_id, version, content, at in versions
         ]
         if rows:
@@ -278,9 +278,9 @@ async def read_posts(connection: AsyncConnection, post_ids: Sequence[int]) -> li
     """The posts among `post_ids` that exist, in no particular order (for warming the cache)."""
     if not post_ids:
         return []
-    query = select(*_POST_COLUMNS).where(_id_among(connection, post_ids))
+    query = select(*POST_COLUMNS).where(_id_among(connection, post_ids))
     rows = (await connection.execute(query)).all()
-    return [_post(row) for row in rows]
+    return [post_from_row(row) for row in rows]
 
 
 def _id_among(connection: AsyncConnection, post_ids: Sequence[int]) -> ColumnElement[bool]:

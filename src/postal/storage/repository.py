@@ -31,7 +31,7 @@ from postal.storage.tables import post_versions, posts
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 
-_POST_COLUMNS = (
+POST_COLUMNS = (
     posts.c.id,
     posts.c.title,
     posts.c.body,
@@ -108,19 +108,19 @@ class SqlPostRepository:
 
     async def get(self, post_id: int) -> Post | None:
         async with self._read() as connection:
-            result = await connection.execute(select(*_POST_COLUMNS).where(posts.c.id == post_id))
+            result = await connection.execute(select(*POST_COLUMNS).where(posts.c.id == post_id))
             row = result.one_or_none()
-        return None if row is None else _post(row)
+        return None if row is None else post_from_row(row)
 
     async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        query = select(*_POST_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
+        query = select(*POST_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
         if before_id is not None:
             query = query.where(posts.c.id < before_id)
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
-        return [_post(row) for row in rows]
+        return [post_from_row(row) for row in rows]
 
     async def versions(self, post_id: int) -> list[PostVersion]:
         query = (
@@ -149,10 +149,10 @@ class SqlPostRepository:
         async with self._write() as connection:
             result = await connection.execute(
                 insert(posts)
-                .values(**_content_values(content), version=1, created_at=now, updated_at=now)
-                .returning(*_POST_COLUMNS)
+                .values(**content_values(content), version=1, created_at=now, updated_at=now)
+                .returning(*POST_COLUMNS)
             )
-            post = _post(result.one())
+            post = post_from_row(result.one())
             await _insert_version(connection, post.id, 1, content, now)
         return post
 
@@ -196,13 +196,13 @@ async def _new_version(
     if expected_version is not None:
         statement = statement.where(posts.c.version == expected_version)
     statement = statement.values(
-        **_content_values(content), version=posts.c.version + 1, updated_at=now
+        **content_values(content), version=posts.c.version + 1, updated_at=now
     )
-    result = await connection.execute(statement.returning(*_POST_COLUMNS))
+    result = await connection.execute(statement.returning(*POST_COLUMNS))
     row = result.one_or_none()
     if row is None:
         await _raise_for_missed_write(connection, post_id, expected_version)
-    post = _post(row)
+    post = post_from_row(row)
     await _insert_version(connection, post_id, post.version, content, now)
     return post
 
@@ -239,12 +239,12 @@ async def _insert_version(
 ) -> None:
     await connection.execute(
         insert(post_versions).values(
-            post_id=post_id, version=version, created_at=at, **_content_values(content)
+            post_id=post_id, version=version, created_at=at, **content_values(content)
         )
     )
 
 
-def _content_values(content: PostContent) -> dict[str, Any]:
+def content_values(content: PostContent) -> dict[str, Any]:
     return {
         "title": content.title,
         "body": content.body,
@@ -253,7 +253,7 @@ def _content_values(content: PostContent) -> dict[str, Any]:
     }
 
 
-def _post(row: AnyRow) -> Post:
+def post_from_row(row: AnyRow) -> Post:
     return Post(
         id=row.id,
         title=row.title,
