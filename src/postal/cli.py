@@ -167,11 +167,8 @@ def bench_cache(
     """GET throughput and latency: Postal's tuned and before profiles next to plain redis-py."""
     import asyncio
     import shutil
-    import sys
 
-    from rich.console import Console
-
-    from postal.bench import BenchError, rich_progress, write_json
+    from postal.bench import BenchError, bench_console, publish, rich_progress
     from postal.bench.cache import DEFAULT_URL, CacheBenchOptions, render_report, run_cache_bench
     from postal.cache.durations import parse_duration
 
@@ -192,17 +189,14 @@ def bench_cache(
     except BenchError as exc:  # NotLoopback included: a load generator stays on this machine
         typer.echo(f"postal: bench cache: {exc}", err=True)
         raise typer.Exit(2) from None
-    console = Console(width=None if sys.stdout.isatty() else 120)  # piped: don't squeeze
+    console = bench_console()
     try:
         with rich_progress(console) as progress:
             report = asyncio.run(run_cache_bench(options, progress))
     except BenchError as exc:
         typer.echo(f"postal: bench cache: {exc}", err=True)
         raise typer.Exit(1) from None
-    render_report(report, console)
-    if json_path is not None:
-        write_json(json_path, report.to_json())
-        console.print(f"JSON written to {json_path}", markup=False, highlight=False)
+    publish(report, render_report, console, json_path)
 
 
 @bench_app.command("http")
@@ -238,12 +232,9 @@ def bench_http(
     """HTTP req/s and latency: Postal's cached GET next to a bare route and a plain Redis app."""
     import asyncio
     import shutil
-    import sys
     from collections.abc import Callable
 
-    from rich.console import Console
-
-    from postal.bench import BenchError, rich_progress, write_json
+    from postal.bench import BenchError, bench_console, publish, rich_progress
     from postal.bench.http import HttpBenchOptions, render_report, run_http_bench
     from postal.cache.durations import parse_duration
 
@@ -276,7 +267,7 @@ def bench_http(
     except BenchError as exc:  # NotLoopback included: a load generator stays on this machine
         typer.echo(f"postal: bench http: {exc}", err=True)
         raise typer.Exit(2) from None
-    console = Console(width=None if sys.stdout.isatty() else 120)  # piped: don't squeeze
+    console = bench_console()
     try:
         with (
             rich_progress(console) as progress,
@@ -286,10 +277,7 @@ def bench_http(
     except BenchError as exc:
         typer.echo(f"postal: bench http: {exc}", err=True)
         raise typer.Exit(1) from None
-    render_report(report, console)
-    if json_path is not None:
-        write_json(json_path, report.to_json())
-        console.print(f"JSON written to {json_path}", markup=False, highlight=False)
+    publish(report, render_report, console, json_path)
 
 
 @bench_app.command("import")
@@ -325,11 +313,8 @@ def bench_import(
 ) -> None:
     """CSV import into PostgreSQL: rows/s, peak RSS, COPY vs INSERT, pipelined cache step."""
     import asyncio
-    import sys
 
-    from rich.console import Console
-
-    from postal.bench import BenchError, write_json
+    from postal.bench import BenchError, bench_console, publish
     from postal.bench.import_render import render_report
     from postal.bench.imports import (
         QUICK_ROWS,
@@ -354,7 +339,7 @@ def bench_import(
     except BenchError as exc:  # NotLoopback included: a benchmark stays on this machine
         typer.echo(f"postal: bench import: {exc}", err=True)
         raise typer.Exit(2) from None
-    console = Console(width=None if sys.stdout.isatty() else 120)  # piped: don't squeeze
+    console = bench_console()
     try:
         with step_progress(console) as progress:
             report = asyncio.run(run_import_bench(options, progress))
@@ -364,10 +349,7 @@ def bench_import(
     except KeyboardInterrupt:  # the import process, the scratch database and the keys are gone
         typer.echo("postal: bench import: interrupted", err=True)
         raise typer.Exit(130) from None
-    render_report(report, console)
-    if json_path is not None:
-        write_json(json_path, report.to_json())
-        console.print(f"JSON written to {json_path}", markup=False, highlight=False)
+    publish(report, render_report, console, json_path)
 
 
 @app.command("import")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.posts.models import PostContent, PostVersion
@@ -21,7 +21,8 @@ from postal.storage.bulk import (
 )
 from postal.storage.db import create_engine
 from postal.storage.repository import SqlPostRepository
-from postal.storage.tables import post_versions, posts
+from postal.storage.tables import posts
+from tests.support.database import row_counts
 
 EARLY = datetime(2020, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
 NOW = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
@@ -43,15 +44,6 @@ async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
-
-
-async def count(engine: AsyncEngine) -> tuple[int, int]:
-    async with engine.connect() as connection:
-        post_count = (await connection.execute(select(func.count()).select_from(posts))).scalar()
-        version_count = (
-            await connection.execute(select(func.count()).select_from(post_versions))
-        ).scalar()
-    return int(post_count or 0), int(version_count or 0)
 
 
 async def write_batches(engine: AsyncEngine, method: WriteMethod) -> list[int]:
@@ -100,7 +92,7 @@ async def test_creates_and_updates_write_posts_and_their_versions(
     assert versions[1].created_at == NOW + timedelta(hours=1)
     three = await repository.versions(3)
     assert [(v.version, v.tags) for v in three] == [(1, ("a", "b")), (2, ("z",))]
-    assert await count(postgres_engine) == (4, 8)
+    assert await row_counts(postgres_engine) == (4, 8)
     # a post created after the import's does not reuse an id
     later = await repository.create(content(5))
     assert later.id == 5
@@ -139,7 +131,7 @@ async def test_nothing_is_kept_when_the_transaction_rolls_back(
         await writer.create([NewPost(content(1), NOW), NewPost(content(2), NOW)])
         assert await writer.current_versions([1, 2], lock=False) == {1: 1, 2: 1}
         await transaction.rollback()
-    assert await count(postgres_engine) == (0, 0)
+    assert await row_counts(postgres_engine) == (0, 0)
 
 
 async def test_read_posts_returns_those_that_exist(
@@ -172,7 +164,7 @@ async def test_sqlite_takes_the_insert_path(sqlite_engine: AsyncEngine) -> None:
     assert one is not None
     assert (one.title, one.version, one.created_at) == ("title 12", 4, EARLY)
     assert [v.version for v in await repository.versions(1)] == [1, 2, 3, 4]
-    assert await count(sqlite_engine) == (4, 8)
+    assert await row_counts(sqlite_engine) == (4, 8)
     async with sqlite_engine.connect() as connection:
         found = await read_posts(connection, [1, 3, 50])
     assert sorted(post.id for post in found) == [1, 3]

@@ -27,6 +27,7 @@ from postal.embedded import free_loopback_port
 from postal.posts.imports import ImportConflict, ImportReport
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually
+from tests.support.database import row_counts
 from tests.support.proxy import FaultProxy
 
 IMPORT = "/api/v1/posts/import"
@@ -52,15 +53,6 @@ def new_rows(count: int, prefix: str = "post") -> list[dict[str, object]]:
 
 async def import_csv(api: Api, body: Any, **params: str) -> httpx.Response:
     return await api.client.post(IMPORT, content=body, headers=CSV_HEADERS, params=params)
-
-
-async def counts(api: Api) -> tuple[int, int]:
-    async with api.state.engine.connect() as connection:
-        posts = (await connection.execute(text("SELECT count(*) FROM posts"))).scalar_one()
-        versions = (
-            await connection.execute(text("SELECT count(*) FROM post_versions"))
-        ).scalar_one()
-    return posts, versions
 
 
 async def writing_into_posts(api: Api) -> bool:
@@ -111,7 +103,7 @@ async def test_every_imported_row_is_served_through_the_cache(api: Api) -> None:
     assert report["errors"] == []
     assert report["cache"]["keys"] == 23
     assert report["cache"]["pending"] is False
-    assert await counts(api) == (23, 25)  # 2 + 21 posts; each has its versions
+    assert await row_counts(api.state.engine) == (23, 25)  # 2 + 21 posts; each has its versions
 
     listed = (await api.client.get("/api/v1/posts?limit=100")).json()["items"]
     by_title = {post["title"]: post for post in listed}
@@ -186,7 +178,7 @@ async def test_bad_rows_are_a_422_with_their_lines_and_nothing_is_written(api: A
     assert where(report) == BAD_ROWS
     assert all(error["message"] for error in report["errors"])
     assert report["cache"] is None
-    assert await counts(api) == (0, 0)
+    assert await row_counts(api.state.engine) == (0, 0)
 
 
 async def test_skip_invalid_writes_the_good_rows_and_reports_the_bad(api: Api) -> None:
@@ -222,7 +214,7 @@ async def test_only_text_csv_in_utf8_is_accepted(api: Api) -> None:
         assert response.json()["error"]["code"] == "unsupported_media_type"
     utf8 = {**AUTH, "Content-Type": "text/csv; charset=UTF-8"}
     assert (await api.client.post(IMPORT, content=body, headers=utf8)).status_code == 200
-    assert await counts(api) == (1, 1)
+    assert await row_counts(api.state.engine) == (1, 1)
 
 
 async def test_bad_query_parameters_are_422(api: Api) -> None:
@@ -242,7 +234,7 @@ async def test_the_token_is_checked_before_the_body_is_read(api: Api) -> None:
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthorized"
         assert not body.read
-    assert await counts(api) == (0, 0)
+    assert await row_counts(api.state.engine) == (0, 0)
 
 
 async def test_the_import_has_its_own_size_limit(
@@ -260,7 +252,7 @@ async def test_the_import_has_its_own_size_limit(
         assert 6 * 1000 + 64 * 1024 < len(fits) < 150_000
         response = await import_csv(api, fits)
         assert response.status_code == 200, response.text
-        assert await counts(api) == (2500, 2500)
+        assert await row_counts(api.state.engine) == (2500, 2500)
 
         declared = Chunks(csv_bytes(new_rows(5000)))  # sent with Content-Length below
         headers = {**CSV_HEADERS, "Content-Length": "150001"}
@@ -274,7 +266,8 @@ async def test_the_import_has_its_own_size_limit(
         streamed = await import_csv(api, chunked)
         assert streamed.status_code == 413
         assert streamed.json()["error"]["code"] == "too_large"
-        assert await counts(api) == (2500, 2500)  # the part read before the limit: rolled back
+        # the part read before the limit: rolled back
+        assert await row_counts(api.state.engine) == (2500, 2500)
 
 
 # -- a client that goes away mid-upload ----------------------------------------------------------
@@ -317,12 +310,12 @@ async def test_a_client_gone_mid_upload_leaves_the_database_unchanged(api: Api) 
         async with asyncio.timeout(20):  # the import notices, and rolls back
             while await writing_into_posts(api):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-    assert await counts(api) == (1, 1)
+    assert await row_counts(api.state.engine) == (1, 1)
     read = (await api.client.get(f"/api/v1/posts/{existing['id']}")).json()
     assert (read["title"], read["version"]) == ("kept", 1)
     again = await import_csv(api, csv_bytes(new_rows(3)))  # the pool is none the worse
     assert again.status_code == 200
-    assert await counts(api) == (4, 4)
+    assert await row_counts(api.state.engine) == (4, 4)
 
 
 # -- readers, and a Redis that is away ------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncTransaction
 from sqlalchemy.pool import QueuePool
@@ -34,7 +34,8 @@ from postal.posts.service import CacheTtls, PostService
 from postal.storage.bulk import BulkWriter, ImportConflict, NewPost
 from postal.storage.db import create_engine
 from postal.storage.repository import PostRepository, SqlPostRepository
-from postal.storage.tables import post_versions, posts
+from postal.storage.tables import posts
+from tests.support.database import row_counts
 from tests.support.redis_server import free_port
 
 HEADER = "title,body,author,tags"
@@ -129,15 +130,6 @@ async def setup(
         yield built
 
 
-async def table_counts(engine: AsyncEngine) -> tuple[int, int]:
-    async with engine.connect() as connection:
-        post_count = (await connection.execute(select(func.count()).select_from(posts))).scalar()
-        version_count = (
-            await connection.execute(select(func.count()).select_from(post_versions))
-        ).scalar()
-    return int(post_count or 0), int(version_count or 0)
-
-
 async def seed(engine: AsyncEngine, count: int) -> list[Post]:
     repository = SqlPostRepository(engine)
     return [await repository.create(ORIGINAL) for _ in range(count)]
@@ -192,7 +184,7 @@ async def test_creates_and_updates_with_their_versions(setup: Setup) -> None:
     assert page[0].created_at == datetime(2010, 6, 1, 10, 0, tzinfo=UTC)
     assert page[0].updated_at == page[0].created_at
     assert all(p.version == 1 for p in page[:3])
-    assert await table_counts(setup.engine) == (5, 6)
+    assert await row_counts(setup.engine) == (5, 6)
 
 
 async def test_many_batches_in_small_chunks_stream_through(setup: Setup) -> None:
@@ -202,7 +194,7 @@ async def test_many_batches_in_small_chunks_stream_through(setup: Setup) -> None
         chunked(csv_bytes(*rows), size=7), ImportOptions(batch_size=5), seen.append
     )
     assert (report.committed, report.rows_read, report.created) == (True, 57, 57)
-    assert await table_counts(setup.engine) == (57, 57)
+    assert await row_counts(setup.engine) == (57, 57)
     assert len(seen) > 12  # after each chunk and each batch
     assert [p.bytes_read for p in seen] == sorted(p.bytes_read for p in seen)
     assert seen[-1] == ImportProgress(len(csv_bytes(*rows)), 57, 0)
@@ -238,7 +230,7 @@ async def test_all_or_nothing_writes_nothing_and_reports_every_bad_row(setup: Se
         "reason": "unknown_id",
         "message": "no post with id 4242: an id must name an existing post",
     }
-    assert await table_counts(setup.engine) == (1, 1)
+    assert await row_counts(setup.engine) == (1, 1)
     assert await SqlPostRepository(setup.engine).get(post.id) == post
 
 
@@ -265,7 +257,7 @@ async def test_skip_invalid_writes_the_good_rows_and_reports_the_bad(setup: Setu
     updated = await repository.get(post.id)
     assert updated is not None
     assert (updated.title, updated.version) == ("Updated", 2)
-    assert await table_counts(setup.engine) == (3, 4)
+    assert await row_counts(setup.engine) == (3, 4)
     assert report.cache is not None
     assert report.cache.keys == 3
 
@@ -550,7 +542,7 @@ async def test_a_cancelled_import_leaves_the_database_as_it_was(setup: Setup) ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await table_counts(setup.engine) == (1, 1)
+    assert await row_counts(setup.engine) == (1, 1)
     assert await SqlPostRepository(setup.engine).get(post.id) == post
     pool = setup.engine.pool
     assert isinstance(pool, QueuePool)
@@ -631,12 +623,12 @@ async def test_sqlite_imports_through_the_insert_path(
                 False,
                 [(10, "id", RowProblem.UNKNOWN_ID)],
             )
-            assert await table_counts(engine) == (1, 1)
+            assert await row_counts(engine) == (1, 1)
             report = await setup.run(
                 data, ImportOptions(batch_size=3, skip_invalid=True, warm=True)
             )
             assert (report.committed, report.created, report.updated) == (True, 7, 1)
-            assert await table_counts(engine) == (8, 9)
+            assert await row_counts(engine) == (8, 9)
             entry = await setup.read(post.id)
             assert (entry.etag, b'"title":"Changed"' in entry.body) == (etag(2), True)
     finally:

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.storage.migrate import upgrade
+from postal.storage.tables import post_versions, posts
 
 HOST, PORT = "127.0.0.1", 5432
 USER = os.environ.get("POSTAL_TEST_PGUSER", "postgres")
@@ -151,3 +154,13 @@ def session_database() -> Iterator[str]:
         yield url
     finally:
         run_in_own_loop(lambda: drop_database(url))
+
+
+async def row_counts(engine: AsyncEngine) -> tuple[int, int]:
+    """How many posts and post versions the database holds, through the code's own engine."""
+    async with engine.connect() as connection:
+        post_count = (await connection.execute(select(func.count()).select_from(posts))).scalar()
+        version_count = (
+            await connection.execute(select(func.count()).select_from(post_versions))
+        ).scalar()
+    return int(post_count or 0), int(version_count or 0)

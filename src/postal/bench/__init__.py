@@ -14,11 +14,13 @@ import ipaddress
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -267,3 +269,25 @@ def render_table(
 def write_json(path: Path, document: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+class Report(Protocol):
+    def to_json(self) -> dict[str, object]: ...
+
+
+R = TypeVar("R", bound=Report)
+
+
+def bench_console() -> Console:
+    """The console a benchmark prints to; piped output is not squeezed to a narrow width."""
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def publish(
+    report: R, render: Callable[[R, Console], None], console: Console, json_path: Path | None
+) -> None:
+    """Print a benchmark's tables, and write its JSON when asked to."""
+    render(report, console)
+    if json_path is not None:
+        write_json(json_path, report.to_json())
+        console.print(f"JSON written to {json_path}", markup=False, highlight=False)
