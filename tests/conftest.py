@@ -3,7 +3,7 @@
 Integration tests use the Redis on 127.0.0.1:6379 when it answers, each test under its own key
 prefix so that runs never see each other's keys (nor anyone else's); when it does not answer, one
 child redis-server is started for the session. Tests that must kill, slow or reconfigure a server
-start their own with `tests.support.redis_server`.
+start their own with `postal.bench.redis_servers`.
 
 Databases: `database_url` is a migrated PostgreSQL database of the session's own, `clean_database`
 the same emptied for one test, `postgres_engine` an engine on it, `empty_database_url` a new
@@ -22,10 +22,10 @@ import redis as sync_redis
 import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postal.bench.redis_servers import RedisServer, answers_ping
 from postal.storage.db import create_engine
 from postal.storage.migrate import upgrade
 from tests.support.database import session_database, truncate, unmigrated_database
-from tests.support.redis_server import RedisServer, answers_ping
 
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 6379
 

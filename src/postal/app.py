@@ -25,6 +25,8 @@ from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
 from postal.api.routes import imports, ops, posts, reads
 from postal.cache import CacheClient
+from postal.cache.config import Profile
+from postal.cache.dns import DnsCache, Resolver
 from postal.cache.fallback import ReadThrough
 from postal.cache.invalidation import Invalidator
 from postal.observability.cache_metrics import instrument_cache
@@ -46,14 +48,22 @@ class NotMigrated(RuntimeError):
     """The database's schema is not at the latest migration."""
 
 
-def build_cache(settings: Settings) -> CacheClient:
-    """The cache client with both roles, as the settings describe; not yet started."""
-    profile = settings.cache_profile()
+def build_cache(
+    settings: Settings, *, profile: Profile | None = None, resolver: Resolver | None = None
+) -> CacheClient:
+    """The cache client with both roles, as the settings describe; not yet started.
+
+    `profile` replaces the settings' pools, deadlines and breaker (the benchmarks' "before");
+    `resolver` replaces the system's DNS under the cache (the benchmarks' slow or failing DNS).
+    """
+    profile = profile or settings.cache_profile()
+    dns = None if resolver is None else DnsCache(resolver, ttl=profile.dns_ttl)
     cache = CacheClient.create(
         read_url=settings.read_url,
         write_url=settings.write_url,
         profile=profile,
         tls=settings.tls(),
+        dns=dns,
         key_prefix=settings.redis_key_prefix,
     )
     cache.subscribe(SlowOperationLog(profile.slow_threshold))
@@ -88,8 +98,11 @@ def create_app(
     settings: Settings,
     *,
     repository: Callable[[AsyncEngine], PostRepository] = SqlPostRepository,
+    profile: Profile | None = None,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
-    """The app; `repository` builds the posts repository on the engine (tests wrap it)."""
+    """The app; `repository` builds the posts repository on the engine (tests wrap it);
+    `profile` and `resolver` go to `build_cache` (benchmarks set them)."""
     # Prometheus collectors of this app's own (or, under `postal serve --workers N`, files all
     # workers share): fed by the cache's events and snapshots, and by the HTTP middleware.
     metrics = PostalMetrics.from_environment()
@@ -108,7 +121,7 @@ def create_app(
                 timeout=settings.database_timeout,
             )  # fmt: skip
             stack.push_async_callback(engine.dispose)
-            cache = build_cache(settings)
+            cache = build_cache(settings, profile=profile, resolver=resolver)
             stack.push_async_callback(cache.aclose)
             await cache.start()
             ttls = cache_ttls(settings)

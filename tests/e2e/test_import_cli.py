@@ -24,12 +24,12 @@ import httpx
 import pytest
 import redis
 
+from postal.bench.redis_servers import RedisServer
 from postal.embedded import free_loopback_port
 from postal.posts.cache_keys import LIST_GENERATION
 from tests.e2e.test_serve import SCRUBBED, run_postal, serving
 from tests.integration.api_support import Api, running_api
 from tests.support.database import HOST, PORT, USER, database_name, run_in_own_loop
-from tests.support.redis_server import RedisServer
 
 COLUMNS = ("id", "title", "body", "author", "tags", "created_at")
 BIG_FILE_ROWS = 60_000  # a few seconds of importing here: time to interrupt it in the middle

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from postal.bench.redis_servers import RedisServer
 from tests.e2e.test_serve import serving
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from postal.bench.redis_servers import answers_ping
 from postal.embedded import free_loopback_port
 from tests.support.database import empty_database
-from tests.support.redis_server import answers_ping
 
 SCRUBBED = ("DATABASE_URL", "READ_REDIS_URL", "WRITE_REDIS_URL", "POSTAL_API_TOKEN", "POSTAL_HOST")
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as redis
 
+from postal.bench.proxy import FaultProxy
 from postal.cache import (
     BreakerConfig,
     BreakerState,
@@ -27,7 +28,6 @@ from postal.cache import (
     ReadThrough,
     guarded,
 )
-from tests.support.proxy import FaultProxy
 
 GET_DEADLINE = 0.2  # seconds: wide margins on a noisy machine
 THRESHOLD = 3

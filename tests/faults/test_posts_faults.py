@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import make_url
 
+from postal.bench.proxy import FaultProxy
+from postal.bench.redis_servers import RedisServer
 from tests.integration.api_support import AUTH, running_api
-from tests.support.proxy import FaultProxy
-from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as redis
 from sqlalchemy import make_url
 
+from postal.bench.proxy import FaultProxy
 from postal.posts.models import NUL_REFUSAL
 from postal.posts.representation import encode_cursor
 from tests.integration.api_support import AUTH, Api, running_api
-from tests.support.proxy import FaultProxy
 
 VALID = {"title": "New", "body": "New body", "author": "ada"}
 HUGE_ID = "9" * 5000  # int() of this many digits raises ValueError in Python >= 3.11

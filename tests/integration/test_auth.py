@@ -18,11 +18,11 @@ import redis.asyncio
 import redis.exceptions
 
 from postal.app import create_app
+from postal.bench.redis_servers import RedisServer
 from postal.cache import CacheClient, CacheEvent, CacheUnavailable, Outcome
 from postal.cache.urls import MASK
 from postal.settings import SettingsError, load_settings
 from tests.integration.helpers import ONE_CONNECTION
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis_server
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as redis
 
+from postal.bench.redis_servers import free_port
 from postal.cache import (
     GENERATION_TTL,
     BreakerConfig,
@@ -24,7 +25,6 @@ from postal.cache import (
     guarded,
 )
 from tests.integration.helpers import make_client, small_profile
-from tests.support.redis_server import free_port
 
 KEY = guarded("item", "7")
 

@@ -23,12 +23,12 @@ import pytest
 import uvicorn
 from sqlalchemy import text
 
+from postal.bench.proxy import FaultProxy
 from postal.embedded import free_loopback_port
 from postal.posts.imports import ImportConflict, ImportReport
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually
 from tests.support.database import row_counts
-from tests.support.proxy import FaultProxy
 
 IMPORT = "/api/v1/posts/import"
 CSV_HEADERS = {**AUTH, "Content-Type": "text/csv"}

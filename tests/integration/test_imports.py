@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncTransaction
 from sqlalchemy.pool import QueuePool
 
+from postal.bench.redis_servers import free_port
 from postal.cache import CacheClient, CacheTimeouts, PoolConfig, Profile
 from postal.cache.fallback import ReadThrough
 from postal.cache.guard import GuardedFill
@@ -36,7 +37,6 @@ from postal.storage.db import create_engine
 from postal.storage.repository import PostRepository, SqlPostRepository
 from postal.storage.tables import posts
 from tests.support.database import row_counts
-from tests.support.redis_server import free_port
 
 HEADER = "title,body,author,tags"
 ORIGINAL = PostContent("Original", "the first body", "ada", ("old",))

@@ -10,14 +10,14 @@ import re
 
 import pytest
 
+from postal.bench.proxy import FaultProxy
+from postal.bench.redis_servers import free_port
 from postal.cache import PoolTimeout
 from postal.cache.events import PoolWaitEvent
 from postal.observability.metrics import CONTENT_TYPE, METRIC_NAMES, SERIES_NAMES
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually, make_client, small_profile
 from tests.support.metrics_text import Scrape
-from tests.support.proxy import FaultProxy
-from tests.support.redis_server import free_port
 
 OPS = "postal_cache_operations_total"
 HTTP_COUNT = "postal_http_request_duration_seconds_count"

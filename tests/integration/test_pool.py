@@ -9,9 +9,9 @@ import time
 import pytest
 import redis.asyncio as redis
 
+from postal.bench.redis_servers import running_redis
 from postal.cache import CacheClient, CloseReason
 from tests.integration.helpers import eventually, make_client, small_profile
-from tests.support.redis_server import running_redis
 
 
 async def client_names(raw_redis: redis.Redis) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as redis
 
+from postal.bench.proxy import FaultProxy
 from postal.cache import (
     CacheClient,
     CacheTimeouts,
@@ -19,7 +20,6 @@ from postal.cache import (
     guarded,
 )
 from tests.integration.helpers import eventually, make_client, small_profile
-from tests.support.proxy import FaultProxy
 
 KEY = guarded("doc", "1")
 TTL = 60.0

@@ -15,11 +15,11 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
+from postal.bench.redis_servers import RedisServer
 from postal.cli import app as cli_app
 from postal.embedded import free_loopback_port
 from tests.integration.api_support import TOKEN, Api, running_api
 from tests.integration.helpers import eventually
-from tests.support.redis_server import RedisServer
 
 SMALL_READ_POOL = {
     "READ_REDIS_POOL_SIZE": "7",

@@ -1,4 +1,5 @@
-"""Child redis-server processes on free loopback ports, for tests that need a server to themselves.
+"""Child redis-server processes on free loopback ports, for the tests and benchmarks that need a
+server to themselves (a replica, a TLS Redis, a Redis to kill or to move).
 
 Each server keeps nothing on disk (no RDB, no AOF), lives in its own temporary directory, and is
 stopped (SIGTERM, then SIGKILL) when the test is done. `restart()` stops and starts it again on the
@@ -8,6 +9,7 @@ same port, for the "Redis restarted mid-load" faults.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -20,9 +22,9 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 10.0  # seconds
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -38,11 +40,16 @@ def answers_ping(host: str, port: int, timeout: float = 0.5, *, noauth_ok: bool 
 
 
 class RedisServer:
-    """One redis-server child process on 127.0.0.1:`port`."""
+    """One redis-server child process on `host`:`port` (a loopback address: any of 127.0.0.0/8,
+    so two servers can share a port number, as a Redis that moved to a new address does)."""
 
-    def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
-        self.port = port or free_port()
-        self.host = "127.0.0.1"
+    def __init__(
+        self, port: int | None = None, extra_args: Sequence[str] = (), *, host: str = "127.0.0.1"
+    ) -> None:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"child Redis servers bind loopback addresses only, not {host!r}")
+        self.host = host
+        self.port = port or free_port(host)
         self._extra_args = list(extra_args)
         self._dir = Path(tempfile.mkdtemp(prefix="postal-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -90,6 +97,29 @@ class RedisServer:
             process.wait(timeout=5)
         if process.stderr:
             process.stderr.close()
+
+    def replicate(self, primary: RedisServer) -> None:
+        """Become a replica of `primary` (REPLICAOF), and return once the first sync is done."""
+        with socket.create_connection((self.host, self.ready_port), timeout=2) as sock:
+            sock.sendall(b"REPLICAOF %s %d\r\n" % (primary.host.encode(), primary.port))
+            if not sock.recv(64).startswith(b"+OK"):
+                raise RuntimeError(f"REPLICAOF refused by the Redis on port {self.port}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if b"master_link_status:up" in self.info(b"replication"):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"replica on port {self.port} did not sync in {START_TIMEOUT}s")
+
+    def info(self, section: bytes) -> bytes:
+        """The text of INFO `section` (a bulk string reply: `$<length>` CRLF, text, CRLF)."""
+        with socket.create_connection((self.host, self.ready_port), timeout=2) as sock:
+            sock.sendall(b"INFO " + section + b"\r\n")
+            reply = sock.makefile("rb")
+            head = reply.readline()
+            if not head.startswith(b"$"):
+                raise RuntimeError(f"INFO refused by the Redis on port {self.port}: {head!r}")
+            return reply.read(int(head[1:]))
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without closing its connections cleanly."""

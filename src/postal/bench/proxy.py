@@ -1,4 +1,4 @@
-"""A small fault-injecting TCP proxy for tests, on the loopback interface only.
+"""A small fault-injecting TCP proxy for tests and benchmarks, on the loopback interface only.
 
     async with FaultProxy(upstream_port) as proxy:
         client = CacheClient.create(read_url=proxy.url, ...)
