@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     redis_set_deadline: Duration = 0.200
     redis_dns_ttl: Duration = 30.0
     redis_slow_op_threshold: Duration = 0.010
+    # When READ_REDIS_URL names another server than WRITE_REDIS_URL (a replica), each
+    # invalidation waits, within the SET deadline, for every replica to apply it.
+    redis_wait_for_replicas: bool = True
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Settings are logged at start-up and shown in errors: never with a Redis password."""
@@ -235,6 +238,7 @@ class Settings(BaseSettings):
             ),
             dns_ttl=self.redis_dns_ttl,
             slow_threshold=self.redis_slow_op_threshold,
+            wait_for_replicas=self.redis_wait_for_replicas,
             breaker=BreakerConfig(
                 failure_threshold=self.redis_breaker_failures,
                 failure_window=self.redis_breaker_window,

@@ -27,6 +27,7 @@ from postal.cache.events import FillOutcome, Outcome
 from postal.cache.pool import CloseReason
 from postal.observability.metrics import (
     DNS_OUTCOMES,
+    REPLICA_WAIT_OUTCOMES,
     HISTOGRAM_SUFFIXES,
     HISTOGRAMS,
     INVALIDATION_OUTCOMES,
@@ -59,6 +60,7 @@ METRIC_LABELS: Mapping[str, Labels] = {
     "postal_cache_invalidations_total": {"outcome": frozenset(INVALIDATION_OUTCOMES)},
     "postal_cache_breaker_state": {"role": ROLES},
     "postal_dns_lookups_total": {"outcome": frozenset(DNS_OUTCOMES)},
+    "postal_replica_waits_total": {"outcome": frozenset(REPLICA_WAIT_OUTCOMES)},
     "postal_http_request_duration_seconds": {"method": None, "route": None, "status": None},
 }
 

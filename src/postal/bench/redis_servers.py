@@ -66,6 +66,8 @@ class RedisServer:
             "--port", str(self.port),
             "--save", "",
             "--appendonly", "no",
+            # A primary otherwise waits 5 s for more replicas before a (diskless) first sync.
+            "--repl-diskless-sync-delay", "0",
             "--dir", str(self._dir),
             "--logfile", str(self._dir / "redis.log"),
             *self._extra_args,
@@ -98,10 +100,12 @@ class RedisServer:
         if process.stderr:
             process.stderr.close()
 
-    def replicate(self, primary: RedisServer) -> None:
-        """Become a replica of `primary` (REPLICAOF), and return once the first sync is done."""
+    def replicate(self, primary: RedisServer, *, via_port: int | None = None) -> None:
+        """Become a replica of `primary` (REPLICAOF), and return once the first sync is done;
+        `via_port`: reach it on that port of its host instead (a proxy in front of it)."""
+        port = primary.port if via_port is None else via_port
         with socket.create_connection((self.host, self.ready_port), timeout=2) as sock:
-            sock.sendall(b"REPLICAOF %s %d\r\n" % (primary.host.encode(), primary.port))
+            sock.sendall(b"REPLICAOF %s %d\r\n" % (primary.host.encode(), port))
             if not sock.recv(64).startswith(b"+OK"):
                 raise RuntimeError(f"REPLICAOF refused by the Redis on port {self.port}")
         deadline = time.monotonic() + START_TIMEOUT
@@ -115,18 +119,20 @@ class RedisServer:
         """The text of INFO `section` (a bulk string reply: `$<length>` CRLF, text, CRLF)."""
         with socket.create_connection((self.host, self.ready_port), timeout=2) as sock:
             sock.sendall(b"INFO " + section + b"\r\n")
-            reply = sock.makefile("rb")
-            head = reply.readline()
-            if not head.startswith(b"$"):
-                raise RuntimeError(f"INFO refused by the Redis on port {self.port}: {head!r}")
-            return reply.read(int(head[1:]))
+            with sock.makefile("rb") as reply:
+                head = reply.readline()
+                if not head.startswith(b"$"):
+                    raise RuntimeError(f"INFO refused by the Redis on port {self.port}: {head!r}")
+                return reply.read(int(head[1:]))
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without closing its connections cleanly."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait(timeout=5)
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=5)
+            if process.stderr:
+                process.stderr.close()
 
     def restart(self) -> None:
         self.stop()

@@ -47,6 +47,7 @@ from postal.cache.events import CacheEvent, CacheListener, Outcome
 from postal.cache.guard import Guarded, GuardedFill, GuardedOps, Script
 from postal.cache.keys import GuardedKey
 from postal.cache.pool import ManagedPool, PoolStats
+from postal.cache.replicas import ReplicaWait
 from postal.cache.urls import RedisEndpoint
 
 T = TypeVar("T")
@@ -107,6 +108,7 @@ class CacheClient:
         profile: Profile,
         dns: DnsCache,
         key_prefix: str = "",
+        wait_for_replicas: bool = False,
     ) -> None:
         self._read = read
         self._write = write
@@ -115,6 +117,9 @@ class CacheClient:
         self._prefix = key_prefix
         self._listeners: list[CacheListener] = []
         self._guard = GuardedOps(self)
+        self._replica_wait = ReplicaWait(
+            partial(_command, write.pool, "ROLE"), enabled=wait_for_replicas
+        )
 
     @classmethod
     def create(
@@ -127,7 +132,10 @@ class CacheClient:
         dns: DnsCache | None = None,
         key_prefix: str = "",
     ) -> CacheClient:
-        """Build both roles; nothing connects until `start()`."""
+        """Build both roles; nothing connects until `start()`.
+
+        When the roles reach different servers (reads from a replica) and the profile says so,
+        invalidations wait for the replicas (`cache.replicas`)."""
         dns = dns if dns is not None else DnsCache(ttl=profile.dns_ttl)
         read_endpoint = RedisEndpoint.from_url(read_url, force_tls=tls.enabled)
         write_endpoint = RedisEndpoint.from_url(write_url or read_url, force_tls=tls.enabled)
@@ -137,6 +145,8 @@ class CacheClient:
             profile=profile,
             dns=dns,
             key_prefix=key_prefix,
+            wait_for_replicas=profile.wait_for_replicas
+            and not read_endpoint.same_server(write_endpoint),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -166,6 +176,11 @@ class CacheClient:
     @property
     def dns(self) -> DnsCache:
         return self._dns
+
+    @property
+    def replica_wait(self) -> ReplicaWait:
+        """Whether invalidations wait for replicas, how many, and how those waits went."""
+        return self._replica_wait
 
     @property
     def profile(self) -> Profile:
@@ -312,10 +327,20 @@ class CacheClient:
         return _command(self._read.pool, *args)
 
     def _write_script(
-        self, script: Script, keys: Sequence[str], arguments: Sequence[Value]
+        self,
+        script: Script,
+        keys: Sequence[str],
+        arguments: Sequence[Value],
+        *,
+        then: Sequence[Value] = (),
     ) -> Awaitable[Any]:
-        """`script` on a write-role connection, by SHA (EVAL after a NOSCRIPT); no deadline."""
-        return _script(self._write.pool, script, keys, arguments)
+        """`script` on a write-role connection, by SHA (EVAL after a NOSCRIPT); no deadline.
+        With `then`, that command follows on the same connection, and the reply is the pair."""
+        return _script(self._write.pool, script, keys, arguments, then)
+
+    def _write_limit(self, timeout: Timeout) -> float | None:
+        """The deadline a write-role operation called with `timeout` runs under."""
+        return self._profile.timeouts.set if isinstance(timeout, UseDefault) else timeout
 
     def _write_pipeline(self) -> Any:
         """A redis-py pipeline (not a transaction) on the write role."""
@@ -455,18 +480,28 @@ async def _command(pool: ManagedPool, *args: Value) -> Any:
 
 
 async def _script(
-    pool: ManagedPool, script: Script, keys: Sequence[str], arguments: Sequence[Value]
+    pool: ManagedPool,
+    script: Script,
+    keys: Sequence[str],
+    arguments: Sequence[Value],
+    then: Sequence[Value] = (),
 ) -> Any:
     """Run `script` by its SHA; on NOSCRIPT (a fresh, restarted or failed-over Redis) send it
-    whole once, on the same connection, which also caches it there for the next EVALSHA."""
+    whole once, on the same connection, which also caches it there for the next EVALSHA.
+    With `then` (a WAIT, which must follow the writes on their connection), that command runs
+    next on the same connection and the reply is (the script's, then's)."""
     connection = await pool.get_connection()
     try:
         try:
             await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *arguments)
-            return await connection.read_response()
+            result = await connection.read_response()
         except redis_exc.NoScriptError:
             await connection.send_command("EVAL", script.source, len(keys), *keys, *arguments)
-            return await connection.read_response()
+            result = await connection.read_response()
+        if not then:
+            return result
+        await connection.send_command(*then)
+        return result, await connection.read_response()
     finally:
         await pool.release(connection)
 

@@ -120,6 +120,9 @@ class Profile:
     dns_ttl: float = 30 * SECOND  # 0: no DNS cache, every dial resolves
     slow_threshold: float = 10 * MILLISECOND
     breaker: BreakerConfig | None = BreakerConfig()  # None: no breaker, every call tries Redis
+    # When reads go to another server than writes (a replica), each invalidation waits, within
+    # the SET deadline, for every replica to apply it (`cache.replicas`).
+    wait_for_replicas: bool = True
 
 
 TUNED = Profile()

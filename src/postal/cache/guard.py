@@ -40,10 +40,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postal.cache.errors import CacheError
 from postal.cache.keys import GuardedKey
+from postal.cache.replicas import wait_milliseconds
 
 if TYPE_CHECKING:
     from postal.cache.client import CacheClient, Timeout
@@ -265,38 +266,74 @@ class GuardedOps:
     async def invalidate(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
     ) -> None:
-        """`invalidation_commands` in one non-transactional pipeline, write role, SET deadline.
+        """`invalidation_commands` in one non-transactional pipeline, write role, SET deadline;
+        then, when reads go to replicas, `WAIT` in the same pipeline (`cache.replicas`).
 
         When it raises, some, all or none of it may have reached Redis; repeating it is always
         safe (one more bump, one more DEL). The event says "PIPELINE", with the first key.
+        `ReplicasBehind`: the primary has it all, a replica has not confirmed it yet.
         """
         client = self._client
         commands = invalidation_commands(keys, generations, client.key)
         if not commands:
             return
-        pipeline = client._write_pipeline()
-        for command in commands:
-            pipeline.execute_command(*command)
+        replicas = client.replica_wait
+        wait_ms = wait_milliseconds(client._write_limit(timeout))
+
+        async def call() -> tuple[list[Any], int]:
+            wanted = await replicas.replicas()  # under the deadline too: it may ask ROLE
+            pipeline = client._write_pipeline()
+            for command in commands:
+                pipeline.execute_command(*command)
+            if wanted:
+                pipeline.execute_command("WAIT", wanted, wait_ms)
+            return await pipeline.execute(), wanted
+
         first = keys[0].key if keys else generations[0]
-        await client._write_op("PIPELINE", first, timeout, pipeline.execute)
+        replies, wanted = await client._write_op("PIPELINE", first, timeout, call)
+        self._check_replicas(replies[-1] if wanted else 0, wanted, first, wait_ms)
 
     async def invalidate_many(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
     ) -> list[int]:
-        """As `invalidate`, in one INVALIDATE_MANY_SCRIPT call; the new generation of each of
-        `keys`. When it raises, all, some or none of it may have run: repeating it is safe. The
-        event says "EVALSHA", with the first key."""
+        """As `invalidate`, in one INVALIDATE_MANY_SCRIPT call (then a WAIT on the same
+        connection when reads go to replicas); the new generation of each of `keys`. When it
+        raises, all, some or none of it may have run: repeating it is safe. The event says
+        "EVALSHA", with the first key."""
         if not keys and not generations:
             return []
         client = self._client
         names, arguments = invalidate_many_arguments(keys, generations, client.key)
+        replicas = client.replica_wait
+        wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        def call() -> Awaitable[list[int]]:
-            return client._write_script(INVALIDATE_MANY_SCRIPT, names, arguments)
+        async def call() -> tuple[list[int], int, int]:
+            wanted = await replicas.replicas()
+            if not wanted:
+                return await client._write_script(INVALIDATE_MANY_SCRIPT, names, arguments), 0, 0
+            wait = ("WAIT", wanted, wait_ms)
+            bumped, acknowledged = await client._write_script(
+                INVALIDATE_MANY_SCRIPT, names, arguments, then=wait
+            )
+            return bumped, wanted, acknowledged
 
         first = keys[0].key if keys else generations[0]
-        new_generations: list[int] = await client._write_op("EVALSHA", first, timeout, call)
+        new_generations, wanted, acknowledged = await client._write_op(
+            "EVALSHA", first, timeout, call
+        )
+        self._check_replicas(acknowledged, wanted, first, wait_ms)
         return new_generations
+
+    def _check_replicas(self, acknowledged: int, wanted: int, key: str, wait_ms: int) -> None:
+        """After an invalidation: count the WAIT (or its absence); ReplicasBehind if short."""
+        replicas = self._client.replica_wait
+        if not replicas.enabled:
+            return
+        if not wanted:
+            replicas.skipped()
+            return
+        where = f"invalidation of {key} (and what came with it)"
+        replicas.check(int(acknowledged), wanted, where=where, waited_ms=wait_ms)
 
     async def fill_many(self, fills: Sequence[GuardedFill], timeout: Timeout) -> int:
         """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call; how many were written.

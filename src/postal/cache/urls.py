@@ -60,6 +60,10 @@ class RedisEndpoint:
     password: str | None = field(default=None, repr=False)
     masked_url: str = ""
 
+    def same_server(self, other: RedisEndpoint) -> bool:
+        """Whether both name the same server (and database), whoever logs in."""
+        return (self.host, self.port, self.db) == (other.host, other.port, other.db)
+
     @classmethod
     def from_url(cls, url: str, *, force_tls: bool = False) -> RedisEndpoint:
         """Parse `redis://` or `rediss://`; `force_tls` is ENABLE_REDIS_TLS_MODE=true."""

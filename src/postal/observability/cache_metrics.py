@@ -33,6 +33,7 @@ from postal.observability.metrics import (
     DNS_OUTCOMES,
     INVALIDATION_OUTCOMES,
     LATENCY_BUCKETS,
+    REPLICA_WAIT_OUTCOMES,
     PostalMetrics,
 )
 
@@ -157,6 +158,9 @@ class CacheSampler:
             for reason in CloseReason
         }
         self._dns = {outcome: m.dns_lookups.labels(outcome) for outcome in DNS_OUTCOMES}
+        self._replica_waits = {
+            outcome: m.replica_waits.labels(outcome) for outcome in REPLICA_WAIT_OUTCOMES
+        }
         self._invalidations = {
             outcome: m.cache_invalidations.labels(outcome) for outcome in INVALIDATION_OUTCOMES
         }
@@ -176,6 +180,10 @@ class CacheSampler:
         dns = self._cache.dns.stats()
         for outcome in DNS_OUTCOMES:
             totals.advance(self._dns[outcome], ("dns", outcome), getattr(dns, outcome))
+        waits = self._cache.replica_wait.stats()
+        for outcome in REPLICA_WAIT_OUTCOMES:
+            counter = self._replica_waits[outcome]
+            totals.advance(counter, ("replica_wait", outcome), getattr(waits, outcome))
         invalidations = self._invalidator.stats()
         counts = {
             "done": invalidations.done,

@@ -60,6 +60,7 @@ CACHE_FILLS = "postal_cache_fills_total"
 CACHE_INVALIDATIONS = "postal_cache_invalidations_total"
 BREAKER_STATE = "postal_cache_breaker_state"
 DNS_LOOKUPS = "postal_dns_lookups_total"
+REPLICA_WAITS = "postal_replica_waits_total"
 HTTP_REQUEST_SECONDS = "postal_http_request_duration_seconds"
 
 HISTOGRAMS = frozenset({CACHE_OPERATION_SECONDS, POOL_WAIT_SECONDS, HTTP_REQUEST_SECONDS})
@@ -77,6 +78,7 @@ METRIC_NAMES = frozenset(
         CACHE_INVALIDATIONS,
         BREAKER_STATE,
         DNS_LOOKUPS,
+        REPLICA_WAITS,
         HTTP_REQUEST_SECONDS,
     }
 )
@@ -101,6 +103,7 @@ BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
 # invalidation of the key was pending, so no fill), invalidation outcome `given_up`.
 INVALIDATION_OUTCOMES = ("done", "failed", "retried", "given_up")
 DNS_OUTCOMES = ("cached", "resolved", "stale", "failed")
+REPLICA_WAIT_OUTCOMES = ("confirmed", "behind", "skipped")
 
 # -- the seed's five key metrics, one PromQL expression each ---------------------------------------
 
@@ -228,6 +231,13 @@ class PostalMetrics:
         self.dns_lookups = Counter(
             DNS_LOOKUPS,
             "Redis host name lookups by outcome (cached, resolved, stale, failed).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.replica_waits = Counter(
+            REPLICA_WAITS,
+            "Invalidations' waits for the replicas by outcome (confirmed; behind: a replica did"
+            " not confirm in time, the invalidation is retried; skipped: no replicas).",
             ("outcome",),
             registry=registry,
         )

@@ -1,0 +1,137 @@
+"""Invalidations that reach the replicas before the write returns: WAIT, bounded by the deadline.
+
+When the read role reads a replica, an invalidation that has reached the primary but not yet the
+replica leaves a window in which a reader, starting after the write has returned, still gets the
+old value from the replica. Replication on loopback lags by well under a millisecond, but under
+load, or when a replica is slow, the window is real. So when reads and writes go to different
+endpoints, an invalidation is sent with `WAIT <replicas> <ms>` on the same connection (WAIT
+counts the acknowledgements of that connection's own writes):
+
+- `<replicas>` is every replica the primary has, from `ROLE`, asked again at most once a
+  `refresh` (one round trip a second under steady writes): a replica added or lost is known
+  within that time. A primary without replicas skips the WAIT altogether;
+- `<ms>` leaves a quarter of the operation's deadline (at least 20 ms) for the reply to come
+  back, plus one tick of Redis's clock: Redis ends a blocked WAIT on its cron tick, every
+  100 ms at the default `hz` of 10 (measured: WAIT 150 returned after 229 ms, WAIT 50 after
+  100 ms). So a replica that does not confirm in time gives a short count, not a timeout of the
+  whole operation (which would count against the breaker: the primary did answer). Under the
+  default SET deadline of 200 ms that is WAIT 50;
+- a short count raises `ReplicasBehind` after the operation: the invalidation is on the primary,
+  so the breaker records a success, and the `Invalidator` treats it like any failed
+  invalidation (this process bypasses the key, and the retry, WAIT included, runs until the
+  replicas confirm). Waits are counted by outcome in `ReplicaWaitStats`.
+
+Written by hand: redis-py sends WAIT but leaves knowing how many replicas to wait for, and what
+to do when they do not answer, to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from postal.cache.errors import CacheError
+
+REFRESH = 1.0  # seconds a replica count from ROLE is trusted
+REPLY_MARGIN = 0.020  # seconds, at least, kept for WAIT's reply to come back within the deadline
+SERVER_TICK = 0.100  # seconds: how late Redis may end a WAIT (one cron tick at hz 10)
+UNBOUNDED_WAIT = 1.0  # seconds WAIT may take when the operation has no deadline
+
+
+class ReplicasBehind(CacheError):
+    """The primary took the invalidation, but not every replica confirmed it in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWaitStats:
+    confirmed: int  # WAITs every replica answered in time
+    behind: int  # WAITs that came back short: ReplicasBehind was raised
+    skipped: int  # invalidations sent with no WAIT: the primary had no replicas
+    replicas: int  # replicas the primary reported at the last ROLE
+
+
+def wait_milliseconds(limit: float | None) -> int:
+    """WAIT's timeout for an operation whose deadline is `limit` seconds: never 0 (which would
+    make WAIT block until every replica answers, however long)."""
+    if limit is None:
+        budget = UNBOUNDED_WAIT
+    else:
+        budget = limit - max(REPLY_MARGIN, limit / 4) - SERVER_TICK
+    return max(1, int(budget * 1000))
+
+
+def replicas_in_role(reply: Any) -> int:
+    """The number of replicas in a ROLE reply; 0 when the server is not a primary."""
+    if not isinstance(reply, (list, tuple)) or len(reply) < 3:
+        return 0
+    role = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    return len(reply[2]) if role == "master" and isinstance(reply[2], (list, tuple)) else 0
+
+
+class ReplicaWait:
+    """The replica count a write must wait for (from ROLE, cached) and the counts of outcomes.
+
+    `role` runs ROLE on a write-role connection; `enabled` False makes every count 0 (reads go to
+    the primary itself, so no replica can serve them stale).
+    """
+
+    def __init__(
+        self,
+        role: Callable[[], Awaitable[Any]],
+        *,
+        enabled: bool,
+        refresh: float = REFRESH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._role = role
+        self.enabled = enabled
+        self._refresh = refresh
+        self._clock = clock
+        self._replicas = 0
+        self._known_until = float("-inf")
+        self._asking: asyncio.Future[int] | None = None
+        self._confirmed = self._behind = self._skipped = 0
+
+    def stats(self) -> ReplicaWaitStats:
+        return ReplicaWaitStats(self._confirmed, self._behind, self._skipped, self._replicas)
+
+    async def replicas(self) -> int:
+        """How many replicas to wait for; asks ROLE when the last answer is older than
+        `refresh` (concurrent callers share one ROLE)."""
+        if not self.enabled:
+            return 0
+        if self._clock() < self._known_until:
+            return self._replicas
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._ask())
+            self._asking.add_done_callback(self._asked)
+        # Shielded: one caller's deadline must not cancel the ROLE the others are waiting for.
+        return await asyncio.shield(self._asking)
+
+    def check(self, acknowledged: int, wanted: int, *, where: str, waited_ms: int) -> None:
+        """Count a WAIT's reply; ReplicasBehind when fewer than `wanted` replicas confirmed."""
+        if acknowledged >= wanted:
+            self._confirmed += 1
+            return
+        self._behind += 1
+        self._known_until = float("-inf")  # a replica may be gone: ask ROLE again next time
+        raise ReplicasBehind(
+            f"{where}: {acknowledged} of {wanted} replicas confirmed the invalidation"
+            f" within {waited_ms} ms"
+        )
+
+    def skipped(self) -> None:
+        self._skipped += 1
+
+    async def _ask(self) -> int:
+        self._replicas = replicas_in_role(await self._role())
+        self._known_until = self._clock() + self._refresh
+        return self._replicas
+
+    def _asked(self, future: asyncio.Future[int]) -> None:
+        self._asking = None
+        if not future.cancelled():
+            future.exception()  # retrieved here: the callers awaiting it re-raise it

@@ -1,0 +1,93 @@
+"""The replica wait's arithmetic and ROLE parsing (pure logic; the waits themselves are in
+tests/integration/test_replica_wait.py against real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from postal.cache.replicas import (
+    REPLY_MARGIN,
+    SERVER_TICK,
+    UNBOUNDED_WAIT,
+    ReplicasBehind,
+    ReplicaWait,
+    replicas_in_role,
+    wait_milliseconds,
+)
+
+
+@pytest.mark.parametrize("limit", [0.2, 0.5, 1.0, 30.0])
+def test_the_wait_and_a_late_tick_fit_in_the_deadline_with_room_for_the_reply(limit: float) -> None:
+    waited = wait_milliseconds(limit) / 1000
+    assert waited > 0
+    assert waited + SERVER_TICK + max(REPLY_MARGIN, limit / 4) <= limit + 0.001
+
+
+@pytest.mark.parametrize("limit", [0.001, 0.05, 0.1])
+def test_a_deadline_too_short_for_a_tick_still_never_asks_wait_to_block_forever(
+    limit: float,
+) -> None:
+    assert wait_milliseconds(limit) == 1  # WAIT 0 would block until every replica answers
+
+
+def test_no_deadline_waits_a_bounded_time() -> None:
+    assert wait_milliseconds(None) == int(UNBOUNDED_WAIT * 1000)
+
+
+def test_role_replies() -> None:
+    primary = [b"master", 3129659, [[b"127.0.0.1", b"9001", b"3129242"], [b"::1", b"9002", b"0"]]]
+    assert replicas_in_role(primary) == 2
+    assert replicas_in_role([b"master", 0, []]) == 0
+    assert replicas_in_role([b"slave", b"127.0.0.1", 9000, b"connected", 3167038]) == 0
+    assert replicas_in_role(None) == 0
+
+
+async def test_the_count_is_asked_once_per_refresh_and_shared_by_concurrent_callers() -> None:
+    asked = 0
+    now = 100.0
+
+    async def role() -> list[object]:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0)
+        return [b"master", 0, [[b"127.0.0.1", b"1", b"0"]]]
+
+    wait = ReplicaWait(role, enabled=True, refresh=1.0, clock=lambda: now)
+    assert await asyncio.gather(*(wait.replicas() for _ in range(5))) == [1] * 5
+    assert asked == 1
+    now += 0.5
+    assert await wait.replicas() == 1
+    assert asked == 1
+    now += 0.6
+    assert await wait.replicas() == 1
+    assert asked == 2
+
+
+async def test_a_short_count_raises_and_makes_the_next_call_ask_again() -> None:
+    asked = 0
+
+    async def role() -> list[object]:
+        nonlocal asked
+        asked += 1
+        return [b"master", 0, [[b"a", b"1", b"0"], [b"b", b"2", b"0"]]]
+
+    wait = ReplicaWait(role, enabled=True, clock=lambda: 0.0)
+    assert await wait.replicas() == 2
+    wait.check(2, 2, where="x", waited_ms=50)
+    with pytest.raises(
+        ReplicasBehind, match="1 of 2 replicas confirmed the invalidation within 50 ms"
+    ):
+        wait.check(1, 2, where="x", waited_ms=50)
+    await wait.replicas()
+    assert asked == 2
+    stats = wait.stats()
+    assert (stats.confirmed, stats.behind, stats.replicas) == (1, 1, 2)
+
+
+async def test_disabled_never_asks() -> None:
+    async def role() -> object:
+        raise AssertionError("ROLE must not be sent")
+
+    assert await ReplicaWait(role, enabled=False).replicas() == 0
