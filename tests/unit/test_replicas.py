@@ -91,3 +91,21 @@ async def test_disabled_never_asks() -> None:
         raise AssertionError("ROLE must not be sent")
 
     assert await ReplicaWait(role, enabled=False).replicas() == 0
+
+
+async def test_no_replicas_is_never_believed_for_long_a_returning_replica_is_waited_for_at_once() -> (
+    None
+):
+    replicas: list[object] = []
+    asked = 0
+
+    async def role() -> list[object]:
+        nonlocal asked
+        asked += 1
+        return [b"master", 0, list(replicas)]
+
+    wait = ReplicaWait(role, enabled=True, refresh=1.0, clock=lambda: 0.0)
+    assert await wait.replicas() == 0
+    replicas.append([b"127.0.0.1", b"1", b"0"])  # the replica rejoins, no time passes
+    assert await wait.replicas() == 1
+    assert asked == 2

@@ -7,9 +7,13 @@ load, or when a replica is slow, the window is real. So when reads and writes go
 endpoints, an invalidation is sent with `WAIT <replicas> <ms>` on the same connection (WAIT
 counts the acknowledgements of that connection's own writes):
 
-- `<replicas>` is every replica the primary has, from `ROLE`, asked again at most once a
-  `refresh` (one round trip a second under steady writes): a replica added or lost is known
-  within that time. A primary without replicas skips the WAIT altogether;
+- `<replicas>` is every replica the primary has, from `ROLE`. A count of one or more is
+  trusted for `refresh` (one round trip a second under steady writes), so a replica lost is
+  known within that time. A count of 0 is never trusted: the write asks ROLE again, one more
+  round trip while no replica is attached. A replica that comes back (restarted, resynced)
+  must be waited for from its first write on: the fault matrix caught one stale read in the
+  second after a killed replica rejoined, while a count of 0 was still believed. A primary
+  without replicas skips the WAIT;
 - `<ms>` leaves a quarter of the operation's deadline (at least 20 ms) for the reply to come
   back, plus one tick of Redis's clock: Redis ends a blocked WAIT on its cron tick, every
   100 ms at the default `hz` of 10 (measured: WAIT 150 returned after 229 ms, WAIT 50 after
@@ -57,10 +61,8 @@ def wait_milliseconds(limit: float | None) -> int:
     """WAIT's timeout for an operation whose deadline is `limit` seconds: never 0 (which would
     make WAIT block until every replica answers, however long)."""
     if limit is None:
-        budget = UNBOUNDED_WAIT
-    else:
-        budget = limit - max(REPLY_MARGIN, limit / 4) - SERVER_TICK
-    return max(1, int(budget * 1000))
+        return int(UNBOUNDED_WAIT * 1000)
+    return max(1, int((limit - max(REPLY_MARGIN, limit / 4) - SERVER_TICK) * 1000))
 
 
 def replicas_in_role(reply: Any) -> int:
@@ -128,7 +130,8 @@ class ReplicaWait:
 
     async def _ask(self) -> int:
         self._replicas = replicas_in_role(await self._role())
-        self._known_until = self._clock() + self._refresh
+        if self._replicas:  # none: asked again next time (see the module)
+            self._known_until = self._clock() + self._refresh
         return self._replicas
 
     def _asked(self, future: asyncio.Future[int]) -> None:
