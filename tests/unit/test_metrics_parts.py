@@ -271,7 +271,23 @@ def test_the_key_expressions_name_only_real_series() -> None:
 
 
 def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
-    assert len(METRIC_NAMES) == 13
+    # Issue 5's thirteen, and the replica waits: renaming one breaks dashboards and alerts.
+    assert METRIC_NAMES == {
+        "postal_cache_operations_total",
+        "postal_cache_operation_seconds",
+        "postal_pool_connections",
+        "postal_pool_max_connections",
+        "postal_pool_wait_seconds",
+        "postal_pool_timeouts_total",
+        "postal_pool_connections_opened_total",
+        "postal_pool_connections_closed_total",
+        "postal_cache_fills_total",
+        "postal_cache_invalidations_total",
+        "postal_cache_breaker_state",
+        "postal_dns_lookups_total",
+        "postal_replica_waits_total",
+        "postal_http_request_duration_seconds",
+    }
     assert all(name.startswith("postal_") for name in METRIC_NAMES)
     assert {name + "_bucket" for name in HISTOGRAMS} <= SERIES_NAMES
     text = PostalMetrics().render().decode()

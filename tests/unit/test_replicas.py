@@ -93,9 +93,7 @@ async def test_disabled_never_asks() -> None:
     assert await ReplicaWait(role, enabled=False).replicas() == 0
 
 
-async def test_no_replicas_is_never_believed_for_long_a_returning_replica_is_waited_for_at_once() -> (
-    None
-):
+async def test_a_count_of_no_replicas_is_asked_again_so_a_returning_replica_is_waited_for() -> None:
     replicas: list[object] = []
     asked = 0
 

@@ -66,7 +66,8 @@ def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
     """Close at once, with an RST rather than a FIN (SO_LINGER on, timeout 0)."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # uvloop's socket wrapper raises ValueError once its descriptor is gone.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
