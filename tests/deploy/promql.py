@@ -27,10 +27,10 @@ from postal.cache.events import FillOutcome, Outcome
 from postal.cache.pool import CloseReason
 from postal.observability.metrics import (
     DNS_OUTCOMES,
-    REPLICA_WAIT_OUTCOMES,
     HISTOGRAM_SUFFIXES,
     HISTOGRAMS,
     INVALIDATION_OUTCOMES,
+    REPLICA_WAIT_OUTCOMES,
     SERIES_NAMES,
 )
 
