@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench bench-http bench-import clean
+.PHONY: install run test test-fast lint bench bench-http bench-import bench-seed bench-faults clean
 
 install: $(STAMP)
 
@@ -48,6 +48,17 @@ bench-http: install
 bench-import: install
 	scripts/ensure-redis
 	$(BIN)/postal bench import
+
+# The incident's before/after table; PostgreSQL on 127.0.0.1:5432 (user postgres) takes a scratch
+# database. The plot needs matplotlib, which `install` brings (the dev extra).
+bench-seed: install
+	scripts/ensure-redis
+	$(BIN)/postal bench seed --plot bench-results/seed.png --json bench-results/seed.json
+
+# Ten Redis and database faults under 100 readers and a writer (about 3 minutes); child Redis
+# servers of its own, and a scratch database on PostgreSQL at 127.0.0.1:5432 (user postgres).
+bench-faults: install
+	$(BIN)/postal bench faults --json bench-results/faults.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -352,6 +352,74 @@ def bench_import(
     publish(report, render_report, console, json_path)
 
 
+@bench_app.command("seed")
+def bench_seed(
+    latency: Annotated[str, typer.Option(help="Added by the proxy to Redis, each way.")] = "1ms",
+    dns_delay: Annotated[str, typer.Option(help="Per lookup of Redis's host name.")] = "20ms",
+    requests: Annotated[int, typer.Option(help="Requests per load (ab -n).")] = 10_000,
+    connections: Annotated[int, typer.Option(help="Connections (ab -c).")] = 100,
+    hit_rate: Annotated[float, typer.Option(help="Share of GETs to the warm hot set.")] = 0.9,
+    posts: Annotated[int, typer.Option(help="Posts in the database.")] = 10_000,
+    runs: Annotated[int, typer.Option(help="Runs per profile, interleaved; medians.")] = 3,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="2,000 requests, 2,000 posts, one run.")
+    ] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the latencies (PNG).")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this file.")
+    ] = None,
+    redis_url: Annotated[
+        str, typer.Option(help="The Redis behind the proxy; loopback only.")
+    ] = "redis://127.0.0.1:6379/0",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An empty, loopback postgresql+asyncpg:// database, emptied after."
+            " Default: a scratch database on 127.0.0.1:5432 (user postgres), dropped after."
+        ),
+    ] = None,
+) -> None:
+    """The incident's before/after table: the before profile and the tuned one, same load."""
+    from postal.bench.seed_cli import run_seed_command
+
+    run_seed_command(
+        latency=latency, dns_delay=dns_delay, requests=requests, connections=connections,
+        hit_rate=hit_rate, posts=posts, runs=runs, quick=quick, plot=plot, json_path=json_path,
+        redis_url=redis_url, database_url=database_url,
+    )  # fmt: skip
+
+
+@bench_app.command("faults")
+def bench_faults(
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated faults: refused, black-holed, slow, restarted, replica-killed,"
+            " pool-exhausted, dns-failing, dns-moved, tls-unverified, database-down. Default: all."
+        ),
+    ] = None,
+    readers: Annotated[int, typer.Option(min=1, help="Concurrent reader connections.")] = 100,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Reads/s of all readers together; 0: back to back.")
+    ] = 500,
+    posts: Annotated[int, typer.Option(min=1, help="Posts in the hot set.")] = 200,
+    before: Annotated[str, typer.Option(help="Healthy load before the fault: 3s.")] = "3s",
+    during: Annotated[str, typer.Option(help="Load during the fault.")] = "5s",
+    after: Annotated[str, typer.Option(help="Load after the fault ends.")] = "5s",
+    quick: Annotated[bool, typer.Option("--quick", help="Phases of 1.5s, 3s and 3s.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this file.")
+    ] = None,
+) -> None:
+    """Ten Redis and database faults under 100 readers and a writer: failed, stale, wrong reads."""
+    from postal.bench.faults.command import run_faults_command
+
+    run_faults_command(
+        only=only, readers=readers, rate=rate, posts=posts, before=before, during=during,
+        after=after, quick=quick, json_path=json_path,
+    )  # fmt: skip
+
+
 @app.command("import")
 def import_posts(
     file: Annotated[

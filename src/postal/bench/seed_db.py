@@ -1,0 +1,59 @@
+"""The posts `postal bench seed` reads: inserted straight into its database with plain SQL.
+
+This is set-up, not what is measured, so it does not go through Postal: one INSERT ... SELECT
+over generate_series writes every post (ids 1..N, version 1, a body of a fixed size), a second
+their version rows, and the identity sequence is moved past them, so the database looks as if
+Postal had created them. Both profiles then read the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from asyncpg import exceptions as pg_errors
+from sqlalchemy.engine import make_url
+
+from postal.bench import BenchError
+from postal.cache.urls import mask_url
+
+CONNECT_TIMEOUT = 10.0  # s
+INSERT_TIMEOUT = 300.0  # s per statement
+FILLER = "Postal serves posts from Redis at close to Redis's own speed. "  # a body, repeated
+
+_INSERT_POSTS = """
+INSERT INTO posts (id, title, body, author, tags, version, created_at, updated_at)
+SELECT g, 'post ' || g, left(repeat($2::text, $3::int / length($2::text) + 1), $3::int),
+       'postal-bench', '["bench", "seed"]'::json, 1, now(), now()
+FROM generate_series(1, $1::int) AS g
+"""
+_INSERT_VERSIONS = """
+INSERT INTO post_versions (post_id, version, title, body, author, tags, created_at)
+SELECT id, version, title, body, author, tags, created_at FROM posts
+"""
+_MOVE_SEQUENCE = "SELECT setval(pg_get_serial_sequence('posts', 'id'), $1::int)"
+
+
+async def insert_posts(url: str, count: int, body_chars: int) -> None:
+    """Posts 1..`count` (and their version 1) into the empty, migrated database at `url`."""
+    parts = make_url(url)
+    try:
+        connection = await asyncpg.connect(  # type: ignore[no-untyped-call]
+            host=parts.host,
+            port=parts.port or 5432,
+            user=parts.username,
+            password=parts.password,
+            database=parts.database,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=INSERT_TIMEOUT,
+        )
+    except (OSError, pg_errors.PostgresError) as exc:
+        raise BenchError(f"cannot connect to {mask_url(url)}: {exc}") from exc
+    try:
+        async with connection.transaction():
+            await connection.execute(_INSERT_POSTS, count, FILLER, body_chars)
+            await connection.execute(_INSERT_VERSIONS)
+            await connection.execute(_MOVE_SEQUENCE, count)
+        await connection.execute("ANALYZE posts")
+    except pg_errors.PostgresError as exc:
+        raise BenchError(f"cannot insert the bench's posts into {mask_url(url)}: {exc}") from exc
+    finally:
+        await connection.close()

@@ -1,0 +1,235 @@
+"""`postal bench seed` end to end at a tiny size: the real Postal twice (before, tuned), the
+latency proxy in its child process, the scripted DNS, the test PostgreSQL and Redis.
+
+Asserted: what the bench computed and what it left behind, never how fast anything was.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+from typer.testing import CliRunner
+
+from postal.bench import cpu_time
+from postal.bench.import_db import BenchDatabase
+from postal.bench.proxy_child import ProxyProcess
+from postal.bench.seed import run_seed_bench
+from postal.bench.seed_options import SeedBenchOptions
+from postal.cli import app
+from tests.support.database import HOST, PORT, USER
+
+REQUESTS = 300
+POSTS = 300
+HIT_RATE = 0.9
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+async def keys_under(redis_url: str, prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    finally:
+        await client.aclose()
+
+
+def both_loads(run: dict[str, Any], *path: str) -> int:
+    """The sum of one figure over the run's two loads (items, listing)."""
+    total = 0
+    for phase in (run["items"], run["listing"]):
+        value: Any = phase
+        for name in path:
+            value = value[name]
+        total += int(value)
+    return total
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dict[str, Any]:
+    """One tiny bench through the CLI (the database: the default, a scratch one)."""
+    directory = tmp_path_factory.mktemp("seed")
+    arguments = [
+        "bench", "seed", "--requests", str(REQUESTS), "--posts", str(POSTS), "--runs", "1",
+        "--connections", "20", "--latency", "500us", "--dns-delay", "5ms",
+        "--hit-rate", str(HIT_RATE), "--redis-url", redis_url,
+        "--json", str(directory / "seed.json"), "--plot", str(directory / "seed.png"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    return {
+        "output": result.output,
+        "document": json.loads((directory / "seed.json").read_text()),
+        "png": (directory / "seed.png").read_bytes(),
+    }
+
+
+def test_both_profiles_ran_every_request_without_an_error(tiny_run: dict[str, Any]) -> None:
+    profiles = tiny_run["document"]["profiles"]
+
+    assert set(profiles) == {"before", "tuned"}
+    for runs in profiles.values():
+        (run,) = runs
+        for phase in (run["items"], run["listing"]):
+            assert phase["requests"] == phase["completed"] == REQUESTS
+            assert phase["errors"] == 0
+        assert run["warmed"] == POSTS // 10  # every hot post's entry was filled first
+
+
+def test_the_hit_rate_is_the_one_asked_for(tiny_run: dict[str, Any]) -> None:
+    profiles = tiny_run["document"]["profiles"]
+    misses = round(REQUESTS * (1 - HIT_RATE))
+
+    before = profiles["before"][0]["items"]["cache"]
+    tuned = profiles["tuned"][0]["items"]["cache"]
+    # The before profile has no deadline: every GET is answered, hit or miss as designed.
+    assert (before["hits"], before["misses"]) == (REQUESTS - misses, misses)
+    assert before["hit_rate"] == pytest.approx(HIT_RATE)
+    # The tuned one may time a GET out on a busy machine (a fallback, not a hit nor a miss).
+    assert 0 < tuned["misses"] <= misses
+    assert tuned["answered_hit_rate"] == pytest.approx(HIT_RATE, abs=0.05)
+
+
+def test_before_dials_and_resolves_per_operation_tuned_reuses(tiny_run: dict[str, Any]) -> None:
+    profiles = tiny_run["document"]["profiles"]
+    before, tuned = profiles["before"][0], profiles["tuned"][0]
+
+    opened = both_loads(before, "cache", "connections_opened")
+    assert opened > both_loads(tuned, "cache", "connections_opened")
+    # Every operation dialled (hits, misses' fills, the listing): more dials than requests.
+    assert opened >= 2 * REQUESTS
+    # Each dial resolved the name, by a lookup of its own or by joining one in flight (the
+    # cache coalesces concurrent lookups even with its TTL at 0, as Go's resolver does).
+    resolved = both_loads(before, "cache", "dns_lookups")
+    joined = both_loads(before, "cache", "dns_cached")
+    assert resolved >= 1
+    assert resolved + joined >= opened
+    assert resolved + joined <= opened + 20  # dials begun but not finished at a scrape
+    # The proxy saw the same connections the pools said they opened.
+    assert abs(both_loads(before, "proxy_accepted") - opened) <= 20
+    # Tuned resolves once per TTL (30 s): nothing, or a re-resolve after a failed connection.
+    assert both_loads(tuned, "cache", "dns_lookups") <= 2
+
+
+def test_the_report_prints_the_table_and_the_plot_is_a_png(tiny_run: dict[str, Any]) -> None:
+    output, document = tiny_run["output"], tiny_run["document"]
+
+    assert "postal bench seed: 300 posts in PostgreSQL, 300 requests x 20 connections" in output
+    assert "cache GET p99, service (ms)" in output
+    assert "target: tuned cache GET p99 (service) <= 10 ms" in output
+    assert document["benchmark"] == "seed"
+    assert document["settings"]["latency"] == 0.0005
+    assert set(document["target"]) >= {"p99_upper", "throughput_ratio", "met"}
+    assert tiny_run["png"].startswith(PNG_SIGNATURE)
+
+
+async def test_nothing_is_left_behind(tiny_run: dict[str, Any], redis_url: str) -> None:
+    settings = tiny_run["document"]["settings"]
+
+    assert settings["scratch_database"]
+    name = settings["database"].rpartition("/")[2]
+    assert name.startswith("postal_bench_")
+    connection = await asyncpg.connect(host=HOST, port=PORT, user=USER, database="postgres")
+    try:
+        found = await connection.fetchval(
+            "SELECT count(*) FROM pg_database WHERE datname = $1", name
+        )
+    finally:
+        await connection.close()
+    assert found == 0
+    for prefix in settings["key_prefixes"]:
+        assert await keys_under(redis_url, prefix) == []
+
+
+async def test_a_given_database_is_used_and_left_empty(
+    clean_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    options = SeedBenchOptions(
+        requests=50, posts=50, runs=1, connections=5, latency=0.0, dns_delay=0.0,
+        redis_url=redis_url, database_url=clean_database,
+    )  # fmt: skip
+
+    report = await run_seed_bench(options)
+
+    assert not report.scratch_database
+    assert [run.profile for run in report.runs] == ["before", "tuned"]
+    assert all(run.items.completed == 50 for run in report.runs)
+    assert await BenchDatabase(clean_database, scratch=False).counts() == (0, 0)
+
+
+async def test_the_proxy_child_forwards_counts_and_stops(redis_url: str) -> None:
+    proxy = ProxyProcess("127.0.0.1", 6379, 0.0)
+    await proxy.start()
+    try:
+        client = redis.Redis(host="127.0.0.1", port=proxy.port)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+        stats = await proxy.stats()
+        assert stats.accepted == 1
+    finally:
+        await proxy.stop()
+    assert proxy.pid is None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--latency", "5"], "--latency: expected a duration"),
+        (["--dns-delay", "soon"], "--dns-delay: expected a duration"),
+        (["--redis-url", "redis://192.0.2.1:6379/0"], "refusing"),
+        (["--database-url", "postgresql+asyncpg://postgres@192.0.2.1/x"], "refusing"),
+        (["--hit-rate", "1.5"], "--hit-rate must be between 0 and 1"),
+        (["--posts", "100"], "--posts 100 is too few"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(arguments: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "seed", *arguments])
+
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_plot_without_matplotlib_exits_2_saying_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+
+    result = CliRunner().invoke(app, ["bench", "seed", "--plot", str(tmp_path / "x.png")])
+
+    assert result.exit_code == 2
+    assert "--plot needs matplotlib: pip install 'postal[bench]'" in result.output
+
+
+def test_cpu_time_reads_processes_from_proc() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "--port", "1234"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        found = None
+        for _ in range(100):  # until the child has exec'd its command line
+            found = cpu_time.child_listening_on(1234)
+            if found is not None:
+                break
+            time.sleep(0.02)
+        assert found == child.pid
+        assert cpu_time.child_listening_on(4321) is None
+    finally:
+        child.kill()
+        child.wait()
+    sum(range(200_000))  # some CPU of our own
+    own = cpu_time.process_cpu(os.getpid())
+    assert own is not None
+    assert own > 0
+    assert cpu_time.process_cpu(child.pid) is None  # gone
+    machine = cpu_time.machine_cpu()
+    assert machine is not None
+    assert machine >= own
+    assert cpu_time.processes_named("no such command") == 0.0
