@@ -46,11 +46,16 @@ from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable, Circ
 from postal.cache.events import CacheEvent, CacheListener, Outcome
 from postal.cache.guard import Guarded, GuardedFill, GuardedOps, Script
 from postal.cache.keys import GuardedKey
+from postal.cache.loop_lag import LoopLag
 from postal.cache.pool import ManagedPool, PoolStats
 from postal.cache.replicas import ReplicaWait
 from postal.cache.urls import RedisEndpoint
 
 T = TypeVar("T")
+
+# A deadline that expired while the event loop ran this late (or a fifth of the deadline, if
+# more) is no verdict on Redis: see `cache.loop_lag`.
+LATE_LOOP_FLOOR = 0.020  # seconds
 
 
 class UseDefault(enum.Enum):
@@ -120,6 +125,7 @@ class CacheClient:
         self._replica_wait = ReplicaWait(
             partial(_command, write.pool, "ROLE"), enabled=wait_for_replicas
         )
+        self._loop_lag = LoopLag()
 
     @classmethod
     def create(
@@ -152,9 +158,11 @@ class CacheClient:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop_lag.start()
         await asyncio.gather(self._read.pool.start(), self._write.pool.start())
 
     async def aclose(self) -> None:
+        self._loop_lag.stop()
         await asyncio.gather(self._read.pool.aclose(), self._write.pool.aclose())
 
     async def __aenter__(self) -> Self:
@@ -381,7 +389,9 @@ class CacheClient:
             current_operation.reset(token)  # listeners run outside the operation
             error = _map_error(exc, role, command, limit, operation)
             if breaker is not None:
-                if isinstance(error, (CacheTimeout, CacheUnavailable)):
+                if isinstance(exc, TimeoutError) and self._loop_ran_late(limit):
+                    breaker.record_cancelled()  # no verdict on Redis: see _loop_ran_late
+                elif isinstance(error, (CacheTimeout, CacheUnavailable)):
                     breaker.record_failure()
                 else:
                     breaker.record_success()  # an error reply: Redis is there and answering
@@ -401,6 +411,15 @@ class CacheClient:
                 outcome = Outcome.HIT if is_hit(result) else Outcome.MISS
             self._emit(role, command, key, started, outcome, None)
         return result
+
+    def _loop_ran_late(self, limit: float | None) -> bool:
+        """Whether this process's own event loop, not Redis, let a deadline of `limit` expire:
+        it has lately run callbacks `max(20 ms, limit / 5)` or more late (`cache.loop_lag`).
+        Such a timeout is still a timeout to the caller and in the metrics, but the breaker
+        takes no verdict from it; a black-holed Redis on a healthy process still opens it."""
+        if limit is None:
+            return False
+        return self._loop_lag.recent() >= max(LATE_LOOP_FLOOR, limit / 5)
 
     def _emit(
         self,

@@ -1,0 +1,103 @@
+"""Timeouts on a saturated process are no verdict on Redis (cache.loop_lag), with a real Redis
+behind a proxy that makes every reply late.
+
+Both tests make every GET time out the same way (replies 300 ms late, a 100 ms deadline). The
+only difference is this process's event loop: idle, the breaker opens as it must; hogged by
+work that keeps it 30 ms late (a CPU-bound worker), it stays closed, since the loop, not Redis,
+could be what let the deadlines expire. The timeouts are timeouts to the caller either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from postal.bench.proxy import FaultProxy
+from postal.cache import BreakerConfig, BreakerState, CacheClient, CacheTimeouts, Profile
+from postal.cache.errors import CacheTimeout
+from postal.cache.loop_lag import LoopLag
+from tests.integration.helpers import small_profile
+
+GETS = 12  # sequential: well past the threshold, over more than the window
+PROFILE = Profile(
+    read_pool=small_profile().read_pool,
+    write_pool=small_profile().write_pool,
+    timeouts=CacheTimeouts(get=0.1, set=0.2),
+    breaker=BreakerConfig(failure_threshold=3, failure_window=0.25, cooldown=5.0),
+)
+
+
+@pytest.fixture
+async def slow_cache(redis_url: str, key_prefix: str) -> AsyncIterator[CacheClient]:
+    upstream = urlsplit(redis_url).port
+    assert upstream is not None
+    async with FaultProxy(upstream) as proxy:
+        cache = CacheClient.create(read_url=proxy.url, profile=PROFILE, key_prefix=key_prefix)
+        async with cache:
+            await proxy.add_latency(0.15)  # each way: replies 300 ms late
+            yield cache
+
+
+@contextlib.contextmanager
+def hogged_loop(block: float = 0.03) -> Iterator[None]:
+    """Keep the running loop about `block` seconds late, as a CPU-bound worker's is."""
+
+    async def hog() -> None:
+        while True:
+            time.sleep(block)  # noqa: ASYNC251 - the point: blocking work between awaits
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(hog())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def time_out_every_get(cache: CacheClient) -> int:
+    timeouts = 0
+    for _ in range(GETS):
+        with contextlib.suppress(CacheTimeout):
+            await cache.get("k")
+            continue
+        timeouts += 1
+        if cache.breaker_state("read") is BreakerState.OPEN:
+            break
+    return timeouts
+
+
+async def test_on_an_idle_loop_late_replies_open_the_breaker(slow_cache: CacheClient) -> None:
+    assert await time_out_every_get(slow_cache) >= 3
+    assert slow_cache.breaker_state("read") is BreakerState.OPEN
+
+
+async def test_on_a_saturated_loop_the_same_timeouts_leave_it_closed(
+    slow_cache: CacheClient,
+) -> None:
+    with hogged_loop():
+        await asyncio.sleep(0.1)  # the lag is seen
+        assert await time_out_every_get(slow_cache) == GETS
+    assert slow_cache.breaker_state("read") is BreakerState.CLOSED
+
+
+async def test_loop_lag_sees_a_stall_while_it_lasts_and_forgets_it_later() -> None:
+    lag = LoopLag(interval=0.01, memory=0.2)
+    assert lag.recent() == 0.0  # not sampling yet
+    lag.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert lag.recent() < 0.05
+        time.sleep(0.1)  # noqa: ASYNC251 - a stall: the sample due meanwhile is overdue now
+        assert lag.recent() >= 0.09
+        await asyncio.sleep(0.02)  # the late sample ran: remembered as the peak
+        assert lag.recent() >= 0.09
+        await asyncio.sleep(0.3)  # past the memory
+        assert lag.recent() < 0.09
+    finally:
+        lag.stop()
+    assert lag.recent() == 0.0
