@@ -19,6 +19,10 @@ from postal.cache.durations import parse_duration
 from postal.cache.urls import RedisEndpoint, mask_url
 from postal.posts.models import DEFAULT_MAX_BODY_BYTES
 
+# With invalidations waiting for replicas, the SET deadline must hold a WAIT of at least a few
+# milliseconds plus one Redis cron tick (100 ms) plus the reply (`cache.replicas`).
+MIN_WAITING_SET_DEADLINE = 0.150  # seconds
+
 
 class SettingsError(Exception):
     """The environment holds values Postal cannot start with; str() is one line per problem."""
@@ -173,9 +177,29 @@ class Settings(BaseSettings):
             problems.append("DATABASE_POOL_SIZE=0: expected a whole number >= 1")
         if self.postal_max_import_bytes < 1:
             problems.append("POSTAL_MAX_IMPORT_BYTES=0: expected a whole number >= 1")
+        if self._waits_for_replicas() and 0 < self.redis_set_deadline < MIN_WAITING_SET_DEADLINE:
+            problems.append(
+                f"REDIS_SET_DEADLINE={self.redis_set_deadline * 1000:g}ms is too short to wait"
+                " for the replicas READ_REDIS_URL reads from (Redis may end a WAIT up to 100 ms"
+                f" late): expected at least {MIN_WAITING_SET_DEADLINE * 1000:g}ms, or"
+                " REDIS_WAIT_FOR_REPLICAS=false"
+            )
         if problems:
             raise ValueError(" | ".join(problems))
         return self
+
+    def _waits_for_replicas(self) -> bool:
+        """Whether invalidations will WAIT: reads from another server than writes."""
+        if not self.redis_wait_for_replicas:
+            return False
+        try:
+            read, write = (
+                RedisEndpoint.from_url(self.read_url),
+                RedisEndpoint.from_url(self.write_url),
+            )
+        except ValueError:
+            return False  # the URL's own check reports it
+        return not read.same_server(write)
 
     # -- what the rest of Postal is built from -------------------------------------------------
 

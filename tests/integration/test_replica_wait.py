@@ -18,7 +18,8 @@ import pytest
 from postal.bench.proxy import FaultProxy
 from postal.bench.redis_servers import RedisServer
 from postal.cache import BreakerState, CacheClient, CacheTimeouts, Invalidator, guarded
-from postal.cache.replicas import ReplicasBehind
+from postal.cache.errors import CacheError
+from postal.cache.replicas import ASK_TIMEOUT, ReplicasBehind
 from tests.integration.helpers import eventually, small_profile
 
 pytestmark = pytest.mark.redis_server
@@ -150,6 +151,33 @@ async def test_the_invalidator_keeps_a_key_pending_while_the_replica_is_behind(
             assert client.replica_wait.stats().confirmed >= 1
         finally:
             await invalidator.aclose()
+
+
+async def test_a_question_lost_in_a_black_hole_does_not_hold_up_later_invalidations(
+    pair: Pair, key_prefix: str
+) -> None:
+    """The replica count is asked outside any caller's deadline, bounded by its own timeout:
+    one lost in a black hole ends, and the invalidations after the heal go through."""
+    async with FaultProxy(pair.primary.port) as front:
+        profile = replace(small_profile(), timeouts=CacheTimeouts(get=1.0, set=0.3), breaker=None)
+        client = CacheClient.create(
+            read_url=pair.replica.url, write_url=front.url, profile=profile,
+            key_prefix=key_prefix,
+        )  # fmt: skip
+        async with client:
+            await front.black_hole()
+            with pytest.raises(CacheError):
+                await client.invalidate([KEY])
+            await front.pass_through()
+            await pair.link.pass_through()
+            async with asyncio.timeout(ASK_TIMEOUT + 5):
+                while True:  # until the lost question has timed out and a new one is asked
+                    try:
+                        await client.invalidate([KEY])
+                        break
+                    except CacheError:
+                        await asyncio.sleep(0.1)
+            assert client.replica_wait.stats().confirmed == 1
 
 
 async def test_the_same_server_for_both_roles_never_waits(redis_url: str, key_prefix: str) -> None:

@@ -13,7 +13,7 @@ from postal.cache.replicas import (
     UNBOUNDED_WAIT,
     ReplicasBehind,
     ReplicaWait,
-    replicas_in_role,
+    replicas_attached,
     wait_milliseconds,
 )
 
@@ -36,23 +36,29 @@ def test_no_deadline_waits_a_bounded_time() -> None:
     assert wait_milliseconds(None) == int(UNBOUNDED_WAIT * 1000)
 
 
-def test_role_replies() -> None:
-    primary = [b"master", 3129659, [[b"127.0.0.1", b"9001", b"3129242"], [b"::1", b"9002", b"0"]]]
-    assert replicas_in_role(primary) == 2
-    assert replicas_in_role([b"master", 0, []]) == 0
-    assert replicas_in_role([b"slave", b"127.0.0.1", 9000, b"connected", 3167038]) == 0
-    assert replicas_in_role(None) == 0
+def info(replicas: int, *states: str) -> bytes:
+    lines = ["# Replication", "role:master", f"connected_slaves:{replicas}"]
+    lines += [f"slave{i}:ip=127.0.0.1,port=1,state={state},offset=0,lag=0" for i, state in
+              enumerate(states)]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def test_every_attached_replica_counts_whatever_its_state() -> None:
+    # A replica still syncing may already answer reads: it is waited for too.
+    assert replicas_attached(info(2, "online", "wait_bgsave")) == 2
+    assert replicas_attached(info(0)) == 0
+    assert replicas_attached(b"# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\n") == 0
 
 
 async def test_the_count_is_asked_once_per_refresh_and_shared_by_concurrent_callers() -> None:
     asked = 0
     now = 100.0
 
-    async def role() -> list[object]:
+    async def role() -> bytes:
         nonlocal asked
         asked += 1
         await asyncio.sleep(0)
-        return [b"master", 0, [[b"127.0.0.1", b"1", b"0"]]]
+        return info(1, "online")
 
     wait = ReplicaWait(role, enabled=True, refresh=1.0, clock=lambda: now)
     assert await asyncio.gather(*(wait.replicas() for _ in range(5))) == [1] * 5
@@ -68,10 +74,10 @@ async def test_the_count_is_asked_once_per_refresh_and_shared_by_concurrent_call
 async def test_a_short_count_raises_and_makes_the_next_call_ask_again() -> None:
     asked = 0
 
-    async def role() -> list[object]:
+    async def role() -> bytes:
         nonlocal asked
         asked += 1
-        return [b"master", 0, [[b"a", b"1", b"0"], [b"b", b"2", b"0"]]]
+        return info(2, "online", "online")
 
     wait = ReplicaWait(role, enabled=True, clock=lambda: 0.0)
     assert await wait.replicas() == 2
@@ -88,22 +94,22 @@ async def test_a_short_count_raises_and_makes_the_next_call_ask_again() -> None:
 
 async def test_disabled_never_asks() -> None:
     async def role() -> object:
-        raise AssertionError("ROLE must not be sent")
+        raise AssertionError("INFO must not be sent")
 
     assert await ReplicaWait(role, enabled=False).replicas() == 0
 
 
 async def test_a_count_of_no_replicas_is_asked_again_so_a_returning_replica_is_waited_for() -> None:
-    replicas: list[object] = []
+    replicas: list[str] = []
     asked = 0
 
-    async def role() -> list[object]:
+    async def role() -> bytes:
         nonlocal asked
         asked += 1
-        return [b"master", 0, list(replicas)]
+        return info(len(replicas), *replicas)
 
     wait = ReplicaWait(role, enabled=True, refresh=1.0, clock=lambda: 0.0)
     assert await wait.replicas() == 0
-    replicas.append([b"127.0.0.1", b"1", b"0"])  # the replica rejoins, no time passes
+    replicas.append("wait_bgsave")  # the replica rejoins, still syncing; no time passes
     assert await wait.replicas() == 1
     assert asked == 2

@@ -126,3 +126,17 @@ def test_a_malformed_url_with_a_password_never_shows_it(url: str) -> None:
     assert "ter2" not in text
     assert str(error).startswith("READ_REDIS_URL='redis://")
     assert "***@redis" in str(error)
+
+
+def test_reads_from_a_replica_need_a_set_deadline_that_holds_a_wait() -> None:
+    replica = {
+        "READ_REDIS_URL": "redis://replica:6379/0",
+        "WRITE_REDIS_URL": "redis://primary:6379/0",
+    }
+    with pytest.raises(SettingsError, match="REDIS_SET_DEADLINE=100ms is too short"):
+        load_settings({**replica, "REDIS_SET_DEADLINE": "100ms"})
+    # Fine: the default deadline; no waits; one server for both roles; no deadline at all.
+    assert load_settings(replica).cache_profile().wait_for_replicas
+    load_settings({**replica, "REDIS_SET_DEADLINE": "100ms", "REDIS_WAIT_FOR_REPLICAS": "false"})
+    load_settings({"WRITE_REDIS_URL": "redis://primary:6379/0", "REDIS_SET_DEADLINE": "100ms"})
+    load_settings({**replica, "REDIS_SET_DEADLINE": "0"})

@@ -108,9 +108,13 @@ class RedisServer:
             sock.sendall(b"REPLICAOF %s %d\r\n" % (primary.host.encode(), port))
             if not sock.recv(64).startswith(b"+OK"):
                 raise RuntimeError(f"REPLICAOF refused by the Redis on port {self.port}")
+        # Synced on both sides: the replica's link is up, and the primary has it online (it
+        # counts for WAIT only then).
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if b"master_link_status:up" in self.info(b"replication"):
+            if b"master_link_status:up" in self.info(b"replication") and (
+                b"state=online" in primary.info(b"replication")
+            ):
                 return
             time.sleep(0.02)
         raise RuntimeError(f"replica on port {self.port} did not sync in {START_TIMEOUT}s")

@@ -53,8 +53,8 @@ from postal.cache.urls import RedisEndpoint
 
 T = TypeVar("T")
 
-# A deadline that expired while the event loop ran this late (or a fifth of the deadline, if
-# more) is no verdict on Redis: see `cache.loop_lag`.
+# A deadline that expired while the event loop ran this late (or half the deadline, if more)
+# is no verdict on Redis: see `cache.loop_lag`.
 LATE_LOOP_FLOOR = 0.020  # seconds
 
 
@@ -123,7 +123,7 @@ class CacheClient:
         self._listeners: list[CacheListener] = []
         self._guard = GuardedOps(self)
         self._replica_wait = ReplicaWait(
-            partial(_command, write.pool, "ROLE"), enabled=wait_for_replicas
+            partial(_command, write.pool, "INFO", "replication"), enabled=wait_for_replicas
         )
         self._loop_lag = LoopLag()
 
@@ -163,6 +163,7 @@ class CacheClient:
 
     async def aclose(self) -> None:
         self._loop_lag.stop()
+        self._replica_wait.close()
         await asyncio.gather(self._read.pool.aclose(), self._write.pool.aclose())
 
     async def __aenter__(self) -> Self:
@@ -414,12 +415,14 @@ class CacheClient:
 
     def _loop_ran_late(self, limit: float | None) -> bool:
         """Whether this process's own event loop, not Redis, let a deadline of `limit` expire:
-        it has lately run callbacks `max(20 ms, limit / 5)` or more late (`cache.loop_lag`).
+        it has lately run callbacks `max(20 ms, limit / 2)` or more late (`cache.loop_lag`).
+        Half: a loop that late explains a timeout by itself, while everyday hiccups of a few
+        tens of milliseconds do not excuse a black-holed Redis.
         Such a timeout is still a timeout to the caller and in the metrics, but the breaker
         takes no verdict from it; a black-holed Redis on a healthy process still opens it."""
         if limit is None:
             return False
-        return self._loop_lag.recent() >= max(LATE_LOOP_FLOOR, limit / 5)
+        return self._loop_lag.recent() >= max(LATE_LOOP_FLOOR, limit / 2)
 
     def _emit(
         self,

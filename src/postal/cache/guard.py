@@ -281,7 +281,7 @@ class GuardedOps:
         wait_ms = wait_milliseconds(client._write_limit(timeout))
 
         async def call() -> tuple[list[Any], int]:
-            wanted = await replicas.replicas()  # under the deadline too: it may ask ROLE
+            wanted = await replicas.replicas()  # waited for under the deadline: it may ask INFO
             pipeline = client._write_pipeline()
             for command in commands:
                 pipeline.execute_command(*command)

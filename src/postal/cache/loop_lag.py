@@ -34,10 +34,12 @@ class LoopLag:
         self._peak_at = float("-inf")
 
     def start(self) -> None:
-        """Begin sampling the running loop (idempotent)."""
-        if self._handle is not None:
+        """Begin sampling the running loop (idempotent on the same loop)."""
+        loop = asyncio.get_running_loop()
+        if self._handle is not None and self._loop is loop:
             return
-        self._loop = asyncio.get_running_loop()
+        self.stop()
+        self._loop, self._peak, self._peak_at = loop, 0.0, float("-inf")
         self._schedule(self._loop.time())
 
     def stop(self) -> None:

@@ -7,13 +7,18 @@ load, or when a replica is slow, the window is real. So when reads and writes go
 endpoints, an invalidation is sent with `WAIT <replicas> <ms>` on the same connection (WAIT
 counts the acknowledgements of that connection's own writes):
 
-- `<replicas>` is every replica the primary has, from `ROLE`. A count of one or more is
-  trusted for `refresh` (one round trip a second under steady writes), so a replica lost is
-  known within that time. A count of 0 is never trusted: the write asks ROLE again, one more
-  round trip while no replica is attached. A replica that comes back (restarted, resynced)
-  must be waited for from its first write on: the fault matrix caught one stale read in the
-  second after a killed replica rejoined, while a count of 0 was still believed. A primary
-  without replicas skips the WAIT;
+- `<replicas>` is every replica attached to the primary, whatever its state: the
+  `connected_slaves` of `INFO replication`. Not `ROLE`, which lists only replicas the primary
+  has put online, while a replica that is still syncing may already answer reads (seen here:
+  1 re-sync in 15). WAIT counts only replicas that acknowledge, so a syncing one gives a short
+  count, `ReplicasBehind`, and the retry, until it is online. A count of one or more is trusted
+  for `refresh` (one round trip a second under steady writes), so a replica lost is known
+  within that time. A count of 0 is never trusted: the write asks again, one more round trip
+  while no replica is attached. A replica that comes back (restarted, resynced) must be waited
+  for from its first write on: the fault matrix caught one stale read in the second after a
+  killed replica rejoined, while a count of 0 was still believed. A primary without replicas
+  skips the WAIT. The question runs in a task of its own, outside any caller's deadline and
+  bounded by `ASK_TIMEOUT`, and one caller giving up does not cancel it for the others;
 - `<ms>` leaves a quarter of the operation's deadline (at least 20 ms) for the reply to come
   back, plus one tick of Redis's clock: Redis ends a blocked WAIT on its cron tick, every
   100 ms at the default `hz` of 10 (measured: WAIT 150 returned after 229 ms, WAIT 50 after
@@ -32,14 +37,18 @@ to do when they do not answer, to the caller.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from postal.cache.deadline import current_operation
 from postal.cache.errors import CacheError
 
-REFRESH = 1.0  # seconds a replica count from ROLE is trusted
+REFRESH = 1.0  # seconds a count of one or more replicas is trusted
+ASK_TIMEOUT = 2.0  # seconds an INFO replication may take (it runs outside any deadline)
 REPLY_MARGIN = 0.020  # seconds, at least, kept for WAIT's reply to come back within the deadline
 SERVER_TICK = 0.100  # seconds: how late Redis may end a WAIT (one cron tick at hz 10)
 UNBOUNDED_WAIT = 1.0  # seconds WAIT may take when the operation has no deadline
@@ -54,7 +63,7 @@ class ReplicaWaitStats:
     confirmed: int  # WAITs every replica answered in time
     behind: int  # WAITs that came back short: ReplicasBehind was raised
     skipped: int  # invalidations sent with no WAIT: the primary had no replicas
-    replicas: int  # replicas the primary reported at the last ROLE
+    replicas: int  # replicas attached to the primary at the last INFO replication
 
 
 def wait_milliseconds(limit: float | None) -> int:
@@ -65,30 +74,32 @@ def wait_milliseconds(limit: float | None) -> int:
     return max(1, int((limit - max(REPLY_MARGIN, limit / 4) - SERVER_TICK) * 1000))
 
 
-def replicas_in_role(reply: Any) -> int:
-    """The number of replicas in a ROLE reply; 0 when the server is not a primary."""
-    if not isinstance(reply, (list, tuple)) or len(reply) < 3:
-        return 0
-    role = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-    return len(reply[2]) if role == "master" and isinstance(reply[2], (list, tuple)) else 0
+def replicas_attached(reply: Any) -> int:
+    """`connected_slaves` in an INFO replication reply: replicas in any state; 0 if absent."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    found = _CONNECTED_REPLICAS.search(text)
+    return int(found.group(1)) if found else 0
+
+
+_CONNECTED_REPLICAS = re.compile(r"^connected_slaves:(\d+)\s*$", re.MULTILINE)
 
 
 class ReplicaWait:
-    """The replica count a write must wait for (from ROLE, cached) and the counts of outcomes.
+    """The replica count a write must wait for (cached) and the counts of outcomes.
 
-    `role` runs ROLE on a write-role connection; `enabled` False makes every count 0 (reads go to
-    the primary itself, so no replica can serve them stale).
+    `info` runs INFO replication on a write-role connection; `enabled` False makes every count 0
+    (reads go to the primary itself, so no replica can serve them stale).
     """
 
     def __init__(
         self,
-        role: Callable[[], Awaitable[Any]],
+        info: Callable[[], Awaitable[Any]],
         *,
         enabled: bool,
         refresh: float = REFRESH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._role = role
+        self._info = info
         self.enabled = enabled
         self._refresh = refresh
         self._clock = clock
@@ -101,17 +112,26 @@ class ReplicaWait:
         return ReplicaWaitStats(self._confirmed, self._behind, self._skipped, self._replicas)
 
     async def replicas(self) -> int:
-        """How many replicas to wait for; asks ROLE when the last answer is older than
-        `refresh` (concurrent callers share one ROLE)."""
+        """How many replicas to wait for; asks INFO replication when the last answer is older
+        than `refresh`, or was 0 (concurrent callers share one question)."""
         if not self.enabled:
             return 0
         if self._clock() < self._known_until:
             return self._replicas
         if self._asking is None:
-            self._asking = asyncio.ensure_future(self._ask())
+            # Outside the caller's operation: inside one, the connection skips its socket
+            # timeouts for the caller's deadline, and a shielded question would then have none.
+            context = contextvars.copy_context()
+            context.run(current_operation.set, None)
+            self._asking = asyncio.get_running_loop().create_task(self._ask(), context=context)
             self._asking.add_done_callback(self._asked)
-        # Shielded: one caller's deadline must not cancel the ROLE the others are waiting for.
+        # Shielded: one caller's deadline must not cancel the question the others wait for.
         return await asyncio.shield(self._asking)
+
+    def close(self) -> None:
+        """Cancel a question in flight (at shutdown)."""
+        if self._asking is not None:
+            self._asking.cancel()
 
     def check(self, acknowledged: int, wanted: int, *, where: str, waited_ms: int) -> None:
         """Count a WAIT's reply; ReplicasBehind when fewer than `wanted` replicas confirmed."""
@@ -119,7 +139,7 @@ class ReplicaWait:
             self._confirmed += 1
             return
         self._behind += 1
-        self._known_until = float("-inf")  # a replica may be gone: ask ROLE again next time
+        self._known_until = float("-inf")  # a replica may be gone: ask again next time
         raise ReplicasBehind(
             f"{where}: {acknowledged} of {wanted} replicas confirmed the invalidation"
             f" within {waited_ms} ms"
@@ -129,7 +149,9 @@ class ReplicaWait:
         self._skipped += 1
 
     async def _ask(self) -> int:
-        self._replicas = replicas_in_role(await self._role())
+        async with asyncio.timeout(ASK_TIMEOUT):
+            reply = await self._info()
+        self._replicas = replicas_attached(reply)
         if self._replicas:  # none: asked again next time (see the module)
             self._known_until = self._clock() + self._refresh
         return self._replicas
