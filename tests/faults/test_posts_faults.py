@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio as redis
 from sqlalchemy import make_url
 
 from postal.bench.proxy import FaultProxy
@@ -122,4 +123,42 @@ async def test_database_down_is_503_with_retry_after_and_nothing_hangs(
             ready = await api.client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["database"]["reachable"] is False
+            await proxy.pass_through()
+
+
+async def test_a_write_refused_by_a_database_that_is_down_leaves_the_cache_alone(
+    database_url: str,
+    clean_database: None,
+    redis_url: str,
+    key_prefix: str,
+    raw_redis: redis.Redis,
+) -> None:
+    """Refused connections fail the write before its COMMIT was sent: nothing was written, so
+    the post's entry and the generations stay, and reads keep being answered from the cache."""
+    url = make_url(database_url)
+    async with FaultProxy(url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        env = {"DATABASE_TIMEOUT": "1s"}
+        async with running_api(proxied, redis_url, key_prefix, **env) as api:
+            post = await api.create(title="v1")
+            path = f"/api/v1/posts/{post['id']}"
+            await api.client.get(path)
+            await api.settle()
+            key = f"{key_prefix}post:{{{post['id']}}}"
+            watched = [key, f"{key}:gen", f"{key_prefix}posts:list:{{pages}}:gen"]
+            cached = await raw_redis.mget(watched)
+            assert cached[0] is not None
+            assert b'"v1"' in cached[0]
+            invalidations = api.state.invalidator.stats().done
+            await proxy.refuse()
+            update = {"title": "v2", "body": "b", "author": "a"}
+            response = await api.client.put(path, json=update, headers=AUTH)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "database_unavailable"
+            assert response.headers["retry-after"] == "1"
+            assert await raw_redis.mget(watched) == cached  # entry and generations untouched
+            assert api.state.invalidator.stats().done == invalidations
+            read = await api.client.get(path)  # the database refuses: only the cache can answer
+            assert read.status_code == 200, read.text
+            assert read.json() == post
             await proxy.pass_through()

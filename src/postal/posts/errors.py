@@ -33,4 +33,13 @@ class VersionConflict(PostError):
 
 
 class DatabaseUnavailable(PostError):
-    """The database could not be reached or did not answer in time; the request may be retried."""
+    """The database could not be reached or did not answer in time; the request may be retried.
+
+    Raised as such by a write, it means the write may have landed: the database failed at its
+    COMMIT or after it, and the client cannot tell whether the COMMIT took effect.
+    """
+
+
+class NothingWritten(DatabaseUnavailable):
+    """The database failed before a write's COMMIT was sent (no connection, no pooled connection
+    in time, a statement of the transaction failed): the transaction cannot have landed."""

@@ -8,7 +8,10 @@ Writes commit in the database first, then invalidate the post's key and bump the
 generation. A failed invalidation never fails the write: the `Invalidator` retries it in the
 background, and until it lands this process reads that post from the database. The
 invalidation is shielded from the request's cancellation (a client gone, a shutdown's deadline),
-and it is attempted too when the database fails at the commit, which may have landed.
+and it is attempted too when the database fails at the commit, which may have landed, or when
+the request is cancelled during the write. A database that failed before the COMMIT was sent
+(`NothingWritten`: refused connections during an outage, say) cannot have written anything: the
+cache is left alone, so that its entries keep answering reads while the database is down.
 
 Entries are read back defensively: bytes in the cache that are not an entry (a foreign writer
 on a shared Redis, a format from another version during a rolling deploy) are treated as a
@@ -28,7 +31,7 @@ from postal.cache.invalidation import Invalidator
 from postal.cache.keys import GuardedKey
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
 from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
-from postal.posts.errors import DatabaseUnavailable
+from postal.posts.errors import DatabaseUnavailable, NothingWritten
 from postal.posts.models import Post, PostContent, PostVersion
 from postal.posts.representation import encode_cursor, etag, page_json, post_json
 from postal.storage.repository import PostRepository
@@ -38,7 +41,8 @@ logger = logging.getLogger("postal.posts")
 T = TypeVar("T")
 
 # A write that ends in one of these may have committed before it ended (the database failed, or
-# a shutdown cancelled the request, at the COMMIT): its invalidation is sent all the same.
+# a shutdown cancelled the request, at the COMMIT): its invalidation is sent all the same. Except
+# `NothingWritten`, caught first: the database failed before the COMMIT was sent.
 COMMIT_MAY_HAVE_LANDED = (DatabaseUnavailable, asyncio.CancelledError)
 
 
@@ -115,6 +119,8 @@ class PostService:
     async def create(self, content: PostContent) -> Post:
         try:
             post = await self._repository.create(content)
+        except NothingWritten:
+            raise  # nothing to invalidate: the cache's entries are still right
         except COMMIT_MAY_HAVE_LANDED:
             await self._invalidate(None)  # the commit may have landed: pages may show it
             raise
@@ -135,9 +141,12 @@ class PostService:
 
     async def _then_invalidate(self, post_id: int, write: Awaitable[T]) -> T:
         """Run a write of an existing post, then invalidate it; also when the database failed
-        at the commit, or the request was cancelled during it: either may have landed."""
+        at the commit, or the request was cancelled during it: either may have landed. Not when
+        the database failed before the commit: the cached entry is still right."""
         try:
             result = await write
+        except NothingWritten:
+            raise
         except COMMIT_MAY_HAVE_LANDED:
             await self._invalidate(post_id)
             raise

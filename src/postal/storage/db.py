@@ -14,22 +14,25 @@ Two drivers, one engine factory:
 
 `database_errors()` turns "the database is down, unreachable or too slow" into the domain's
 `DatabaseUnavailable`, whose message names the database with its password masked.
+`write_transaction()` runs a write transaction with the same mapping, told apart by whether the
+COMMIT was sent: `NothingWritten` before it (the write cannot have landed), `DatabaseUnavailable`
+at or after it (it may have). The cache's invalidation after a failed write depends on which.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from asyncpg import exceptions as pg_errors
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from postal.cache.urls import mask_url
-from postal.posts.errors import DatabaseUnavailable
+from postal.posts.errors import DatabaseUnavailable, NothingWritten
 
 POSTGRES_DRIVER: Final = "postgresql+asyncpg"
 SQLITE_DRIVER: Final = "sqlite+aiosqlite"
@@ -122,20 +125,55 @@ def database_errors(engine: AsyncEngine) -> Iterator[None]:
     """
     try:
         yield
-    except _UNREACHABLE as error:
-        raise _unavailable(engine, error) from error
-    except exc.TimeoutError as error:
-        raise _unavailable(engine, error, "no pooled connection became free in time") from error
-    except exc.DBAPIError as error:
+    except Exception as error:
+        unavailable = _as_unavailable(engine, error, DatabaseUnavailable)
+        if unavailable is None:
+            raise
+        raise unavailable from error
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()` with its outages mapped, told apart by whether the COMMIT was sent.
+
+    `engine.begin()` sends the COMMIT when its block ends without an error. Until then nothing can
+    have been written, so an outage raises `NothingWritten`: while connecting or waiting for a
+    pooled connection, in any statement of the block, or in the rollback after an error in it.
+    An outage at the COMMIT or after it (releasing the connection) raises `DatabaseUnavailable`:
+    the COMMIT may have reached the database and landed. Cancellation is left as it is: its
+    caller cannot tell where it struck.
+    """
+    committing = False
+    try:
+        async with engine.begin() as connection:
+            yield connection
+            committing = True  # leaving the block now sends the COMMIT
+    except Exception as error:
+        kind = DatabaseUnavailable if committing else NothingWritten
+        unavailable = _as_unavailable(engine, error, kind)
+        if unavailable is None:
+            raise
+        raise unavailable from error
+
+
+def _as_unavailable(
+    engine: AsyncEngine, error: Exception, kind: type[DatabaseUnavailable]
+) -> DatabaseUnavailable | None:
+    """`error` as a `kind` when it means the database is unavailable; None when it does not."""
+    if isinstance(error, _UNREACHABLE):
+        return _unavailable(engine, error, kind)
+    if isinstance(error, exc.TimeoutError):
+        return _unavailable(engine, error, kind, "no pooled connection became free in time")
+    if isinstance(error, exc.DBAPIError):
         cause = _driver_error(error)
-        if not (
+        if (
             error.connection_invalidated
             or error.statement is None  # raised while connecting
             or isinstance(error, exc.OperationalError | exc.InterfaceError)
             or isinstance(cause, _UNREACHABLE)
         ):
-            raise
-        raise _unavailable(engine, cause) from error
+            return _unavailable(engine, cause, kind)
+    return None
 
 
 def _driver_error(error: exc.DBAPIError) -> BaseException:
@@ -145,7 +183,7 @@ def _driver_error(error: exc.DBAPIError) -> BaseException:
 
 
 def _unavailable(
-    engine: AsyncEngine, error: BaseException, reason: str = ""
+    engine: AsyncEngine, error: BaseException, kind: type[DatabaseUnavailable], reason: str = ""
 ) -> DatabaseUnavailable:
     lines = str(error).strip().splitlines()
     detail = reason or (lines[0] if lines else "no answer in time")
@@ -153,4 +191,4 @@ def _unavailable(
     password = engine.url.password
     if password:  # no driver's message should hold it; make sure
         message = message.replace(str(password), "***")
-    return DatabaseUnavailable(message)
+    return kind(message)

@@ -11,7 +11,9 @@ Reads are single SELECTs run without BEGIN/COMMIT (autocommit): one statement al
 consistent snapshot, and on PostgreSQL the explicit transaction would cost two more round trips
 on the hot path, `get`.
 
-Database outages become `DatabaseUnavailable` in one place, `db.database_errors`.
+Database outages become `DatabaseUnavailable` in one place, `db`: reads through `database_errors`,
+writes through `write_transaction`, whose outages before the COMMIT was sent are `NothingWritten`
+(a `DatabaseUnavailable` that says the write cannot have landed).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
 from postal.posts.models import Post, PostContent, PostVersion
-from postal.storage.db import database_errors
+from postal.storage.db import database_errors, write_transaction
 from postal.storage.tables import post_versions, posts
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -100,9 +102,8 @@ class SqlPostRepository:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        with database_errors(self._engine):
-            async with self._engine.begin() as connection:
-                yield connection
+        async with write_transaction(self._engine) as connection:
+            yield connection
 
     # -- reads ----------------------------------------------------------------------------------
 
