@@ -109,5 +109,6 @@ async def test_fault_under_load(fault: type[Fault], clean_database: str) -> None
         assert row.unavailable == 0
     EVIDENCE[fault.name](row)
     assert row.missing is None  # the command's own reading of the evidence agrees
+    assert not row.problems(), details  # recovered too, where the fault ends
     if fault.shape is not Shape.WHOLE_RUN:
         assert row.evidence["hits_after"] > 0  # the cache served reads again after the fault

@@ -8,12 +8,17 @@ checked, and a scraper keeping Postal's /metrics every `SCRAPE_INTERVAL`.
   error body and Retry-After), FAILED (any other status, or the connection failed) or HUNG (no
   reply within `hang_bound` seconds: given up on, never waited for longer).
 - The writer: one loop PUTting a new revision of a random hot post, pausing 10-20 ms between
-  writes; each accepted write is kept as (post, version from the reply, when the reply was in).
+  writes; each accepted write is kept as (post, version from the reply, when the reply was in),
+  and is chased at once by a read of the same post on a connection of its own, checked like
+  any other read: the read most likely to catch an invalidation that has not landed (on a
+  replica, say) when the write returns. The readers alone, spread over the hot set, rarely
+  read a post within milliseconds of its write.
 - Stale reads are counted afterwards (`count_stale`): a read is stale when the version it got
   is below the highest version of that post whose PUT had returned to the writer before the
-  read was sent. Readers and writer share one event loop and one clock, so "before" is exact:
-  the writer's timestamp is taken after its reply was read, the reader's before its request
-  was written.
+  read was sent. Readers and writer share one event loop and one clock. The comparison is
+  conservative: the writer's timestamp is taken when its task resumes after the reply (a
+  little after the reply was in), the reader's before it connects; so a read counted stale
+  is surely stale, and one sent in that small gap is not judged.
 """
 
 from __future__ import annotations
@@ -129,6 +134,14 @@ def count_stale(reads: ReadLog, writes: WriteLog) -> tuple[int, list[StaleRead]]
     return stale, found[:STALE_EXAMPLES]
 
 
+def version_of(body: bytes) -> int:
+    """The version in a PUT's reply; ValueError (a failed exchange) when it has none."""
+    try:
+        return int(json.loads(body)["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"a reply without a version: {body[:80]!r}") from exc
+
+
 def classify(reply: Reply, post_id: int) -> tuple[Outcome, int, str]:
     """(outcome, version or -1, what was wrong) for the reply to `GET .../post_id`."""
     if reply.status == 200:
@@ -179,6 +192,7 @@ class Load:
         self._requests = [
             postal.path_target(f"{POSTS_PATH}/{post_id}").request() for post_id in self.post_ids
         ]
+        self._index = {post_id: index for index, post_id in enumerate(self.post_ids)}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._scraper: asyncio.Task[None] | None = None
@@ -267,11 +281,39 @@ class Load:
             if connection is not None:
                 await connection.aclose()
 
+    async def _chase(self, post_id: int, connection: Connection | None) -> Connection | None:
+        """Read `post_id` right after its write returned, as a reader would; the connection
+        to use next time (None after a failure)."""
+        perf = time.perf_counter
+        request = self._requests[self._index[post_id]]
+        sent = perf()
+        try:
+            if connection is None:
+                connection = await Connection.open(self.postal.target)
+            async with asyncio.timeout(self.hang_bound):
+                reply = await connection.exchange(request)
+        except TimeoutError:
+            hung = perf() - sent >= self.hang_bound
+            outcome = Outcome.HUNG if hung else Outcome.FAILED
+            self.reads.add(sent, perf() - sent, post_id, outcome, -1, "chase read timed out")
+        except _FAILURES as exc:
+            detail = f"chase read: {type(exc).__name__}: {exc}"
+            self.reads.add(sent, perf() - sent, post_id, Outcome.FAILED, -1, detail)
+        else:
+            outcome, version, detail = classify(reply, post_id)
+            self.reads.add(sent, perf() - sent, post_id, outcome, version, detail)
+            if connection.reusable:
+                return connection
+        if connection is not None:
+            await connection.aclose()
+        return None
+
     async def _writer(self) -> None:
         perf = time.perf_counter
         target = self.postal.target
         revision = 1
         connection: Connection | None = None
+        chaser: Connection | None = None
         try:
             while not self._stopping:
                 post_id = self._random.choice(self.post_ids)
@@ -286,9 +328,8 @@ class Load:
                         reply = await connection.exchange(request)
                     returned = perf()
                     if reply.status == 200:
-                        self.writes.accept(
-                            post_id, int(json.loads(reply.body)["version"]), returned
-                        )
+                        self.writes.accept(post_id, version_of(reply.body), returned)
+                        chaser = await self._chase(post_id, chaser)
                     else:
                         detail = f"PUT {path}: HTTP {reply.status}: {reply.body[:80]!r}"
                         self.writes.fail(sent, returned, detail)
@@ -302,5 +343,6 @@ class Load:
                     connection = None
                 await asyncio.sleep(self._random.uniform(*WRITE_PAUSE))
         finally:
-            if connection is not None:
-                await connection.aclose()
+            for open_connection in (connection, chaser):
+                if open_connection is not None:
+                    await open_connection.aclose()
