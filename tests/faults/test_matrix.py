@@ -71,7 +71,8 @@ def _tls_unverified(row: FaultResult) -> None:
 def _database_down(row: FaultResult) -> None:
     assert row.evidence["writes_failed_during"] > 0
     assert row.evidence["hits_during"] > 0  # cached posts were still served
-    assert row.unavailable > 0  # and the others got clear 503s (failed == 0 says nothing else)
+    assert row.evidence["evicted"] > 0
+    assert row.unavailable > 0  # the evicted ones got clear 503s (failed == 0 says nothing else)
 
 
 EVIDENCE: dict[str, Callable[[FaultResult], None]] = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import redis.asyncio as redis
+
 from postal.bench import BenchError
 from postal.bench.faults.certs import make_untrusted_pki
 from postal.bench.faults.fault import Evidence, Fault, Observed, Shape
@@ -319,16 +321,33 @@ class TlsUnverified(Fault):
 
 
 class DatabaseDown(Fault):
+    """The database refuses connections. A quarter of the hot set's cache entries are evicted
+    as it goes down, as a real cache's would be (TTLs, memory): reads of those need the
+    database and must get a clear 503, the others are still served from the cache."""
+
     name = "database-down"
-    summary = "the database refuses connections (open ones closed)"
+    summary = "the database refuses connections (open ones closed; a quarter of entries cold)"
     database = True
+    evicted = 0
 
     async def set_up(self, rig: FaultRig) -> None:
         server = await rig.redis()
         rig.use_redis(server.url)
         self.proxy = await rig.database_proxy()
+        self.redis_url, self.key_prefix = server.url, rig.key_prefix
 
     async def begin(self) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            # The posts' values only (post:{42}), not their generation counters.
+            pattern = f"{self.key_prefix}post:{{*}}"
+            keys = sorted([key async for key in client.scan_iter(match=pattern, count=1000)])
+            cold = keys[::4]
+            if cold:
+                await client.delete(*cold)
+            self.evicted = len(cold)
+        finally:
+            await client.aclose()
         await self.proxy.refuse()
 
     async def end(self) -> None:
@@ -337,6 +356,7 @@ class DatabaseDown(Fault):
     async def evidence(self, observed: Observed) -> Evidence:
         return {
             "writes_failed_during": observed.failed_writes_during,
+            "evicted": self.evicted,
             "hits_during": observed.during.reads("hit"),
             "hits_after": observed.after.reads("hit"),
         }
@@ -344,6 +364,8 @@ class DatabaseDown(Fault):
     def missing(self, evidence: Evidence) -> str | None:
         if evidence["writes_failed_during"] == 0:
             return "no write failed while the database was down"
+        if evidence["evicted"] == 0:
+            return "no cache entry was evicted, so no read needed the database"
         return None
 
 
