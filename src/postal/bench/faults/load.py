@@ -283,15 +283,27 @@ class Load:
 
     async def _chase(self, post_id: int, connection: Connection | None) -> Connection | None:
         """Read `post_id` right after its write returned, as a reader would; the connection
-        to use next time (None after a failure)."""
+        to use next time (None after a failure).
+
+        Chase reads come only after accepted writes, so their connection may sit idle longer
+        than the server keeps it (uvicorn: 5 s, during a database outage): a GET that fails on
+        a reused connection is sent once more on a new one, as HTTP clients do.
+        """
         perf = time.perf_counter
         request = self._requests[self._index[post_id]]
         sent = perf()
         try:
+            if connection is not None:
+                try:
+                    async with asyncio.timeout(self.hang_bound):
+                        reply = await connection.exchange(request)
+                except _FAILURES:
+                    await connection.aclose()
+                    connection = None
             if connection is None:
                 connection = await Connection.open(self.postal.target)
-            async with asyncio.timeout(self.hang_bound):
-                reply = await connection.exchange(request)
+                async with asyncio.timeout(self.hang_bound - (perf() - sent)):
+                    reply = await connection.exchange(request)
         except TimeoutError:
             hung = perf() - sent >= self.hang_bound
             outcome = Outcome.HUNG if hung else Outcome.FAILED
