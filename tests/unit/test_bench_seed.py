@@ -12,7 +12,6 @@ from postal.bench.seed import SeedReport
 from postal.bench.seed_load import request_schedule
 from postal.bench.seed_metrics import (
     CachePhase,
-    Scrape,
     bucket_delta,
     cache_phase,
     fills_done,
@@ -30,6 +29,7 @@ from postal.bench.seed_report import (
     check_target,
     table_rows,
 )
+from postal.stats.scrape import Scrape
 
 INF = math.inf
 
@@ -134,7 +134,8 @@ def test_a_phase_is_the_difference_between_two_scrapes() -> None:
             resolved=1,
             cached=4,
             fills=5,
-        )
+        ),
+        at=0.0,
     )
     second = Scrape.parse(
         scrape_text(
@@ -148,7 +149,8 @@ def test_a_phase_is_the_difference_between_two_scrapes() -> None:
             resolved=3,
             cached=20,
             fills=15,
-        )
+        ),
+        at=1.0,
     )
 
     phase = cache_phase(first, second)

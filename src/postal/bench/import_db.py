@@ -43,8 +43,12 @@ def check_database_url(url: str) -> None:
 
 
 @asynccontextmanager
-async def _connection(url: str) -> AsyncIterator[Any]:
-    """An asyncpg connection to `url`; its failures (connecting or querying) as BenchError."""
+async def connect(url: str, command_timeout: float = ADMIN_TIMEOUT) -> AsyncIterator[Any]:
+    """An asyncpg connection to `url`; its failures (connecting or querying) as BenchError.
+
+    `command_timeout` (seconds) bounds each statement. Shared with `seed_db`, which inserts the
+    seed bench's posts the same way.
+    """
     parts = make_url(url)
     try:
         connection = await asyncpg.connect(  # type: ignore[no-untyped-call]
@@ -54,7 +58,7 @@ async def _connection(url: str) -> AsyncIterator[Any]:
             password=parts.password,
             database=parts.database,
             timeout=CONNECT_TIMEOUT,
-            command_timeout=ADMIN_TIMEOUT,
+            command_timeout=command_timeout,
         )
     except (OSError, pg_errors.PostgresError) as exc:
         raise BenchError(f"cannot connect to {mask_url(url)}: {exc}") from exc
@@ -67,7 +71,7 @@ async def _connection(url: str) -> AsyncIterator[Any]:
 
 
 async def _execute(url: str, sql: str) -> None:
-    async with _connection(url) as connection:
+    async with connect(url) as connection:
         await connection.execute(sql)
 
 
@@ -86,14 +90,14 @@ class BenchDatabase:
 
     async def counts(self) -> tuple[int, int]:
         """(posts, post_versions) rows."""
-        async with _connection(self.url) as connection:
+        async with connect(self.url) as connection:
             posts = await connection.fetchval("SELECT count(*) FROM posts")
             versions = await connection.fetchval("SELECT count(*) FROM post_versions")
         return int(posts), int(versions)
 
     async def post_ids(self) -> list[int]:
         """Every post's id, in order: the keys the import's cache step touched."""
-        async with _connection(self.url) as connection:
+        async with connect(self.url) as connection:
             rows = await connection.fetch("SELECT id FROM posts ORDER BY id")
         return [int(row["id"]) for row in rows]
 

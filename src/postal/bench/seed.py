@@ -46,7 +46,7 @@ from postal.bench.proxy_child import ProxyProcess
 from postal.bench.resolver import BENCH_HOST, DnsScript
 from postal.bench.seed_db import insert_posts
 from postal.bench.seed_load import counted_loop, request_schedule
-from postal.bench.seed_metrics import Scrape, cache_phase, fills_done
+from postal.bench.seed_metrics import cache_phase, fills_done
 from postal.bench.seed_options import (
     BODY_CHARS,
     SeedBenchOptions,
@@ -64,6 +64,7 @@ from postal.bench.seed_report import (
 )
 from postal.bench.server_child import DNS_SCRIPT_VARIABLE, PROFILE_VARIABLE, server_command
 from postal.cache.urls import mask_url
+from postal.stats.scrape import Scrape
 
 LOAD_LIMIT = 900.0  # s one load may take before the bench gives up on it
 FILL_SETTLE = 0.5  # s without a new fill after which the warm-up's fills are taken as done
@@ -139,7 +140,7 @@ async def scrape(server: ServerProcess) -> Scrape:
     reply = await fetch(server.base_url + METRICS_PATH)
     if reply.status != 200:
         raise server.failure(f"GET {METRICS_PATH} answered {reply.status}")
-    return Scrape.parse(reply.body.decode())
+    return Scrape.parse(reply.body.decode(), time.perf_counter())
 
 
 @dataclass(frozen=True, slots=True)

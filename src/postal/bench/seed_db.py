@@ -8,14 +8,12 @@ Postal had created them. Both profiles then read the same rows.
 
 from __future__ import annotations
 
-import asyncpg
 from asyncpg import exceptions as pg_errors
-from sqlalchemy.engine import make_url
 
 from postal.bench import BenchError
+from postal.bench.import_db import connect
 from postal.cache.urls import mask_url
 
-CONNECT_TIMEOUT = 10.0  # s
 INSERT_TIMEOUT = 300.0  # s per statement
 FILLER = "Postal serves posts from Redis at close to Redis's own speed. "  # a body, repeated
 
@@ -34,26 +32,13 @@ _MOVE_SEQUENCE = "SELECT setval(pg_get_serial_sequence('posts', 'id'), $1::int)"
 
 async def insert_posts(url: str, count: int, body_chars: int) -> None:
     """Posts 1..`count` (and their version 1) into the empty, migrated database at `url`."""
-    parts = make_url(url)
-    try:
-        connection = await asyncpg.connect(  # type: ignore[no-untyped-call]
-            host=parts.host,
-            port=parts.port or 5432,
-            user=parts.username,
-            password=parts.password,
-            database=parts.database,
-            timeout=CONNECT_TIMEOUT,
-            command_timeout=INSERT_TIMEOUT,
-        )
-    except (OSError, pg_errors.PostgresError) as exc:
-        raise BenchError(f"cannot connect to {mask_url(url)}: {exc}") from exc
-    try:
-        async with connection.transaction():
-            await connection.execute(_INSERT_POSTS, count, FILLER, body_chars)
-            await connection.execute(_INSERT_VERSIONS)
-            await connection.execute(_MOVE_SEQUENCE, count)
-        await connection.execute("ANALYZE posts")
-    except pg_errors.PostgresError as exc:
-        raise BenchError(f"cannot insert the bench's posts into {mask_url(url)}: {exc}") from exc
-    finally:
-        await connection.close()
+    async with connect(url, command_timeout=INSERT_TIMEOUT) as connection:
+        try:
+            async with connection.transaction():
+                await connection.execute(_INSERT_POSTS, count, FILLER, body_chars)
+                await connection.execute(_INSERT_VERSIONS)
+                await connection.execute(_MOVE_SEQUENCE, count)
+            await connection.execute("ANALYZE posts")
+        except pg_errors.PostgresError as exc:  # said here: `connect` would not name the step
+            message = f"cannot insert the bench's posts into {mask_url(url)}: {exc}"
+            raise BenchError(message) from exc

@@ -10,6 +10,8 @@ claimed ("p99 <= 10 ms" holds when at least 99% of the operations fell in bucket
 next to the estimate Prometheus's `histogram_quantile` would give (linear inside the bucket).
 Postal's buckets (0.1 ms ... 5 s, with 5, 7.5 and 10 ms among them) are fine enough to decide
 both of the seed's claims: p99 < 10 ms after, p99 > 500 ms before.
+
+The scrapes are `postal.stats.scrape.Scrape`s, the parser `postal stats` reads /metrics with.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from postal.observability.metrics import (
     CACHE_FILLS,
@@ -29,45 +29,10 @@ from postal.observability.metrics import (
     POOL_OPENED,
     POOL_WAIT_SECONDS,
 )
+from postal.stats.scrape import Scrape
 
-Labels = frozenset[tuple[str, str]]
 READ_GET = {"role": "read", "command": "GET"}
 DNS_NETWORK_OUTCOMES = ("resolved", "failed")  # lookups that went to the resolver
-
-
-@dataclass(frozen=True, slots=True)
-class Scrape:
-    """The samples of one `/metrics` scrape: (series name, labels) -> value."""
-
-    samples: Mapping[tuple[str, Labels], float]
-
-    @classmethod
-    def parse(cls, text: str) -> Scrape:
-        samples: dict[tuple[str, Labels], float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-        return cls(samples)
-
-    def total(self, name: str, **labels: str) -> float:
-        """The sum over every series `name` whose labels include these (0 if none)."""
-        wanted = set(labels.items())
-        return sum(
-            value
-            for (series, series_labels), value in self.samples.items()
-            if series == name and wanted <= series_labels
-        )
-
-    def buckets(self, name: str, **labels: str) -> dict[float, float]:
-        """Histogram `name`'s cumulative bucket counts by upper bound (+Inf included), summed
-        over the series whose labels include these."""
-        wanted = set(labels.items())
-        counts: dict[float, float] = {}
-        for (series, series_labels), value in self.samples.items():
-            if series == f"{name}_bucket" and wanted <= series_labels:
-                bound = float(dict(series_labels)["le"])
-                counts[bound] = counts.get(bound, 0.0) + value
-        return counts
 
 
 def bucket_delta(before: Mapping[float, float], after: Mapping[float, float]) -> dict[float, float]:
@@ -178,8 +143,8 @@ def cache_phase(before: Scrape, after: Scrape) -> CachePhase:
         get_seconds=after.total(f"{CACHE_OPERATION_SECONDS}_sum", **READ_GET)
         - before.total(f"{CACHE_OPERATION_SECONDS}_sum", **READ_GET),
         get_buckets=bucket_delta(
-            before.buckets(CACHE_OPERATION_SECONDS, **READ_GET),
-            after.buckets(CACHE_OPERATION_SECONDS, **READ_GET),
+            dict(before.buckets(CACHE_OPERATION_SECONDS, **READ_GET)),
+            dict(after.buckets(CACHE_OPERATION_SECONDS, **READ_GET)),
         ),
         failures={outcome: count for outcome, count in failures.items() if count},
         pool_wait_seconds=after.total(f"{POOL_WAIT_SECONDS}_sum", role="read")
