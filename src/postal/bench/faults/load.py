@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from postal.bench import BenchError
 from postal.bench.faults.rig import POSTS_PATH, PostalChild, post_document
 from postal.bench.loadgen import Connection, Reply
 from postal.stats.scrape import Scrape
@@ -188,6 +189,7 @@ class Load:
         self.reads = ReadLog()
         self.writes = WriteLog()
         self.scrapes: list[Scrape] = []
+        self.scrape_errors: list[str] = []
         self._random = random.Random(seed)
         self._requests = [
             postal.path_target(f"{POSTS_PATH}/{post_id}").request() for post_id in self.post_ids
@@ -236,7 +238,12 @@ class Load:
     async def _scrape_loop(self) -> None:
         while True:
             await asyncio.sleep(SCRAPE_INTERVAL)
-            self.scrapes.append(await self.postal.scrape())
+            try:
+                self.scrapes.append(await self.postal.scrape())
+            except (BenchError, OSError, TimeoutError) as exc:
+                # A scrape lost under the fault (Postal too busy to answer in time) costs one
+                # point of the recovery timeline, not the rest of it.
+                self.scrape_errors.append(str(exc))
 
     async def _reader(self, index: int, stagger: float) -> None:
         perf = time.perf_counter

@@ -16,6 +16,7 @@ creates its own hot set of posts in it through Postal's API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -172,6 +173,24 @@ class PostalChild:
             self._scraper = None
 
 
+async def server_step(step: Callable[[], None]) -> None:
+    """Run a blocking step on a child server (start, restart) in a thread, to its end.
+
+    Cancelled (Ctrl-C), it still waits for the thread: a server it starts afterwards would
+    outlive the clean-up that ran meanwhile, its directory already removed. A server that does
+    not start is a BenchError, said in one line rather than a traceback.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(step))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from exc
+
+
 class FaultRig:
     """The servers, proxies and Postal child of one fault; everything stops on `aclose()`."""
 
@@ -202,7 +221,7 @@ class FaultRig:
         """A started child redis-server, stopped and removed with the rig."""
         server = RedisServer(port, extra_args, host=host)
         self._stack.callback(server.cleanup)
-        await asyncio.to_thread(server.start)
+        await server_step(server.start)
         return server
 
     async def proxy(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> FaultProxy:

@@ -225,6 +225,8 @@ async def run_fault(
             examples[f"stale {number}"] = describe_stale(read, marks.started)
         if load.writes.first_failure is not None:
             examples["write"] = load.writes.first_failure
+        if load.scrape_errors:
+            examples["scrape"] = f"{len(load.scrape_errors)} lost, first: {load.scrape_errors[0]}"
         log = postal.server.log_since(log_from)
         during_from = marks.began if marks.began is not None else marks.started
         during_until = marks.during_until if marks.during_until is not None else marks.stopped

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from postal.bench import BenchError
 from postal.bench.faults.certs import make_untrusted_pki
 from postal.bench.faults.fault import Evidence, Fault, Observed, Shape
-from postal.bench.faults.rig import FaultRig
+from postal.bench.faults.rig import FaultRig, server_step
 from postal.bench.proxy import FaultProxy
 from postal.bench.redis_servers import RedisServer, free_port
 from postal.bench.resolver import BENCH_HOST, DnsScript
@@ -125,7 +125,7 @@ class Restarted(Fault):
         self.run_ids = [await asyncio.to_thread(_run_id, self.server)]
 
     async def begin(self) -> None:
-        await asyncio.to_thread(self.server.restart)
+        await server_step(self.server.restart)
         self.run_ids.append(await asyncio.to_thread(_run_id, self.server))
 
     async def evidence(self, observed: Observed) -> Evidence:
@@ -158,7 +158,7 @@ class ReplicaKilled(Fault):
         await asyncio.to_thread(self.replica.kill)
 
     async def end(self) -> None:
-        await asyncio.to_thread(self.replica.start)
+        await server_step(self.replica.start)
         await asyncio.to_thread(self.replica.replicate, self.primary)
 
     async def evidence(self, observed: Observed) -> Evidence:
