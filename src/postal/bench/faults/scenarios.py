@@ -29,6 +29,16 @@ DIAL_WAIT = 5.0  # s: the longest wait for Postal to dial (its pools redial at o
 MOVED_FROM, MOVED_TO = "127.0.0.2", "127.0.0.3"  # the moving Redis's two addresses
 
 
+def timeouts_and_refusals(observed: Observed) -> Evidence:
+    """A Redis that does not answer in time: reads timed out, and reads the breaker refused."""
+    during = observed.during
+    return {
+        "timeout": during.reads("timeout") + during.reads("pool_timeout"),
+        "circuit_open": during.reads("circuit_open"),
+        "hits_after": observed.after.reads("hit"),
+    }
+
+
 class ProxiedRedis(Fault):
     """Postal reaches one Redis through a FaultProxy, which the fault switches."""
 
@@ -72,12 +82,7 @@ class BlackHoled(ProxiedRedis):
         await self.proxy.black_hole()
 
     async def evidence(self, observed: Observed) -> Evidence:
-        during = observed.during
-        return {
-            "timeout": during.reads("timeout") + during.reads("pool_timeout"),
-            "circuit_open": during.reads("circuit_open"),
-            "hits_after": observed.after.reads("hit"),
-        }
+        return timeouts_and_refusals(observed)
 
     def missing(self, evidence: Evidence) -> str | None:
         # The breaker's promise: reads do not pay the GET deadline one after another.
@@ -97,12 +102,7 @@ class Slow(ProxiedRedis):
         await self.proxy.add_latency(SLOW_REPLY / 2)
 
     async def evidence(self, observed: Observed) -> Evidence:
-        during = observed.during
-        return {
-            "timeout": during.reads("timeout") + during.reads("pool_timeout"),
-            "circuit_open": during.reads("circuit_open"),
-            "hits_after": observed.after.reads("hit"),
-        }
+        return timeouts_and_refusals(observed)
 
     def missing(self, evidence: Evidence) -> str | None:
         if evidence["timeout"] == 0:
