@@ -94,7 +94,10 @@ async def test_with_redis_black_holed_the_breaker_stops_reads_paying_the_deadlin
                 assert response.status_code == 200
             assert api.state.cache.breaker_state("read").name == "OPEN"
             slow = [d for d in durations if d >= deadline * 0.9]
-            assert 1 <= len(slow) <= 5  # the failures that opened it, then none
+            # The failures that opened it (5), then none; plus any timeout the breaker took no
+            # verdict from because this busy test process stalled through it (cache.loop_lag).
+            excused = api.state.cache.excused_timeouts
+            assert 1 <= len(slow) <= 5 + excused
             assert max(durations[10:]) < deadline / 2
 
 

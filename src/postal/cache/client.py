@@ -126,6 +126,7 @@ class CacheClient:
             partial(_command, write.pool, "INFO", "replication"), enabled=wait_for_replicas
         )
         self._loop_lag = LoopLag()
+        self._excused_timeouts = 0
 
     @classmethod
     def create(
@@ -185,6 +186,11 @@ class CacheClient:
     @property
     def dns(self) -> DnsCache:
         return self._dns
+
+    @property
+    def excused_timeouts(self) -> int:
+        """Timeouts the breaker took no verdict from: the event loop stalled through them."""
+        return self._excused_timeouts
 
     @property
     def replica_wait(self) -> ReplicaWait:
@@ -390,7 +396,7 @@ class CacheClient:
             current_operation.reset(token)  # listeners run outside the operation
             error = _map_error(exc, role, command, limit, operation)
             if breaker is not None:
-                if isinstance(exc, TimeoutError) and self._loop_ran_late(limit):
+                if isinstance(exc, TimeoutError) and self._loop_ran_late(operation, limit):
                     breaker.record_cancelled()  # no verdict on Redis: see _loop_ran_late
                 elif isinstance(error, (CacheTimeout, CacheUnavailable)):
                     breaker.record_failure()
@@ -413,16 +419,20 @@ class CacheClient:
             self._emit(role, command, key, started, outcome, None)
         return result
 
-    def _loop_ran_late(self, limit: float | None) -> bool:
+    def _loop_ran_late(self, operation: Operation, limit: float | None) -> bool:
         """Whether this process's own event loop, not Redis, let a deadline of `limit` expire:
-        it has lately run callbacks `max(20 ms, limit / 2)` or more late (`cache.loop_lag`).
+        it was behind for `max(20 ms, limit / 2)` or more of the operation (`cache.loop_lag`).
         Half: a loop that late explains a timeout by itself, while everyday hiccups of a few
         tens of milliseconds do not excuse a black-holed Redis.
         Such a timeout is still a timeout to the caller and in the metrics, but the breaker
         takes no verdict from it; a black-holed Redis on a healthy process still opens it."""
-        if limit is None:
+        if limit is None or operation.deadline is None:
             return False
-        return self._loop_lag.recent() >= max(LATE_LOOP_FLOOR, limit / 2)
+        started = operation.deadline - limit
+        if self._loop_lag.behind_since(started) < max(LATE_LOOP_FLOOR, limit / 2):
+            return False
+        self._excused_timeouts += 1
+        return True
 
     def _emit(
         self,

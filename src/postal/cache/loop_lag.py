@@ -8,19 +8,25 @@ timeout says nothing about Redis, and holding it against Redis opens the circuit
 Redis healthy: every read then goes to the database, which costs more CPU and keeps the loop
 saturated. The seed benchmark's tuned run fell to a 48% hit rate that way.
 
-`LoopLag` samples the loop with a callback due every `interval` and remembers the worst
-lateness seen within the last `memory` seconds; `recent()` also counts the lateness of the
-sample that is overdue right now, so a stall is seen while it lasts, not only after. Cost: one
-timer callback every 20 ms. Written by hand: asyncio's debug mode reports slow callbacks only
+`LoopLag` samples the loop with a callback due every `interval` and keeps the late samples of
+the last `memory` seconds. `behind_since(start)` is how long, since an operation began at
+`start`, the loop was behind: the stretches between each sample's due time and the moment it
+ran, the one under way now included. It counts one long stall (a process descheduled for
+150 ms on a busy machine) and many short ones alike (a saturated loop, 30 ms late on every
+turn), and only for the operations they overlapped: a stall excuses the timeouts of the
+operations it held up, not every timeout of the next second. Cost: one timer
+callback every 20 ms. Written by hand: asyncio's debug mode reports slow callbacks only
 in logs, and no maintained library exposes loop lag as a number to ask.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 INTERVAL = 0.020  # seconds between samples
-MEMORY = 0.5  # seconds a peak is remembered
+MEMORY = 2.0  # seconds late samples are kept: longer than the operations they are asked about
+NOTABLE = 0.001  # seconds: samples less late than this are not kept
 
 
 class LoopLag:
@@ -30,8 +36,7 @@ class LoopLag:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
-        self._peak = 0.0
-        self._peak_at = float("-inf")
+        self._late: deque[tuple[float, float]] = deque()  # (when it ran, how late), oldest first
 
     def start(self) -> None:
         """Begin sampling the running loop (idempotent on the same loop)."""
@@ -39,23 +44,28 @@ class LoopLag:
         if self._handle is not None and self._loop is loop:
             return
         self.stop()
-        self._loop, self._peak, self._peak_at = loop, 0.0, float("-inf")
-        self._schedule(self._loop.time())
+        self._loop = loop
+        self._late.clear()
+        self._schedule(loop.time())
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
-    def recent(self) -> float:
-        """Seconds: the worst lateness within `memory`, or of the sample overdue now; 0 when
-        not sampling."""
+    def behind_since(self, start: float) -> float:
+        """Seconds, since loop time `start`, during which the loop was behind: between a
+        sample's due time and the moment it ran, the sample overdue now included (samples are
+        due one after another, so these stretches never overlap); 0 when not sampling."""
         if self._loop is None or self._handle is None:
             return 0.0
         now = self._loop.time()
-        overdue = now - self._due
-        peak = self._peak if now - self._peak_at <= self._memory else 0.0
-        return max(peak, overdue)
+        behind = max(0.0, now - max(self._due, start))
+        for ran_at, late in reversed(self._late):
+            if ran_at <= start:
+                break
+            behind += ran_at - max(ran_at - late, start)
+        return behind
 
     def _schedule(self, now: float) -> None:
         assert self._loop is not None
@@ -66,6 +76,8 @@ class LoopLag:
         assert self._loop is not None
         now = self._loop.time()
         late = now - self._due
-        if late >= self._peak or now - self._peak_at > self._memory:
-            self._peak, self._peak_at = late, now
+        if late >= NOTABLE:
+            self._late.append((now, late))
+        while self._late and now - self._late[0][0] > self._memory:
+            self._late.popleft()
         self._schedule(now)
