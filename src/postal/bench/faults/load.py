@@ -266,18 +266,10 @@ class Load:
                         connection = await Connection.open(target)
                     async with asyncio.timeout(self.hang_bound - (perf() - sent)):
                         reply = await connection.exchange(request)
-                except TimeoutError:
-                    # The connect timeout (2 s) is a failure; the hang bound is its own kind.
-                    hung = perf() - sent >= self.hang_bound
-                    outcome = Outcome.HUNG if hung else Outcome.FAILED
-                    detail = f"no reply in {self.hang_bound:g}s" if hung else "connect timed out"
-                    self.reads.add(sent, perf() - sent, post_id, outcome, -1, detail)
-                except _FAILURES as exc:
-                    detail = f"{type(exc).__name__}: {exc}"
-                    self.reads.add(sent, perf() - sent, post_id, Outcome.FAILED, -1, detail)
+                except (*_FAILURES, TimeoutError) as exc:
+                    self._record_failure(sent, post_id, exc)
                 else:
-                    outcome, version, detail = classify(reply, post_id)
-                    self.reads.add(sent, perf() - sent, post_id, outcome, version, detail)
+                    self._record_reply(sent, post_id, reply)
                     if connection.reusable:
                         continue
                 if connection is not None:
@@ -287,6 +279,23 @@ class Load:
         finally:
             if connection is not None:
                 await connection.aclose()
+
+    def _record_reply(self, sent: float, post_id: int, reply: Reply) -> None:
+        outcome, version, detail = classify(reply, post_id)
+        self.reads.add(sent, time.perf_counter() - sent, post_id, outcome, version, detail)
+
+    def _record_failure(
+        self, sent: float, post_id: int, exc: BaseException, label: str = ""
+    ) -> None:
+        """A read with no reply: hung past the bound, or failed (the 2 s connect timeout and
+        every refused, reset or unreadable exchange)."""
+        elapsed = time.perf_counter() - sent
+        outcome, detail = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError):
+            hung = elapsed >= self.hang_bound
+            outcome = Outcome.HUNG if hung else Outcome.FAILED
+            detail = f"no reply in {self.hang_bound:g}s" if hung else "connect timed out"
+        self.reads.add(sent, elapsed, post_id, outcome, -1, label + detail)
 
     async def _chase(self, post_id: int, connection: Connection | None) -> Connection | None:
         """Read `post_id` right after its write returned, as a reader would; the connection
@@ -311,16 +320,10 @@ class Load:
                 connection = await Connection.open(self.postal.target)
                 async with asyncio.timeout(self.hang_bound - (perf() - sent)):
                     reply = await connection.exchange(request)
-        except TimeoutError:
-            hung = perf() - sent >= self.hang_bound
-            outcome = Outcome.HUNG if hung else Outcome.FAILED
-            self.reads.add(sent, perf() - sent, post_id, outcome, -1, "chase read timed out")
-        except _FAILURES as exc:
-            detail = f"chase read: {type(exc).__name__}: {exc}"
-            self.reads.add(sent, perf() - sent, post_id, Outcome.FAILED, -1, detail)
+        except (*_FAILURES, TimeoutError) as exc:
+            self._record_failure(sent, post_id, exc, "chase read: ")
         else:
-            outcome, version, detail = classify(reply, post_id)
-            self.reads.add(sent, perf() - sent, post_id, outcome, version, detail)
+            self._record_reply(sent, post_id, reply)
             if connection.reusable:
                 return connection
         if connection is not None:
