@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from postal.cache.config import BreakerConfig, CacheTimeouts, PoolConfig, Profile, TlsConfig
 from postal.cache.durations import EXPECTED as EXPECTED_DURATION
 from postal.cache.durations import parse_duration
-from postal.cache.urls import RedisEndpoint, mask_url
+from postal.cache.urls import Kind, Topology, mask_url
 from postal.posts.models import DEFAULT_MAX_BODY_BYTES
 
 # With invalidations waiting for replicas, the SET deadline must hold a WAIT of at least a few
@@ -45,7 +45,7 @@ def _count(value: Any) -> Any:
 
 def _redis_url(value: Any) -> Any:
     if isinstance(value, str):
-        RedisEndpoint.from_url(value)  # raises ValueError with what is expected
+        Topology.from_url(value)  # raises ValueError with what is expected
     return value
 
 
@@ -177,6 +177,12 @@ class Settings(BaseSettings):
             problems.append("DATABASE_POOL_SIZE=0: expected a whole number >= 1")
         if self.postal_max_import_bytes < 1:
             problems.append("POSTAL_MAX_IMPORT_BYTES=0: expected a whole number >= 1")
+        problems += self._write_url_problems()
+        if "{" in self.redis_key_prefix or "}" in self.redis_key_prefix:
+            problems.append(
+                f"REDIS_KEY_PREFIX={self.redis_key_prefix!r}: braces are reserved for the hash"
+                " tags that keep a value and its generation in one cluster slot"
+            )
         if self._waits_for_replicas() and 0 < self.redis_set_deadline < MIN_WAITING_SET_DEADLINE:
             problems.append(
                 f"REDIS_SET_DEADLINE={self.redis_set_deadline * 1000:g}ms is too short to wait"
@@ -188,18 +194,40 @@ class Settings(BaseSettings):
             raise ValueError(" | ".join(problems))
         return self
 
+    def _write_url_problems(self) -> list[str]:
+        """Writes go to one primary: not to a list of replicas, nor to Sentinel's replicas."""
+        try:
+            write = Topology.from_url(self.write_url)
+        except ValueError:
+            return []  # the URL's own check reports it
+        if write.kind is Kind.SERVER and len(write.endpoints) > 1:
+            if self.write_redis_url is None:
+                return [
+                    "READ_REDIS_URL names several servers (replicas): set WRITE_REDIS_URL to"
+                    " their primary's URL"
+                ]
+            return ["WRITE_REDIS_URL names several servers: expected the primary's URL only"]
+        if write.replicas and self.write_redis_url is None:
+            return [
+                "READ_REDIS_URL reads Sentinel's replicas (role=replica): set WRITE_REDIS_URL to"
+                " the same URL without it, for the primary"
+            ]
+        if write.replicas:
+            return ["WRITE_REDIS_URL asks for replicas (role=replica): writes go to the primary"]
+        return []
+
     def _waits_for_replicas(self) -> bool:
-        """Whether invalidations will WAIT: reads from another server than writes."""
+        """Whether invalidations will WAIT: reads from replicas, or a Sentinel primary (which a
+        failover replaces by a replica). As `CacheClient.create` decides."""
         if not self.redis_wait_for_replicas:
             return False
         try:
-            read, write = (
-                RedisEndpoint.from_url(self.read_url),
-                RedisEndpoint.from_url(self.write_url),
-            )
+            read, write = Topology.from_url(self.read_url), Topology.from_url(self.write_url)
         except ValueError:
             return False  # the URL's own check reports it
-        return not read.same_server(write)
+        if write.kind is Kind.CLUSTER:
+            return False
+        return write.kind is Kind.SENTINEL or not read.same_servers(write)
 
     # -- what the rest of Postal is built from -------------------------------------------------
 

@@ -53,12 +53,6 @@ async def test_pipeline_sends_queued_commands_in_one_go(cache: CacheClient) -> N
     assert await cache.get("p2") is None
 
 
-async def test_a_transaction_pipeline_is_atomic(cache: CacheClient) -> None:
-    async with cache.pipeline(transaction=True) as pipe:
-        pipe.set("t", b"v").get("t")
-        assert await pipe.execute() == [True, b"v"]
-
-
 async def test_a_deadline_expiring_on_the_wire_raises_cache_timeout_at_once(
     cache: CacheClient,
 ) -> None:

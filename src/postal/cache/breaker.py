@@ -42,10 +42,11 @@ class BreakerState(IntEnum):
 class BreakerChange:
     """The breaker `name` went from `old` to `new` at `at` (its clock's time)."""
 
-    name: str
+    name: str  # the role
     old: BreakerState
     new: BreakerState
     at: float
+    node: str = ""  # which of the role's servers
 
 
 BreakerListener = Callable[[BreakerChange], None]
@@ -61,7 +62,7 @@ class BreakerStats:
 
 
 class CircuitBreaker:
-    """Closed / open / half-open around one resource (one cache role)."""
+    """Closed / open / half-open around one resource (one server of a cache role)."""
 
     def __init__(
         self,
@@ -71,12 +72,14 @@ class CircuitBreaker:
         *,
         failure_window: float = 0.0,
         name: str = "",
+        node: str = "",
     ) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure threshold must be at least 1, got {failure_threshold}")
         if cooldown <= 0:
             raise ValueError(f"cooldown must be positive, got {cooldown}")
         self.name = name
+        self.node = node
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self.failure_window = failure_window
@@ -168,7 +171,8 @@ class CircuitBreaker:
         self._listeners.append(listener)
 
     def __repr__(self) -> str:
-        return f"<CircuitBreaker {self.name} {self._state.name.lower()} opened={self._opened}>"
+        where = f"{self.name} {self.node}".strip()
+        return f"<CircuitBreaker {where} {self._state.name.lower()} opened={self._opened}>"
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -182,6 +186,6 @@ class CircuitBreaker:
         old, self._state = self._state, new
         if old is new or not self._listeners:
             return
-        change = BreakerChange(self.name, old, new, self._clock())
+        change = BreakerChange(self.name, old, new, self._clock(), self.node)
         for listener in self._listeners:
             listener(change)

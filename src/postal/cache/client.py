@@ -29,27 +29,27 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
 from typing import Any, Final, Self, TypeVar
 
-import redis.asyncio as redis
 import redis.exceptions as redis_exc
 
-from postal.cache.breaker import BreakerState, CircuitBreaker
+from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
+from postal.cache.cluster import ClusterRole
 from postal.cache.config import NO_TLS, TUNED, Profile, TlsConfig
-from postal.cache.connection import Connector
 from postal.cache.deadline import Operation, current_operation
 from postal.cache.dns import DnsCache
 from postal.cache.durations import format_duration
 from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable, CircuitOpen, PoolTimeout
-from postal.cache.events import CacheEvent, CacheListener, Outcome
-from postal.cache.guard import Guarded, GuardedFill, GuardedOps, Script
+from postal.cache.events import CacheEvent, CacheListener, Outcome, PoolWaitListener
+from postal.cache.guard import Guarded, GuardedFill, GuardedOps
 from postal.cache.keys import GuardedKey
 from postal.cache.loop_lag import LoopLag
-from postal.cache.pool import ManagedPool, PoolStats
+from postal.cache.nodes import Node, NodeFactory, ServerRole, node_name
+from postal.cache.pool import ManagedPool, PoolStats, total_of
 from postal.cache.replicas import ReplicaWait
-from postal.cache.urls import RedisEndpoint
+from postal.cache.sentinel import SentinelLocator, is_demoted
+from postal.cache.urls import Kind, Topology
+from postal.cache.wire import Value, all_of, command_call, pipeline_call
 
 T = TypeVar("T")
 
@@ -65,36 +65,26 @@ class UseDefault(enum.Enum):
 
 
 USE_DEFAULT: Final = UseDefault.USE_DEFAULT
+# breaker_state's order: a role is as available as its most available node.
+_AVAILABILITY = [BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerState.OPEN]
 Timeout = float | None | UseDefault
-Value = bytes | str | int | float
 
 
-@dataclass(slots=True)
-class _Role:
-    name: str
-    pool: ManagedPool
-    redis: redis.Redis
-    endpoint: RedisEndpoint
-    breaker: CircuitBreaker | None
+Role = ServerRole | ClusterRole
 
 
-def _build_role(
-    name: str, endpoint: RedisEndpoint, profile: Profile, dns: DnsCache, tls: TlsConfig
-) -> _Role:
-    config = profile.read_pool if name == "read" else profile.write_pool
-    connector = Connector(endpoint, config, dns=dns, tls=tls, client_name=f"postal-{name}")
-    pool = ManagedPool(name, connector, config)
-    breaker = None
-    if profile.breaker is not None:
-        breaker = CircuitBreaker(
-            profile.breaker.failure_threshold,
-            profile.breaker.cooldown,
-            failure_window=profile.breaker.failure_window,
-            name=name,
-        )
-    # ManagedPool implements redis-py's ConnectionPoolInterface, which is all Redis uses.
-    client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
-    return _Role(name, pool, client, endpoint, breaker)
+def _build_role(name: str, topology: Topology, factory: NodeFactory) -> Role:
+    """The role a URL names: its servers, its Sentinel-located server, or its cluster."""
+    if topology.kind is Kind.CLUSTER:
+        return ClusterRole(name, topology, factory)
+    if topology.kind is Kind.SENTINEL:
+        locator = SentinelLocator(topology, timeout=factory.pool_config.dial_timeout)
+        sentinels = topology.endpoints[0]
+        label = f"sentinel:{topology.service}" + (":replicas" if topology.replicas else "")
+        node = factory.build(sentinels, name=label, locate=locator.locate)
+        return ServerRole(name, [node], str(topology), on_close=locator.aclose)
+    nodes = [factory.build(endpoint, name=node_name(endpoint)) for endpoint in topology.endpoints]
+    return ServerRole(name, nodes, str(topology))
 
 
 class CacheClient:
@@ -108,10 +98,11 @@ class CacheClient:
     def __init__(
         self,
         *,
-        read: _Role,
-        write: _Role,
+        read: Role,
+        write: Role,
         profile: Profile,
         dns: DnsCache,
+        factories: Sequence[NodeFactory] = (),
         key_prefix: str = "",
         wait_for_replicas: bool = False,
     ) -> None:
@@ -119,12 +110,11 @@ class CacheClient:
         self._write = write
         self._profile = profile
         self._dns = dns
+        self._factories = list(factories)
         self._prefix = key_prefix
         self._listeners: list[CacheListener] = []
         self._guard = GuardedOps(self)
-        self._replica_wait = ReplicaWait(
-            partial(_command, write.pool, "INFO", "replication"), enabled=wait_for_replicas
-        )
+        self._replica_wait = ReplicaWait(self._ask_replication, enabled=wait_for_replicas)
         self._loop_lag = LoopLag()
         self._excused_timeouts = 0
 
@@ -141,31 +131,45 @@ class CacheClient:
     ) -> CacheClient:
         """Build both roles; nothing connects until `start()`.
 
-        When the roles reach different servers (reads from a replica) and the profile says so,
-        invalidations wait for the replicas (`cache.replicas`)."""
+        Each URL may name one server, comma-separated replicas (`redis://a,redis://b`), a
+        Sentinel service (`redis+sentinel://...`) or a cluster (`redis+cluster://...`): see
+        `cache.urls.Topology`. When reads may see another server than writes (replicas, or a
+        Sentinel primary that a failover replaces by a replica) and the profile says so,
+        invalidations wait for the replicas (`cache.replicas`); in a cluster they do not."""
         dns = dns if dns is not None else DnsCache(ttl=profile.dns_ttl)
-        read_endpoint = RedisEndpoint.from_url(read_url, force_tls=tls.enabled)
-        write_endpoint = RedisEndpoint.from_url(write_url or read_url, force_tls=tls.enabled)
+        read = Topology.from_url(read_url, force_tls=tls.enabled)
+        write = Topology.from_url(write_url or read_url, force_tls=tls.enabled)
+        if write.kind is Kind.SERVER and len(write.endpoints) > 1:
+            raise ValueError("the write URL must name one primary, not a list of servers")
+        if write.replicas:
+            raise ValueError(
+                "the write URL cannot ask for replicas (role=replica): writes go to the primary"
+            )
+        factories = [NodeFactory(role, profile, dns, tls) for role in ("read", "write")]
+        waits = write.kind is Kind.SENTINEL or not read.same_servers(write)
+        waits = waits and profile.wait_for_replicas and write.kind is not Kind.CLUSTER
         return cls(
-            read=_build_role("read", read_endpoint, profile, dns, tls),
-            write=_build_role("write", write_endpoint, profile, dns, tls),
+            read=_build_role("read", read, factories[0]),
+            write=_build_role("write", write, factories[1]),
             profile=profile,
             dns=dns,
+            factories=factories,
             key_prefix=key_prefix,
             wait_for_replicas=profile.wait_for_replicas
-            and not read_endpoint.same_server(write_endpoint),
+            and waits
+            and write.kind is not Kind.CLUSTER,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop_lag.start()
-        await asyncio.gather(self._read.pool.start(), self._write.pool.start())
+        await asyncio.gather(self._read.start(), self._write.start())
 
     async def aclose(self) -> None:
         self._loop_lag.stop()
         self._replica_wait.close()
-        await asyncio.gather(self._read.pool.aclose(), self._write.pool.aclose())
+        await asyncio.gather(self._read.aclose(), self._write.aclose())
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -180,8 +184,37 @@ class CacheClient:
         """Call `listener` with a `CacheEvent` after every operation (it must not block)."""
         self._listeners.append(listener)
 
+    def subscribe_pool_waits(self, listener: PoolWaitListener) -> None:
+        """Call `listener` after every queued checkout, on every node's pool (those a cluster
+        adds later too)."""
+        for factory in self._factories:
+            factory.wait_listeners.append(listener)
+        for node in self.nodes():
+            node.pool.subscribe_waits(listener)
+
+    def subscribe_breakers(self, listener: BreakerListener) -> None:
+        """Call `listener` on every node's breaker changes (those a cluster adds later too)."""
+        for factory in self._factories:
+            factory.breaker_listeners.append(listener)
+        for node in self.nodes():
+            if node.breaker is not None:
+                node.breaker.subscribe(listener)
+
     def stats(self) -> dict[str, PoolStats]:
-        return {"read": self._read.pool.stats(), "write": self._write.pool.stats()}
+        """Each role's pools, summed over its nodes (`node_stats` has them one by one)."""
+        return {
+            role.name: total_of(role.name, role.description, [n.pool.stats() for n in role.nodes()])
+            for role in (self._read, self._write)
+        }
+
+    def node_stats(self) -> list[PoolStats]:
+        """One snapshot per node of each role, labelled by role and node."""
+        return [node.pool.stats() for node in self.nodes()]
+
+    def nodes(self, role: str | None = None) -> list[Node]:
+        """The nodes of `role` (both roles' if None) known so far."""
+        roles = (self._read, self._write) if role is None else (self._role(role),)
+        return [node for each in roles for node in each.nodes()]
 
     @property
     def dns(self) -> DnsCache:
@@ -202,20 +235,26 @@ class CacheClient:
         return self._profile
 
     def pool(self, role: str) -> ManagedPool:
-        return self._read.pool if role == "read" else self._write.pool
+        """The pool of the role's first node (its only one, on a single server)."""
+        return self._role(role).nodes()[0].pool
 
     def breaker(self, role: str) -> CircuitBreaker | None:
-        """The role's breaker (to subscribe to its changes); None if the profile has none."""
-        return self._read.breaker if role == "read" else self._write.breaker
+        """The breaker of the role's first node; None if the profile has none."""
+        nodes = self._role(role).nodes()
+        return nodes[0].breaker if nodes else None
 
     def breaker_state(self, role: str) -> BreakerState:
-        """For /readyz and metrics; a role without a breaker is always CLOSED."""
-        breaker = self.breaker(role)
-        return BreakerState.CLOSED if breaker is None else breaker.state
+        """For /readyz and metrics: the role's most available node's state (CLOSED when any
+        node's breaker is closed); a role without breakers is always CLOSED."""
+        states = [node.breaker.state for node in self._role(role).nodes() if node.breaker]
+        return min(states, key=_AVAILABILITY.index, default=BreakerState.CLOSED)
+
+    def _role(self, role: str) -> Role:
+        return self._read if role == "read" else self._write
 
     def __repr__(self) -> str:
         return (
-            f"<CacheClient read={self._read.endpoint} write={self._write.endpoint}"
+            f"<CacheClient read={self._read.description} write={self._write.description}"
             f" prefix={self._prefix!r}>"
         )
 
@@ -226,38 +265,46 @@ class CacheClient:
 
     async def get(self, key: str, *, timeout: Timeout = USE_DEFAULT) -> bytes | None:
         """The value of `key`, or None on a miss; read role, GET deadline."""
-        full_key = self.key(key)
-        call = partial(_command, self._read.pool, "GET", full_key)
+        call = command_call("GET", self.key(key))
         value: bytes | None = await self._read_op("GET", key, timeout, call, is_hit=_is_not_none)
         return value
 
     async def mget(
         self, keys: Sequence[str], *, timeout: Timeout = USE_DEFAULT
     ) -> list[bytes | None]:
-        """The values of `keys`, None for each miss; one round trip on the read role."""
-        if not keys:
-            return []
+        """The values of `keys`, None for each miss; one round trip on the read role (one per
+        hash slot, concurrently, in a cluster)."""
         full_keys = [self.key(key) for key in keys]
-        call = partial(_command, self._read.pool, "MGET", *full_keys)
-        values: list[bytes | None] = await self._read_op("MGET", keys[0], timeout, call)
+        values: list[bytes | None] = [None] * len(keys)
+
+        async def one_slot(indices: list[int]) -> None:
+            call = command_call("MGET", *(full_keys[i] for i in indices))
+            found = await self._read_op("MGET", keys[indices[0]], timeout, call)
+            for index, value in zip(indices, found, strict=True):
+                values[index] = value
+
+        await all_of(one_slot(indices) for indices in self._read.group(full_keys))
         return values
 
     async def set(
         self, key: str, value: Value, *, ttl: float | None = None, timeout: Timeout = USE_DEFAULT
     ) -> None:
         """Store `value` under `key`, expiring after `ttl` seconds (None: never); write role."""
-        full_key = self.key(key)
-        call = partial(_command, self._write.pool, "SET", full_key, value, *_px(ttl))
+        call = command_call("SET", self.key(key), value, *_px(ttl))
         await self._write_op("SET", key, timeout, call)
 
     async def delete(self, *keys: str, timeout: Timeout = USE_DEFAULT) -> int:
-        """Delete `keys`; the number that existed. Write role, SET deadline."""
-        if not keys:
-            return 0
+        """Delete `keys`; the number that existed. Write role, SET deadline (one DEL per hash
+        slot, concurrently, in a cluster)."""
         full_keys = [self.key(key) for key in keys]
-        call = partial(_command, self._write.pool, "DEL", *full_keys)
-        deleted: int = await self._write_op("DEL", keys[0], timeout, call)
-        return deleted
+        counts: list[int] = []
+
+        async def one_slot(indices: list[int]) -> None:
+            call = command_call("DEL", *(full_keys[i] for i in indices))
+            counts.append(await self._write_op("DEL", keys[indices[0]], timeout, call))
+
+        await all_of(one_slot(indices) for indices in self._write.group(full_keys))
+        return sum(counts)
 
     # -- generation-guarded values: the I/O is in cache.guard ----------------------------------
 
@@ -311,79 +358,81 @@ class CacheClient:
         `GuardedOps.fill_many`."""
         return await self._guard.fill_many(fills, timeout)
 
-    def pipeline(self, *, transaction: bool = False) -> CachePipeline:
-        """Queue commands for the write role and send them in one round trip with `execute()`."""
-        return CachePipeline(self, self._write.redis.pipeline(transaction=transaction))
+    def pipeline(self) -> CachePipeline:
+        """Queue commands for the write role and send them with `execute()`: one round trip
+        (one per hash slot, concurrently, in a cluster)."""
+        return CachePipeline(self)
 
     # -- the one place deadlines, breakers, errors and events meet ----------------------------
-    # (`_read_op`, `_write_op` and the three wire helpers below are also used by cache.guard)
+    # (`_read_op`, `_write_op` and the wire helpers below are also used by cache.guard). A
+    # `call` gets the node the operation was routed to: by its key's hash slot in a cluster.
 
     def _read_op(
         self,
         command: str,
         key: str | None,
         timeout: Timeout,
-        call: Callable[[], Awaitable[T]],
+        call: Callable[[Node], Awaitable[T]],
         *,
         is_hit: Callable[[T], bool] | None = None,
     ) -> Awaitable[T]:
-        """`_run` on the read role with the GET deadline."""
+        """`_run` on the read role with the GET deadline, routed by `key`."""
         default = self._profile.timeouts.get
         return self._run(self._read, command, key, default, timeout, call, is_hit=is_hit)
 
     def _write_op(
-        self, command: str, key: str | None, timeout: Timeout, call: Callable[[], Awaitable[T]]
+        self, command: str, key: str | None, timeout: Timeout, call: Callable[[Node], Awaitable[T]]
     ) -> Awaitable[T]:
-        """`_run` on the write role with the SET deadline."""
+        """`_run` on the write role with the SET deadline, routed by `key`."""
         return self._run(self._write, command, key, self._profile.timeouts.set, timeout, call)
 
-    def _read_command(self, *args: Value) -> Awaitable[Any]:
-        """One command on a read-role connection; no deadline nor event (`_read_op` adds them)."""
-        return _command(self._read.pool, *args)
+    def _read_groups(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indices of (prefixed) `keys` that one read command may carry: by slot in a cluster."""
+        return self._read.group(keys)
 
-    def _write_script(
-        self,
-        script: Script,
-        keys: Sequence[str],
-        arguments: Sequence[Value],
-        *,
-        then: Sequence[Value] = (),
-    ) -> Awaitable[Any]:
-        """`script` on a write-role connection, by SHA (EVAL after a NOSCRIPT); no deadline.
-        With `then`, that command follows on the same connection, and the reply is the pair."""
-        return _script(self._write.pool, script, keys, arguments, then)
+    def _write_groups(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indices of (prefixed) `keys` that one write command may carry: by slot in a cluster."""
+        return self._write.group(keys)
 
     def _write_limit(self, timeout: Timeout) -> float | None:
         """The deadline a write-role operation called with `timeout` runs under."""
         return self._profile.timeouts.set if isinstance(timeout, UseDefault) else timeout
 
-    def _write_pipeline(self) -> Any:
-        """A redis-py pipeline (not a transaction) on the write role."""
-        return self._write.redis.pipeline(transaction=False)
+    def _ask_replication(self) -> Awaitable[Any]:
+        """INFO replication on the write role's primary (for `ReplicaWait`)."""
+        return command_call("INFO", "replication")(self._write.route(None))
 
     async def _run(
         self,
-        role: _Role,
+        role: Role,
         command: str,
         key: str | None,
         default_timeout: float | None,
         timeout: Timeout,
-        call: Callable[[], Awaitable[T]],
+        call: Callable[[Node], Awaitable[T]],
         *,
         is_hit: Callable[[T], bool] | None = None,
     ) -> T:
-        """Run `call` under the deadline, through the role's breaker; map errors; emit the event.
+        """Route by `key`, run `call` on that node under the deadline and through its breaker;
+        map errors; emit the event.
 
         `is_hit`: for reads, tells a hit from a miss for the event's outcome.
         """
-        breaker = role.breaker
         started = time.perf_counter()
+        full_key = None if key is None else self._prefix + key
+        try:
+            node = role.route(full_key)
+        except CacheError as exc:  # a cluster whose slots are not known yet
+            unavailable = CacheUnavailable(f"{command} on {role.name}: {exc}")
+            self._emit(role.name, None, command, key, started, _outcome_of(unavailable), str(exc))
+            raise unavailable from None
+        breaker = node.breaker
         if breaker is not None and not breaker.allow():
             refused = CircuitOpen(
-                f"{command} on {role.name} ({role.endpoint}): circuit breaker open after"
+                f"{command} on {role.name} ({node.name}): circuit breaker open after"
                 f" repeated failures; next probe in {format_duration(breaker.retry_in())}"
             )
-            self._emit(role, command, key, started, Outcome.CIRCUIT_OPEN, str(refused))
+            self._emit(role.name, node, command, key, started, Outcome.CIRCUIT_OPEN, str(refused))
             raise refused
         limit = default_timeout if isinstance(timeout, UseDefault) else timeout
         loop = asyncio.get_running_loop()
@@ -391,10 +440,10 @@ class CacheClient:
         token = current_operation.set(operation)
         try:
             async with asyncio.timeout_at(operation.deadline):
-                result = await call()
+                result = await role.run(node, full_key, call)
         except (redis_exc.RedisError, OSError, TimeoutError, CacheError) as exc:
             current_operation.reset(token)  # listeners run outside the operation
-            error = _map_error(exc, role, command, limit, operation)
+            error = _map_error(exc, role.name, node.name, command, limit, operation)
             if breaker is not None:
                 if isinstance(exc, TimeoutError) and self._loop_ran_late(operation, limit):
                     breaker.record_cancelled()  # no verdict on Redis: see _loop_ran_late
@@ -402,7 +451,9 @@ class CacheClient:
                     breaker.record_failure()
                 else:
                     breaker.record_success()  # an error reply: Redis is there and answering
-            self._emit(role, command, key, started, _outcome_of(error), str(error))
+            if is_demoted(exc):
+                node.pool.retire_all()  # a replica now (failover): dial whoever is primary
+            self._emit(role.name, node, command, key, started, _outcome_of(error), str(error))
             raise error from exc
         except BaseException:
             current_operation.reset(token)
@@ -416,7 +467,7 @@ class CacheClient:
             outcome = Outcome.OK
             if is_hit is not None:
                 outcome = Outcome.HIT if is_hit(result) else Outcome.MISS
-            self._emit(role, command, key, started, outcome, None)
+            self._emit(role.name, node, command, key, started, outcome, None)
         return result
 
     def _loop_ran_late(self, operation: Operation, limit: float | None) -> bool:
@@ -436,7 +487,8 @@ class CacheClient:
 
     def _emit(
         self,
-        role: _Role,
+        role: str,
+        node: Node | None,
         command: str,
         key: str | None,
         started: float,
@@ -446,96 +498,64 @@ class CacheClient:
         if not self._listeners:
             return
         event = CacheEvent(
-            role=role.name,
+            role=role,
             command=command,
             key=key,
             duration=time.perf_counter() - started,
             outcome=outcome,
-            in_use=role.pool.in_use,
-            idle=role.pool.idle,
+            in_use=0 if node is None else node.pool.in_use,
+            idle=0 if node is None else node.pool.idle,
             error=error,
+            node="" if node is None else node.name,
         )
         for listener in self._listeners:
             listener(event)
 
 
 class CachePipeline:
-    """Commands queued for one round trip on the write role; `execute()` runs them."""
+    """Commands queued for the write role; `execute()` sends them in one round trip per node
+    (per hash slot in a cluster, concurrently), and returns one result per command, in order."""
 
-    def __init__(self, client: CacheClient, pipeline: Any) -> None:
+    def __init__(self, client: CacheClient) -> None:
         self._client = client
-        self._pipeline = pipeline
+        self._commands: list[tuple[str, tuple[Value, ...]]] = []  # (key, command)
 
     def __len__(self) -> int:
-        return len(self._pipeline)
+        return len(self._commands)
 
     def set(self, key: str, value: Value, *, ttl: float | None = None) -> Self:
-        self._pipeline.execute_command("SET", self._client.key(key), value, *_px(ttl))
+        self._commands.append((key, ("SET", self._client.key(key), value, *_px(ttl))))
         return self
 
-    def delete(self, *keys: str) -> Self:
-        self._pipeline.delete(*(self._client.key(key) for key in keys))
+    def delete(self, key: str) -> Self:
+        self._commands.append((key, ("DEL", self._client.key(key))))
         return self
 
     def get(self, key: str) -> Self:
-        self._pipeline.get(self._client.key(key))
+        self._commands.append((key, ("GET", self._client.key(key))))
         return self
 
     async def execute(self, *, timeout: Timeout = USE_DEFAULT) -> list[Any]:
         """Send everything queued; one result per command. SET deadline unless given."""
-        call = self._pipeline.execute
-        results: list[Any] = await self._client._write_op("PIPELINE", None, timeout, call)
+        commands, self._commands = self._commands, []
+        client = self._client
+        results: list[Any] = [None] * len(commands)
+
+        async def one_group(indices: list[int]) -> None:
+            call = pipeline_call([commands[i][1] for i in indices])
+            replies = await client._write_op("PIPELINE", commands[indices[0]][0], timeout, call)
+            for index, reply in zip(indices, replies, strict=True):
+                results[index] = reply
+
+        groups = client._write_groups([client.key(key) for key, _ in commands])
+        await all_of(one_group(indices) for indices in groups if indices)
         return results
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._pipeline.reset()
-
-
-async def _command(pool: ManagedPool, *args: Value) -> Any:
-    """One command on a pooled connection; redis-py's connection packs it and parses the reply.
-
-    Single commands skip `redis.asyncio.Redis.execute_command`: its retry and telemetry wrappers
-    are what Postal's deadlines and events replace, and they cost about a sixth of a GET's CPU
-    time (measured with `postal bench cache`: tuned went from 30.6k to 36.7k GETs/s). A command
-    interrupted mid-way leaves its connection closed (redis-py disconnects on any abnormal end of
-    a read or write), and the pool drops it on release.
-    """
-    connection = await pool.get_connection()
-    try:
-        await connection.send_command(*args)
-        return await connection.read_response()
-    finally:
-        await pool.release(connection)
-
-
-async def _script(
-    pool: ManagedPool,
-    script: Script,
-    keys: Sequence[str],
-    arguments: Sequence[Value],
-    then: Sequence[Value] = (),
-) -> Any:
-    """Run `script` by its SHA; on NOSCRIPT (a fresh, restarted or failed-over Redis) send it
-    whole once, on the same connection, which also caches it there for the next EVALSHA.
-    With `then` (a WAIT, which must follow the writes on their connection), that command runs
-    next on the same connection and the reply is (the script's, then's)."""
-    connection = await pool.get_connection()
-    try:
-        try:
-            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *arguments)
-            result = await connection.read_response()
-        except redis_exc.NoScriptError:
-            await connection.send_command("EVAL", script.source, len(keys), *keys, *arguments)
-            result = await connection.read_response()
-        if not then:
-            return result
-        await connection.send_command(*then)
-        return result, await connection.read_response()
-    finally:
-        await pool.release(connection)
+        self._commands.clear()
 
 
 def _px(ttl: float | None) -> tuple[str, int] | tuple[()]:
@@ -548,10 +568,15 @@ def _is_not_none(value: object) -> bool:
 
 
 def _map_error(
-    exc: BaseException, role: _Role, command: str, limit: float | None, operation: Operation
+    exc: BaseException,
+    role: str,
+    node: str,
+    command: str,
+    limit: float | None,
+    operation: Operation,
 ) -> CacheError:
     """The most specific cache error for what redis-py, asyncio or the pool raised."""
-    where = f"{command} on {role.name} ({role.endpoint})"
+    where = f"{command} on {role} ({node})"
     if isinstance(exc, CacheError):
         return type(exc)(f"{where}: {exc}")
     if isinstance(exc, TimeoutError):  # our deadline, from asyncio.timeout

@@ -25,7 +25,7 @@ import functools
 import math
 import random
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from redis.asyncio.connection import Connection
@@ -40,6 +40,9 @@ from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
 from postal.cache.deadline import current_operation
 from postal.cache.dns import DnsCache, DnsLookupError
 from postal.cache.urls import RedisEndpoint
+
+# Where a server is right now, as (host, port) places to try in order: Sentinel's answer.
+Locate = Callable[[], Awaitable[list[tuple[str, int]]]]
 
 _PACKER = HiredisRespSerializer()  # stateless
 
@@ -174,8 +177,10 @@ class Connector:
         dns: DnsCache,
         tls: TlsConfig = NO_TLS,
         client_name: str | None = None,
+        locate: Locate | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._locate = locate  # Sentinel: where the server is now; None: the endpoint's address
         self._client_name = client_name  # shown by CLIENT LIST, so operators can tell roles apart
         self._config = config
         self._dns = dns
@@ -183,33 +188,36 @@ class Connector:
         self._ssl_context = build_ssl_context(tls) if use_tls else None
 
     async def open(self) -> PostalConnection:
-        """Resolve, then connect and handshake to each address in turn until one works.
+        """Locate, resolve, then connect and handshake to each address in turn until one works.
 
         Each attempt's TCP (and TLS) connect is bounded by the dial timeout and the handshake's
-        replies by the read timeout; so is name resolution, by the dial timeout. If every address
-        fails, the name is forgotten so the next dial re-resolves (Redis may have moved), and the
-        last error is raised. Nothing is left open.
+        replies by the read timeout; so are locating (asking Sentinel) and name resolution, by
+        the dial timeout. If every address fails, the names are forgotten so the next dial
+        re-resolves (Redis may have moved), and the last error is raised. Nothing is left open.
         """
         endpoint = self.endpoint
         try:
             async with asyncio.timeout(self._config.dial_timeout):
-                addresses = await self._dns.resolve(endpoint.host, endpoint.port)
+                targets = await self._targets()
         except TimeoutError:
-            too_slow = f"resolving {endpoint.host} took longer than the dial timeout"
+            too_slow = f"locating or resolving {endpoint.host} took longer than the dial timeout"
             raise DnsLookupError(too_slow) from None
-        for attempt, address in enumerate(addresses, start=1):
-            connection = self._new_connection(address)
+        connection: PostalConnection | None = None
+        for attempt, (host, port, address) in enumerate(targets, start=1):
+            connection = self._new_connection(host, port, address)
             try:
                 await connection.connect()  # type: ignore[no-untyped-call]
                 break
             except (OSError, RedisConnectionError, RedisTimeoutError):
                 await connection.disconnect(nowait=True)
-                if attempt == len(addresses):
-                    self._dns.forget(endpoint.host)
+                if attempt == len(targets):
+                    for name in {target[0] for target in targets}:
+                        self._dns.forget(name)
                     raise
             except BaseException:
                 await connection.disconnect(nowait=True)
                 raise
+        assert connection is not None  # _targets never returns an empty list
         now = asyncio.get_running_loop().time()
         connection.opened_at = now
         connection.idle_since = now
@@ -218,11 +226,30 @@ class Connector:
             connection.retire_at = now + self._config.max_lifetime * jitter
         return connection
 
-    def _new_connection(self, address: str) -> PostalConnection:
+    async def _targets(self) -> list[tuple[str, int, str]]:
+        """(host, port, address to dial) for each place to try, in order."""
+        if self._locate is None:
+            places = [(self.endpoint.host, self.endpoint.port)]
+        else:
+            places = await self._locate()
+        targets = []
+        for host, port in places:
+            try:
+                addresses = await self._dns.resolve(host, port)
+            except DnsLookupError:
+                if len(places) == 1:
+                    raise
+                continue  # one replica's name not resolving: try the others
+            targets += [(host, port, address) for address in addresses]
+        if not targets:
+            raise DnsLookupError(f"none of {len(places)} located servers could be resolved")
+        return targets
+
+    def _new_connection(self, host: str, port: int, address: str) -> PostalConnection:
         endpoint = self.endpoint
         return PostalConnection(
-            host=endpoint.host,
-            port=endpoint.port,
+            host=host,
+            port=port,
             db=endpoint.db,
             username=endpoint.username,
             password=endpoint.password,

@@ -36,12 +36,13 @@ class CacheEvent:
     # `get_guarded` (an MGET of value and generation) reports "GET", so hit-rate metrics count
     # guarded reads with plain ones; `fill_guarded` is "EVALSHA", `invalidate` is "PIPELINE".
     command: str
-    key: str | None  # the first key, for the slow log's key prefix; None for `pipeline()`s
+    key: str | None  # the (first) key, for the slow log's key prefix
     duration: float  # seconds, from the moment the operation was requested (pool wait included)
     outcome: Outcome
-    in_use: int  # pool state when the operation ended
+    in_use: int  # pool state when the operation ended (the node's pool)
     idle: int
     error: str | None = None
+    node: str = ""  # "host:port" of the server it went to ("" if none was picked)
 
 
 CacheListener = Callable[[CacheEvent], None]

@@ -26,9 +26,11 @@ many keys in one script call each, one command and one reply per batch. Measured
 (redis-py parses three replies a key) and a pipeline of one script call a key 9 us. The new
 generations come back from the invalidation, so a writer can then fill the keys with what it
 committed, quoting them: a later writer's bump makes that fill stale in turn. A batch's keys lie
-in many hash slots: on a Redis Cluster a batch would have to be split by slot (Postal's clients
-talk to one node today). Redis runs a script without interleaving: 1,000 keys hold it a
-millisecond or two, about what an MGET of 1,000 values does.
+in many hash slots (see below for a cluster). Redis runs a script without interleaving: 1,000
+keys hold it a millisecond or two, about what an MGET of 1,000 values does.
+
+In a Redis Cluster a script's keys must share a hash slot, so a batch is split by slot: one
+script call per slot, each on the node that owns it, all concurrently.
 
 Known limit: the guard assumes the counter survives while a load is in flight. A counter evicted
 under memory pressure (an `allkeys-*` policy) or expired (see GENERATION_TTL) reads as 0 again,
@@ -38,16 +40,18 @@ and a load that saw 0 before the bump could then fill: stale data bounded by the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from postal.cache.errors import CacheError
 from postal.cache.keys import GuardedKey
 from postal.cache.replicas import wait_milliseconds
+from postal.cache.wire import all_of, command_call, pipeline_call, script_call
 
 if TYPE_CHECKING:
     from postal.cache.client import CacheClient, Timeout
+    from postal.cache.nodes import Node
 
 HOUR = 3600.0
 
@@ -220,8 +224,10 @@ def has_payload(found: Guarded) -> bool:
 class GuardedOps:
     """The guarded operations of one `CacheClient`, which delegates to them.
 
-    They use the client's package-private runners: `_read_op`/`_write_op` (deadline, breaker,
-    error mapping, event) around `_read_command`/`_write_script`/`_write_pipeline` (the wire).
+    They use the client's package-private runners: `_read_op`/`_write_op` (routing, deadline,
+    breaker, error mapping, event) around a `call` from `cache.wire` (the I/O on the node the
+    operation was routed to). Batches are split by hash slot in a cluster (`_write_groups`):
+    each slot's part is one script call, routed to that slot's node, all parts concurrently.
     """
 
     def __init__(self, client: CacheClient) -> None:
@@ -234,10 +240,10 @@ class GuardedOps:
         hit-rate metrics count guarded and plain reads alike.
         """
         client = self._client
-        names = (client.key(key.key), client.key(key.generation_key))
+        mget = command_call("MGET", client.key(key.key), client.key(key.generation_key))
 
-        async def call() -> Guarded:
-            value, generation = await client._read_command("MGET", *names)
+        async def call(node: Node) -> Guarded:
+            value, generation = await mget(node)
             return read_guarded(value, generation)
 
         found: Guarded = await client._read_op("GET", key.key, timeout, call, is_hit=has_payload)
@@ -256,10 +262,7 @@ class GuardedOps:
         client = self._client
         names = (client.key(key.key), client.key(key.generation_key))
         arguments = (generation, stamp(generation, payload), max(1, round(ttl * 1000)))
-
-        def call() -> Awaitable[int]:
-            return client._write_script(FILL_SCRIPT, names, arguments)
-
+        call = script_call(FILL_SCRIPT, names, arguments)
         written: int = await client._write_op("EVALSHA", key.key, timeout, call)
         return written == 1
 
@@ -267,27 +270,27 @@ class GuardedOps:
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
     ) -> None:
         """`invalidation_commands` in one non-transactional pipeline, write role, SET deadline;
-        then, when reads go to replicas, `WAIT` in the same pipeline (`cache.replicas`).
+        then, when reads go to replicas, `WAIT` in the same pipeline (`cache.replicas`). In a
+        cluster, whose keys lie in several slots, `invalidate_many` instead (by slot).
 
         When it raises, some, all or none of it may have reached Redis; repeating it is always
         safe (one more bump, one more DEL). The event says "PIPELINE", with the first key.
         `ReplicasBehind`: the primary has it all, a replica has not confirmed it yet.
         """
         client = self._client
+        if len(_by_slot(client, keys, generations)) > 1:
+            await self.invalidate_many(keys, generations, timeout)
+            return
         commands = invalidation_commands(keys, generations, client.key)
         if not commands:
             return
         replicas = client.replica_wait
         wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        async def call() -> tuple[list[Any], int]:
+        async def call(node: Node) -> tuple[list[Any], int]:
             wanted = await replicas.replicas()  # waited for under the deadline: it may ask INFO
-            pipeline = client._write_pipeline()
-            for command in commands:
-                pipeline.execute_command(*command)
-            if wanted:
-                pipeline.execute_command("WAIT", wanted, wait_ms)
-            return await pipeline.execute(), wanted
+            wait = [("WAIT", wanted, wait_ms)] if wanted else []
+            return await pipeline_call([*commands, *wait])(node), wanted
 
         first = keys[0].key if keys else generations[0]
         replies, wanted = await client._write_op("PIPELINE", first, timeout, call)
@@ -297,9 +300,27 @@ class GuardedOps:
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
     ) -> list[int]:
         """As `invalidate`, in one INVALIDATE_MANY_SCRIPT call (then a WAIT on the same
-        connection when reads go to replicas); the new generation of each of `keys`. When it
-        raises, all, some or none of it may have run: repeating it is safe. The event says
-        "EVALSHA", with the first key."""
+        connection when reads go to replicas); the new generation of each of `keys`. In a
+        cluster, one call per hash slot, concurrently. When it raises, all, some or none of it
+        may have run: repeating it is safe. The event says "EVALSHA", with the first key."""
+        client = self._client
+        new_generations = [0] * len(keys)
+
+        async def one_slot(key_indices: list[int], counters: list[str]) -> None:
+            slot_keys = [keys[i] for i in key_indices]
+            bumped = await self._invalidate_one_slot(slot_keys, counters, timeout)
+            for index, generation in zip(key_indices, bumped, strict=True):
+                new_generations[index] = generation
+
+        await all_of(
+            one_slot(key_indices, counters)
+            for key_indices, counters in _by_slot(client, keys, generations)
+        )
+        return new_generations
+
+    async def _invalidate_one_slot(
+        self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
+    ) -> list[int]:
         if not keys and not generations:
             return []
         client = self._client
@@ -307,14 +328,13 @@ class GuardedOps:
         replicas = client.replica_wait
         wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        async def call() -> tuple[list[int], int, int]:
+        async def call(node: Node) -> tuple[list[int], int, int]:
             wanted = await replicas.replicas()
             if not wanted:
-                return await client._write_script(INVALIDATE_MANY_SCRIPT, names, arguments), 0, 0
+                return await script_call(INVALIDATE_MANY_SCRIPT, names, arguments)(node), 0, 0
             wait = ("WAIT", wanted, wait_ms)
-            bumped, acknowledged = await client._write_script(
-                INVALIDATE_MANY_SCRIPT, names, arguments, then=wait
-            )
+            invalidate = script_call(INVALIDATE_MANY_SCRIPT, names, arguments, then=wait)
+            bumped, acknowledged = await invalidate(node)
             return bumped, wanted, acknowledged
 
         first = keys[0].key if keys else generations[0]
@@ -336,15 +356,33 @@ class GuardedOps:
         replicas.check(int(acknowledged), wanted, where=where, waited_ms=wait_ms)
 
     async def fill_many(self, fills: Sequence[GuardedFill], timeout: Timeout) -> int:
-        """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call; how many were written.
-        The event says "EVALSHA", with the first key."""
-        if not fills:
-            return 0
+        """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call (one per hash slot,
+        concurrently, in a cluster); how many were written. The event says "EVALSHA", with the
+        first key."""
         client = self._client
-        names, arguments = fill_many_arguments(fills, client.key)
+        written: list[int] = []
 
-        def call() -> Awaitable[int]:
-            return client._write_script(FILL_MANY_SCRIPT, names, arguments)
+        async def one_slot(indices: list[int]) -> None:
+            part = [fills[i] for i in indices]
+            names, arguments = fill_many_arguments(part, client.key)
+            call = script_call(FILL_MANY_SCRIPT, names, arguments)
+            written.append(await client._write_op("EVALSHA", part[0].key.key, timeout, call))
 
-        written: int = await client._write_op("EVALSHA", fills[0].key.key, timeout, call)
-        return written
+        groups = client._write_groups([client.key(fill.key.key) for fill in fills])
+        await all_of(one_slot(indices) for indices in groups if indices)
+        return sum(written)
+
+
+def _by_slot(
+    client: CacheClient, keys: Sequence[GuardedKey], generations: Sequence[str]
+) -> list[tuple[list[int], list[str]]]:
+    """`keys` (as indices) and bare counters `generations`, grouped by the write role's hash
+    slot: one group on a single server. Empty groups are left out."""
+    names = [client.key(key.key) for key in keys] + [client.key(g) for g in generations]
+    groups = []
+    for indices in client._write_groups(names):
+        key_indices = [i for i in indices if i < len(keys)]
+        counters = [generations[i - len(keys)] for i in indices if i >= len(keys)]
+        if key_indices or counters:
+            groups.append((key_indices, counters))
+    return groups

@@ -63,6 +63,7 @@ class CloseReason(StrEnum):
 @dataclass(frozen=True, slots=True)
 class PoolStats:
     role: str
+    node: str  # "host:port": which server of the role this pool dials
     max_size: int
     in_use: int
     idle: int
@@ -89,11 +90,36 @@ class PoolStats:
         )
 
 
+def total_of(role: str, node: str, pools: list[PoolStats]) -> PoolStats:
+    """Several pools' stats summed into one (a role's, over its nodes)."""
+    closed: dict[str, int] = {}
+    for pool in pools:
+        for reason, count in pool.closed.items():
+            closed[reason] = closed.get(reason, 0) + count
+    return PoolStats(
+        role=role,
+        node=node,
+        max_size=sum(p.max_size for p in pools),
+        in_use=sum(p.in_use for p in pools),
+        idle=sum(p.idle for p in pools),
+        opening=sum(p.opening for p in pools),
+        waiting=sum(p.waiting for p in pools),
+        waits=sum(p.waits for p in pools),
+        wait_time=sum(p.wait_time for p in pools),
+        timeouts=sum(p.timeouts for p in pools),
+        opened=sum(p.opened for p in pools),
+        closed=closed,
+    )
+
+
 class ManagedPool(ConnectionPoolInterface):
     """A bounded, fair pool of redis-py connections to one endpoint, for one role."""
 
-    def __init__(self, role: str, connector: Connector, config: PoolConfig) -> None:
+    def __init__(
+        self, role: str, connector: Connector, config: PoolConfig, *, node: str = ""
+    ) -> None:
         self.role = role
+        self.node = node or f"{connector.endpoint.host}:{connector.endpoint.port}"
         self.config = config
         self._connector = connector
         self._encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
@@ -129,7 +155,7 @@ class ManagedPool(ConnectionPoolInterface):
             return
         refilled = await self._refill()
         self._maintainer = asyncio.create_task(
-            self._maintain(refilled), name=f"postal-pool-{self.role}"
+            self._maintain(refilled), name=f"postal-pool-{self.role}-{self.node}"
         )
 
     async def aclose(self) -> None:
@@ -203,6 +229,7 @@ class ManagedPool(ConnectionPoolInterface):
     def stats(self) -> PoolStats:
         return PoolStats(
             role=self.role,
+            node=self.node,
             max_size=self.config.max_size,
             in_use=len(self._in_use),
             idle=len(self._idle),
@@ -214,6 +241,15 @@ class ManagedPool(ConnectionPoolInterface):
             opened=self._opened,
             closed=dict(self._closed_by_reason),
         )
+
+    def retire_all(self) -> None:
+        """Close the idle connections now, and those in use when they come back: the server
+        they reach is no longer the one this pool should talk to (demoted by a failover)."""
+        while self._idle:
+            self._close_later(self._idle.popleft(), CloseReason.ERROR)
+        now = self._now()
+        for connection in self._in_use:
+            connection.retire_at = now
 
     def subscribe_waits(self, listener: PoolWaitListener) -> None:
         """Call `listener` with a `PoolWaitEvent` after every checkout that queued (it must not
@@ -229,7 +265,7 @@ class ManagedPool(ConnectionPoolInterface):
         return len(self._idle)
 
     def __repr__(self) -> str:
-        return f"<ManagedPool {self.role} {self._connector.endpoint} [{self.stats()}]>"
+        return f"<ManagedPool {self.role} {self.node} [{self.stats()}]>"
 
     # -- decisions (synchronous: no await between reading and changing state) -----------------
 

@@ -205,11 +205,8 @@ def instrument_cache(
     reads.subscribe(FillMetrics(metrics))
     waits = PoolWaitMetrics(metrics)
     breakers = BreakerMetrics(metrics)
-    for role in ROLES:
-        cache.pool(role).subscribe_waits(waits)
-        breaker = cache.breaker(role)
-        if breaker is not None:
-            breaker.subscribe(breakers)
+    cache.subscribe_pool_waits(waits)
+    cache.subscribe_breakers(breakers)
     sampler = CacheSampler(metrics, cache, invalidator, breakers)
     sampler.sample()
     metrics.add_sampler(sampler.sample)

@@ -1,0 +1,159 @@
+"""The Redis servers behind a role: each a `Node` (pool, breaker, label), and how a role picks one.
+
+A role is what a URL names (`cache.urls.Topology`), built into one of:
+
+- `ServerRole`: fixed servers. One Redis, or several replicas of one primary (a comma-separated
+  `READ_REDIS_URL`): each replica has its own pool and its own breaker, reads go round-robin
+  over the replicas whose breaker is not open, so a failed replica is skipped until a probe
+  finds it answering again. Sentinel roles are a `ServerRole` too: one node whose connector asks
+  the Sentinels where to dial (`cache.sentinel`);
+- `ClusterRole` (`cache.cluster`): a node per cluster node, picked by the key's hash slot.
+
+Pools and breakers are per node, so one dead replica or one failed cluster node opens its own
+breaker and leaves the others serving; and pool sizes multiply: per process, per role, per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis.asyncio as redis
+
+from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
+from postal.cache.config import PoolConfig, Profile, TlsConfig
+from postal.cache.connection import Connector, Locate
+from postal.cache.dns import DnsCache
+from postal.cache.events import PoolWaitListener
+from postal.cache.pool import ManagedPool
+from postal.cache.urls import RedisEndpoint
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    """One server of one role: its pool, its breaker, and the label stats and metrics show."""
+
+    role: str
+    name: str  # "host:port" as configured or announced: the `node` label
+    endpoint: RedisEndpoint
+    pool: ManagedPool
+    breaker: CircuitBreaker | None
+    redis: redis.Redis = field(repr=False)  # redis-py's client on `pool`, for pipelines
+
+    @property
+    def is_refusing(self) -> bool:
+        """Open and still cooling down: a call would be refused (without using up the probe)."""
+        breaker = self.breaker
+        return breaker is not None and breaker.state is BreakerState.OPEN and breaker.retry_in() > 0
+
+
+@dataclass(slots=True)
+class NodeFactory:
+    """Builds the nodes of one role with that role's pool settings, the profile's breaker, and
+    the client's shared DNS cache and TLS settings; subscribes each new node's pool and breaker
+    to the listeners given so far (a cluster adds nodes as it learns of them)."""
+
+    role: str
+    profile: Profile
+    dns: DnsCache
+    tls: TlsConfig
+    wait_listeners: list[PoolWaitListener] = field(default_factory=list)
+    breaker_listeners: list[BreakerListener] = field(default_factory=list)
+
+    @property
+    def pool_config(self) -> PoolConfig:
+        return self.profile.read_pool if self.role == "read" else self.profile.write_pool
+
+    def build(self, endpoint: RedisEndpoint, *, name: str, locate: Locate | None = None) -> Node:
+        config = self.pool_config
+        connector = Connector(
+            endpoint,
+            config,
+            dns=self.dns,
+            tls=self.tls,
+            client_name=f"postal-{self.role}",
+            locate=locate,
+        )
+        pool = ManagedPool(self.role, connector, config, node=name)
+        for wait_listener in self.wait_listeners:
+            pool.subscribe_waits(wait_listener)
+        breaker = None
+        if self.profile.breaker is not None:
+            breaker = CircuitBreaker(
+                self.profile.breaker.failure_threshold,
+                self.profile.breaker.cooldown,
+                failure_window=self.profile.breaker.failure_window,
+                name=self.role,
+                node=name,
+            )
+            for breaker_listener in self.breaker_listeners:
+                breaker.subscribe(breaker_listener)
+        # ManagedPool implements redis-py's ConnectionPoolInterface, which is all Redis uses.
+        client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+        return Node(self.role, name, endpoint, pool, breaker, client)
+
+
+def node_name(endpoint: RedisEndpoint) -> str:
+    return f"{endpoint.host}:{endpoint.port}"
+
+
+class ServerRole:
+    """A role on fixed servers: one, or replicas that reads are spread over."""
+
+    def __init__(
+        self,
+        name: str,
+        nodes: Sequence[Node],
+        description: str,
+        *,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a role needs at least one server")
+        self._on_close = on_close  # Sentinel: close its connections to the Sentinels
+        self.name = name
+        self.description = description  # the masked URL, for messages
+        self._nodes = list(nodes)
+        self._turns = itertools.cycle(range(len(self._nodes)))
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes)
+
+    def route(self, key: str | None) -> Node:
+        """The next server in turn whose breaker is not refusing; when all are, the next one
+        anyway (its breaker refuses the call: `CircuitOpen`, and the read falls back)."""
+        nodes = self._nodes
+        if len(nodes) == 1:
+            return nodes[0]
+        first = nodes[next(self._turns)]
+        if not first.is_refusing:
+            return first
+        for _ in range(len(nodes) - 1):
+            candidate = nodes[next(self._turns)]
+            if not candidate.is_refusing:
+                return candidate
+        return first
+
+    async def run(self, node: Node, key: str | None, call: Callable[[Node], Awaitable[T]]) -> T:
+        """`call` on `node`: a server role has no redirections to follow."""
+        return await call(node)
+
+    def group(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indices of `keys` that may go in one multi-key command: here, all of them."""
+        return [list(range(len(keys)))] if keys else []
+
+    async def start(self) -> None:
+        await asyncio.gather(*(node.pool.start() for node in self._nodes))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(node.pool.aclose() for node in self._nodes))
+        if self._on_close is not None:
+            await self._on_close()
+
+    def __repr__(self) -> str:
+        return f"<ServerRole {self.name} {self.description}>"

@@ -1,0 +1,102 @@
+"""The wire: one command, a pipeline, or a script, on a pooled connection of the node an operation
+was routed to. `CacheClient._run` adds the deadline, breaker, error mapping and event around
+these; a `call` is one of them with its arguments bound, waiting for its node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions as redis_exc
+
+if TYPE_CHECKING:
+    from postal.cache.guard import Script
+    from postal.cache.nodes import Node
+
+Value = bytes | str | int | float
+
+
+async def _command(args: Sequence[Value], node: Node) -> Any:
+    """One command on a pooled connection of `node`; redis-py's connection packs it and parses
+    the reply.
+
+    Single commands skip `redis.asyncio.Redis.execute_command`: its retry and telemetry wrappers
+    are what Postal's deadlines and events replace, and they cost about a sixth of a GET's CPU
+    time (measured with `postal bench cache`: tuned went from 30.6k to 36.7k GETs/s). A command
+    interrupted mid-way leaves its connection closed (redis-py disconnects on any abnormal end of
+    a read or write), and the pool drops it on release.
+    """
+    pool = node.pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_command(*args)
+        return await connection.read_response()
+    finally:
+        await pool.release(connection)
+
+
+async def _pipeline(commands: Sequence[Sequence[Value]], node: Node) -> list[Any]:
+    """`commands` in one redis-py pipeline (not a transaction) on `node`; the first error reply
+    is raised after all replies are read."""
+    pipeline = node.redis.pipeline(transaction=False)
+    for command in commands:
+        pipeline.execute_command(*command)
+    replies: list[Any] = await pipeline.execute()
+    return replies
+
+
+async def _script(
+    script: Script,
+    keys: Sequence[str],
+    arguments: Sequence[Value],
+    then: Sequence[Value],
+    node: Node,
+) -> Any:
+    """Run `script` by its SHA on `node`; on NOSCRIPT (a fresh, restarted or failed-over Redis)
+    send it whole once, on the same connection, which also caches it there for the next EVALSHA.
+    With `then` (a WAIT, which must follow the writes on their connection), that command runs
+    next on the same connection and the reply is (the script's, then's)."""
+    pool = node.pool
+    connection = await pool.get_connection()
+    try:
+        try:
+            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *arguments)
+            result = await connection.read_response()
+        except redis_exc.NoScriptError:
+            await connection.send_command("EVAL", script.source, len(keys), *keys, *arguments)
+            result = await connection.read_response()
+        if not then:
+            return result
+        await connection.send_command(*then)
+        return result, await connection.read_response()
+    finally:
+        await pool.release(connection)
+
+
+def script_call(
+    script: Script, keys: Sequence[str], arguments: Sequence[Value], *, then: Sequence[Value] = ()
+) -> Callable[[Node], Awaitable[Any]]:
+    """A `call` for `_write_op`: `script` by SHA on the node it is routed to (see `_script`)."""
+    return partial(_script, script, keys, arguments, then)
+
+
+def command_call(*args: Value) -> Callable[[Node], Awaitable[Any]]:
+    """A `call` for `_read_op`/`_write_op`: one command on the node it is routed to."""
+    return partial(_command, args)
+
+
+def pipeline_call(commands: Sequence[Sequence[Value]]) -> Callable[[Node], Awaitable[list[Any]]]:
+    """A `call` for `_write_op`: `commands` pipelined on the node it is routed to."""
+    return partial(_pipeline, commands)
+
+
+async def all_of(calls: Iterable[Awaitable[None]]) -> None:
+    """Await `calls` concurrently; the first failure is raised once all have finished (a
+    batch's parts are independent: one slot failing must not cancel the others mid-write)."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
