@@ -41,10 +41,20 @@ def answers_ping(host: str, port: int, timeout: float = 0.5, *, noauth_ok: bool 
 
 class RedisServer:
     """One redis-server child process on `host`:`port` (a loopback address: any of 127.0.0.0/8,
-    so two servers can share a port number, as a Redis that moved to a new address does)."""
+    so two servers can share a port number, as a Redis that moved to a new address does).
+
+    `config`: the text of a config file, written once into the server's own directory and given
+    to redis-server as its config file; a Sentinel rewrites that file as it learns the topology,
+    so it must be a file of the server's own that outlives restarts.
+    """
 
     def __init__(
-        self, port: int | None = None, extra_args: Sequence[str] = (), *, host: str = "127.0.0.1"
+        self,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        config: str | None = None,
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"child Redis servers bind loopback addresses only, not {host!r}")
@@ -52,6 +62,10 @@ class RedisServer:
         self.port = port or free_port(host)
         self._extra_args = list(extra_args)
         self._dir = Path(tempfile.mkdtemp(prefix="postal-redis-"))
+        self._config_file: Path | None = None
+        if config is not None:
+            self._config_file = self._dir / "redis.conf"
+            self._config_file.write_text(config)
         self._process: subprocess.Popen[bytes] | None = None
         self.ready_port = self.port  # the port to PING for readiness (TLS servers override it)
 
@@ -59,9 +73,33 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def directory(self) -> Path:
+        """The server's own temporary directory (its --dir), removed by `cleanup()`."""
+        return self._dir
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id from start() until stop() or kill(); None otherwise."""
+        return None if self._process is None else self._process.pid
+
+    def log_text(self) -> str:
+        """What the server has logged so far, for a failure message ("" before it logs)."""
+        try:
+            return (self._dir / "redis.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def start(self) -> None:
+        # redis-server reads a config file only as its first argument.
+        config_file = [] if self._config_file is None else [str(self._config_file)]
         args = [
             REDIS_SERVER,
+            *config_file,
             "--bind", self.host,
             "--port", str(self.port),
             "--save", "",
