@@ -1,6 +1,7 @@
 """Shared fixtures: a Redis to talk to, a key prefix of each test's own, and databases.
 
-Integration tests use the Redis on 127.0.0.1:6379 when it answers, each test under its own key
+Integration tests use the Redis on 127.0.0.1:6379 when it answers (and the posts API suite runs a
+second time on `redis_cluster`, a Redis Cluster of the session's own), each test under its own key
 prefix so that runs never see each other's keys (nor anyone else's); when it does not answer, one
 child redis-server is started for the session. Tests that must kill, slow or reconfigure a server
 start their own with `postal.bench.redis_servers`.
@@ -23,6 +24,7 @@ import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.bench.redis_servers import RedisServer, answers_ping
+from postal.bench.topologies import ClusterSet
 from postal.storage.db import create_engine
 from postal.storage.migrate import upgrade
 from tests.support.database import session_database, truncate, unmigrated_database
@@ -41,6 +43,14 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSet]:
+    """A Redis Cluster of three masters on loopback ports, for the session (started on first use:
+    about a second)."""
+    with ClusterSet(masters=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ from postal.observability.metrics import (
 ROLES = frozenset({"read", "write"})
 COMMANDS = frozenset({"GET", "MGET", "SET", "DEL", "PIPELINE", "EVALSHA"})
 
-# label -> its values, or None when any value may appear (routes, methods, statuses, le)
+# label -> its values, or None when any value may appear (routes, methods, statuses, le, and
+# node: each Redis server of a role, "host:port", on the pool metrics and the breaker only)
 Labels = Mapping[str, frozenset[str] | None]
 
 METRIC_LABELS: Mapping[str, Labels] = {
@@ -47,18 +48,23 @@ METRIC_LABELS: Mapping[str, Labels] = {
         "outcome": frozenset(outcome.value for outcome in Outcome),
     },
     "postal_cache_operation_seconds": {"role": ROLES, "command": COMMANDS},
-    "postal_pool_connections": {"role": ROLES, "state": frozenset({"in_use", "idle"})},
-    "postal_pool_max_connections": {"role": ROLES},
-    "postal_pool_wait_seconds": {"role": ROLES},
-    "postal_pool_timeouts_total": {"role": ROLES},
-    "postal_pool_connections_opened_total": {"role": ROLES},
+    "postal_pool_connections": {
+        "role": ROLES,
+        "node": None,
+        "state": frozenset({"in_use", "idle"}),
+    },
+    "postal_pool_max_connections": {"role": ROLES, "node": None},
+    "postal_pool_wait_seconds": {"role": ROLES, "node": None},
+    "postal_pool_timeouts_total": {"role": ROLES, "node": None},
+    "postal_pool_connections_opened_total": {"role": ROLES, "node": None},
     "postal_pool_connections_closed_total": {
         "role": ROLES,
+        "node": None,
         "reason": frozenset(reason.value for reason in CloseReason),
     },
     "postal_cache_fills_total": {"outcome": frozenset(outcome.value for outcome in FillOutcome)},
     "postal_cache_invalidations_total": {"outcome": frozenset(INVALIDATION_OUTCOMES)},
-    "postal_cache_breaker_state": {"role": ROLES},
+    "postal_cache_breaker_state": {"role": ROLES, "node": None},
     "postal_dns_lookups_total": {"outcome": frozenset(DNS_OUTCOMES)},
     "postal_replica_waits_total": {"outcome": frozenset(REPLICA_WAIT_OUTCOMES)},
     "postal_http_request_duration_seconds": {"method": None, "route": None, "status": None},

@@ -9,6 +9,7 @@ postal.observability.metrics.KEY_EXPRESSIONS, as the alerts use them.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from tests.deploy import promql
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "postal-dashboard.json"
 GRID_COLUMNS = 24
 DATA_PANEL_TYPES = {"timeseries", "stat", "state-timeline", "gauge", "bargauge", "table"}
+# Labelled by node as well as role (a pool and a breaker per server of a role).
+PER_NODE_METRICS = {name for name, labels in promql.METRIC_LABELS.items() if "node" in labels}
 
 
 def load() -> dict[str, Any]:
@@ -125,3 +128,24 @@ def test_it_shows_what_the_issue_asks_for() -> None:
         "postal_cache_invalidations_total",
     ):
         assert needed.replace(" (", "(") in expressions.replace(" (", "("), needed
+
+
+def test_the_pool_and_breaker_graphs_show_each_node() -> None:
+    """Every graph of a per-node metric keeps the node and names it in its legend; only the key
+    metrics' stat panels sum a role's nodes (pool usage is the role's, as the alert has it)."""
+    graphed = 0
+    for panel in data_panels(load()):
+        if panel["type"] == "stat":
+            continue
+        for target in panel["targets"]:
+            expression = target["expr"]
+            selected = {
+                re.sub(r"_(bucket|sum|count)$", "", name)
+                for name in re.findall(r"postal_[a-z_]+", expression)
+            }
+            if not selected & PER_NODE_METRICS:
+                continue
+            graphed += 1
+            assert "node" in promql.returned_labels(expression), (panel["title"], expression)
+            assert "{{node}}" in target.get("legendFormat", ""), panel["title"]
+    assert graphed >= 8  # breaker, pool usage, connections, caps, waits, timeouts, dials, closes

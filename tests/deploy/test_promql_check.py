@@ -33,6 +33,9 @@ def test_the_key_expressions_pass(name: str) -> None:
         ('postal_pool_connections{state="busy"}', "state='busy'"),
         ('postal_pool_connections_closed_total{reason="idle"}', "reason='idle'"),
         ('postal_cache_breaker_state{role="replica"}', "role='replica'"),
+        # Operation metrics are by role only (a node label would multiply their series).
+        ('postal_cache_operations_total{node="10.0.0.1:6379"}', "has no label 'node'"),
+        ("sum by (node) (rate(postal_cache_operation_seconds_count[5m]))", "label 'node'"),
         ("sum by (roles) (postal_pool_connections)", "no metric below has the label 'roles'"),
         ("sum without (stat) (postal_pool_connections)", "label 'stat'"),
         (
@@ -59,6 +62,10 @@ def test_legends_name_only_labels_the_expression_returns() -> None:
     by_role = "sum by (role) (postal_pool_connections)"
     assert promql.legend_problems(by_role, "{{role}}") == []
     assert promql.legend_problems(by_role, "{{role}} {{state}}") != []
+    assert promql.legend_problems(by_role, "{{role}} {{node}}") != []
+    by_node = 'max by (role, node) (postal_cache_breaker_state{node="10.0.0.1:6379"})'
+    assert promql.problems(by_node) == []
+    assert promql.legend_problems(by_node, "{{role}} {{node}}") == []
     assert promql.legend_problems("sum(rate(postal_cache_fills_total[5m]))", "{{outcome}}") != []
     quantile = (
         "histogram_quantile(0.99, sum by (le, role, command) "

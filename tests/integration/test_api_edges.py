@@ -89,8 +89,9 @@ async def test_a_cursor_past_bigint_is_422(api: Api, before_id: int) -> None:
 
 
 async def test_a_corrupt_cache_entry_never_fails_a_read(
-    api: Api, raw_redis: redis.Redis, key_prefix: str
+    api: Api, api_redis: redis.Redis, key_prefix: str
 ) -> None:
+    raw_redis = api_redis
     post = await api.create(title="Intact")
     url = f"/api/v1/posts/{post['id']}"
     await api.client.get(url)

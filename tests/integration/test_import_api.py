@@ -238,11 +238,11 @@ async def test_the_token_is_checked_before_the_body_is_read(api: Api) -> None:
 
 
 async def test_the_import_has_its_own_size_limit(
-    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+    database_url: str, clean_database: None, cache_url: str, key_prefix: str
 ) -> None:
     async with running_api(
         database_url,
-        redis_url,
+        cache_url,
         key_prefix,
         POSTAL_MAX_IMPORT_BYTES="150000",
         POSTAL_MAX_BODY_BYTES="1000",
@@ -323,12 +323,12 @@ async def test_a_client_gone_mid_upload_leaves_the_database_unchanged(api: Api) 
 
 @pytest.fixture
 async def patient_api(
-    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+    database_url: str, clean_database: None, cache_url: str, key_prefix: str
 ) -> AsyncIterator[Api]:
     """The app with cache deadlines no stall of a loaded machine reaches: a read or a fill that
     timed out would send a read to the database, and the test below checks the cache was hit."""
     deadlines = {"REDIS_GET_DEADLINE": "30s", "REDIS_SET_DEADLINE": "30s"}
-    async with running_api(database_url, redis_url, key_prefix, **deadlines) as api:
+    async with running_api(database_url, cache_url, key_prefix, **deadlines) as api:
         yield api
 
 

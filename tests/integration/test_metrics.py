@@ -12,9 +12,13 @@ import pytest
 
 from postal.bench.proxy import FaultProxy
 from postal.bench.redis_servers import free_port
+from postal.bench.topologies import ClusterSet
 from postal.cache import PoolTimeout
 from postal.cache.events import PoolWaitEvent
-from postal.observability.metrics import CONTENT_TYPE, METRIC_NAMES, SERIES_NAMES
+from postal.cache.fallback import ReadThrough
+from postal.cache.invalidation import Invalidator
+from postal.observability.cache_metrics import instrument_cache
+from postal.observability.metrics import CONTENT_TYPE, METRIC_NAMES, SERIES_NAMES, PostalMetrics
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually, make_client, small_profile
 from tests.support.metrics_text import Scrape
@@ -22,6 +26,19 @@ from tests.support.metrics_text import Scrape
 OPS = "postal_cache_operations_total"
 HTTP_COUNT = "postal_http_request_duration_seconds_count"
 POST_ROUTE = "/api/v1/posts/{post_id}"
+
+
+def node_names(api: Api, role: str) -> set[str]:
+    """The `node` labels of the role's servers: one, or a cluster's masters."""
+    return {node.name for node in api.state.cache.nodes(role)}
+
+
+def labelled_nodes(metrics: Scrape, name: str, role: str) -> set[str]:
+    return {
+        dict(labels)["node"]
+        for series, labels in metrics.samples
+        if series == name and ("role", role) in labels
+    }
 
 
 async def scrape(api: Api) -> Scrape:
@@ -52,13 +69,20 @@ async def test_a_miss_then_a_hit_fill_and_invalidation_are_counted(api: Api) -> 
     assert metrics.value(HTTP_COUNT, method="POST", route="/api/v1/posts", status="201") == 1
     assert metrics.label_values(HTTP_COUNT, "route") == {"/api/v1/posts", POST_ROUTE}
 
-    assert metrics.value("postal_pool_max_connections", role="read") == 50  # the defaults
-    assert metrics.value("postal_pool_max_connections", role="write") == 20
-    assert metrics.value("postal_pool_connections", role="read", state="idle") >= 1
-    assert metrics.value("postal_pool_connections", role="read", state="in_use") == 0
-    assert metrics.value("postal_pool_connections_opened_total", role="read") >= 10  # min idle
-    assert metrics.value("postal_pool_timeouts_total", role="read") == 0
-    assert metrics.value("postal_cache_breaker_state", role="read") == 0
+    # The pools and breakers by node: the one Redis, or each master of the cluster.
+    reads, writes = node_names(api, "read"), node_names(api, "write")
+    for name in ("postal_pool_max_connections", "postal_cache_breaker_state"):
+        assert labelled_nodes(metrics, name, "read") == reads, name
+        assert labelled_nodes(metrics, name, "write") == writes, name
+    for node in reads:
+        assert metrics.value("postal_pool_max_connections", role="read", node=node) == 50
+        assert metrics.value("postal_pool_connections", role="read", node=node, state="in_use") == 0
+        assert metrics.value("postal_pool_timeouts_total", role="read", node=node) == 0
+        assert metrics.value("postal_cache_breaker_state", role="read", node=node) == 0
+    for node in writes:
+        assert metrics.value("postal_pool_max_connections", role="write", node=node) == 20
+    assert metrics.total("postal_pool_connections", role="read", state="idle") >= 1
+    assert metrics.total("postal_pool_connections_opened_total", role="read") >= 10  # min idle
 
     updated = await api.client.put(
         url, json={"title": "Two", "body": "B2", "author": "ada"}, headers=AUTH
@@ -108,12 +132,14 @@ async def test_an_unreachable_redis_counts_connection_errors_and_opens_the_break
         )
         assert created.status_code == 201  # the write succeeds; its invalidation does not
         metrics = await scrape(api)
+        (node,) = node_names(api, "read")
     read_get = {"role": "read", "command": "GET"}
     assert metrics.value(OPS, **read_get, outcome="connection_error") == 3  # then it opened
     assert metrics.value(OPS, **read_get, outcome="circuit_open") == 5
     # timed: the 3 attempts only; refusals did no I/O and must not pull the percentiles down
     assert metrics.value("postal_cache_operation_seconds_count", **read_get) == 3
-    assert metrics.value("postal_cache_breaker_state", role="read") == 2
+    assert node == closed.removeprefix("redis://").removesuffix("/0")
+    assert metrics.value("postal_cache_breaker_state", role="read", node=node) == 2
     assert metrics.value("postal_cache_invalidations_total", outcome="failed") == 1
     assert metrics.value(OPS, **read_get, outcome="hit") == 0
 
@@ -130,9 +156,11 @@ async def test_a_black_holed_redis_counts_timeouts(
         for post_id in (1, 2, 3):  # each waits out the 100 ms GET deadline, then the database
             assert (await api.client.get(f"/api/v1/posts/{post_id}")).status_code == 404
         metrics = await scrape(api)
+        (node,) = node_names(api, "read")
         await proxy.pass_through()  # let the app close its connections quickly
     assert metrics.value(OPS, role="read", command="GET", outcome="timeout") == 3
-    assert metrics.value("postal_cache_breaker_state", role="read") == 0  # below the threshold
+    # below the threshold
+    assert metrics.value("postal_cache_breaker_state", role="read", node=node) == 0
 
 
 async def test_dns_lookups_are_counted_for_a_redis_by_name(
@@ -164,10 +192,39 @@ async def test_pool_waits_are_observed_when_readers_queue(
         assert {reply.status_code for reply in replies} == {200}
         metrics = await scrape(api)
         waits = api.state.cache.pool("read").stats().waits
-    assert metrics.value("postal_pool_max_connections", role="read") == 1
+        (node,) = node_names(api, "read")
+    assert metrics.value("postal_pool_max_connections", role="read", node=node) == 1
     assert waits > 0  # 30 readers on one connection: most queued
-    assert metrics.value("postal_pool_wait_seconds_count", role="read") == waits
-    assert metrics.value("postal_pool_wait_seconds_sum", role="read") > 0
+    assert metrics.value("postal_pool_wait_seconds_count", role="read", node=node) == waits
+    assert metrics.value("postal_pool_wait_seconds_sum", role="read", node=node) > 0
+
+
+async def test_a_clusters_nodes_get_their_series_as_the_client_learns_them(
+    redis_cluster: ClusterSet, key_prefix: str
+) -> None:
+    """Instrumented before it starts, a cluster client knows no node yet, so no pool series; once
+    it has read the slot table, each master has its own, and the checkouts that queued on a
+    node's one-connection pool are observed under that node."""
+    profile = small_profile(max_size=1, min_idle=1, max_idle=1)
+    cache = make_client(redis_cluster.url, key_prefix, profile)
+    metrics = PostalMetrics()
+    instrument_cache(metrics, cache, ReadThrough(cache), Invalidator(cache, give_up_after=1.0))
+    before = Scrape.parse(metrics.render().decode())
+    async with cache:
+        readers = [cache.get("one-key", timeout=5.0) for _ in range(20)]
+        assert await asyncio.gather(*readers) == [None] * 20  # on one node's single connection
+        after = Scrape.parse(metrics.render().decode())
+        waits = {node.name: node.pool.stats().waits for node in cache.nodes("read")}
+    assert before.label_values("postal_pool_max_connections", "node") == set()
+    masters = {f"{server.host}:{server.port}" for server in redis_cluster.masters()}
+    assert set(waits) == masters
+    for role in ("read", "write"):
+        assert labelled_nodes(after, "postal_pool_max_connections", role) == masters, role
+        assert labelled_nodes(after, "postal_cache_breaker_state", role) == masters, role
+    assert sum(waits.values()) > 0  # 20 readers on one connection: most queued
+    count = "postal_pool_wait_seconds_count"
+    for node, queued in waits.items():
+        assert after.total(count, role="read", node=node) == queued, node
 
 
 async def test_no_secret_reaches_the_metrics(
@@ -201,7 +258,11 @@ async def test_the_pool_reports_each_queued_checkout_served_or_not(
         await pool.release(held)
         assert await reader is None  # queued, then served the released connection
         waits = pool.stats().waits
-    assert [(event.role, event.served) for event in events] == [("read", False), ("read", True)]
+    node = redis_url.removeprefix("redis://").removesuffix("/0")
+    assert [(event.role, event.node, event.served) for event in events] == [
+        ("read", node, False),
+        ("read", node, True),
+    ]
     assert len(events) == waits
     assert all(event.waited > 0 for event in events)
 

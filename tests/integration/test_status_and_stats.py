@@ -20,6 +20,7 @@ from postal.cli import app as cli_app
 from postal.embedded import free_loopback_port
 from tests.integration.api_support import TOKEN, Api, running_api
 from tests.integration.helpers import eventually
+from tests.support.metrics_text import Scrape
 
 SMALL_READ_POOL = {
     "READ_REDIS_POOL_SIZE": "7",
@@ -28,6 +29,11 @@ SMALL_READ_POOL = {
 }
 SCRUBBED = ("READ_REDIS_URL", "WRITE_REDIS_URL", "DATABASE_URL", "POSTAL_API_TOKEN")
 REDIS_PASSWORD = "st4ts-redis-passw0rd"
+
+
+def node_of(redis_url: str) -> str:
+    """The `node` label of the Redis a `redis://host:port/0` URL names."""
+    return redis_url.removeprefix("redis://").removesuffix("/0")
 
 
 @asynccontextmanager
@@ -97,6 +103,12 @@ async def test_status_reports_the_process_its_settings_and_its_cache(
     assert status["config"]["deadlines"] == {"get": 0.1, "set": 0.2}
     assert status["cache"]["pools"]["read"]["max_size"] == 7
     assert status["cache"]["breaker"] == {"read": "closed", "write": "closed"}
+    node = node_of(redis_url)
+    nodes = {(each["role"], each["node"]): each for each in status["cache"]["nodes"]}
+    assert set(nodes) == {("read", node), ("write", node)}  # one Redis for both roles
+    assert nodes["read", node]["max_size"] == 7
+    assert nodes["read", node]["breaker"] == "closed"
+    assert nodes["read", node]["idle"] + nodes["read", node]["in_use"] >= 2  # min idle
     assert {"reads", "invalidations", "dns"} <= status["cache"].keys()
     assert ready["cache"].keys() == status["cache"].keys()  # one report, shared with /readyz
     assert "db-s3cret" not in response.text
@@ -178,6 +190,8 @@ async def test_stats_json_shows_the_traffic_made(
     hits = 6 + watched
     assert cache["hit_rate_since_start"] == pytest.approx(hits / (hits + 2), abs=0.05)
     pools = {pool["role"]: pool for pool in summary["pools"]}
+    assert len(pools) == len(summary["pools"]) == 2  # one Redis: a node per role
+    assert pools["read"]["node"] == pools["write"]["node"] == node_of(redis_url)
     assert pools["read"]["max"] == 7
     assert pools["write"]["max"] == 20
     assert pools["read"]["breaker"] == "closed"
@@ -222,6 +236,75 @@ async def test_stats_says_when_it_lacks_the_password_and_never_prints_it(
     assert redis["connected_clients"] >= 2  # Postal's pools and this probe
     for output in (*without, *given):
         assert REDIS_PASSWORD not in str(output)
+
+
+@pytest.mark.redis_server
+async def test_two_read_servers_are_two_nodes_in_metrics_status_and_stats(
+    clean_database: str, key_prefix: str
+) -> None:
+    """READ_REDIS_URL lists two servers and writes go to the first (no replication between
+    them: only who is shown matters here). /metrics, /status and `postal stats` show each
+    server's pool and breaker as a node of its own, the first as a node of both roles."""
+    servers = [RedisServer(), RedisServer()]
+    try:
+        for server in servers:
+            server.start()
+        first, second = (node_of(server.url) for server in servers)
+        read_url = ",".join(server.url for server in servers)
+        async with running_api(
+            clean_database, read_url, key_prefix,
+            WRITE_REDIS_URL=servers[0].url, REDIS_GET_DEADLINE="30s",
+            READ_REDIS_POOL_SIZE="7", READ_REDIS_MIN_IDLE="2", READ_REDIS_MAX_IDLE="5",
+        ) as api:  # fmt: skip
+            for post_id in range(1, 7):  # missing posts: each read asks the cache first
+                assert (await api.client.get(f"/api/v1/posts/{post_id}")).status_code == 404
+            metrics = Scrape.parse((await api.client.get("/metrics")).text)
+            status = (await api.client.get("/status")).json()
+            async with over_http(api) as base:
+                as_json = await postal_stats(
+                    "--url", base, "--json", "--interval", "100ms", "--no-redis"
+                )
+                # Wide enough for every column: the table is asserted on its rows.
+                as_table = await postal_stats(
+                    "--url", base, "--interval", "100ms", "--no-redis", COLUMNS="200"
+                )
+    finally:
+        for server in servers:
+            server.cleanup()
+
+    ops = "postal_cache_operations_total"
+    assert metrics.total(ops, role="read", command="GET") == 6  # by role only: no node label
+    assert not any(series == ops and "node" in dict(labels) for series, labels in metrics.samples)
+    for node in (first, second):
+        assert metrics.value("postal_pool_max_connections", role="read", node=node) == 7
+        assert metrics.value("postal_pool_connections", role="read", node=node, state="idle") >= 2
+        assert metrics.value("postal_pool_wait_seconds_count", role="read", node=node) == 0
+        assert metrics.value("postal_cache_breaker_state", role="read", node=node) == 0
+    assert metrics.value("postal_pool_max_connections", role="write", node=first) == 20
+    assert metrics.label_values("postal_pool_max_connections", "node") == {first, second}
+    assert not any(
+        ("node", second) in labels and ("role", "write") in labels for _, labels in metrics.samples
+    )  # writes go to the first only
+
+    by_node = {(each["role"], each["node"]): each for each in status["cache"]["nodes"]}
+    assert set(by_node) == {("read", first), ("read", second), ("write", first)}
+    assert {each["breaker"] for each in by_node.values()} == {"closed"}
+    assert status["cache"]["pools"]["read"]["max_size"] == 2 * 7  # the role: its nodes summed
+
+    code, out, err = as_json
+    assert code == 0, err
+    rows = [
+        (pool["role"], pool["node"], pool["max"]) for pool in json.loads(out)["summary"]["pools"]
+    ]
+    assert rows == sorted([("read", first, 7), ("read", second, 7), ("write", first, 20)])
+    code, out, err = as_table
+    assert code == 0, err
+    cells = [line.replace("│", " ").split() for line in out.splitlines()]
+    table = [row for row in cells if len(row) > 1 and row[1] in (first, second)]
+    assert sorted((row[0], row[1], row[4], row[-1]) for row in table) == sorted(
+        [("read", first, "7", "closed"), ("read", second, "7", "closed"),
+         ("write", first, "20", "closed")]
+    )  # fmt: skip
 
 
 def test_stats_exits_1_when_postal_does_not_answer() -> None:

@@ -18,12 +18,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from postal.api.fast_reads import ROUTE as FAST_LANE_ROUTE
 from postal.api.http_metrics import HttpMetrics, RouteTemplates
 from postal.cache.breaker import BreakerChange, BreakerState
-from postal.cache.events import CacheEvent, Outcome
+from postal.cache.client import CacheClient
+from postal.cache.config import TUNED
+from postal.cache.events import CacheEvent, Outcome, PoolWaitEvent
+from postal.cache.fallback import ReadThrough
+from postal.cache.invalidation import Invalidator
 from postal.observability.batching import Batches, HistogramBatch
 from postal.observability.cache_metrics import (
     BreakerMetrics,
     CacheOperationMetrics,
     CumulativeCounters,
+    PoolWaitMetrics,
+    instrument_cache,
 )
 from postal.observability.metrics import (
     HISTOGRAMS,
@@ -172,13 +178,84 @@ def test_the_breaker_gauge_says_0_closed_1_half_open_2_open() -> None:
     metrics = PostalMetrics()
     breakers = BreakerMetrics(metrics)
     seen = []
+    labels = {"role": "read", "node": "10.0.0.1:6379"}
     for new in (BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED):
-        breakers(BreakerChange("read", BreakerState.CLOSED, new, 0.0))
+        breakers(BreakerChange("read", BreakerState.CLOSED, new, 0.0, node="10.0.0.1:6379"))
         assert metrics.registry is not None
-        seen.append(
-            metrics.registry.get_sample_value("postal_cache_breaker_state", {"role": "read"})
-        )
+        seen.append(metrics.registry.get_sample_value("postal_cache_breaker_state", labels))
     assert seen == [2, 1, 0]
+
+
+def test_each_nodes_breaker_has_its_own_series() -> None:
+    """One replica's open breaker shows as that replica's, the others' stay closed."""
+    metrics = PostalMetrics()
+    breakers = BreakerMetrics(metrics)
+    breakers.set("read", "10.0.0.1:6379", BreakerState.CLOSED)
+    breakers.set("read", "10.0.0.2:6379", BreakerState.CLOSED)
+    breakers(BreakerChange("read", BreakerState.CLOSED, BreakerState.OPEN, 0.0, "10.0.0.2:6379"))
+    breakers(BreakerChange("write", BreakerState.CLOSED, BreakerState.OPEN, 0.0, "10.0.0.9:6379"))
+    scrape = Scrape.parse(metrics.render().decode())
+    state = "postal_cache_breaker_state"
+    assert scrape.value(state, role="read", node="10.0.0.1:6379") == 0
+    assert scrape.value(state, role="read", node="10.0.0.2:6379") == 2
+    assert scrape.value(state, role="write", node="10.0.0.9:6379") == 2  # a node seen first here
+    assert scrape.label_values(state, "node") == {"10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.9:6379"}
+
+
+def test_pool_waits_are_observed_by_node_a_later_node_included() -> None:
+    metrics = PostalMetrics()
+    waits = PoolWaitMetrics(metrics, [("read", "a:1"), ("read", "b:2")])
+    before = Scrape.parse(metrics.render().decode())
+    count = "postal_pool_wait_seconds_count"
+    # Exported at 0 from the start for the nodes known then.
+    assert before.value(count, role="read", node="a:1") == 0
+    assert before.value(count, role="read", node="b:2") == 0
+    waits(PoolWaitEvent("read", 0.002, True, node="b:2"))
+    waits(PoolWaitEvent("read", 0.003, False, node="b:2"))
+    waits(PoolWaitEvent("read", 0.004, True, node="c:3"))  # a node a cluster added later
+    after = Scrape.parse(metrics.render().decode())
+    assert after.value(count, role="read", node="a:1") == 0
+    assert after.value(count, role="read", node="b:2") == 2
+    assert after.value(count, role="read", node="c:3") == 1
+    assert after.value("postal_pool_wait_seconds_sum", role="read", node="c:3") == (
+        pytest.approx(0.004)
+    )
+
+
+def test_the_sampler_exports_each_nodes_pool_by_role_and_node() -> None:
+    """Two read replicas and a primary: a series set per node, none per role alone. Nothing
+    dials: the client is never started, so its pools are empty and sized by the profile."""
+    cache = CacheClient.create(
+        read_url="redis://10.0.0.1:6379/0,redis://10.0.0.2:6380/0",
+        write_url="redis://10.0.0.1:6379/0",
+        profile=TUNED,
+    )
+    metrics = PostalMetrics()
+    instrument_cache(metrics, cache, ReadThrough(cache), Invalidator(cache, give_up_after=1.0))
+    scrape = Scrape.parse(metrics.render().decode())
+    places = {("read", "10.0.0.1:6379"), ("read", "10.0.0.2:6380"), ("write", "10.0.0.1:6379")}
+    for name in (
+        "postal_pool_max_connections",
+        "postal_pool_timeouts_total",
+        "postal_pool_connections_opened_total",
+        "postal_pool_wait_seconds_count",
+        "postal_cache_breaker_state",
+    ):
+        found = {
+            (dict(labels)["role"], dict(labels)["node"])
+            for series, labels in scrape.samples
+            if series == name
+        }
+        assert found == places, name
+    max_size = "postal_pool_max_connections"
+    assert scrape.value(max_size, role="read", node="10.0.0.2:6380") == TUNED.read_pool.max_size
+    assert scrape.value(max_size, role="write", node="10.0.0.1:6379") == TUNED.write_pool.max_size
+    in_use = scrape.value(
+        "postal_pool_connections", role="read", node="10.0.0.1:6379", state="in_use"
+    )
+    assert in_use == 0
+    closed = "postal_pool_connections_closed_total"
+    assert scrape.value(closed, role="read", node="10.0.0.2:6380", reason="error") == 0
 
 
 # -- HTTP: route templates and the middleware -----------------------------------------------------
@@ -254,7 +331,7 @@ async def test_the_middleware_labels_method_template_and_status() -> None:
 
 # -- names and expressions ------------------------------------------------------------------------
 
-PROMQL_FUNCTIONS = {"sum", "rate", "by", "histogram_quantile", "le", "role", "state"}
+PROMQL_FUNCTIONS = {"sum", "rate", "by", "histogram_quantile", "le", "role", "node", "state"}
 
 
 def test_the_key_expressions_name_only_real_series() -> None:

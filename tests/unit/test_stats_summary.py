@@ -1,4 +1,5 @@
-"""`postal stats`' arithmetic: scrapes parsed, rates, hit rate, percentiles from buckets.
+"""`postal stats`' arithmetic: scrapes parsed, rates, hit rate, percentiles from buckets; and its
+pools table, a row per node.
 
 The scrapes are rendered by Postal's own collectors (`PostalMetrics`, in-process), so the parsing
 is tested against the very text `/metrics` serves.
@@ -6,11 +7,15 @@ is tested against the very text `/metrics` serves.
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
+from rich.console import Console
 
 from postal.observability.metrics import PostalMetrics
+from postal.stats.collect import StatsReport
+from postal.stats.render import render
 from postal.stats.scrape import Scrape, ScrapeError
 from postal.stats.summary import quantile, summarize
 
@@ -128,26 +133,29 @@ def test_a_counter_that_went_down_was_reset_and_counts_from_zero() -> None:
     assert summary.cache.commands[0].outcomes == {"hit": 7}
 
 
+NODE = "10.0.0.1:6379"
+
+
 def test_pools_breakers_fills_and_invalidations() -> None:
     metrics = PostalMetrics()
-    metrics.pool_max_connections.labels("read").set(50)
-    metrics.pool_connections.labels("read", "in_use").set(3)
-    metrics.pool_connections.labels("read", "idle").set(17)
-    metrics.pool_timeouts.labels("read").inc(1)
-    metrics.pool_closed.labels("read", "max_idle").inc(4)
-    metrics.breaker_state.labels("read").set(2)
+    metrics.pool_max_connections.labels("read", NODE).set(50)
+    metrics.pool_connections.labels("read", NODE, "in_use").set(3)
+    metrics.pool_connections.labels("read", NODE, "idle").set(17)
+    metrics.pool_timeouts.labels("read", NODE).inc(1)
+    metrics.pool_closed.labels("read", NODE, "max_idle").inc(4)
+    metrics.breaker_state.labels("read", NODE).set(2)
     metrics.cache_fills.labels("done").inc(5)
     before = scrape(metrics, at=0.0)
-    metrics.pool_timeouts.labels("read").inc(2)
-    metrics.pool_opened.labels("read").inc(3)
-    metrics.pool_wait_seconds.labels("read").observe(0.02)
+    metrics.pool_timeouts.labels("read", NODE).inc(2)
+    metrics.pool_opened.labels("read", NODE).inc(3)
+    metrics.pool_wait_seconds.labels("read", NODE).observe(0.02)
     metrics.cache_fills.labels("done").inc(2)
     metrics.cache_fills.labels("failed").inc(1)
     metrics.cache_invalidations.labels("done").inc(4)
     summary = summarize(before, scrape(metrics, at=2.0))
 
     (pool,) = summary.pools
-    assert (pool.role, pool.in_use, pool.idle, pool.max) == ("read", 3, 17, 50)
+    assert (pool.role, pool.node, pool.in_use, pool.idle, pool.max) == ("read", NODE, 3, 17, 50)
     assert (pool.timeouts, pool.timeouts_total) == (2, 3)
     assert (pool.opened, pool.opened_total) == (3, 3)
     assert pool.closed_total == {"max_idle": 4}
@@ -158,6 +166,77 @@ def test_pools_breakers_fills_and_invalidations() -> None:
     assert summary.fills.interval == {"done": 2, "failed": 1}
     assert summary.fills.total == {"done": 7, "failed": 1}
     assert summary.invalidations.interval == {"done": 4}
+
+
+def pool_of(metrics: PostalMetrics, role: str, node: str, *, in_use: int, cap: int) -> None:
+    metrics.pool_max_connections.labels(role, node).set(cap)
+    metrics.pool_connections.labels(role, node, "in_use").set(in_use)
+    metrics.pool_connections.labels(role, node, "idle").set(cap - in_use)
+    metrics.breaker_state.labels(role, node).set(0)
+
+
+def test_a_row_per_node_each_with_its_own_figures() -> None:
+    """Two read replicas and a primary: each node is a row of its own, by role then node; a
+    wait, a timeout or an open breaker on one replica is that replica's only."""
+    metrics = PostalMetrics()
+    pool_of(metrics, "read", "10.0.0.2:6379", in_use=1, cap=50)
+    pool_of(metrics, "read", "10.0.0.1:6379", in_use=4, cap=50)
+    pool_of(metrics, "write", "10.0.0.1:6379", in_use=0, cap=20)
+    before = scrape(metrics, at=0.0)
+    metrics.pool_timeouts.labels("read", "10.0.0.2:6379").inc(3)
+    metrics.pool_wait_seconds.labels("read", "10.0.0.2:6379").observe(0.02)
+    metrics.breaker_state.labels("read", "10.0.0.2:6379").set(2)
+    summary = summarize(before, scrape(metrics, at=1.0))
+
+    rows = {(pool.role, pool.node): pool for pool in summary.pools}
+    assert [(pool.role, pool.node) for pool in summary.pools] == [
+        ("read", "10.0.0.1:6379"), ("read", "10.0.0.2:6379"), ("write", "10.0.0.1:6379"),
+    ]  # fmt: skip
+    first, second = rows["read", "10.0.0.1:6379"], rows["read", "10.0.0.2:6379"]
+    assert (first.in_use, first.idle, first.max) == (4, 46, 50)
+    assert (second.in_use, second.idle, second.max) == (1, 49, 50)
+    assert (first.timeouts, second.timeouts) == (0, 3)
+    assert (first.waits_per_second, second.waits_per_second) == (0, 1)
+    assert (first.breaker, second.breaker) == ("closed", "open")
+    assert rows["write", "10.0.0.1:6379"].max == 20
+
+
+def test_metrics_without_the_node_label_give_a_row_per_role() -> None:
+    """An older Postal's /metrics: its pools by role alone still show, with no node."""
+    text = "\n".join(
+        [
+            "# TYPE postal_pool_max_connections gauge",
+            'postal_pool_max_connections{role="read"} 50',
+            "# TYPE postal_pool_connections gauge",
+            'postal_pool_connections{role="read",state="in_use"} 2',
+            'postal_pool_connections{role="read",state="idle"} 8',
+            "# TYPE postal_cache_breaker_state gauge",
+            'postal_cache_breaker_state{role="read"} 1',
+            "",
+        ]
+    )
+    (pool,) = summarize(Scrape.parse(text, 0.0), Scrape.parse(text, 1.0)).pools
+    assert (pool.role, pool.node, pool.in_use, pool.idle, pool.max) == ("read", "", 2, 8, 50)
+    assert pool.breaker == "half_open"
+
+
+def test_the_pools_table_has_a_row_per_node_labelled_by_node() -> None:
+    metrics = PostalMetrics()
+    pool_of(metrics, "read", "10.0.0.1:6379", in_use=4, cap=50)
+    pool_of(metrics, "read", "10.0.0.2:6379", in_use=1, cap=50)
+    metrics.breaker_state.labels("read", "10.0.0.2:6379").set(2)
+    summary = summarize(scrape(metrics, at=0.0), scrape(metrics, at=1.0))
+    report = StatsReport(url="http://postal", time="now", status={}, summary=summary, redis=[])
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render(report))
+    lines = console.export_text().splitlines()
+    rows = [line for line in lines if "10.0.0." in line]
+    assert len(rows) == 2
+    first, second = (line.replace("│", " ").split() for line in rows)
+    assert first[:5] == ["read", "10.0.0.1:6379", "4", "46", "50"]
+    assert first[-1] == "closed"
+    assert second[:5] == ["read", "10.0.0.2:6379", "1", "49", "50"]
+    assert second[-1] == "open"
 
 
 def test_http_routes_with_their_server_errors_busiest_first() -> None:

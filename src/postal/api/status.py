@@ -20,20 +20,32 @@ from dataclasses import asdict
 from typing import Any
 
 from postal import __version__
+from postal.cache.breaker import BreakerState
+from postal.cache.nodes import Node
 from postal.cache.urls import mask_url
 
 
 def cache_report(state: Any) -> dict[str, Any]:
-    """Pools (now), breakers, the read-through's and the invalidator's counters."""
-    pools = {role: asdict(stats) for role, stats in state.cache.stats().items()}
+    """Pools (now) per role, summed over its nodes, and per node with its breaker; breakers per
+    role (the most available node's); the read-through's and the invalidator's counters."""
+    cache = state.cache
+    pools = {role: asdict(stats) for role, stats in cache.stats().items()}
     return {
         "connected": any(pool["idle"] + pool["in_use"] > 0 for pool in pools.values()),
-        "breaker": {role: state.cache.breaker_state(role).name.lower() for role in pools},
+        "breaker": {role: cache.breaker_state(role).name.lower() for role in pools},
         "pools": pools,
+        "nodes": [node_report(node) for node in cache.nodes()],
         "reads": asdict(state.reads.stats()),
         "invalidations": asdict(state.invalidator.stats()),
         "dns": asdict(state.cache.dns.stats()),
     }
+
+
+def node_report(node: Node) -> dict[str, Any]:
+    """One server of a role: its pool's stats (role and node included) and its breaker's state
+    ("closed" when the profile has no breaker, as the role's state has it)."""
+    breaker = BreakerState.CLOSED if node.breaker is None else node.breaker.state
+    return {**asdict(node.pool.stats()), "breaker": breaker.name.lower()}
 
 
 def workers() -> int | None:

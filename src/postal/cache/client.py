@@ -117,6 +117,8 @@ class CacheClient:
         self._replica_wait = ReplicaWait(self._ask_replication, enabled=wait_for_replicas)
         self._loop_lag = LoopLag()
         self._excused_timeouts = 0
+        if wait_for_replicas and isinstance(read, ServerRole) and len(read.nodes()) > 1:
+            read.in_sync = self._replica_in_sync
 
     @classmethod
     def create(
@@ -397,6 +399,16 @@ class CacheClient:
     def _write_limit(self, timeout: Timeout) -> float | None:
         """The deadline a write-role operation called with `timeout` runs under."""
         return self._profile.timeouts.set if isinstance(timeout, UseDefault) else timeout
+
+    def _replica_in_sync(self, node: Node) -> bool:
+        """Whether the primary's last INFO replication lists `node` as online (matched by the
+        address the primary sees, and the port); True until that is known."""
+        online = self._replica_wait.online()
+        if online is None:
+            return True
+        port = node.endpoint.port
+        addresses = self._dns.known_addresses(node.endpoint.host)
+        return not addresses or any((address, port) in online for address in addresses)
 
     def _ask_replication(self) -> Awaitable[Any]:
         """INFO replication on the write role's primary (for `ReplicaWait`)."""

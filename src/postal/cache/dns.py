@@ -110,6 +110,14 @@ class DnsCache:
         # Shielded: one caller's deadline must not cancel the lookup the others are waiting for.
         return await asyncio.shield(lookup)
 
+    def known_addresses(self, host: str) -> list[str]:
+        """The addresses last resolved for `host` (itself if an IP address), fresh or not;
+        empty if never resolved. No lookup: for matching, not for dialling."""
+        if is_ip_address(host):
+            return [host]
+        entry = self._entries.get(host)
+        return list(entry.addresses) if entry is not None else []
+
     def forget(self, host: str) -> None:
         """Make the next dial re-resolve `host`; the old answer stays, for stale-if-error."""
         entry = self._entries.get(host)

@@ -71,6 +71,7 @@ class PoolWaitEvent:
     role: str  # the pool's role: "read" or "write"
     waited: float  # seconds queued; 0 when the operation's deadline had passed before queueing
     served: bool  # False: it gave up (pool timeout, deadline), or the dial or the pool failed
+    node: str = ""  # "host:port" of the server the pool dials (its `node` label in the metrics)
 
 
 PoolWaitListener = Callable[[PoolWaitEvent], None]

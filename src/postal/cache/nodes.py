@@ -5,7 +5,9 @@ A role is what a URL names (`cache.urls.Topology`), built into one of:
 - `ServerRole`: fixed servers. One Redis, or several replicas of one primary (a comma-separated
   `READ_REDIS_URL`): each replica has its own pool and its own breaker, reads go round-robin
   over the replicas whose breaker is not open, so a failed replica is skipped until a probe
-  finds it answering again. Sentinel roles are a `ServerRole` too: one node whose connector asks
+  finds it answering again; and only over those the primary lists as online (`in_sync`), so a
+  replica restarted, re-syncing or cut off from its primary serves nothing stale. Sentinel
+  roles are a `ServerRole` too: one node whose connector asks
   the Sentinels where to dial (`cache.sentinel`);
 - `ClusterRole` (`cache.cluster`): a node per cluster node, picked by the key's hash slot.
 
@@ -27,6 +29,7 @@ from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
 from postal.cache.config import PoolConfig, Profile, TlsConfig
 from postal.cache.connection import Connector, Locate
 from postal.cache.dns import DnsCache
+from postal.cache.errors import CacheUnavailable
 from postal.cache.events import PoolWaitListener
 from postal.cache.pool import ManagedPool
 from postal.cache.urls import RedisEndpoint
@@ -120,24 +123,31 @@ class ServerRole:
         self.description = description  # the masked URL, for messages
         self._nodes = list(nodes)
         self._turns = itertools.cycle(range(len(self._nodes)))
+        # Replicas: whether a node is fit to read from (in sync with its primary); None: all are.
+        self.in_sync: Callable[[Node], bool] | None = None
 
     def nodes(self) -> list[Node]:
         return list(self._nodes)
 
     def route(self, key: str | None) -> Node:
-        """The next server in turn whose breaker is not refusing; when all are, the next one
-        anyway (its breaker refuses the call: `CircuitOpen`, and the read falls back)."""
+        """The next server in turn that is in sync and whose breaker is not refusing; when none
+        is in sync, `CacheUnavailable` (the read goes to the database); when all in sync are
+        refusing, the next of those anyway (its breaker refuses: `CircuitOpen`)."""
         nodes = self._nodes
         if len(nodes) == 1:
             return nodes[0]
-        first = nodes[next(self._turns)]
-        if not first.is_refusing:
-            return first
-        for _ in range(len(nodes) - 1):
+        in_sync = self.in_sync
+        fallback = None
+        for _ in range(len(nodes)):
             candidate = nodes[next(self._turns)]
+            if in_sync is not None and not in_sync(candidate):
+                continue
             if not candidate.is_refusing:
                 return candidate
-        return first
+            fallback = fallback or candidate
+        if fallback is None:
+            raise CacheUnavailable(f"{self.description}: no replica is in sync with the primary")
+        return fallback
 
     async def run(self, node: Node, key: str | None, call: Callable[[Node], Awaitable[T]]) -> T:
         """`call` on `node`: a server role has no redirections to follow."""

@@ -457,7 +457,7 @@ class ManagedPool(ConnectionPoolInterface):
 
     def _emit_wait(self, waited: float, *, served: bool) -> None:
         if self._wait_listeners:
-            event = PoolWaitEvent(self.role, waited, served)
+            event = PoolWaitEvent(self.role, waited, served, self.node)
             for listener in self._wait_listeners:
                 listener(event)
 

@@ -82,6 +82,16 @@ def replicas_attached(reply: Any) -> int:
 
 
 _CONNECTED_REPLICAS = re.compile(r"^connected_slaves:(\d+)\s*$", re.MULTILINE)
+_REPLICA_LINE = re.compile(r"^slave\d+:ip=([^,]+),port=(\d+),state=([a-z_]+)", re.MULTILINE)
+
+
+def replicas_online(reply: Any) -> frozenset[tuple[str, int]]:
+    """(ip, port) of each replica INFO replication lists as `state=online`: fully synced, and
+    streaming the primary's writes."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return frozenset(
+        (ip, int(port)) for ip, port, state in _REPLICA_LINE.findall(text) if state == "online"
+    )
 
 
 class ReplicaWait:
@@ -104,6 +114,10 @@ class ReplicaWait:
         self._refresh = refresh
         self._clock = clock
         self._replicas = 0
+        # Replica (ip, port) -> since when the primary has listed it online without a break;
+        # None: not known (never asked, or the last question failed).
+        self._online_since: dict[tuple[str, int], float] | None = None
+        self._online_at = float("-inf")
         self._known_until = float("-inf")
         self._asking: asyncio.Future[int] | None = None
         self._confirmed = self._behind = self._skipped = 0
@@ -118,15 +132,39 @@ class ReplicaWait:
             return 0
         if self._clock() < self._known_until:
             return self._replicas
-        if self._asking is None:
-            # Outside the caller's operation: inside one, the connection skips its socket
-            # timeouts for the caller's deadline, and a shielded question would then have none.
-            context = contextvars.copy_context()
-            context.run(current_operation.set, None)
-            self._asking = asyncio.get_running_loop().create_task(self._ask(), context=context)
-            self._asking.add_done_callback(self._asked)
+        asking = self._asking if self._asking is not None else self._start_asking()
         # Shielded: one caller's deadline must not cancel the question the others wait for.
-        return await asyncio.shield(self._asking)
+        return await asyncio.shield(asking)
+
+    def _start_asking(self) -> asyncio.Future[int]:
+        # Outside the caller's operation: inside one, the connection skips its socket
+        # timeouts for the caller's deadline, and a shielded question would then have none.
+        context = contextvars.copy_context()
+        context.run(current_operation.set, None)
+        asking = asyncio.get_running_loop().create_task(self._ask(), context=context)
+        asking.add_done_callback(self._asked)
+        self._asking = asking
+        return asking
+
+    def online(self) -> frozenset[tuple[str, int]] | None:
+        """The replicas fit to read from: listed online by the primary in its last answers for
+        at least `refresh` (None when not known: before the first answer). Asks again in the
+        background when the last answer is older than `refresh`.
+
+        Reads go only to these (`CacheClient`): a replica restarted, re-syncing, or cut off
+        from the primary may hold values whose invalidations it never received. Online for a
+        while, not just online: a replica that has just finished its sync still applies the
+        writes that came after its snapshot, among them invalidations that a WAIT counted as
+        confirmed while it was not attached yet. The first answer's online replicas count as
+        online for long (nothing says they are new, and reads would otherwise all go to the
+        database for a second at every start)."""
+        now = self._clock()
+        if now - self._online_at >= self._refresh and self._asking is None:
+            self._start_asking()
+        if self._online_since is None:
+            return None
+        settled = now - self._refresh
+        return frozenset(r for r, since in self._online_since.items() if since <= settled)
 
     def close(self) -> None:
         """Cancel a question in flight (at shutdown)."""
@@ -152,11 +190,23 @@ class ReplicaWait:
         async with asyncio.timeout(ASK_TIMEOUT):
             reply = await self._info()
         self._replicas = replicas_attached(reply)
+        self._note_online(replicas_online(reply))
         if self._replicas:  # none: asked again next time (see the module)
             self._known_until = self._clock() + self._refresh
         return self._replicas
 
+    def _note_online(self, online: frozenset[tuple[str, int]]) -> None:
+        now = self._clock()
+        before = self._online_since
+        first = float("-inf")  # the first answer: see `online`
+        self._online_since = {
+            replica: first if before is None else before.get(replica, now) for replica in online
+        }
+        self._online_at = now
+
     def _asked(self, future: asyncio.Future[int]) -> None:
         self._asking = None
-        if not future.cancelled():
-            future.exception()  # retrieved here: the callers awaiting it re-raise it
+        if not future.cancelled() and future.exception() is not None:
+            # Retrieved here (the callers awaiting it re-raise it). Which replicas are in sync
+            # is unknown now: reads may use any of them, as before the first answer.
+            self._online_since, self._online_at = None, self._clock()

@@ -8,15 +8,23 @@ metric updates.
   waits (`PoolWaitEvent`), breaker changes. Each listener keeps its labelled children in a dict,
   so an event costs a dict lookup and the updates, no label formatting.
 - Counts the cache keeps as running totals (pool timeouts, connections opened and closed, DNS
-  lookups, invalidations) and the pool gauges are sampled from `stats()` snapshots at each
+  lookups, invalidations) and the pool gauges are sampled from `node_stats()` snapshots at each
   `PostalMetrics.refresh()`: every second, before each scrape, at shutdown.
   `CumulativeCounters` turns each total into counter increments, so multiprocess sums and
   `rate()` work as for any counter.
+
+The pool metrics and the breaker gauge are labelled by role and node (`host:port`, or
+`sentinel:<service>`): each server of a role has its own pool and breaker, and one replica or
+cluster node in trouble must show as itself. Their series are made as nodes appear, since a
+cluster names its nodes only once it has read the slot table. The operation metrics stay by role
+only: they are the hot path's, and a node label would multiply their histograms' series by the
+size of a cluster.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from postal.cache.breaker import BreakerChange, BreakerState
@@ -37,7 +45,7 @@ from postal.observability.metrics import (
     PostalMetrics,
 )
 
-ROLES = ("read", "write")
+Place = tuple[str, str]  # (role, node): the labels of a node's pool and breaker series
 BREAKER_VALUES = {
     BreakerState.CLOSED: BREAKER_CLOSED,
     BreakerState.HALF_OPEN: BREAKER_HALF_OPEN,
@@ -46,7 +54,8 @@ BREAKER_VALUES = {
 
 
 class CacheOperationMetrics:
-    """A `CacheListener`: `postal_cache_operations_total` and `postal_cache_operation_seconds`."""
+    """A `CacheListener`: `postal_cache_operations_total` and `postal_cache_operation_seconds`,
+    by role (not by node: see the module docstring), command and outcome."""
 
     def __init__(self, metrics: PostalMetrics) -> None:
         self._metrics = metrics
@@ -91,28 +100,45 @@ class FillMetrics:
 
 
 class PoolWaitMetrics:
-    """A `PoolWaitListener`: `postal_pool_wait_seconds`."""
+    """A `PoolWaitListener`: `postal_pool_wait_seconds`, by role and node.
 
-    def __init__(self, metrics: PostalMetrics) -> None:
-        self._waits = {role: metrics.pool_wait_seconds.labels(role) for role in ROLES}
+    `places`: the (role, node) pairs known now, whose series are exported from the start;
+    a node that appears later gets its series at its first queued checkout."""
+
+    def __init__(self, metrics: PostalMetrics, places: Iterable[Place] = ()) -> None:
+        self._histogram = metrics.pool_wait_seconds
+        self._waits: dict[Place, Any] = {}
+        for place in places:
+            self._bind(place)
 
     def __call__(self, event: PoolWaitEvent) -> None:
-        self._waits[event.role].observe(event.waited)
+        place = (event.role, event.node)
+        waits = self._waits.get(place)
+        if waits is None:
+            waits = self._bind(place)
+        waits.observe(event.waited)
+
+    def _bind(self, place: Place) -> Any:
+        waits = self._waits[place] = self._histogram.labels(*place)
+        return waits
 
 
 class BreakerMetrics:
-    """A `BreakerListener`: `postal_cache_breaker_state`, set as the breaker changes."""
+    """A `BreakerListener`: `postal_cache_breaker_state` by role and node, set as each node's
+    breaker changes (and at each sample, by `CacheSampler`)."""
 
     def __init__(self, metrics: PostalMetrics) -> None:
-        self._states = {role: metrics.breaker_state.labels(role) for role in ROLES}
+        self._gauge = metrics.breaker_state
+        self._states: dict[Place, Any] = {}
 
     def __call__(self, change: BreakerChange) -> None:
-        gauge = self._states.get(change.name)
-        if gauge is not None:
-            gauge.set(BREAKER_VALUES[change.new])
+        self.set(change.name, change.node, change.new)
 
-    def set(self, role: str, state: BreakerState) -> None:
-        self._states[role].set(BREAKER_VALUES[state])
+    def set(self, role: str, node: str, state: BreakerState) -> None:
+        gauge = self._states.get((role, node))
+        if gauge is None:
+            gauge = self._states[(role, node)] = self._gauge.labels(role, node)
+        gauge.set(BREAKER_VALUES[state])
 
 
 class CumulativeCounters:
@@ -131,8 +157,36 @@ class CumulativeCounters:
         self._last[key] = total
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSeries:
+    """The labelled children of one node's pool metrics."""
+
+    in_use: Any
+    idle: Any
+    max_size: Any
+    timeouts: Any
+    opened: Any
+    closed: dict[str, Any]  # by close reason
+
+    @classmethod
+    def bind(cls, metrics: PostalMetrics, role: str, node: str) -> NodeSeries:
+        m = metrics
+        return cls(
+            in_use=m.pool_connections.labels(role, node, "in_use"),
+            idle=m.pool_connections.labels(role, node, "idle"),
+            max_size=m.pool_max_connections.labels(role, node),
+            timeouts=m.pool_timeouts.labels(role, node),
+            opened=m.pool_opened.labels(role, node),
+            closed={
+                reason.value: m.pool_closed.labels(role, node, reason.value)
+                for reason in CloseReason
+            },
+        )
+
+
 class CacheSampler:
-    """Samples the cache's snapshots into the pool gauges and the cumulative counters."""
+    """Samples the cache's snapshots into the pool gauges and the cumulative counters, one set
+    of series per node (made at the first sample that sees the node)."""
 
     def __init__(
         self,
@@ -146,17 +200,8 @@ class CacheSampler:
         self._invalidator = invalidator
         self._breakers = breakers
         self._totals = CumulativeCounters()
+        self._nodes: dict[Place, NodeSeries] = {}
         m = metrics
-        self._in_use = {role: m.pool_connections.labels(role, "in_use") for role in ROLES}
-        self._idle = {role: m.pool_connections.labels(role, "idle") for role in ROLES}
-        self._max = {role: m.pool_max_connections.labels(role) for role in ROLES}
-        self._timeouts = {role: m.pool_timeouts.labels(role) for role in ROLES}
-        self._opened = {role: m.pool_opened.labels(role) for role in ROLES}
-        self._closed = {
-            (role, reason.value): m.pool_closed.labels(role, reason.value)
-            for role in ROLES
-            for reason in CloseReason
-        }
         self._dns = {outcome: m.dns_lookups.labels(outcome) for outcome in DNS_OUTCOMES}
         self._replica_waits = {
             outcome: m.replica_waits.labels(outcome) for outcome in REPLICA_WAIT_OUTCOMES
@@ -167,16 +212,24 @@ class CacheSampler:
 
     def sample(self) -> None:
         totals = self._totals
-        for role, pool in self._cache.stats().items():
-            self._in_use[role].set(pool.in_use)
-            self._idle[role].set(pool.idle)
-            self._max[role].set(pool.max_size)
-            totals.advance(self._timeouts[role], ("timeouts", role), pool.timeouts)
-            totals.advance(self._opened[role], ("opened", role), pool.opened)
+        for pool in self._cache.node_stats():
+            place = (pool.role, pool.node)
+            series = self._nodes.get(place)
+            if series is None:
+                series = self._nodes[place] = NodeSeries.bind(self._metrics, *place)
+            series.in_use.set(pool.in_use)
+            series.idle.set(pool.idle)
+            series.max_size.set(pool.max_size)
+            totals.advance(series.timeouts, ("timeouts", *place), pool.timeouts)
+            totals.advance(series.opened, ("opened", *place), pool.opened)
             for reason, count in pool.closed.items():
-                key = (role, str(reason))
-                totals.advance(self._closed[key], ("closed", *key), count)
-            self._breakers.set(role, self._cache.breaker_state(role))
+                key = str(reason)
+                totals.advance(series.closed[key], ("closed", *place, key), count)
+        for node in self._cache.nodes():
+            # A node without a breaker (a profile with none) is always closed, as
+            # `CacheClient.breaker_state` has it.
+            state = BreakerState.CLOSED if node.breaker is None else node.breaker.state
+            self._breakers.set(node.role, node.name, state)
         dns = self._cache.dns.stats()
         for outcome in DNS_OUTCOMES:
             totals.advance(self._dns[outcome], ("dns", outcome), getattr(dns, outcome))
@@ -203,7 +256,7 @@ def instrument_cache(
     at `metrics.close()`, comes after the cache has closed)."""
     cache.subscribe(CacheOperationMetrics(metrics))
     reads.subscribe(FillMetrics(metrics))
-    waits = PoolWaitMetrics(metrics)
+    waits = PoolWaitMetrics(metrics, [(node.role, node.name) for node in cache.nodes()])
     breakers = BreakerMetrics(metrics)
     cache.subscribe_pool_waits(waits)
     cache.subscribe_breakers(breakers)

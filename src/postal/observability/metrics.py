@@ -126,7 +126,7 @@ KEY_EXPRESSIONS: Mapping[str, str] = {
         f"histogram_quantile(0.99, sum by (le) "
         f"(rate({CACHE_OPERATION_SECONDS}_bucket{{{_READ_GETS}}}[5m])))"
     ),
-    # Share of each role's connection cap in use, over all workers and instances.
+    # Share of each role's connection cap in use, over all its nodes, workers and instances.
     "pool_usage": (
         f'sum by (role) ({POOL_CONNECTIONS}{{state="in_use"}})'
         f" / sum by (role) ({POOL_MAX_CONNECTIONS})"
@@ -171,41 +171,47 @@ class PostalMetrics:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
+        # The pool metrics and the breaker are per node (each server of a role has its own
+        # pool and breaker: a replica, a cluster node); the operation metrics above stay per role,
+        # so that a cluster's many nodes do not multiply the histograms' series.
         self.pool_connections = Gauge(
             POOL_CONNECTIONS,
-            "Open pooled Redis connections by role and state (in_use, idle).",
-            ("role", "state"),
+            "Open pooled Redis connections by role, node and state (in_use, idle).",
+            ("role", "node", "state"),
             registry=registry,
             multiprocess_mode="livesum",
         )
         self.pool_max_connections = Gauge(
             POOL_MAX_CONNECTIONS,
-            "The pools' connection caps by role, summed over the worker processes.",
-            ("role",),
+            "The pools' connection caps by role and node, summed over the worker processes.",
+            ("role", "node"),
             registry=registry,
             multiprocess_mode="livesum",
         )
         self.pool_wait_seconds = Histogram(
             POOL_WAIT_SECONDS,
             "Seconds a checkout queued for a pooled connection (only checkouts that queued).",
-            ("role",),
+            ("role", "node"),
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
         self.pool_timeouts = Counter(
             POOL_TIMEOUTS,
             "Checkouts that gave up waiting for a pooled connection.",
-            ("role",),
+            ("role", "node"),
             registry=registry,
         )
         self.pool_opened = Counter(
-            POOL_OPENED, "Redis connections opened by the pools.", ("role",), registry=registry
+            POOL_OPENED,
+            "Redis connections opened by the pools.",
+            ("role", "node"),
+            registry=registry,
         )
         self.pool_closed = Counter(
             POOL_CLOSED,
             "Redis connections closed by the pools, by reason (idle_time, lifetime, max_idle,"
             " error, shutdown).",
-            ("role", "reason"),
+            ("role", "node", "reason"),
             registry=registry,
         )
         self.cache_fills = Counter(
@@ -223,8 +229,8 @@ class PostalMetrics:
         )
         self.breaker_state = Gauge(
             BREAKER_STATE,
-            "Circuit breaker state by role: 0 closed, 1 half open, 2 open (worst worker).",
-            ("role",),
+            "Circuit breaker state by role and node: 0 closed, 1 half open, 2 open (worst worker).",
+            ("role", "node"),
             registry=registry,
             multiprocess_mode="livemax",
         )

@@ -118,12 +118,14 @@ def _commands(summary: Summary) -> Table:
 
 def _pools(summary: Summary, status: dict[str, Any]) -> Table:
     config = status.get("config", {}).get("pools", {}) if isinstance(status, dict) else {}
-    table = Table(title="Pools (summed over workers)", title_justify="left")
+    table = Table(title="Pools, one per node (summed over workers)", title_justify="left")
     for column in (
-        "role", "in use", "idle", "max", "min/max idle", "waits/s", "wait p99",
+        "role", "node", "in use", "idle", "max", "min/max idle", "waits/s", "wait p99",
         "timeouts", "opened", "closed", "breaker",
     ):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("role", "closed") else "right")
+        left = column in ("role", "node", "closed")
+        # The node is what tells the rows of a role apart: other columns wrap before it does.
+        table.add_column(column, justify="left" if left else "right", no_wrap=column == "node")
     for pool in summary.pools:
         role_config = config.get(pool.role, {}) if isinstance(config, dict) else {}
         idle_config = (
@@ -137,6 +139,7 @@ def _pools(summary: Summary, status: dict[str, Any]) -> Table:
         breaker = pool.breaker or "-"
         table.add_row(
             pool.role,
+            pool.node or "-",
             _count(pool.in_use),
             _count(pool.idle),
             _count(pool.max),
@@ -148,7 +151,9 @@ def _pools(summary: Summary, status: dict[str, Any]) -> Table:
             closed or "-",
             Text(breaker, style="bold red" if breaker != "closed" else "green"),
         )
-    table.caption = "timeouts, opened: in the interval (since start)"
+    table.caption = (
+        "timeouts, opened: in the interval (since start); min/max idle: the role's, per node"
+    )
     return table
 
 

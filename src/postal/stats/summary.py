@@ -7,6 +7,10 @@ within a bucket as `histogram_quantile` does; when the interval saw none of that
 come from the cumulative buckets, since the process started, and `basis` says which
 ("interval", "since_start", or None when there was never any). Gauges (pool connections,
 breaker) are the second scrape's values.
+
+Pools are one row per node of each role (each replica, cluster node or Sentinel-located server
+has its own pool and breaker), by the pool metrics' `node` label; a Postal whose metrics have
+no such label gives one row per role, with node "".
 """
 
 from __future__ import annotations
@@ -163,6 +167,7 @@ class CacheSummary:
 @dataclass(frozen=True, slots=True)
 class PoolSummary:
     role: str
+    node: str  # "host:port" (or "sentinel:<service>"); "" if the metrics name no node
     in_use: float
     idle: float
     max: float  # the caps summed over the workers
@@ -204,7 +209,7 @@ def summarize(before: Scrape, after: Scrape) -> Summary:
     return Summary(
         seconds=round(delta.seconds, 3),
         cache=_cache(delta),
-        pools=[_pool(delta, role) for role in _roles(after)],
+        pools=[_pool(delta, role, node) for role, node in _nodes(after)],
         fills=delta.counts(CACHE_FILLS, "outcome"),
         invalidations=delta.counts(CACHE_INVALIDATIONS, "outcome"),
         dns=delta.counts(DNS_LOOKUPS, "outcome"),
@@ -261,33 +266,41 @@ def _cache(delta: Delta) -> CacheSummary:
     )
 
 
-def _roles(scrape: Scrape) -> list[str]:
-    roles = {combo[0] for combo in scrape.label_values(POOL_MAX_CONNECTIONS, "role")}
-    roles |= {combo[0] for combo in scrape.label_values(POOL_CONNECTIONS, "role")}
-    return sorted(roles)
+def _nodes(scrape: Scrape) -> list[tuple[str, str]]:
+    """The (role, node) pairs the pool gauges name, by role then node."""
+    nodes = {
+        (role, node)
+        for name in (POOL_MAX_CONNECTIONS, POOL_CONNECTIONS)
+        for role, node in scrape.label_values(name, "role", "node")
+    }
+    return sorted(nodes)
 
 
-def _pool(delta: Delta, role: str) -> PoolSummary:
+def _pool(delta: Delta, role: str, node: str) -> PoolSummary:
     after = delta.after
-    (wait_p99,), wait_basis = delta.percentiles(POOL_WAIT_SECONDS, (0.99,), role=role)
-    breaker = None
-    if any(True for _ in after.samples(BREAKER_STATE, role=role)):
-        breaker = BREAKER_NAMES.get(round(after.total(BREAKER_STATE, role=role)), "unknown")
-    closed = after.label_values(POOL_CLOSED, "reason", role=role)
+    # A scrape without the node label (an older Postal) has node "": match the role alone.
+    where = {"role": role, "node": node} if node else {"role": role}
+    (wait_p99,), wait_basis = delta.percentiles(POOL_WAIT_SECONDS, (0.99,), **where)
+    # One sample per node (the workers' gauges are merged as their worst, livemax); should a
+    # scrape hold several, the node is as bad as the worst of them.
+    states = [sample.value for sample in after.samples(BREAKER_STATE, **where)]
+    breaker = BREAKER_NAMES.get(round(max(states)), "unknown") if states else None
+    closed = after.label_values(POOL_CLOSED, "reason", **where)
     return PoolSummary(
         role=role,
-        in_use=after.total(POOL_CONNECTIONS, role=role, state="in_use"),
-        idle=after.total(POOL_CONNECTIONS, role=role, state="idle"),
-        max=after.total(POOL_MAX_CONNECTIONS, role=role),
-        waits_per_second=delta.rate(POOL_WAIT_SECONDS + "_count", role=role),
+        node=node,
+        in_use=after.total(POOL_CONNECTIONS, state="in_use", **where),
+        idle=after.total(POOL_CONNECTIONS, state="idle", **where),
+        max=after.total(POOL_MAX_CONNECTIONS, **where),
+        waits_per_second=delta.rate(POOL_WAIT_SECONDS + "_count", **where),
         wait_p99_ms=_ms(wait_p99),
         wait_basis=wait_basis,
-        timeouts=delta.increase(POOL_TIMEOUTS, role=role),
-        timeouts_total=after.total(POOL_TIMEOUTS, role=role),
-        opened=delta.increase(POOL_OPENED, role=role),
-        opened_total=after.total(POOL_OPENED, role=role),
+        timeouts=delta.increase(POOL_TIMEOUTS, **where),
+        timeouts_total=after.total(POOL_TIMEOUTS, **where),
+        opened=delta.increase(POOL_OPENED, **where),
+        opened_total=after.total(POOL_OPENED, **where),
         closed_total={
-            reason: after.total(POOL_CLOSED, role=role, reason=reason) for (reason,) in closed
+            reason: after.total(POOL_CLOSED, reason=reason, **where) for (reason,) in closed
         },
         breaker=breaker,
     )
