@@ -213,6 +213,13 @@ class CacheClient:
         """One snapshot per node of each role, labelled by role and node."""
         return [node.pool.stats() for node in self.nodes()]
 
+    def redirections(self) -> dict[str, int]:
+        """Cluster MOVED and ASK redirections followed, both roles together, since start."""
+        return {
+            kind: self._read.redirections[kind] + self._write.redirections[kind]
+            for kind in ("moved", "ask")
+        }
+
     def nodes(self, role: str | None = None) -> list[Node]:
         """The nodes of `role` (both roles' if None) known so far."""
         roles = (self._read, self._write) if role is None else (self._role(role),)

@@ -69,6 +69,7 @@ class ClusterRole:
             max_connections=2,  # topology queries only; commands use the Nodes' pools
         )
         self._nodes: dict[str, Node] = {}
+        self.redirections = {"moved": 0, "ask": 0}  # followed since start
         self._ready = False
         self._last_refresh = -REFRESH_INTERVAL
         self._refresh: asyncio.Task[None] | None = None
@@ -125,10 +126,12 @@ class ClusterRole:
             try:
                 return await call(node)
             except MovedError as moved:
+                self.redirections["moved"] += 1
                 await self._cluster.nodes_manager.move_slot(moved)
                 self.refresh_soon()
                 node = self.route(key)
             except AskError as ask:
+                self.redirections["ask"] += 1
                 target = self._node_at(ask.host, ask.port)
                 return await call(_asking(target))
             except (RedisConnectionError, OSError):

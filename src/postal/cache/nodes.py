@@ -123,6 +123,7 @@ class ServerRole:
         self.description = description  # the masked URL, for messages
         self._nodes = list(nodes)
         self._turns = itertools.cycle(range(len(self._nodes)))
+        self.redirections = {"moved": 0, "ask": 0}  # never, on fixed servers (see ClusterRole)
         # Replicas: whether a node is fit to read from (in sync with its primary); None: all are.
         self.in_sync: Callable[[Node], bool] | None = None
 

@@ -1,0 +1,71 @@
+"""Redis Cluster beyond the posts API suite (which runs on a cluster too, see conftest): a slot
+moved from one master to another while the service is under load, on a cluster of its own.
+
+The slot holding a hot post is migrated key by key with pauses, so reads meet it half-moved:
+the value on the target and its generation still on the source (TRYAGAIN: the read falls back
+to the database), then both on the target (ASK), then the slot given away (MOVED). No read may
+fail, none may be stale, and afterwards the post is served from its new master's cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from redis.crc import key_slot
+
+from postal.bench.topologies import ClusterSet
+from tests.integration.api_support import running_api
+from tests.integration.topology_load import create_posts, load_while
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterSet]:
+    with ClusterSet(masters=3) as topology:
+        yield topology
+
+
+async def test_a_slot_migrated_under_load_fails_no_read(
+    database_url: str, clean_database: None, cluster: ClusterSet, key_prefix: str
+) -> None:
+    async with running_api(database_url, cluster.url, key_prefix) as api:
+        cache = api.state.cache
+        posts = await create_posts(api, 3)
+        for post in posts:  # cached before the move: the keys to migrate exist
+            await api.client.get(f"/api/v1/posts/{post}")
+        await api.settle()
+        hot = posts[0]
+        slot = key_slot(f"{key_prefix}post:{{{hot}}}".encode())
+        source = cluster.node_for_slot(slot)
+        target = next(master for master in cluster.masters() if master is not source)
+        moved: list[int] = []
+
+        async def migrate() -> None:
+            await asyncio.sleep(0.3)
+            keys = await asyncio.to_thread(
+                cluster.migrate_slot, slot, target, pause_between_keys=0.3
+            )
+            moved.append(keys)
+
+        report = await load_while(api, [hot, hot, hot, *posts], migrate, settle=1.0)
+        redirections = cache.redirections()
+        assert (await api.client.get(f"/api/v1/posts/{hot}")).status_code == 200
+        await api.settle()
+        target_node = next(
+            n for n in cache.nodes("read") if n.name == f"{target.host}:{target.port}"
+        )
+        target_gets_before = target_node.pool.stats().opened
+        hits_before = api.state.reads.stats().hits
+        assert (await api.client.get(f"/api/v1/posts/{hot}")).status_code == 200
+
+    assert moved[0] >= 2  # the value and its generation at least
+    assert cluster.node_for_slot(slot) is target
+    assert report.reads > 100
+    assert report.failed_reads == [], report.failed_reads[:5]
+    assert report.stale_reads == [], report.stale_reads[:5]
+    assert report.failed_writes == [], report.failed_writes[:5]
+    assert redirections["moved"] >= 1
+    assert redirections["ask"] >= 1
+    assert target_gets_before >= 1
+    assert api.state.reads.stats().hits == hits_before + 1  # served from the new master
