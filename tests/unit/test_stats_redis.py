@@ -73,3 +73,28 @@ def test_latency_figures_in_milliseconds() -> None:
     assert latency.p99_ms == 2.0  # nearest rank: the 99th of 100
     assert latency.avg_ms == pytest.approx((0.0098 + 0.012) * 10, abs=1e-3)
     assert Latency.of([]) is None
+
+
+def test_replicas_and_cluster_seeds_are_probed_server_by_server() -> None:
+    replicas = "redis://127.0.0.1:7001/0,redis://127.0.0.1:7002/0"
+    targets = redis_targets({"read": replicas, "write": "redis://127.0.0.1:7001/0"}, [])
+    assert [(t.roles, t.url) for t in targets] == [
+        (("read", "write"), "redis://127.0.0.1:7001/0"),
+        (("read",), "redis://127.0.0.1:7002/0"),
+    ]
+    cluster = "redis+cluster://:***@127.0.0.1:7001,127.0.0.1:7002"
+    local = ["redis+cluster://:secret@127.0.0.1:7001,127.0.0.1:7002"]
+    targets = redis_targets({"read": cluster, "write": cluster}, local)
+    assert [(t.roles, t.url) for t in targets] == [
+        (("read", "write"), "redis://:secret@127.0.0.1:7001/0"),
+        (("read", "write"), "redis://:secret@127.0.0.1:7002/0"),
+    ]
+    assert all("secret" not in t.shown for t in targets)
+
+
+def test_a_sentinel_url_is_reported_not_probed() -> None:
+    sentinel = "redis+sentinel://127.0.0.1:26379/postal"
+    (target,) = redis_targets({"read": sentinel}, [])
+    assert target.url is None
+    assert target.problem is not None
+    assert "--redis-url" in target.problem

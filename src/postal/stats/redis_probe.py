@@ -25,7 +25,7 @@ from typing import Any
 from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
 from postal.cache.connection import Connector, PostalConnection
 from postal.cache.dns import DnsCache
-from postal.cache.urls import RedisEndpoint, mask_url
+from postal.cache.urls import CLUSTER_SCHEME, SENTINEL_SCHEME, RedisEndpoint, mask_url
 from postal.observability.redaction import Redactor, url_secrets
 
 PROBE_TIMEOUT = 2.0  # seconds for the dial and for each reply
@@ -51,18 +51,42 @@ def _identity(url: str) -> tuple[str, int, int, str | None] | None:
     return endpoint.host.lower(), endpoint.port, endpoint.db, endpoint.username
 
 
+def server_urls(url: str) -> list[str]:
+    """A role's URL as one `redis://` URL per server to probe (pure; credentials kept):
+    each of a comma-separated list, each seed node of a cluster; none for Sentinel (which
+    servers it names is known only by asking it)."""
+    url = url.strip()
+    scheme, _, rest = url.partition("://")
+    if scheme == SENTINEL_SCHEME:
+        return []
+    if scheme == CLUSTER_SCHEME:
+        userinfo, at, hosts = rest.rpartition("@")
+        return [f"redis://{userinfo}{at}{host.strip()}/0" for host in hosts.split(",") if host]
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def redis_targets(service_urls: Mapping[str, str], candidates: Sequence[str]) -> list[RedisTarget]:
-    """Pair the service's (masked) URLs by role with the real ones given here.
+    """Pair the service's (masked) URLs by role with the real ones given here, server by
+    server (`server_urls`: replicas and cluster seeds are probed one by one).
 
     A service URL with no password needs none; one with a masked password takes the first
     candidate naming the same host, port, database and user. Candidates that match no role are
-    probed too, as "other".
+    probed too, as "other". A Sentinel URL is reported, not probed: pass its servers' URLs.
     """
+    candidates = [server for url in candidates for server in server_urls(url)]
     paired: list[tuple[list[str], str, str | None]] = []  # roles, shown, url
+    sentinel_problems: list[RedisTarget] = []
     used: set[str] = set()
-    for role, shown in service_urls.items():
+    servers = []
+    for role, role_url in service_urls.items():
+        parts = server_urls(role_url)
+        if not parts:
+            unknown = "a Sentinel service: pass its servers' URLs with --redis-url to probe them"
+            sentinel_problems.append(RedisTarget((role,), role_url, None, unknown))
+        servers += [(role, part) for part in parts]
+    for role, shown in servers:
         identity = _identity(shown)
-        url = next((url for url in candidates if _identity(url) == identity), None)
+        url = next((c for c in candidates if _identity(c) == identity), None)
         if url is not None:
             used.add(url)
         elif "***" not in shown:
@@ -72,18 +96,19 @@ def redis_targets(service_urls: Mapping[str, str], candidates: Sequence[str]) ->
             paired.append(([role], shown, url))
         else:
             same[0].append(role)
-    targets = []
+    targets: list[RedisTarget] = []
     for roles, shown, url in paired:
         problem = None
         if url is None:
             variables = " or ".join(f"{role.upper()}_REDIS_URL" for role in roles)
             problem = f"its password is not known here: set {variables}, or pass --redis-url"
         targets.append(RedisTarget(tuple(roles), shown, url, problem))
+    targets += sentinel_problems
     probed = {target.url for target in targets}
-    for url in candidates:
-        if url not in used and url not in probed and _identity(url) is not None:
-            probed.add(url)
-            targets.append(RedisTarget(("other",), mask_url(url), url))
+    for candidate in candidates:
+        if candidate not in used and candidate not in probed and _identity(candidate) is not None:
+            probed.add(candidate)
+            targets.append(RedisTarget(("other",), mask_url(candidate), candidate))
     return targets
 
 
