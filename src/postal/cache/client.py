@@ -403,6 +403,10 @@ class CacheClient:
         """Indices of (prefixed) `keys` that one write command may carry: by slot in a cluster."""
         return self._write.group(keys)
 
+    def _write_nodes(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indices of (prefixed) `keys` by the write-role node that owns them."""
+        return self._write.by_node(keys)
+
     def _write_limit(self, timeout: Timeout) -> float | None:
         """The deadline a write-role operation called with `timeout` runs under."""
         return self._profile.timeouts.set if isinstance(timeout, UseDefault) else timeout

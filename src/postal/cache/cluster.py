@@ -120,6 +120,15 @@ class ClusterRole:
             slots.setdefault(self._cluster.keyslot(key), []).append(index)
         return list(slots.values())
 
+    def by_node(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indices of `keys` by the primary that owns their slot (for pipelining a batch)."""
+        nodes: dict[str, list[int]] = {}
+        manager = self._cluster.nodes_manager
+        for index, key in enumerate(keys):
+            owner = manager.get_node_from_slot(self._cluster.keyslot(key))
+            nodes.setdefault(owner.name, []).append(index)
+        return list(nodes.values())
+
     async def run(self, node: Node, key: str | None, call: Callable[[Node], Awaitable[T]]) -> T:
         """`call` on `node`, following MOVED and ASK (see the module docstring)."""
         for _ in range(MAX_REDIRECTS):

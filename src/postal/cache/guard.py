@@ -30,7 +30,9 @@ in many hash slots (see below for a cluster). Redis runs a script without interl
 keys hold it a millisecond or two, about what an MGET of 1,000 values does.
 
 In a Redis Cluster a script's keys must share a hash slot, so a batch is split by slot: one
-script call per slot, each on the node that owns it, all concurrently.
+script call per slot, pipelined to the node that owns it, all nodes concurrently. Measured here
+(1,000 keys, invalidate then fill, 3 masters on loopback): 84 ms against 20 ms on one Redis;
+353 ms when each slot's call was its own round trip.
 
 Known limit: the guard assumes the counter survives while a load is in flight. A counter evicted
 under memory pressure (an `allkeys-*` policy) or expired (see GENERATION_TTL) reads as 0 again,
@@ -47,13 +49,17 @@ from typing import TYPE_CHECKING, Any
 from postal.cache.errors import CacheError
 from postal.cache.keys import GuardedKey
 from postal.cache.replicas import wait_milliseconds
-from postal.cache.wire import all_of, command_call, pipeline_call, script_call
+from postal.cache.wire import Value, all_of, command_call, pipeline_call, script_call, scripts_call
 
 if TYPE_CHECKING:
     from postal.cache.client import CacheClient, Timeout
     from postal.cache.nodes import Node
 
 HOUR = 3600.0
+
+# One script call of a batch split by slot: (its first key, for routing and the event; the
+# script's KEYS; its ARGV).
+ScriptPart = tuple[str, Sequence[str], "Sequence[Value]"]
 
 # How long a generation counter lives after its last bump. It must outlive every value stamped
 # against it and every load in flight: if it expired while a reader that saw generation 0 (an
@@ -301,22 +307,55 @@ class GuardedOps:
     ) -> list[int]:
         """As `invalidate`, in one INVALIDATE_MANY_SCRIPT call (then a WAIT on the same
         connection when reads go to replicas); the new generation of each of `keys`. In a
-        cluster, one call per hash slot, concurrently. When it raises, all, some or none of it
-        may have run: repeating it is safe. The event says "EVALSHA", with the first key."""
+        cluster, one call per hash slot, pipelined per node (`_per_slot`). When it raises, all,
+        some or none of it may have run: repeating it is safe. The event says "EVALSHA", with
+        the first key."""
         client = self._client
-        new_generations = [0] * len(keys)
-
-        async def one_slot(key_indices: list[int], counters: list[str]) -> None:
+        groups = _by_slot(client, keys, generations)
+        if len(groups) <= 1:
+            return await self._invalidate_one_slot(keys, generations, timeout)
+        # A cluster: one script call per slot, pipelined per node (no WAIT: see cache.cluster).
+        parts: list[ScriptPart] = []
+        for key_indices, counters in groups:
             slot_keys = [keys[i] for i in key_indices]
-            bumped = await self._invalidate_one_slot(slot_keys, counters, timeout)
+            names, arguments = invalidate_many_arguments(slot_keys, counters, client.key)
+            parts.append((slot_keys[0].key if slot_keys else counters[0], names, arguments))
+        replies = await self._per_slot(INVALIDATE_MANY_SCRIPT, parts, timeout)
+        new_generations = [0] * len(keys)
+        for (key_indices, _), bumped in zip(groups, replies, strict=True):
             for index, generation in zip(key_indices, bumped, strict=True):
                 new_generations[index] = generation
-
-        await all_of(
-            one_slot(key_indices, counters)
-            for key_indices, counters in _by_slot(client, keys, generations)
-        )
         return new_generations
+
+    async def _per_slot(
+        self, script: Script, parts: Sequence[ScriptPart], timeout: Timeout
+    ) -> list[Any]:
+        """`script` once per part (each part's keys in one slot), one pipeline per node, the
+        nodes concurrently; a part refused there (its slot moved meanwhile, TRYAGAIN) runs
+        again alone, routed and redirected as any single call. Replies in the parts' order."""
+        client = self._client
+        replies: list[Any] = [None] * len(parts)
+
+        async def alone(index: int) -> None:
+            key, names, arguments = parts[index]
+            call = script_call(script, names, arguments)
+            replies[index] = await client._write_op("EVALSHA", key, timeout, call)
+
+        async def one_node(indices: list[int]) -> None:
+            calls = [(parts[i][1], parts[i][2]) for i in indices]
+            first = parts[indices[0]][0]
+            got = await client._write_op("EVALSHA", first, timeout, scripts_call(script, calls))
+            again = []
+            for index, reply in zip(indices, got, strict=True):
+                if isinstance(reply, Exception):
+                    again.append(index)
+                else:
+                    replies[index] = reply
+            await all_of(alone(index) for index in again)
+
+        nodes = client._write_nodes([client.key(key) for key, _, _ in parts])
+        await all_of(one_node(indices) for indices in nodes)
+        return replies
 
     async def _invalidate_one_slot(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
@@ -356,21 +395,22 @@ class GuardedOps:
         replicas.check(int(acknowledged), wanted, where=where, waited_ms=wait_ms)
 
     async def fill_many(self, fills: Sequence[GuardedFill], timeout: Timeout) -> int:
-        """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call (one per hash slot,
-        concurrently, in a cluster); how many were written. The event says "EVALSHA", with the
-        first key."""
+        """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call (in a cluster, one per
+        hash slot, pipelined per node: `_per_slot`); how many were written. The event says
+        "EVALSHA", with the first key."""
         client = self._client
-        written: list[int] = []
-
-        async def one_slot(indices: list[int]) -> None:
+        groups = client._write_groups([client.key(fill.key.key) for fill in fills])
+        parts: list[ScriptPart] = []
+        for indices in groups:
             part = [fills[i] for i in indices]
             names, arguments = fill_many_arguments(part, client.key)
-            call = script_call(FILL_MANY_SCRIPT, names, arguments)
-            written.append(await client._write_op("EVALSHA", part[0].key.key, timeout, call))
-
-        groups = client._write_groups([client.key(fill.key.key) for fill in fills])
-        await all_of(one_slot(indices) for indices in groups if indices)
-        return sum(written)
+            parts.append((part[0].key.key, names, arguments))
+        if len(parts) == 1:
+            key, slot_names, slot_arguments = parts[0]
+            call = script_call(FILL_MANY_SCRIPT, slot_names, slot_arguments)
+            written: int = await client._write_op("EVALSHA", key, timeout, call)
+            return written
+        return sum(await self._per_slot(FILL_MANY_SCRIPT, parts, timeout))
 
 
 def _by_slot(

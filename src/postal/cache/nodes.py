@@ -158,6 +158,10 @@ class ServerRole:
         """Indices of `keys` that may go in one multi-key command: here, all of them."""
         return [list(range(len(keys)))] if keys else []
 
+    def by_node(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indices of `keys` by the node that serves them: here, all on the one routed to."""
+        return self.group(keys)
+
     async def start(self) -> None:
         await asyncio.gather(*(node.pool.start() for node in self._nodes))
 

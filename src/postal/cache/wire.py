@@ -76,6 +76,39 @@ async def _script(
         await pool.release(connection)
 
 
+async def _pipeline_replies(commands: Sequence[Sequence[Value]], node: Node) -> list[Any]:
+    """`commands` pipelined on `node`; an error reply comes back in its place, not raised."""
+    pipeline = node.redis.pipeline(transaction=False)
+    for command in commands:
+        pipeline.execute_command(*command)
+    replies: list[Any] = await pipeline.execute(raise_on_error=False)
+    return replies
+
+
+async def _scripts(
+    script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Value]]], node: Node
+) -> list[Any]:
+    """`script` once per (keys, arguments) of `calls`, pipelined on `node`, by SHA; when the
+    node does not have it (NOSCRIPT), SCRIPT LOAD once and those calls again. Error replies
+    come back in their places (a MOVED or ASK for a slot that moved meanwhile, a TRYAGAIN)."""
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *arguments) for keys, arguments in calls]
+    replies = await _pipeline_replies(commands, node)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis_exc.NoScriptError)]
+    if missing:
+        await _command(("SCRIPT", "LOAD", script.source), node)
+        again = await _pipeline_replies([commands[i] for i in missing], node)
+        for index, reply in zip(missing, again, strict=True):
+            replies[index] = reply
+    return replies
+
+
+def scripts_call(
+    script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Value]]]
+) -> Callable[[Node], Awaitable[list[Any]]]:
+    """A `call` for `_write_op`: `script` for each of `calls`, pipelined (see `_scripts`)."""
+    return partial(_scripts, script, calls)
+
+
 def script_call(
     script: Script, keys: Sequence[str], arguments: Sequence[Value], *, then: Sequence[Value] = ()
 ) -> Callable[[Node], Awaitable[Any]]:
