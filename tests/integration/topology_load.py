@@ -70,6 +70,9 @@ async def load_while(
             version = int(response.json()["version"])
             if expected is not None and expected[0] <= started and version < expected[1]:
                 report.stale_reads.append(f"post {post}: read v{version}, v{expected[1]} written")
+            # A read served without I/O (a load shared with others, just finished) returns
+            # without suspending: yield, or readers in a tight loop starve the event loop.
+            await asyncio.sleep(0)
 
     async def write_forever() -> None:
         while not stop.is_set():
