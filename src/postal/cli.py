@@ -148,8 +148,24 @@ def bench_cache(
     url: Annotated[
         str | None,
         typer.Option(
-            help="Redis to load; loopback only (127.0.0.0/8, ::1, localhost)."
+            help="Redis to load: redis://, comma-separated replicas, redis+sentinel:// or"
+            " redis+cluster://; loopback only (127.0.0.0/8, ::1, localhost)."
             " Default: the local Redis, by the name localhost."
+        ),
+    ] = None,
+    write_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the bench writes its keys (the primary); needed when --url is a list of"
+            " replicas. Default: --url."
+        ),
+    ] = None,
+    topologies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated, of single (the --url's one server) and cluster (a Redis"
+            " Cluster of 3 masters the bench starts): each measured, side by side."
+            " Default: --url alone."
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Tasks issuing GETs.")] = 100,
@@ -168,7 +184,7 @@ def bench_cache(
     import asyncio
     import shutil
 
-    from postal.bench import BenchError, bench_console, publish, rich_progress
+    from postal.bench import BenchError, bench_console, parse_topologies, publish, rich_progress
     from postal.bench.cache import DEFAULT_URL, CacheBenchOptions, render_report, run_cache_bench
     from postal.cache.durations import parse_duration
 
@@ -176,15 +192,17 @@ def bench_cache(
         seconds = 1.0 if quick else parse_duration(duration)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--duration") from None
-    options = CacheBenchOptions(
-        url=url or DEFAULT_URL,
-        concurrency=concurrency,
-        value_size=value_size,
-        duration=seconds,
-        runs=1 if quick else runs,
-        redis_benchmark=shutil.which("redis-benchmark") if floor else None,
-    )
     try:
+        options = CacheBenchOptions(
+            url=url or DEFAULT_URL,
+            concurrency=concurrency,
+            value_size=value_size,
+            duration=seconds,
+            runs=1 if quick else runs,
+            redis_benchmark=shutil.which("redis-benchmark") if floor else None,
+            write_url=write_url,
+            topologies=parse_topologies(topologies) if topologies is not None else (),
+        )
         options.check()
     except BenchError as exc:  # NotLoopback included: a load generator stays on this machine
         typer.echo(f"postal: bench cache: {exc}", err=True)
@@ -203,8 +221,26 @@ def bench_cache(
 def bench_http(
     redis_url: Annotated[
         str,
-        typer.Option(help="Redis for the peer and Postal; loopback only (127.0.0.0/8, ::1)."),
+        typer.Option(
+            help="Redis for the peer and Postal: redis://, comma-separated replicas,"
+            " redis+sentinel:// or redis+cluster://; loopback only (127.0.0.0/8, ::1)."
+        ),
     ] = "redis://127.0.0.1:6379/0",
+    write_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Postal's WRITE_REDIS_URL, where the bench writes its keys (the primary);"
+            " needed when --redis-url is a list of replicas. Default: --redis-url."
+        ),
+    ] = None,
+    topologies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated, of single (the --redis-url's one server) and cluster (a Redis"
+            " Cluster of 3 masters the bench starts): the peer and Postal served against each."
+            " Default: --redis-url alone."
+        ),
+    ] = None,
     database_url: Annotated[
         str | None,
         typer.Option(
@@ -234,7 +270,7 @@ def bench_http(
     import shutil
     from collections.abc import Callable
 
-    from postal.bench import BenchError, bench_console, publish, rich_progress
+    from postal.bench import BenchError, bench_console, parse_topologies, publish, rich_progress
     from postal.bench.http import HttpBenchOptions, render_report, run_http_bench
     from postal.cache.durations import parse_duration
 
@@ -250,19 +286,21 @@ def bench_http(
         seconds = 1.0 if quick else parse_duration(duration)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--duration") from None
-    options = HttpBenchOptions(
-        redis_url=redis_url,
-        database_url=database_url,
-        targets=tuple(name.strip() for name in targets.split(",") if name.strip()),
-        workers=workers,
-        connections=connections,
-        rate=rate,
-        duration=seconds,
-        runs=1 if quick else runs,
-        value_size=value_size,
-        wrk=shutil.which("wrk") if wrk else None,
-    )
     try:
+        options = HttpBenchOptions(
+            redis_url=redis_url,
+            database_url=database_url,
+            targets=tuple(name.strip() for name in targets.split(",") if name.strip()),
+            workers=workers,
+            connections=connections,
+            rate=rate,
+            duration=seconds,
+            runs=1 if quick else runs,
+            value_size=value_size,
+            wrk=shutil.which("wrk") if wrk else None,
+            write_url=write_url,
+            topologies=parse_topologies(topologies) if topologies is not None else (),
+        )
         options.check()
     except BenchError as exc:  # NotLoopback included: a load generator stays on this machine
         typer.echo(f"postal: bench http: {exc}", err=True)

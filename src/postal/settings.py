@@ -225,9 +225,9 @@ class Settings(BaseSettings):
             read, write = Topology.from_url(self.read_url), Topology.from_url(self.write_url)
         except ValueError:
             return False  # the URL's own check reports it
-        if write.kind is Kind.CLUSTER:
-            return False
-        return write.kind is Kind.SENTINEL or not read.same_servers(write)
+        if write.kind in (Kind.CLUSTER, Kind.SENTINEL):
+            return True  # each primary (master) waits for its replicas, for a failover's sake
+        return not read.same_servers(write)
 
     # -- what the rest of Postal is built from -------------------------------------------------
 

@@ -8,15 +8,25 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from rich.console import Console
 from typer.testing import CliRunner
 
-from postal.bench import NotLoopback, require_loopback, write_json
-from postal.bench.cache import FLOOR, TARGETS, CacheBenchOptions, run_cache_bench
-from postal.bench.stats import COLUMNS, table_rows
+from postal.bench import (
+    BenchError,
+    NotLoopback,
+    require_loopback,
+    require_loopback_redis,
+    write_json,
+)
+from postal.bench.cache import FLOOR, TARGETS, CacheBenchOptions, render_report, run_cache_bench
+from postal.bench.redis_servers import answers_ping
+from postal.bench.stats import COLUMNS, TOPOLOGY_COLUMNS, table_rows, topology_rows
+from postal.cache.urls import Topology
 from postal.cli import app
 
 PROFILE_FIELDS = {
     "name",
+    "topology",
     "description",
     "ops_per_s",
     "p50_ms",
@@ -118,6 +128,70 @@ async def test_redis_benchmark_is_the_floor_when_installed(redis_url: str) -> No
     assert floor.p99 is not None
 
 
+async def test_single_and_cluster_are_measured_side_by_side(
+    redis_url: str, tmp_path: Path
+) -> None:
+    floor_tool = shutil.which("redis-benchmark")
+    options = tiny(redis_url, topologies=("single", "cluster"), redis_benchmark=floor_tool)
+    report = await run_cache_bench(options)
+
+    assert report.topologies == ["single", "cluster"]
+    for topology in report.topologies:
+        for target in TARGETS:
+            summary = report.summary(target.name, topology)
+            [run] = summary.runs
+            assert run.ops > 0, f"{target.name} on {topology}: {run.first_error}"
+            assert summary.errors == 0, f"{target.name} on {topology}: {run.first_error}"
+        floor = report.summary(FLOOR, topology)
+        if floor_tool is not None:  # on the cluster: --cluster, reading values, not nil replies
+            assert floor.note is None, f"{topology}: {floor.note}"
+            [run] = floor.runs
+            assert run.ops > 0
+    groups = topology_rows(report.summaries)
+    assert [[row[1] for row in group] for group in groups] == [["single", "cluster"]] * 5
+    assert all(len(row) == len(TOPOLOGY_COLUMNS) for group in groups for row in group)
+    console = Console(record=True, width=120)
+    render_report(report, console)
+    shown = console.export_text()
+    assert "ops/s vs" in shown
+    assert "cluster: tuned vs reference: " in shown
+
+    document = report.to_json()
+    assert [topology["name"] for topology in document["topologies"]] == ["single", "cluster"]
+    assert {(profile["name"], profile["topology"]) for profile in document["profiles"]} == {
+        (name, topology)
+        for name in [*(target.name for target in TARGETS), FLOOR]
+        for topology in ("single", "cluster")
+    }
+    assert {entry["profile"] for entry in document["versus"]} >= {"reference", "tuned"}
+    assert all(entry["topology"] == "cluster" for entry in document["versus"])
+    cluster = Topology.from_url(report.setups[1].read_url)
+    assert not any(answers_ping(node.host, node.port) for node in cluster.endpoints)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert [key async for key in client.scan_iter(match=f"{report.key_prefix}*")] == []
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0,redis://localhost:6380/0",
+        "redis+sentinel://127.0.0.1:26379,[::1]:26380/postal?role=replica",
+        "redis+cluster://user:secret@127.0.0.1:7000,127.0.0.2:7001",
+    ],
+)
+def test_topology_urls_on_loopback_are_accepted(url: str) -> None:
+    require_loopback_redis(url)
+
+
+async def test_a_list_of_replicas_needs_a_write_url() -> None:
+    url = "redis://127.0.0.1:6380/0,redis://127.0.0.1:6381/0"
+    with pytest.raises(BenchError, match="--write-url"):
+        await run_cache_bench(CacheBenchOptions(url=url))
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -144,6 +218,10 @@ def test_loopback_urls_are_accepted(url: str) -> None:
         "unix:///tmp/redis.sock",
         "http://127.0.0.1:6379",
         "redis://",
+        # every host of a list is checked, not the first only
+        "redis://127.0.0.1:6379/0,redis://10.0.0.5:6379/0",
+        "redis+sentinel://127.0.0.1:26379,10.0.0.5:26379/postal",
+        "redis+cluster://127.0.0.1:7000,redis.example.com:7001",
     ],
 )
 async def test_non_loopback_urls_are_refused_before_any_load(url: str) -> None:
@@ -162,3 +240,9 @@ def test_the_command_refuses_a_remote_url_with_exit_code_2() -> None:
 def test_the_command_refuses_a_bad_duration_with_exit_code_2() -> None:
     result = CliRunner().invoke(app, ["bench", "cache", "--duration", "3"])
     assert result.exit_code == 2
+
+
+def test_the_command_refuses_an_unknown_topology_with_exit_code_2() -> None:
+    result = CliRunner().invoke(app, ["bench", "cache", "--topologies", "single,sentinel"])
+    assert result.exit_code == 2
+    assert "topologies are single, cluster" in result.output

@@ -29,14 +29,18 @@ from postal.bench.http_stats import (
     FLOOR,
     PEER,
     POSTAL,
+    TOPOLOGY_COLUMNS,
     HttpRun,
     parse_wrk,
     runs_line,
     summarize,
     table_rows,
+    topology_rows,
 )
 from postal.bench.loadgen import HttpTarget, closed_loop, fetch, open_loop
+from postal.bench.redis_servers import answers_ping
 from postal.bench.stats import RunResult
+from postal.cache.urls import Topology
 from postal.cli import app
 
 POST_PATH = "/api/v1/posts/1"
@@ -226,6 +230,59 @@ async def test_postal_is_measured_on_its_cached_post_next_to_the_peer(redis_url:
     assert report.body_bytes > 300  # the post's JSON: its 300-character body and the rest
     assert report.check.line().startswith("targets: postal req/s vs peer ")
     assert all(port_is_closed(url) for url in report.servers.values())
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for prefix in report.key_prefixes:
+            assert [key async for key in client.scan_iter(match=f"{prefix}*")] == []
+    finally:
+        await client.aclose()
+
+
+async def test_the_peer_and_postal_on_one_redis_and_on_a_cluster_side_by_side(
+    redis_url: str,
+) -> None:
+    options = tiny(redis_url, targets=(FLOOR, PEER, POSTAL), topologies=("single", "cluster"))
+    report = await run_http_bench(options)
+
+    assert report.topologies == ["single", "cluster"]
+    assert [(s.name, s.topology) for s in report.summaries] == [
+        (FLOOR, ""),
+        (PEER, "single"),
+        (POSTAL, "single"),
+        (PEER, "cluster"),
+        (POSTAL, "cluster"),
+    ]
+    for summary in report.summaries:
+        [run] = summary.runs
+        where = f"{summary.name} on {summary.topology}"
+        assert summary.errors == 0, f"{where}: {run.closed.first_error or run.open.first_error}"
+        assert summary.rps is not None
+        assert summary.rps > 0, where
+        assert summary.note is None or "not seen in Redis" not in summary.note, where
+    groups = topology_rows(report.summaries)
+    assert [[row[1] for row in group] for group in groups] == [
+        ["-"],
+        ["single", "cluster"],
+        ["single", "cluster"],
+    ]
+    assert all(len(row) == len(TOPOLOGY_COLUMNS) for group in groups for row in group)
+    document = report.to_json()
+    assert [target["topology"] for target in document["targets"]] == [
+        None,
+        "single",
+        "single",
+        "cluster",
+        "cluster",
+    ]
+    assert [(entry["target"], entry["topology"]) for entry in document["versus"]] == [
+        (PEER, "cluster"),
+        (POSTAL, "cluster"),
+    ]
+    assert [check["topology"] for check in document["checks"]] == ["single", "cluster"]
+    assert all(port_is_closed(url) for url in report.servers.values())
+    assert len(report.servers) == 5
+    cluster = Topology.from_url(report.setups[1].read_url)
+    assert not any(answers_ping(node.host, node.port) for node in cluster.endpoints)
     client = redis.Redis.from_url(redis_url)
     try:
         for prefix in report.key_prefixes:

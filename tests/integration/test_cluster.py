@@ -98,3 +98,41 @@ async def test_batches_split_by_slot_survive_a_flushed_script_cache_and_a_moving
         found = [await cache.get_guarded(key) for key in keys]
     assert asked >= 1
     assert all(entry.payload is None and entry.generation == 2 for entry in found)
+
+
+async def test_a_master_killed_under_load_fails_no_read_and_its_replica_takes_over(
+    database_url: str, clean_database: None, key_prefix: str
+) -> None:
+    """Three masters with a replica each; the master of a hot post's slot is SIGKILLed. Each
+    invalidation waited for that master's replica, so the promoted replica serves nothing
+    stale; reads fall back to the database until the slot table names it."""
+    with ClusterSet(masters=3, replicas_per_master=1) as cluster:
+        async with running_api(database_url, cluster.url, key_prefix) as api:
+            cache = api.state.cache
+            posts = await create_posts(api, 3)
+            hot = posts[0]
+            slot = key_slot(f"{key_prefix}post:{{{hot}}}".encode())
+            victim = cluster.node_for_slot(slot)
+            promoted: list[tuple[str, int]] = []
+
+            async def kill_the_master() -> None:
+                await asyncio.sleep(0.5)
+                await asyncio.to_thread(cluster.kill_master, victim)
+                new = await asyncio.to_thread(cluster.wait_for_promotion, victim)
+                promoted.append(new.address)
+
+            report = await load_while(api, [hot, hot, *posts], kill_the_master, settle=2.0)
+            waits = cache.replica_wait_stats()
+            await api.client.get(f"/api/v1/posts/{hot}")
+            await api.settle()
+            hits_before = api.state.reads.stats().hits
+            assert (await api.client.get(f"/api/v1/posts/{hot}")).status_code == 200
+            hits_after = api.state.reads.stats().hits
+        owner = cluster.node_for_slot(slot).address
+    assert owner == promoted[0] != victim.address
+    assert report.reads > 100
+    assert report.failed_reads == [], report.failed_reads[:5]
+    assert report.stale_reads == [], report.stale_reads[:5]
+    assert report.failed_writes == [], report.failed_writes[:5]
+    assert waits.confirmed > 0  # invalidations waited for the masters' replicas
+    assert hits_after == hits_before + 1  # the hot post is cached on its new master

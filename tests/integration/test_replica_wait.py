@@ -10,6 +10,7 @@ it (the counter-proof, same set-up) it sees the old one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 
@@ -124,8 +125,12 @@ async def test_a_killed_replica_is_waited_for_once_then_dropped_from_the_count(
     # The replica's acknowledgement takes two trips over the 50 ms link: a deadline with room
     # for a busy machine (CI once saw it miss a 124 ms WAIT).
     async with client_for(pair, key_prefix, wait=True, set_deadline=1.0) as client:
-        await client.invalidate([KEY])
-        assert client.replica_wait.stats().confirmed == 1
+        for _ in range(5):  # set-up: one WAIT the replica confirms (a busy machine may miss one)
+            with contextlib.suppress(ReplicasBehind):
+                await client.invalidate([KEY])
+                break
+        before = client.replica_wait.stats()
+        assert before.confirmed == 1
         pair.replica.kill()
         await pair.link.pass_through()
         # The count of 1 is still believed: this WAIT comes back short...
@@ -135,7 +140,8 @@ async def test_a_killed_replica_is_waited_for_once_then_dropped_from_the_count(
         await eventually_no_replicas(pair.primary)
         await client.invalidate([KEY])
         waits = client.replica_wait.stats()
-    assert (waits.confirmed, waits.behind, waits.skipped, waits.replicas) == (1, 1, 1, 0)
+    assert (waits.confirmed, waits.skipped, waits.replicas) == (1, 1, 0)
+    assert waits.behind == before.behind + 1
 
 
 async def test_the_invalidator_keeps_a_key_pending_while_the_replica_is_behind(

@@ -80,7 +80,7 @@ def test_settings_refuse_what_writes_cannot_use(environ: dict[str, str], expecte
         load_settings(environ)
 
 
-def test_replica_reads_and_sentinel_wait_for_replicas_a_cluster_does_not() -> None:
+def test_replica_reads_sentinel_and_cluster_wait_for_replicas() -> None:
     replicas = {
         "READ_REDIS_URL": "redis://r1:1/0,redis://r2:2/0",
         "WRITE_REDIS_URL": "redis://p:1/0",
@@ -90,4 +90,7 @@ def test_replica_reads_and_sentinel_wait_for_replicas_a_cluster_does_not() -> No
         load_settings({**replicas, **too_short})
     with pytest.raises(SettingsError, match="too short to wait"):
         load_settings({"READ_REDIS_URL": "redis+sentinel://s:1/x", **too_short})
-    load_settings({"READ_REDIS_URL": "redis+cluster://n:1", **too_short})  # no WAIT: accepted
+    with pytest.raises(SettingsError, match="too short to wait"):
+        load_settings({"READ_REDIS_URL": "redis+cluster://n:1", **too_short})
+    one_redis = load_settings({"READ_REDIS_URL": "redis://p:1/0", **too_short})
+    assert one_redis.redis_set_deadline == 0.1  # nothing to wait for: accepted

@@ -1,12 +1,18 @@
 """`postal bench cache`: GETs of ~1 KB values through Postal's client, next to its peers.
 
-Profiles, all against one loopback Redis, in one process, interleaved run by run:
+Profiles, all against the same Redis, in one process, interleaved run by run:
 
-- `reference`: plain redis.asyncio on a BlockingConnectionPool(max_connections=50), the peer
-  that the ratios are taken against;
+- `reference`: plain redis.asyncio as a user would write it for the topology (one server: a
+  BlockingConnectionPool(max_connections=50)), the peer that the ratios are taken against;
 - `tuned` and `before`: Postal's CacheClient with the TUNED and BEFORE profiles;
-- `new conn`: a new redis.asyncio client per GET (dial, handshake, GET, close; no cap);
-- `redis-benchmark`: Redis's own tool as the floor, when installed.
+- `new conn`: a new redis.asyncio connection per GET (dial, handshake, GET, close; no cap);
+- `redis-benchmark`: Redis's own tool as the floor, when installed and when it can load the
+  topology as the profiles do (one server, a Sentinel's primary, a cluster with `--cluster`).
+
+The Redis is the `--url` as given (one server, replicas, Sentinel, cluster), or, with
+`--topologies single,cluster`, both the one server of the URL and a Redis Cluster of three masters
+that the bench starts: every profile then runs on each, interleaved run by run, and the report
+sets each profile's figures on one topology next to its figures on the other.
 
 Each operation is timed from the moment it is requested (pool wait included) to its answer;
 failed operations count as errors and their latency is kept (a caller waited that long too).
@@ -19,10 +25,10 @@ import gc
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 
 from postal import bench
@@ -30,15 +36,17 @@ from postal.bench import stats
 from postal.bench.stats import ProfileSummary, RunResult
 from postal.cache import BEFORE, TUNED, CacheClient, Profile
 from postal.cache.durations import format_duration
-from postal.cache.urls import RedisEndpoint, mask_url
+from postal.cache.urls import RedisEndpoint, Topology
 
 # A host name, as services use: the "before" profile then pays a lookup per connection, as in
 # the incident (an IP literal would skip DNS altogether).
 DEFAULT_URL = "redis://localhost:6379/0"
 REFERENCE_POOL_SIZE = 50  # connections in the reference peer's BlockingConnectionPool
 KEY_COUNT = 1000  # distinct keys read, each task walking them from its own offset
+KEY_DIGITS = 12  # key names are numbers of this many digits: redis-benchmark's `__rand_int__`
 WARMUP = 0.5  # seconds of unmeasured load before each measured run
 CALIBRATION_REQUESTS = 20_000  # redis-benchmark's warm-up, which also measures its rate
+PROBE_REQUESTS = 1_000  # redis-benchmark SETs that show which hash tags it uses on a cluster
 PEER_TIMEOUT = 5.0  # seconds: bounds the redis-py peers' dials, reads and pool waits, so the bench
 # always stops by itself (redis-py's default is no socket timeout); never reached on a healthy run
 TOOL_GRACE = 30.0  # seconds redis-benchmark may overrun its planned time before it is killed
@@ -54,9 +62,11 @@ class CacheBenchOptions:
     warmup: float = WARMUP
     keys: int = KEY_COUNT
     redis_benchmark: str | None = None  # path to redis-benchmark; None: no floor
+    write_url: str | None = None  # where the keys are written; None: `url` (replicas need it)
+    topologies: tuple[str, ...] = ()  # e.g. ("single", "cluster"); (): `url` as given
 
     def check(self) -> None:
-        bench.require_loopback(self.url)
+        bench.check_setups(self.topologies, self.url, self.write_url)
         for name in ("concurrency", "value_size", "runs", "keys"):
             if getattr(self, name) < 1:
                 raise bench.BenchError(f"{name} must be at least 1")
@@ -68,19 +78,26 @@ class CacheBenchOptions:
 class Workload:
     """Where the keys are: Postal clients take `names` (they add the prefix), others `full_keys`."""
 
-    url: str
+    setup: bench.RedisSetup
     prefix: str
     names: list[str]
 
     @classmethod
-    def create(cls, url: str, count: int) -> Workload:
-        prefix = f"postal-bench:{uuid.uuid4().hex[:12]}:"
+    def create(cls, setup: bench.RedisSetup, prefix: str, count: int) -> Workload:
         # 12 digits: the form redis-benchmark gives `__rand_int__`, so it reads these very keys.
-        return cls(url, prefix, [f"{index:012d}" for index in range(count)])
+        return cls(setup, prefix, [f"{index:0{KEY_DIGITS}d}" for index in range(count)])
+
+    @property
+    def topology(self) -> str:
+        return self.setup.name
 
     @property
     def full_keys(self) -> list[str]:
         return [self.prefix + name for name in self.names]
+
+
+def new_prefix() -> str:
+    return f"postal-bench:{uuid.uuid4().hex[:12]}:"
 
 
 @dataclass(slots=True)
@@ -103,26 +120,21 @@ class Target:
 
 @asynccontextmanager
 async def _open_reference(workload: Workload) -> AsyncIterator[Session]:
-    pool = redis.BlockingConnectionPool.from_url(
-        workload.url,
-        max_connections=REFERENCE_POOL_SIZE,
-        timeout=PEER_TIMEOUT,
-        socket_timeout=PEER_TIMEOUT,
-        socket_connect_timeout=PEER_TIMEOUT,
-    )
-    client = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
     keys = workload.full_keys
-    try:
-        yield Session(lambda index: client.get(keys[index]))
-    finally:
-        await client.aclose()
+    async with bench.plain_reads(
+        workload.setup.read_url, pool_size=REFERENCE_POOL_SIZE, timeout=PEER_TIMEOUT
+    ) as get:
+        yield Session(lambda index: get(keys[index]))
 
 
 def _postal_opener(profile: Profile) -> Opener:
     @asynccontextmanager
     async def open_postal(workload: Workload) -> AsyncIterator[Session]:
         client = CacheClient.create(
-            read_url=workload.url, profile=profile, key_prefix=workload.prefix
+            read_url=workload.setup.read_url,
+            write_url=workload.setup.write_url,
+            profile=profile,
+            key_prefix=workload.prefix,
         )
         await client.start()  # the tuned profile opens its min-idle connections here
         names = workload.names
@@ -147,21 +159,13 @@ def _postal_opener(profile: Profile) -> Opener:
 @asynccontextmanager
 async def _open_new_connection(workload: Workload) -> AsyncIterator[Session]:
     keys = workload.full_keys
-
-    async def get_on_new_connection(index: int) -> object:
-        client = redis.Redis.from_url(
-            workload.url, socket_timeout=PEER_TIMEOUT, socket_connect_timeout=PEER_TIMEOUT
-        )
-        try:
-            return await client.get(keys[index])
-        finally:
-            await client.aclose()
-
-    yield Session(get_on_new_connection)
+    async with bench.new_connection_reads(workload.setup.read_url, timeout=PEER_TIMEOUT) as get:
+        yield Session(lambda index: get(keys[index]))
 
 
+REFERENCE = "reference"
 TARGETS = (
-    Target("reference", "redis.asyncio, BlockingConnectionPool(50)", _open_reference),
+    Target(REFERENCE, "plain redis.asyncio (how: see the topology)", _open_reference),
     Target("tuned", "Postal CacheClient, TUNED profile", _postal_opener(TUNED)),
     Target("before", "Postal CacheClient, BEFORE profile (the seed's)", _postal_opener(BEFORE)),
     Target("new conn", "redis.asyncio, a new connection per GET", _open_new_connection),
@@ -208,10 +212,39 @@ async def measure(
     )
 
 
-def floor_endpoint_args(url: str) -> list[str]:
-    """redis-benchmark's arguments for the endpoint in `url` (host, port, database, login)."""
-    endpoint = RedisEndpoint.from_url(url)
-    args = ["-h", endpoint.host, "-p", str(endpoint.port), "--dbnum", str(endpoint.db)]
+# -- the floor: redis-benchmark ----------------------------------------------------------------
+
+
+class FloorSkipped(bench.BenchError):
+    """redis-benchmark cannot load this topology the way the profiles do."""
+
+
+@dataclass(frozen=True, slots=True)
+class FloorPlan:
+    """How redis-benchmark reaches the keys: the tool, its endpoint arguments, and the key it
+    GETs (its `__rand_int__` becoming a key number)."""
+
+    executable: str
+    endpoint: list[str]
+    key: str
+
+
+@dataclass(slots=True)
+class FloorState:
+    """A topology's floor: its plan, its runs, or why it has none."""
+
+    plan: FloorPlan | None = None
+    runs: list[RunResult] = field(default_factory=list)
+    note: str | None = None
+
+
+def floor_endpoint_args(endpoint: RedisEndpoint, *, cluster: bool = False) -> list[str]:
+    """redis-benchmark's arguments for `endpoint` (host, port, database, login); with `cluster`,
+    a seed node of `--cluster` mode (which has database 0 only)."""
+    args = ["--cluster"] if cluster else []
+    args += ["-h", endpoint.host, "-p", str(endpoint.port)]
+    if not cluster:
+        args += ["--dbnum", str(endpoint.db)]
     if endpoint.username:
         args += ["--user", endpoint.username]
     if endpoint.password:
@@ -221,8 +254,66 @@ def floor_endpoint_args(url: str) -> list[str]:
     return args
 
 
-async def measure_floor(
+async def plan_floor(
     executable: str,
+    workload: Workload,
+    options: CacheBenchOptions,
+    label: str,
+    progress: bench.ProgressFn,
+) -> FloorPlan:
+    """How redis-benchmark reads `workload`'s keys; FloorSkipped where it cannot."""
+    topology = Topology.from_url(workload.setup.read_url)
+    name = bench.topology_name(topology)
+    key = f"{workload.prefix}__rand_int__"
+    if name == bench.REPLICAS or topology.replicas:
+        raise FloorSkipped("reads are spread over replicas; redis-benchmark loads one server")
+    if name == bench.SINGLE:
+        return FloorPlan(executable, floor_endpoint_args(topology.endpoints[0]), key)
+    if name == bench.SENTINEL:
+        [primary] = await bench.sentinel_servers(topology)
+        return FloorPlan(executable, floor_endpoint_args(primary), key)
+    return await plan_cluster_floor(executable, workload, options, label, progress)
+
+
+async def plan_cluster_floor(
+    executable: str,
+    workload: Workload,
+    options: CacheBenchOptions,
+    label: str,
+    progress: bench.ProgressFn,
+) -> FloorPlan:
+    """`redis-benchmark --cluster` keeps each client on one master and puts, where a key says
+    `{tag}`, a hash tag of one of that master's slots. It picks the tags itself, so a short run
+    of SETs shows them; the bench then writes its values under every master's tag, and the floor
+    reads values of the same size as the profiles do, not nil replies."""
+    seed = Topology.from_url(workload.setup.read_url).endpoints[0]
+    endpoint = floor_endpoint_args(seed, cluster=True)
+    stem = f"{workload.prefix}floor:"
+    key = f"{stem}{{tag}}__rand_int__"
+    probe = [
+        executable, *endpoint, "-c", str(options.concurrency), "-n", str(PROBE_REQUESTS),
+        "-r", "1", "SET", key, "probe",
+    ]  # fmt: skip
+    await bench.run_tool(
+        probe, TOOL_GRACE, lambda elapsed: progress(f"{label} · finding its keys", elapsed, 1.0)
+    )
+    async with bench.plain_primary(workload.setup.write_url) as client:
+        assert isinstance(client, RedisCluster)  # the read URL is a cluster's: so is the write
+        probed = [found.decode() async for found in client.scan_iter(f"{stem}*")]
+        tags = sorted({found[len(stem) : -KEY_DIGITS] for found in probed})
+        masters = len(client.get_primaries())
+    if len(tags) != masters:
+        raise bench.BenchError(
+            f"redis-benchmark used {len(tags)} hash tag(s) on {masters} masters: its keys"
+            " cannot be written beforehand"
+        )
+    keys = [f"{stem}{tag}{name}" for tag in tags for name in workload.names]
+    await bench.populate_keys(workload.setup.write_url, keys, options.value_size)
+    return FloorPlan(executable, endpoint, key)
+
+
+async def measure_floor(
+    plan: FloorPlan,
     workload: Workload,
     options: CacheBenchOptions,
     label: str,
@@ -234,11 +325,11 @@ async def measure_floor(
     `key:__rand_int__`, which nothing wrote, so it would time nil replies, not 1 KB values.
     """
     base = [
-        executable, *floor_endpoint_args(workload.url),
+        plan.executable, *plan.endpoint,
         "-c", str(options.concurrency), "-d", str(options.value_size),
         "-r", str(len(workload.names)), "--csv",
     ]  # fmt: skip
-    command = ["GET", f"{workload.prefix}__rand_int__"]
+    command = ["GET", plan.key]
     planned = options.warmup + options.duration
 
     def tick(phase: str, offset: float) -> Callable[[float], None]:
@@ -258,81 +349,203 @@ async def measure_floor(
     return RunResult(requests, 0, elapsed, p50, p99, None, details={"requests": requests})
 
 
+async def prepare_floor(
+    workload: Workload, options: CacheBenchOptions, label: str, progress: bench.ProgressFn
+) -> FloorState:
+    """The floor's plan on `workload`'s topology, or the note saying why there is none."""
+    if not options.redis_benchmark:
+        return FloorState(note="not run: not installed, or --no-floor")
+    try:
+        plan = await plan_floor(options.redis_benchmark, workload, options, label, progress)
+    except FloorSkipped as exc:
+        return FloorState(note=f"not run: {exc}")
+    except (bench.BenchError, OSError, ValueError, TimeoutError) as exc:
+        return FloorState(note=f"failed, no floor: {type(exc).__name__}: {exc}")
+    return FloorState(plan)
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class CacheBenchReport:
     options: CacheBenchOptions
-    summaries: list[ProfileSummary]
-    descriptions: dict[str, str]
+    summaries: list[ProfileSummary]  # topology by topology: TARGETS, then the floor
+    descriptions: dict[str, str]  # profile -> what it is (the reference's: see `peers`)
     started_at: str
     key_prefix: str  # the keys read, deleted when the bench ended
+    setups: list[bench.RedisSetup]  # the topologies measured (a started cluster is gone since)
+    peers: dict[str, str]  # topology -> what the reference is there
 
-    def summary(self, name: str) -> ProfileSummary:
-        return next(summary for summary in self.summaries if summary.name == name)
+    @property
+    def topologies(self) -> list[str]:
+        return [setup.name for setup in self.setups]
+
+    def summary(self, name: str, topology: str | None = None) -> ProfileSummary:
+        """The profile `name` on `topology` (by default, the first topology)."""
+        topology = topology or self.topologies[0]
+        return next(s for s in self.summaries if s.name == name and s.topology == topology)
+
+    def description(self, summary: ProfileSummary) -> str:
+        if summary.name == REFERENCE:
+            return self.peers.get(summary.topology, "")
+        return self.descriptions.get(summary.name, "")
 
     def to_json(self) -> dict[str, object]:
-        settings = asdict(self.options) | {"url": mask_url(self.options.url)}
+        options = self.options
+        settings = asdict(options) | {
+            "url": bench.masked(options.url),
+            "write_url": options.write_url and bench.masked(options.write_url),
+        }
+        targets = [
+            stats.target_json(self.summary("tuned", name)) | {"topology": name}
+            for name in self.topologies
+        ]
         return {
             "benchmark": "cache",
             "started_at": self.started_at,
-            "settings": settings | {"reference": TARGETS[0].name, "key_prefix": self.key_prefix},
-            "profiles": [
-                stats.summary_json(summary, self.descriptions.get(summary.name, ""))
-                for summary in self.summaries
+            "settings": settings | {"reference": REFERENCE, "key_prefix": self.key_prefix},
+            "topologies": [
+                {
+                    "name": setup.name,
+                    "read_url": bench.masked(setup.read_url),
+                    "write_url": bench.masked(setup.write_url),
+                    "reference": self.peers.get(setup.name),
+                }
+                for setup in self.setups
             ],
-            "target": stats.target_json(self.summary("tuned")),
+            "profiles": [
+                stats.summary_json(summary, self.description(summary)) for summary in self.summaries
+            ],
+            "target": targets[0],
+            "targets": targets,
+            "versus": stats.versus_json(self.summaries),
         }
 
 
 async def run_cache_bench(
     options: CacheBenchOptions, progress: bench.ProgressFn = bench.no_progress
 ) -> CacheBenchReport:
-    """Prepare the keys, run every profile `runs` times interleaved, clean up, summarize."""
+    """Set the topologies up, write the keys, run every profile `runs` times interleaved (on
+    each topology in turn), delete the keys, stop what was started, summarize."""
     options.check()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    workload = Workload.create(options.url, options.keys)
-    results: dict[str, list[RunResult]] = {target.name: [] for target in TARGETS}
-    floor_runs: list[RunResult] = []
-    floor_note = None if options.redis_benchmark else "not run: not installed, or --no-floor"
-    await bench.populate_keys(options.url, workload.full_keys, options.value_size)
-    try:
-        for run in range(1, options.runs + 1):
-            for target in TARGETS:
-                label = f"{target.name} · run {run}/{options.runs}"
-                results[target.name].append(
-                    await measure(target, workload, options, label, progress)
-                )
-            if options.redis_benchmark and floor_note is None:
-                label = f"{FLOOR} · run {run}/{options.runs}"
-                try:
-                    floor_runs.append(
-                        await measure_floor(
-                            options.redis_benchmark, workload, options, label, progress
-                        )
-                    )
-                except (bench.BenchError, OSError, ValueError, TimeoutError) as exc:
-                    floor_note = f"failed, no floor: {type(exc).__name__}: {exc}"
-    finally:
-        await bench.delete_prefix(options.url, workload.prefix)
-    reference = results[TARGETS[0].name]
-    summaries = [stats.summarize_profile(name, runs, reference) for name, runs in results.items()]
-    if floor_note is not None:
-        floor_runs = []
-    summaries.append(stats.summarize_profile(FLOOR, floor_runs, reference, note=floor_note))
+    prefix = new_prefix()
+    with bench.redis_setups(options.topologies, options.url, options.write_url) as setups:
+        workloads = [Workload.create(setup, prefix, options.keys) for setup in setups]
+        for setup in setups:  # before anything is written: a Sentinel may name a remote primary
+            await bench.require_loopback_servers(setup.read_url)
+            await bench.require_loopback_servers(setup.write_url)
+        results, floors = await _measure_all(workloads, options, progress)
+    summaries = []
+    for setup in setups:
+        reference = results[setup.name, REFERENCE]
+        for target in TARGETS:
+            runs = results[setup.name, target.name]
+            summaries.append(
+                stats.summarize_profile(target.name, runs, reference, topology=setup.name)
+            )
+        floor = floors[setup.name]
+        floor_runs = [] if floor.note is not None else floor.runs
+        summaries.append(
+            stats.summarize_profile(
+                FLOOR, floor_runs, reference, note=floor.note, topology=setup.name
+            )
+        )
     descriptions = {target.name: target.description for target in TARGETS}
     descriptions[FLOOR] = FLOOR_DESCRIPTION
-    return CacheBenchReport(options, summaries, descriptions, started_at, workload.prefix)
+    peers = {
+        setup.name: bench.plain_description(setup.read_url, REFERENCE_POOL_SIZE) for setup in setups
+    }
+    return CacheBenchReport(
+        options, summaries, descriptions, started_at, prefix, list(setups), peers
+    )
+
+
+async def _measure_all(
+    workloads: list[Workload], options: CacheBenchOptions, progress: bench.ProgressFn
+) -> tuple[dict[tuple[str, str], list[RunResult]], dict[str, FloorState]]:
+    """Each topology's keys written and floor planned, then the runs: run by run, topology by
+    topology, profile by profile; the keys deleted in the end. The runs by (topology, profile),
+    and each topology's floor."""
+    results: dict[tuple[str, str], list[RunResult]] = {
+        (workload.topology, target.name): [] for workload in workloads for target in TARGETS
+    }
+    floors: dict[str, FloorState] = {}
+
+    def where(workload: Workload) -> str:
+        return f" · {workload.topology}" if len(workloads) > 1 else ""
+
+    try:
+        for workload in workloads:
+            setup = workload.setup
+            await bench.populate_keys(setup.write_url, workload.full_keys, options.value_size)
+            floors[workload.topology] = await prepare_floor(
+                workload, options, f"{FLOOR}{where(workload)}", progress
+            )
+        for run in range(1, options.runs + 1):
+            for workload in workloads:
+                for target in TARGETS:
+                    label = f"{target.name}{where(workload)} · run {run}/{options.runs}"
+                    results[workload.topology, target.name].append(
+                        await measure(target, workload, options, label, progress)
+                    )
+                floor = floors[workload.topology]
+                if floor.plan is None or floor.note is not None:
+                    continue
+                label = f"{FLOOR}{where(workload)} · run {run}/{options.runs}"
+                try:
+                    floor.runs.append(
+                        await measure_floor(floor.plan, workload, options, label, progress)
+                    )
+                except (bench.BenchError, OSError, ValueError, TimeoutError) as exc:
+                    floor.note = f"failed, no floor: {type(exc).__name__}: {exc}"
+    finally:
+        for workload in workloads:
+            await bench.delete_prefix(workload.setup.write_url, workload.prefix)
+    return results, floors
 
 
 def render_report(report: CacheBenchReport, console: Console) -> None:
-    """The table, one legend line per profile, and the target check line."""
+    """The table, one legend line per profile, and the target check line(s)."""
     options = report.options
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    where = " on " + " and ".join(report.topologies)
     title = (
-        f"postal bench cache: GET of {options.value_size} B values, {options.concurrency} tasks,"
-        f" {format_duration(options.duration)} x {options.runs} run(s)"
+        f"postal bench cache: GET of {options.value_size} B values{where}, {options.concurrency}"
+        f" tasks, {format_duration(options.duration)} x {options.runs} run(s)"
     )
     caption = (
         "medians of runs; latency from request to reply, pool wait and failed ops included;\n"
         "errors summed over runs; ratios: median of the per-run ratios to the reference"
     )
-    bench.render_table(console, title, report.summaries, report.descriptions, caption)
-    console.print(stats.target_line(report.summary("tuned")), markup=False, highlight=False)
+    if len(report.setups) == 1:
+        descriptions = report.descriptions | {REFERENCE: report.peers[report.topologies[0]]}
+        bench.render_table(console, title, report.summaries, descriptions, caption)
+        say(stats.target_line(report.summary("tuned")))
+        return
+    baseline = report.topologies[0]
+    columns = [column.format(baseline=baseline) for column in stats.TOPOLOGY_COLUMNS]
+    bench.print_grouped_table(console, title, columns, stats.topology_rows(report.summaries))
+    say(
+        f"{caption}\nvs ref: to the reference on the same topology; vs {baseline}: to the same"
+        f" profile on {baseline}, run by run (the runs alternate between topologies)"
+    )
+    for name in [target.name for target in TARGETS] + [FLOOR]:
+        say(f"  {name}: {report.descriptions[name]}")
+        for topology in report.topologies:
+            summary = report.summary(name, topology)
+            first_error = next((run.first_error for run in summary.runs if run.first_error), None)
+            if name == REFERENCE:
+                say(f"    {topology}: {report.peers[topology]}")
+            if summary.note:
+                say(f"    {topology}: {summary.note}")
+            if first_error:
+                say(f"    {topology}: first error: {first_error}")
+    for setup in report.setups:
+        say(f"{setup.name}: {bench.masked(setup.read_url)}")
+    for topology in report.topologies:
+        say(f"{topology}: {stats.target_line(report.summary('tuned', topology))}")

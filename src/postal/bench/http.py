@@ -6,8 +6,14 @@ with the same worker count, started once and measured interleaved run by run:
 
 - `floor`: a bare Starlette route answering constant bytes of the post's size (`http_apps`);
 - `peer`: a plain Starlette route doing one redis.asyncio GET per request on a
-  BlockingConnectionPool(50), as large as Postal's read pool, answering the post's bytes;
+  BlockingConnectionPool(50), as large as Postal's read pool, answering the post's bytes (on
+  Sentinel, replicas or a cluster: redis.asyncio as a user would write it for those);
 - `postal`: `postal serve`, reading one post whose cache entry is filled beforehand.
+
+The Redis is `--redis-url` as given, or, with `--topologies single,cluster`, both the one server
+of that URL and a Redis Cluster of three masters the bench starts: a peer and a Postal are then
+served against each (one floor: it has no Redis), measured interleaved run by run, and the report
+sets each target's figures on one topology next to its figures on the other.
 
 Each run of a target is a closed loop (C connections back to back: the req/s, by wrk when
 installed, else the built-in generator) then an open loop at a fixed rate (the latencies, from
@@ -19,6 +25,7 @@ which the report says, since the load generator's CPU is taken from the server's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -27,20 +34,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import redis.asyncio as redis
 from rich.console import Console
 from rich.table import Table
 
 from postal import bench
 from postal.bench import http_stats, loadgen
-from postal.bench.http_apps import BODY_BYTES, KEY_PREFIX, REDIS_URL, constant_body
+from postal.bench.http_apps import (
+    BODY_BYTES,
+    KEY_PREFIX,
+    PEER_POOL_SIZE,
+    REDIS_URL,
+    constant_body,
+)
 from postal.bench.http_postal import READY_PATH, PostalConfig, PreparedPost, delete_post
 from postal.bench.http_postal import prepare_post as prepare_postal_post
 from postal.bench.http_servers import ServerProcess, free_port, postal_command, uvicorn_command
 from postal.bench.http_stats import FLOOR, ORDER, PEER, POSTAL, HttpRun, TargetSummary
 from postal.bench.stats import RunResult, summarize_run
 from postal.cache.durations import format_duration
-from postal.cache.urls import mask_url
+from postal.cache.urls import Topology, mask_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 WARMUP = 0.5  # s of unmeasured load before each loop
@@ -73,9 +85,11 @@ class HttpBenchOptions:
     warmup: float = WARMUP
     value_size: int = 1024  # characters in the post's body (floor and peer: the served size)
     wrk: str | None = None  # path to wrk; None: the built-in closed loop
+    write_url: str | None = None  # Postal's WRITE_REDIS_URL; None: `redis_url` (replicas need it)
+    topologies: tuple[str, ...] = ()  # e.g. ("single", "cluster"); (): `redis_url` as given
 
     def check(self) -> None:
-        bench.require_loopback(self.redis_url)
+        bench.check_setups(self.topologies, self.redis_url, self.write_url)
         if self.database_url is not None:
             check_database_url(self.database_url)
         unknown = sorted(set(self.targets) - set(ORDER))
@@ -108,40 +122,77 @@ def check_database_url(url: str) -> None:
 @dataclass(frozen=True, slots=True)
 class HttpBenchReport:
     options: HttpBenchOptions
-    summaries: list[TargetSummary]
+    summaries: list[TargetSummary]  # floor, then the peer and Postal topology by topology
     started_at: str
     closed_loop_tool: str  # "wrk" or "built-in"
     body_bytes: int  # the size of every target's response body
-    servers: dict[str, str]  # target -> the URL it was measured at (closed since)
+    servers: dict[str, str]  # target (and topology, when several) -> its URL (closed since)
     cpus: int | None
-    key_prefixes: list[str]  # the Redis keys the peer and Postal read, deleted since
+    key_prefixes: list[str]  # the Redis keys the peers and Postals read, deleted since
+    setups: list[bench.RedisSetup]  # the topologies measured (a started cluster is gone since)
 
-    def summary(self, name: str) -> TargetSummary:
-        return next(summary for summary in self.summaries if summary.name == name)
+    @property
+    def topologies(self) -> list[str]:
+        return [setup.name for setup in self.setups]
+
+    def summary(self, name: str, topology: str | None = None) -> TargetSummary:
+        """The target `name` (on `topology`; by default the first it was measured on)."""
+        return next(
+            summary
+            for summary in self.summaries
+            if summary.name == name and topology in (None, summary.topology)
+        )
 
     @property
     def check(self) -> http_stats.TargetCheck:
+        """Postal's targets on the first topology."""
         return http_stats.check_targets(self.summaries, self.options.rate)
 
+    def description(self, summary: TargetSummary) -> str:
+        if summary.name != PEER:
+            return DESCRIPTIONS[summary.name]
+        setup = next(setup for setup in self.setups if setup.name == summary.topology)
+        if bench.topology_name(Topology.from_url(setup.read_url)) == bench.SINGLE:
+            return DESCRIPTIONS[PEER]
+        how = bench.plain_description(setup.read_url, PEER_POOL_SIZE)
+        return f"Starlette + one GET per request by {how} (the peer)"
+
     def to_json(self) -> dict[str, object]:
-        settings = asdict(self.options) | {
-            "redis_url": mask_url(self.options.redis_url),
-            "database_url": self.options.database_url and mask_url(self.options.database_url),
+        options = self.options
+        settings = asdict(options) | {
+            "redis_url": bench.masked(options.redis_url),
+            "write_url": options.write_url and bench.masked(options.write_url),
+            "database_url": options.database_url and mask_url(options.database_url),
             "closed_loop_tool": self.closed_loop_tool,
             "body_bytes": self.body_bytes,
             "servers": self.servers,
             "cpus": self.cpus,
             "key_prefixes": self.key_prefixes,
         }
+        checks = [
+            http_stats.check_targets(self.summaries, options.rate, topology).to_json()
+            | {"topology": topology}
+            for topology in self.topologies
+        ]
         return {
             "benchmark": "http",
             "started_at": self.started_at,
             "settings": settings,
+            "topologies": [
+                {
+                    "name": setup.name,
+                    "read_url": bench.masked(setup.read_url),
+                    "write_url": bench.masked(setup.write_url),
+                }
+                for setup in self.setups
+            ],
             "targets": [
-                http_stats.summary_json(summary, DESCRIPTIONS[summary.name])
+                http_stats.summary_json(summary, self.description(summary))
                 for summary in self.summaries
             ],
             "target": self.check.to_json(),
+            "checks": checks,
+            "versus": http_stats.versus_json(self.summaries),
         }
 
 
@@ -215,23 +266,26 @@ async def measure_open(
     return _loop_result(result, details)
 
 
-async def seed_peer(url: str, key: str, body: bytes) -> None:
-    """The peer's one key, holding the bytes Postal serves, expiring after 1 h."""
-    client = redis.Redis.from_url(url)
-    try:
-        await client.set(key, body, px=bench.KEY_TTL_MS)
-    except Exception as exc:  # whatever redis-py raises, the peer cannot be prepared
-        raise bench.BenchError(f"cannot prepare the peer's key on {mask_url(url)}: {exc}") from exc
-    finally:
-        await client.aclose()
-
-
 class Bench:
-    """One bench's servers and keys: started in `prepare`, always released by `close`."""
+    """One topology's servers and keys (and the floor's, for the first): started in
+    `prepare`, always released by `close`."""
 
-    def __init__(self, options: HttpBenchOptions, workdir: Path) -> None:
+    def __init__(
+        self,
+        options: HttpBenchOptions,
+        setup: bench.RedisSetup,
+        workdir: Path,
+        *,
+        with_floor: bool = True,
+        label: str = "",
+    ) -> None:
         self.options = options
+        self.setup = setup
         self.workdir = workdir
+        self.label = label  # " · cluster" when several topologies are measured, else ""
+        self.names = [
+            name for name in ORDER if name in options.targets and (with_floor or name != FLOOR)
+        ]
         self.servers: dict[str, ServerProcess] = {}
         self.paths: dict[str, str] = {}
         self.notes: dict[str, str] = {}
@@ -243,40 +297,44 @@ class Bench:
     def _server(
         self, name: str, command: list[str], port: int, env: dict[str, str]
     ) -> ServerProcess:
-        server = ServerProcess(name, command, port, env, self.workdir)
+        title = f"{name}{self.label.replace(' · ', ' on ')}"  # "postal on cluster"
+        server = ServerProcess(title, command, port, env, self.workdir)
         self.servers[name] = server
         server.start()
         return server
 
     async def prepare(self) -> None:
         """Postal first (its post decides the body everyone serves), then the floor and peer."""
-        options = self.options
+        options, setup = self.options, self.setup
+        self.workdir.mkdir(parents=True, exist_ok=True)
         post_id = DEFAULT_POST_ID
-        if POSTAL in options.targets:
-            self.postal = PostalConfig.create(options.redis_url, options.database_url, self.workdir)
+        if POSTAL in self.names:
+            self.postal = PostalConfig.create(
+                setup.read_url, options.database_url, self.workdir, setup.write_url
+            )
             port = free_port()
             server = self._server(
                 POSTAL, postal_command(port, options.workers), port, self.postal.environment
             )
             await server.wait_ready(READY_PATH)
             self.post = await prepare_postal_post(
-                server, self.postal, options.redis_url, options.value_size
+                server, self.postal, setup.write_url, options.value_size
             )
             post_id, self.body = self.post.post_id, self.post.body
             self.paths[POSTAL] = self.post.path
             if not self.post.cache_confirmed:
                 self.notes[POSTAL] = "its cache entry was not seen in Redis before measuring"
         path = f"/api/v1/posts/{post_id}"
-        if PEER in options.targets:
-            await seed_peer(options.redis_url, self.peer_prefix + post_id, self.body)
+        if PEER in self.names:
+            await bench.write_keys(setup.write_url, [self.peer_prefix + post_id], self.body)
         environment = {
             BODY_BYTES: str(len(self.body)),
-            REDIS_URL: options.redis_url,
+            REDIS_URL: setup.read_url,
             KEY_PREFIX: self.peer_prefix,
         }
         started = []
         for name in (FLOOR, PEER):
-            if name in options.targets:
+            if name in self.names:
                 port = free_port()
                 command = uvicorn_command(FACTORIES[name], port, options.workers)
                 started.append(self._server(name, command, port, environment))
@@ -297,7 +355,7 @@ class Bench:
             for server in reversed(self.servers.values()):
                 server.stop()
             for prefix in self.key_prefixes:
-                await bench.delete_prefix(self.options.redis_url, prefix)
+                await bench.delete_prefix(self.setup.write_url, prefix)
 
     def target(self, name: str) -> loadgen.HttpTarget:
         server = self.servers[name]
@@ -307,42 +365,90 @@ class Bench:
         return loadgen.HttpTarget.from_url(server.base_url + self.paths[name])
 
 
+async def measure_target(
+    state: Bench, name: str, options: HttpBenchOptions, label: str, progress: bench.ProgressFn
+) -> HttpRun:
+    """One run of a target: its closed loop, its open loop, and what its server logged."""
+    server = state.servers[name]
+    position = server.log_position()
+    closed = await measure_closed(state.target(name), options, label, progress)
+    opened = await measure_open(state.target(name), options, label, progress)
+    logged = [line for line in server.log_since(position) if line.strip()]
+    first = logged[0][:LOG_LINE_SHOWN] if logged else None
+    return HttpRun(closed, opened, len(logged), first)
+
+
 async def run_http_bench(
     options: HttpBenchOptions, progress: bench.ProgressFn = bench.no_progress
 ) -> HttpBenchReport:
-    """Start the targets, measure each `runs` times interleaved, stop them, summarize."""
+    """Set the topologies up, start the targets, measure each `runs` times interleaved (topology
+    by topology), stop them and what was set up, summarize."""
     options.check()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    names = [name for name in ORDER if name in options.targets]
-    results: dict[str, list[HttpRun]] = {name: [] for name in names}
-    with tempfile.TemporaryDirectory(prefix="postal-bench-http-") as workdir:
-        state = Bench(options, Path(workdir))
-        try:
+    with (
+        tempfile.TemporaryDirectory(prefix="postal-bench-http-") as workdir,
+        bench.redis_setups(options.topologies, options.redis_url, options.write_url) as setups,
+    ):
+        for setup in setups:  # before anything is written: a Sentinel may name a remote primary
+            await bench.require_loopback_servers(setup.read_url)
+            await bench.require_loopback_servers(setup.write_url)
+        several = len(setups) > 1
+        benches = [
+            Bench(
+                options,
+                setup,
+                Path(workdir) / setup.name,
+                with_floor=position == 0,
+                label=f" · {setup.name}" if several else "",
+            )
+            for position, setup in enumerate(setups)
+        ]
+        results: dict[tuple[str, str], list[HttpRun]] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            for state in benches:
+                stack.push_async_callback(state.close)
             progress("starting servers", 0.0, 1.0)
-            await state.prepare()
+            for state in benches:
+                await state.prepare()
             for run in range(1, options.runs + 1):
-                for name in names:
-                    label = f"{name} · run {run}/{options.runs}"
-                    server = state.servers[name]
-                    position = server.log_position()
-                    closed = await measure_closed(state.target(name), options, label, progress)
-                    opened = await measure_open(state.target(name), options, label, progress)
-                    logged = [line for line in server.log_since(position) if line.strip()]
-                    first = logged[0][:LOG_LINE_SHOWN] if logged else None
-                    results[name].append(HttpRun(closed, opened, len(logged), first))
-        finally:
-            await state.close()
-        servers = {name: server.base_url for name, server in state.servers.items()}
+                for state in benches:
+                    for name in state.names:
+                        label = f"{name}{state.label} · run {run}/{options.runs}"
+                        measured = await measure_target(state, name, options, label, progress)
+                        results.setdefault((state.setup.name, name), []).append(measured)
+        servers = {
+            f"{name}{state.label}": server.base_url
+            for state in benches
+            for name, server in state.servers.items()
+        }
     return HttpBenchReport(
         options=options,
-        summaries=http_stats.summarize(results, state.notes),
+        summaries=_summaries(benches, results),
         started_at=started_at,
         closed_loop_tool="wrk" if options.wrk else "built-in",
-        body_bytes=len(state.body),
+        body_bytes=len(benches[0].body),
         servers=servers,
         cpus=os.cpu_count(),
-        key_prefixes=state.key_prefixes,
+        key_prefixes=[prefix for state in benches for prefix in state.key_prefixes],
+        setups=list(setups),
     )
+
+
+def _summaries(
+    benches: list[Bench], results: dict[tuple[str, str], list[HttpRun]]
+) -> list[TargetSummary]:
+    """The floor once, then each topology's peer and Postal, their ratios to the floor and to
+    the peer taken within the topology."""
+    first = benches[0].setup.name
+    floor = {FLOOR: results[first, FLOOR]} if (first, FLOOR) in results else {}
+    summaries = []
+    for state in benches:
+        topology = state.setup.name
+        by_name = floor | {name: results[topology, name] for name in state.names if name != FLOOR}
+        for summary in http_stats.summarize(by_name, state.notes, topology):
+            if summary.name != FLOOR or state is benches[0]:
+                summaries.append(summary)
+    return summaries
 
 
 def render_report(report: HttpBenchReport, console: Console) -> None:
@@ -352,16 +458,27 @@ def render_report(report: HttpBenchReport, console: Console) -> None:
     def say(text: str) -> None:
         console.print(text, markup=False, highlight=False)
 
+    several = len(report.setups) > 1
+    where = f" on {' and '.join(report.topologies)}" if several else ""
     title = (
-        f"postal bench http: GET of a {report.body_bytes:,} B post, {options.workers} uvicorn"
-        f" worker(s), {format_duration(options.duration)} x {options.runs} run(s)"
+        f"postal bench http: GET of a {report.body_bytes:,} B post{where}, {options.workers}"
+        f" uvicorn worker(s), {format_duration(options.duration)} x {options.runs} run(s)"
     )
-    table = Table(title=title)
-    for column in http_stats.COLUMNS:
-        table.add_column(column, justify="left" if column == "target" else "right", no_wrap=True)
-    for row in http_stats.table_rows(report.summaries):
-        table.add_row(*row)
-    console.print(table)
+    if several:
+        baseline = report.topologies[0]
+        columns = [c.format(baseline=baseline) for c in http_stats.TOPOLOGY_COLUMNS]
+        bench.print_grouped_table(
+            console, title, columns, http_stats.topology_rows(report.summaries)
+        )
+    else:
+        table = Table(title=title)
+        for column in http_stats.COLUMNS:
+            table.add_column(
+                column, justify="left" if column == "target" else "right", no_wrap=True
+            )
+        for row in http_stats.table_rows(report.summaries):
+            table.add_row(*row)
+        console.print(table)
     say(
         f"req/s: closed loop, {options.connections} connections back to back"
         f" ({report.closed_loop_tool})\n"
@@ -372,9 +489,16 @@ def render_report(report: HttpBenchReport, console: Console) -> None:
         f"client and server share this machine ({report.cpus or '?'} CPUs): the load generator"
         " takes CPU from the server;\ncompare ratios from one run, not absolute figures"
     )
+    if several:
+        say(
+            f"vs peer, vs floor: within the topology (the floor, which has no Redis, against the"
+            f" {report.topologies[0]} peer); vs {report.topologies[0]}: the same target on"
+            f" {report.topologies[0]}, run by run (the runs alternate between topologies)"
+        )
     for summary in report.summaries:
+        on = f" on {summary.topology}" if several and summary.topology else ""
         note = f" ({summary.note})" if summary.note else ""
-        say(f"  {summary.name}: {DESCRIPTIONS[summary.name]}{note}")
+        say(f"  {summary.name}{on}: {report.description(summary)}{note}")
         each_run = http_stats.runs_line(summary)
         if each_run:
             say(f"    {each_run}")
@@ -382,4 +506,9 @@ def render_report(report: HttpBenchReport, console: Console) -> None:
         first_error = next((loop.first_error for loop in runs if loop.first_error), None)
         if first_error:
             say(f"    first error: {first_error}")
-    say(report.check.line())
+    if several:
+        for setup in report.setups:
+            say(f"{setup.name}: {bench.masked(setup.read_url)}")
+    for topology in report.topologies if several else [None]:
+        check = http_stats.check_targets(report.summaries, options.rate, topology)
+        say(f"{topology}: {check.line()}" if topology else check.line())

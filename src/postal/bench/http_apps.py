@@ -4,7 +4,8 @@
   framework cost on their own, the most any app on this server can do.
 - `peer_app`: what a user would write without Postal: a plain Starlette route doing one
   `redis.asyncio` GET per request on a BlockingConnectionPool sized like Postal's read pool, and
-  answering the bytes.
+  answering the bytes (on other topologies, redis.asyncio as `bench.plain_reads` describes:
+  Sentinel's `master_for`, `RedisCluster`, a pool per replica).
 
 Both answer `GET /api/v1/posts/{post_id}` with `application/json`, as Postal does, so the load
 generator sends the very same request to all three. They are configured through the environment
@@ -14,7 +15,7 @@ lifespan, nothing at import:
 | variable | used by | meaning |
 |---|---|---|
 | `POSTAL_BENCH_BODY_BYTES` | floor | size of the constant body, in bytes |
-| `POSTAL_BENCH_REDIS_URL` | peer | the Redis to read |
+| `POSTAL_BENCH_REDIS_URL` | peer | the Redis to read (any URL `postal bench http` takes) |
 | `POSTAL_BENCH_KEY_PREFIX` | peer | the key read is this prefix followed by the post id |
 """
 
@@ -24,11 +25,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from postal.bench import plain_reads
 
 POST_ROUTE = "/api/v1/posts/{post_id}"  # the path of Postal's read, for all three targets
 MEDIA_TYPE = "application/json"
@@ -71,22 +73,13 @@ def peer_app() -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=PEER_POOL_SIZE,
-            timeout=PEER_TIMEOUT,
-            socket_timeout=PEER_TIMEOUT,
-            socket_connect_timeout=PEER_TIMEOUT,
-        )
-        app.state.redis = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        try:
+        async with plain_reads(url, pool_size=PEER_POOL_SIZE, timeout=PEER_TIMEOUT) as get:
+            app.state.get = get
             yield
-        finally:
-            await app.state.redis.aclose()
 
     async def read_post(request: Request) -> Response:
-        value = await request.app.state.redis.get(prefix + request.path_params["post_id"])
-        if value is None:
+        value = await request.app.state.get(prefix + request.path_params["post_id"])
+        if not isinstance(value, bytes):  # None: a miss
             return Response(status_code=404)
         return Response(value, media_type=MEDIA_TYPE)
 

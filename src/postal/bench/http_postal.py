@@ -23,12 +23,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as redis
-
-from postal.bench import BenchError
+from postal.bench import BenchError, masked, plain_primary
 from postal.bench.http_servers import ServerProcess
 from postal.bench.loadgen import fetch
-from postal.cache.urls import mask_url
 
 POSTS_PATH = "/api/v1/posts"
 READY_PATH = "/healthz"
@@ -46,14 +43,21 @@ class PostalConfig:
     token: str
 
     @classmethod
-    def create(cls, redis_url: str, database_url: str | None, data_dir: Path) -> PostalConfig:
-        """Redis both roles, a unique key prefix, the database (SQLite in `data_dir` by
-        default), a random API token, warnings only in the log."""
+    def create(
+        cls,
+        redis_url: str,
+        database_url: str | None,
+        data_dir: Path,
+        write_url: str | None = None,
+    ) -> PostalConfig:
+        """`redis_url` for reads and `write_url` (by default the same) for writes, a unique key
+        prefix, the database (SQLite in `data_dir` by default), a random API token, warnings only
+        in the log."""
         prefix = f"postal-bench-http:{uuid.uuid4().hex[:12]}:"
         token = secrets.token_urlsafe(24)
         environment = {
             "READ_REDIS_URL": redis_url,
-            "WRITE_REDIS_URL": redis_url,
+            "WRITE_REDIS_URL": write_url or redis_url,
             "REDIS_KEY_PREFIX": prefix,
             "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{data_dir}/bench.db",
             "POSTAL_API_TOKEN": token,
@@ -112,24 +116,26 @@ async def read_post(server: ServerProcess, path: str) -> bytes:
 
 
 async def entry_in_cache(redis_url: str, prefix: str, body: bytes) -> bool:
-    """Whether a string key under `prefix` holds `body` (framed or not)."""
-    client = redis.Redis.from_url(redis_url)
+    """Whether a string key under `prefix` holds `body` (framed or not), on what takes
+    `redis_url`'s writes (a server, a Sentinel's primary, every node of a cluster)."""
     try:
-        async for key in client.scan_iter(match=f"{prefix}*", count=1000, _type="STRING"):
-            value = await client.get(key)
-            if value is not None and body in value:
-                return True
+        async with plain_primary(redis_url) as client:
+            async for key in client.scan_iter(match=f"{prefix}*", count=1000, _type="STRING"):
+                value = await client.get(key)
+                if value is not None and body in value:
+                    return True
+    except BenchError:
+        raise
     except Exception as exc:  # whatever redis-py raises, the bench cannot confirm the fill
-        raise BenchError(f"cannot look into Redis at {mask_url(redis_url)}: {exc}") from exc
-    finally:
-        await client.aclose()
+        raise BenchError(f"cannot look into Redis at {masked(redis_url)}: {exc}") from exc
     return False
 
 
 async def prepare_post(
     server: ServerProcess, config: PostalConfig, redis_url: str, value_size: int
 ) -> PreparedPost:
-    """Create the post, read it twice, and wait (up to FILL_TIMEOUT) for its cache entry."""
+    """Create the post, read it twice, and wait (up to FILL_TIMEOUT) for its cache entry in
+    `redis_url` (where Postal writes)."""
     post_id = await create_post(server, config, value_size)
     path = f"{POSTS_PATH}/{post_id}"
     body = await read_post(server, path)

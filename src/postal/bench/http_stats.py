@@ -73,6 +73,7 @@ class TargetSummary:
     p99_vs_peer: float | None
     p99_vs_floor: float | None
     note: str | None = None
+    topology: str = ""  # the Redis behind it (single, cluster...); "" for the floor: none
 
 
 def _paired(runs: Sequence[HttpRun], reference: Sequence[HttpRun] | None) -> list[HttpRun]:
@@ -87,6 +88,7 @@ def summarize_target(
     runs: Sequence[HttpRun],
     by_name: Mapping[str, Sequence[HttpRun]],
     note: str | None = None,
+    topology: str = "",
 ) -> TargetSummary:
     """Medians of `runs`, and median per-run ratios to the peer's and the floor's runs."""
     log_lines = sum(run.log_lines for run in runs)
@@ -119,16 +121,19 @@ def summarize_target(
         p99_vs_peer=ratios(peer, p99=True),
         p99_vs_floor=ratios(floor, p99=True),
         note=note,
+        topology="" if name == FLOOR else topology,
     )
 
 
 def summarize(
-    results: Mapping[str, Sequence[HttpRun]], notes: Mapping[str, str] | None = None
+    results: Mapping[str, Sequence[HttpRun]],
+    notes: Mapping[str, str] | None = None,
+    topology: str = "",
 ) -> list[TargetSummary]:
-    """Every measured target, in floor, peer, postal order."""
+    """Every measured target, in floor, peer, postal order; the peer and Postal on `topology`."""
     notes = notes or {}
     return [
-        summarize_target(name, results[name], results, notes.get(name))
+        summarize_target(name, results[name], results, notes.get(name), topology)
         for name in ORDER
         if name in results
     ]
@@ -151,6 +156,92 @@ def table_rows(summaries: Sequence[TargetSummary]) -> list[tuple[str, ...]]:
         )
         for summary in summaries
     ]
+
+
+# -- topologies side by side: the peer and Postal on one Redis and on a cluster ----------------
+
+TOPOLOGY_COLUMNS = (
+    "target",
+    "topology",
+    "req/s",
+    "p50\nms",
+    "p99\nms",
+    "max\nms",
+    "errors",
+    "req/s\nvs peer",
+    "req/s\nvs floor",
+    "p99\nvs peer",
+    "p99\nvs floor",
+    "req/s vs\n{baseline}",
+    "p99 vs\n{baseline}",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Versus:
+    """A target on one topology next to the same target on the first (the baseline): median
+    per-run ratios of the closed loop's req/s and the open loop's p99, runs paired in order."""
+
+    name: str
+    topology: str
+    baseline: str
+    rps_ratio: float | None
+    p99_ratio: float | None
+
+
+def versus(summary: TargetSummary, baseline: TargetSummary) -> Versus:
+    pairs = list(zip(summary.runs, baseline.runs, strict=True))
+    return Versus(
+        name=summary.name,
+        topology=summary.topology,
+        baseline=baseline.topology,
+        rps_ratio=median([ratio(run.rps, base.rps) for run, base in pairs]),
+        p99_ratio=median([ratio(run.open.p99, base.open.p99) for run, base in pairs]),
+    )
+
+
+def by_target(summaries: Sequence[TargetSummary]) -> list[list[TargetSummary]]:
+    """The summaries grouped by target, each group in the order of the topologies."""
+    groups: dict[str, list[TargetSummary]] = {}
+    for summary in summaries:
+        groups.setdefault(summary.name, []).append(summary)
+    return list(groups.values())
+
+
+def topology_rows(summaries: Sequence[TargetSummary]) -> list[list[tuple[str, ...]]]:
+    """Rows in `TOPOLOGY_COLUMNS` order, one group per target, one row per topology (the floor,
+    which has no Redis, one row); the ratios to the baseline on every row but a group's first."""
+    groups = []
+    for group in by_target(summaries):
+        baseline, rows = group[0], []
+        for position, summary in enumerate(group):
+            [row] = table_rows([summary])
+            against = ("", "")
+            if position > 0:
+                compared = versus(summary, baseline)
+                against = (show_ratio(compared.rps_ratio), show_ratio(compared.p99_ratio))
+            name = summary.name if position == 0 else ""
+            rows.append((name, summary.topology or "-", *row[1:], *against))
+        groups.append(rows)
+    return groups
+
+
+def versus_json(summaries: Sequence[TargetSummary]) -> list[dict[str, object]]:
+    """Every target on every topology but the first, against the first."""
+    found: list[dict[str, object]] = []
+    for baseline, *others in by_target(summaries):
+        for summary in others:
+            compared = versus(summary, baseline)
+            found.append(
+                {
+                    "target": compared.name,
+                    "topology": compared.topology,
+                    "baseline": compared.baseline,
+                    "req_per_s_vs_baseline": compared.rps_ratio,
+                    "p99_vs_baseline": compared.p99_ratio,
+                }
+            )
+    return found
 
 
 def runs_line(summary: TargetSummary) -> str | None:
@@ -207,8 +298,13 @@ class TargetCheck:
         }
 
 
-def check_targets(summaries: Sequence[TargetSummary], rate: float) -> TargetCheck:
-    postal = next((summary for summary in summaries if summary.name == POSTAL), None)
+def check_targets(
+    summaries: Sequence[TargetSummary], rate: float, topology: str | None = None
+) -> TargetCheck:
+    """Postal's targets on `topology` (by default, the first Postal measured)."""
+    postal = next(
+        (s for s in summaries if s.name == POSTAL and topology in (None, s.topology)), None
+    )
     if postal is None:
         return TargetCheck(None, None, rate)
     return TargetCheck(postal.rps_vs_peer, postal.p99, rate)
@@ -218,6 +314,7 @@ def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
     """A target as JSON: the medians shown in the table, the ratios, and every run's two loops."""
     return {
         "name": summary.name,
+        "topology": summary.topology or None,
         "description": description,
         "req_per_s": None if summary.rps is None else round(summary.rps, 1),
         "p50_ms": ms_or_none(summary.p50),

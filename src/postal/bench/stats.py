@@ -122,6 +122,7 @@ class ProfileSummary:
     p99_ratio: float | None  # median over runs of p99 / the reference's p99 (lower is better)
     note: str | None = None  # why it was not measured, or a caveat
     worst: float | None = None  # median over runs of each run's longest operation
+    topology: str = ""  # the Redis it ran on (single, cluster...); the reference ran there too
 
 
 def summarize_profile(
@@ -130,6 +131,7 @@ def summarize_profile(
     reference: Sequence[RunResult],
     *,
     note: str | None = None,
+    topology: str = "",
 ) -> ProfileSummary:
     """Medians of `runs`; ratios paired run by run with `reference` (same length, same order)."""
     if len(runs) != len(reference) and runs:
@@ -149,6 +151,7 @@ def summarize_profile(
         p99_ratio=median(p99_ratios),
         note=note,
         worst=median([run.worst for run in runs]),
+        topology=topology,
     )
 
 
@@ -188,6 +191,96 @@ def table_rows(summaries: Sequence[ProfileSummary]) -> list[tuple[str, ...]]:
             )
         )
     return rows
+
+
+# -- topologies side by side: the same profiles on one Redis and on a cluster ------------------
+
+# Two-line headers: with a topology column and the ratios to the first topology, the table must
+# still fit a 120-column terminal.
+TOPOLOGY_COLUMNS = (
+    "profile",
+    "topology",
+    "ops/s",
+    "p50\nms",
+    "p99\nms",
+    "p99.9\nms",
+    "max\nms",
+    "errors",
+    "ops/s\nvs ref",
+    "p99\nvs ref",
+    "ops/s vs\n{baseline}",
+    "p99 vs\n{baseline}",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Versus:
+    """A profile on one topology next to the same profile on the first (the baseline): median
+    per-run ratios, the runs paired as they were interleaved."""
+
+    name: str
+    topology: str
+    baseline: str
+    ops_ratio: float | None  # higher is better
+    p99_ratio: float | None  # lower is better
+
+
+def versus(summary: ProfileSummary, baseline: ProfileSummary) -> Versus:
+    pairs = list(zip(summary.runs, baseline.runs, strict=False))
+    if len(summary.runs) != len(baseline.runs):
+        pairs = []  # one of them did not run (a floor that failed): no ratio
+    return Versus(
+        name=summary.name,
+        topology=summary.topology,
+        baseline=baseline.topology,
+        ops_ratio=median([ratio(run.ops_per_s, base.ops_per_s) for run, base in pairs]),
+        p99_ratio=median([ratio(run.p99, base.p99) for run, base in pairs]),
+    )
+
+
+def by_profile(summaries: Sequence[ProfileSummary]) -> list[list[ProfileSummary]]:
+    """The summaries grouped by profile (in the order profiles first appear), each group in the
+    order of the topologies: the first of each group is the baseline the others compare with."""
+    groups: dict[str, list[ProfileSummary]] = {}
+    for summary in summaries:
+        groups.setdefault(summary.name, []).append(summary)
+    return list(groups.values())
+
+
+def topology_rows(summaries: Sequence[ProfileSummary]) -> list[list[tuple[str, ...]]]:
+    """Rows in `TOPOLOGY_COLUMNS` order, one group per profile, one row per topology; the
+    profile's name on its first row only, the ratios to the baseline on the others."""
+    groups = []
+    for group in by_profile(summaries):
+        baseline, rows = group[0], []
+        for position, summary in enumerate(group):
+            [row] = table_rows([summary])
+            name = summary.name if position == 0 else ""
+            against = ("", "")
+            if position > 0:
+                compared = versus(summary, baseline)
+                against = (show_ratio(compared.ops_ratio), show_ratio(compared.p99_ratio))
+            rows.append((name, summary.topology, *row[1:], *against))
+        groups.append(rows)
+    return groups
+
+
+def versus_json(summaries: Sequence[ProfileSummary]) -> list[dict[str, object]]:
+    """Every profile on every topology but the first, against the first."""
+    found: list[dict[str, object]] = []
+    for baseline, *others in by_profile(summaries):
+        for summary in others:
+            compared = versus(summary, baseline)
+            found.append(
+                {
+                    "profile": compared.name,
+                    "topology": compared.topology,
+                    "baseline": compared.baseline,
+                    "ops_vs_baseline": compared.ops_ratio,
+                    "p99_vs_baseline": compared.p99_ratio,
+                }
+            )
+    return found
 
 
 def target_met(tuned: ProfileSummary) -> bool:
@@ -230,6 +323,7 @@ def summary_json(summary: ProfileSummary, description: str) -> dict[str, object]
     ops_per_s = summary.ops_per_s
     return {
         "name": summary.name,
+        "topology": summary.topology or None,
         "description": description,
         "ops_per_s": None if ops_per_s is None else round(ops_per_s, 1),
         "p50_ms": ms_or_none(summary.p50),

@@ -46,7 +46,7 @@ from postal.cache.keys import GuardedKey
 from postal.cache.loop_lag import LoopLag
 from postal.cache.nodes import Node, NodeFactory, ServerRole, node_name
 from postal.cache.pool import ManagedPool, PoolStats, total_of
-from postal.cache.replicas import ReplicaWait
+from postal.cache.replicas import ReplicaWait, ReplicaWaitStats
 from postal.cache.sentinel import SentinelLocator, is_demoted
 from postal.cache.urls import Kind, Topology
 from postal.cache.wire import Value, all_of, command_call, pipeline_call
@@ -115,6 +115,9 @@ class CacheClient:
         self._listeners: list[CacheListener] = []
         self._guard = GuardedOps(self)
         self._replica_wait = ReplicaWait(self._ask_replication, enabled=wait_for_replicas)
+        if wait_for_replicas:  # one primary (or Sentinel's): its node waits with this one
+            for node in write.nodes():
+                node.replica_wait = self._replica_wait
         self._loop_lag = LoopLag()
         self._excused_timeouts = 0
         if wait_for_replicas and isinstance(read, ServerRole) and len(read.nodes()) > 1:
@@ -137,7 +140,8 @@ class CacheClient:
         Sentinel service (`redis+sentinel://...`) or a cluster (`redis+cluster://...`): see
         `cache.urls.Topology`. When reads may see another server than writes (replicas, or a
         Sentinel primary that a failover replaces by a replica) and the profile says so,
-        invalidations wait for the replicas (`cache.replicas`); in a cluster they do not."""
+        invalidations wait for the replicas (`cache.replicas`); in a cluster, each master's
+        invalidations wait for that master's replicas."""
         dns = dns if dns is not None else DnsCache(ttl=profile.dns_ttl)
         read = Topology.from_url(read_url, force_tls=tls.enabled)
         write = Topology.from_url(write_url or read_url, force_tls=tls.enabled)
@@ -148,6 +152,9 @@ class CacheClient:
                 "the write URL cannot ask for replicas (role=replica): writes go to the primary"
             )
         factories = [NodeFactory(role, profile, dns, tls) for role in ("read", "write")]
+        # A cluster's masters each wait for their own replicas (for a failover's sake: reads
+        # go to masters); they are learnt from the slot table, so each node has its own wait.
+        factories[1].waits_per_node = write.kind is Kind.CLUSTER and profile.wait_for_replicas
         waits = write.kind is Kind.SENTINEL or not read.same_servers(write)
         waits = waits and profile.wait_for_replicas and write.kind is not Kind.CLUSTER
         return cls(
@@ -171,6 +178,9 @@ class CacheClient:
     async def aclose(self) -> None:
         self._loop_lag.stop()
         self._replica_wait.close()
+        for node in self._write.nodes():
+            if node.replica_wait is not None:
+                node.replica_wait.close()
         await asyncio.gather(self._read.aclose(), self._write.aclose())
 
     async def __aenter__(self) -> Self:
@@ -236,8 +246,21 @@ class CacheClient:
 
     @property
     def replica_wait(self) -> ReplicaWait:
-        """Whether invalidations wait for replicas, how many, and how those waits went."""
+        """Whether invalidations to the primary wait for replicas, how many, and how those
+        waits went (a cluster's masters have theirs: `replica_wait_stats`)."""
         return self._replica_wait
+
+    def replica_wait_stats(self) -> ReplicaWaitStats:
+        """How invalidations' waits went, over the primary or every master of a cluster."""
+        waits = {id(w): w for n in self._write.nodes() if (w := n.replica_wait) is not None}
+        waits[id(self._replica_wait)] = self._replica_wait
+        every = [wait.stats() for wait in waits.values()]
+        return ReplicaWaitStats(
+            confirmed=sum(s.confirmed for s in every),
+            behind=sum(s.behind for s in every),
+            skipped=sum(s.skipped for s in every),
+            replicas=sum(s.replicas for s in every),
+        )
 
     @property
     def profile(self) -> Profile:

@@ -42,13 +42,13 @@ and a load that saw 0 before the bump could then fill: stale data bounded by the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from postal.cache.errors import CacheError
 from postal.cache.keys import GuardedKey
-from postal.cache.replicas import wait_milliseconds
+from postal.cache.replicas import ReplicaWait, wait_milliseconds
 from postal.cache.wire import Value, all_of, command_call, pipeline_call, script_call, scripts_call
 
 if TYPE_CHECKING:
@@ -290,17 +290,17 @@ class GuardedOps:
         commands = invalidation_commands(keys, generations, client.key)
         if not commands:
             return
-        replicas = client.replica_wait
         wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        async def call(node: Node) -> tuple[list[Any], int]:
-            wanted = await replicas.replicas()  # waited for under the deadline: it may ask INFO
+        async def call(node: Node) -> tuple[list[Any], int, ReplicaWait | None]:
+            # Waited for under the deadline: it may ask INFO.
+            wanted = await _replicas(node)
             wait = [("WAIT", wanted, wait_ms)] if wanted else []
-            return await pipeline_call([*commands, *wait])(node), wanted
+            return await pipeline_call([*commands, *wait])(node), wanted, node.replica_wait
 
         first = keys[0].key if keys else generations[0]
-        replies, wanted = await client._write_op("PIPELINE", first, timeout, call)
-        self._check_replicas(replies[-1] if wanted else 0, wanted, first, wait_ms)
+        replies, wanted, replicas = await client._write_op("PIPELINE", first, timeout, call)
+        _check_replicas(replicas, replies[-1] if wanted else 0, wanted, first, wait_ms)
 
     async def invalidate_many(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
@@ -314,13 +314,18 @@ class GuardedOps:
         groups = _by_slot(client, keys, generations)
         if len(groups) <= 1:
             return await self._invalidate_one_slot(keys, generations, timeout)
-        # A cluster: one script call per slot, pipelined per node (no WAIT: see cache.cluster).
+        # A cluster: one script call per slot, pipelined per node, each node's WAIT after them.
         parts: list[ScriptPart] = []
         for key_indices, counters in groups:
             slot_keys = [keys[i] for i in key_indices]
             names, arguments = invalidate_many_arguments(slot_keys, counters, client.key)
             parts.append((slot_keys[0].key if slot_keys else counters[0], names, arguments))
-        replies = await self._per_slot(INVALIDATE_MANY_SCRIPT, parts, timeout)
+
+        def alone(index: int) -> Awaitable[list[int]]:
+            key_indices, counters = groups[index]
+            return self._invalidate_one_slot([keys[i] for i in key_indices], counters, timeout)
+
+        replies = await self._per_slot(INVALIDATE_MANY_SCRIPT, parts, timeout, alone, wait=True)
         new_generations = [0] * len(keys)
         for (key_indices, _), bumped in zip(groups, replies, strict=True):
             for index, generation in zip(key_indices, bumped, strict=True):
@@ -328,30 +333,47 @@ class GuardedOps:
         return new_generations
 
     async def _per_slot(
-        self, script: Script, parts: Sequence[ScriptPart], timeout: Timeout
+        self,
+        script: Script,
+        parts: Sequence[ScriptPart],
+        timeout: Timeout,
+        alone: Callable[[int], Awaitable[Any]],
+        *,
+        wait: bool = False,
     ) -> list[Any]:
-        """`script` once per part (each part's keys in one slot), one pipeline per node, the
-        nodes concurrently; a part refused there (its slot moved meanwhile, TRYAGAIN) runs
-        again alone, routed and redirected as any single call. Replies in the parts' order."""
+        """`script` once per part (each part's keys in one slot), pipelined per node on one
+        connection, the nodes concurrently; with `wait`, the node's WAIT for its replicas
+        follows on that connection. A part refused there (its slot moved meanwhile,
+        TRYAGAIN) runs again through `alone(index)`, routed and redirected as any single
+        call. Replies in the parts' order."""
         client = self._client
         replies: list[Any] = [None] * len(parts)
+        wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        async def alone(index: int) -> None:
-            key, names, arguments = parts[index]
-            call = script_call(script, names, arguments)
-            replies[index] = await client._write_op("EVALSHA", key, timeout, call)
+        async def run_alone(index: int) -> None:
+            replies[index] = await alone(index)
 
         async def one_node(indices: list[int]) -> None:
             calls = [(parts[i][1], parts[i][2]) for i in indices]
             first = parts[indices[0]][0]
-            got = await client._write_op("EVALSHA", first, timeout, scripts_call(script, calls))
+
+            async def call(node: Node) -> tuple[list[Any], int, Any, ReplicaWait | None]:
+                wanted = await _replicas(node) if wait else 0
+                then = ("WAIT", wanted, wait_ms) if wanted else ()
+                got, acknowledged = await scripts_call(script, calls, then=then)(node)
+                return got, wanted, acknowledged, node.replica_wait if wait else None
+
+            got, wanted, acknowledged, replicas = await client._write_op(
+                "EVALSHA", first, timeout, call
+            )
             again = []
             for index, reply in zip(indices, got, strict=True):
                 if isinstance(reply, Exception):
                     again.append(index)
                 else:
                     replies[index] = reply
-            await all_of(alone(index) for index in again)
+            await all_of(run_alone(index) for index in again)
+            _check_replicas(replicas, acknowledged or 0, wanted, first, wait_ms)
 
         nodes = client._write_nodes([client.key(key) for key, _, _ in parts])
         await all_of(one_node(indices) for indices in nodes)
@@ -364,35 +386,24 @@ class GuardedOps:
             return []
         client = self._client
         names, arguments = invalidate_many_arguments(keys, generations, client.key)
-        replicas = client.replica_wait
         wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        async def call(node: Node) -> tuple[list[int], int, int]:
-            wanted = await replicas.replicas()
+        async def call(node: Node) -> tuple[list[int], int, int, ReplicaWait | None]:
+            wanted = await _replicas(node)
             if not wanted:
-                return await script_call(INVALIDATE_MANY_SCRIPT, names, arguments)(node), 0, 0
+                bumped = await script_call(INVALIDATE_MANY_SCRIPT, names, arguments)(node)
+                return bumped, 0, 0, node.replica_wait
             wait = ("WAIT", wanted, wait_ms)
             invalidate = script_call(INVALIDATE_MANY_SCRIPT, names, arguments, then=wait)
             bumped, acknowledged = await invalidate(node)
-            return bumped, wanted, acknowledged
+            return bumped, wanted, acknowledged, node.replica_wait
 
         first = keys[0].key if keys else generations[0]
-        new_generations, wanted, acknowledged = await client._write_op(
+        new_generations, wanted, acknowledged, replicas = await client._write_op(
             "EVALSHA", first, timeout, call
         )
-        self._check_replicas(acknowledged, wanted, first, wait_ms)
+        _check_replicas(replicas, acknowledged, wanted, first, wait_ms)
         return new_generations
-
-    def _check_replicas(self, acknowledged: int, wanted: int, key: str, wait_ms: int) -> None:
-        """After an invalidation: count the WAIT (or its absence); ReplicasBehind if short."""
-        replicas = self._client.replica_wait
-        if not replicas.enabled:
-            return
-        if not wanted:
-            replicas.skipped()
-            return
-        where = f"invalidation of {key} (and what came with it)"
-        replicas.check(int(acknowledged), wanted, where=where, waited_ms=wait_ms)
 
     async def fill_many(self, fills: Sequence[GuardedFill], timeout: Timeout) -> int:
         """Each of `fills` as `fill` would, in one FILL_MANY_SCRIPT call (in a cluster, one per
@@ -410,7 +421,31 @@ class GuardedOps:
             call = script_call(FILL_MANY_SCRIPT, slot_names, slot_arguments)
             written: int = await client._write_op("EVALSHA", key, timeout, call)
             return written
-        return sum(await self._per_slot(FILL_MANY_SCRIPT, parts, timeout))
+
+        def alone(index: int) -> Awaitable[int]:
+            key, slot_names, slot_arguments = parts[index]
+            call = script_call(FILL_MANY_SCRIPT, slot_names, slot_arguments)
+            return client._write_op("EVALSHA", key, timeout, call)
+
+        return sum(await self._per_slot(FILL_MANY_SCRIPT, parts, timeout, alone))
+
+
+async def _replicas(node: Node) -> int:
+    """How many replicas an invalidation on `node` waits for (0: none, or no waiting)."""
+    return 0 if node.replica_wait is None else await node.replica_wait.replicas()
+
+
+def _check_replicas(
+    replicas: ReplicaWait | None, acknowledged: int, wanted: int, key: str, wait_ms: int
+) -> None:
+    """After an invalidation: count the WAIT (or its absence); ReplicasBehind if short."""
+    if replicas is None or not replicas.enabled:
+        return
+    if not wanted:
+        replicas.skipped()
+        return
+    where = f"invalidation of {key} (and what came with it)"
+    replicas.check(int(acknowledged), wanted, where=where, waited_ms=wait_ms)
 
 
 def _by_slot(

@@ -21,7 +21,8 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 
@@ -32,6 +33,7 @@ from postal.cache.dns import DnsCache
 from postal.cache.errors import CacheUnavailable
 from postal.cache.events import PoolWaitListener
 from postal.cache.pool import ManagedPool
+from postal.cache.replicas import ReplicaWait
 from postal.cache.urls import RedisEndpoint
 
 T = TypeVar("T")
@@ -47,6 +49,9 @@ class Node:
     pool: ManagedPool
     breaker: CircuitBreaker | None
     redis: redis.Redis = field(repr=False)  # redis-py's client on `pool`, for pipelines
+    # Write role: how many replicas this server's invalidations wait for (`cache.replicas`);
+    # None: none (reads cannot see a replica of it).
+    replica_wait: ReplicaWait | None = field(default=None, repr=False)
 
     @property
     def is_refusing(self) -> bool:
@@ -65,6 +70,8 @@ class NodeFactory:
     profile: Profile
     dns: DnsCache
     tls: TlsConfig
+    # Give each node its own ReplicaWait (a cluster's masters: each has its own replicas).
+    waits_per_node: bool = False
     wait_listeners: list[PoolWaitListener] = field(default_factory=list)
     breaker_listeners: list[BreakerListener] = field(default_factory=list)
 
@@ -98,7 +105,21 @@ class NodeFactory:
                 breaker.subscribe(breaker_listener)
         # ManagedPool implements redis-py's ConnectionPoolInterface, which is all Redis uses.
         client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
-        return Node(self.role, name, endpoint, pool, breaker, client)
+        node = Node(self.role, name, endpoint, pool, breaker, client)
+        if self.waits_per_node:
+            ask = partial(_info_replication, node)
+            node.replica_wait = ReplicaWait(ask, enabled=True)
+        return node
+
+
+async def _info_replication(node: Node) -> Any:
+    """INFO replication on one of `node`'s connections (no deadline: ReplicaWait bounds it)."""
+    connection = await node.pool.get_connection()
+    try:
+        await connection.send_command("INFO", "replication")
+        return await connection.read_response()
+    finally:
+        await node.pool.release(connection)
 
 
 def node_name(endpoint: RedisEndpoint) -> str:

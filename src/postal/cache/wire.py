@@ -76,37 +76,60 @@ async def _script(
         await pool.release(connection)
 
 
-async def _pipeline_replies(commands: Sequence[Sequence[Value]], node: Node) -> list[Any]:
-    """`commands` pipelined on `node`; an error reply comes back in its place, not raised."""
-    pipeline = node.redis.pipeline(transaction=False)
-    for command in commands:
-        pipeline.execute_command(*command)
-    replies: list[Any] = await pipeline.execute(raise_on_error=False)
-    return replies
-
-
 async def _scripts(
-    script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Value]]], node: Node
-) -> list[Any]:
-    """`script` once per (keys, arguments) of `calls`, pipelined on `node`, by SHA; when the
-    node does not have it (NOSCRIPT), SCRIPT LOAD once and those calls again. Error replies
-    come back in their places (a MOVED or ASK for a slot that moved meanwhile, a TRYAGAIN)."""
+    script: Script,
+    calls: Sequence[tuple[Sequence[str], Sequence[Value]]],
+    then: Sequence[Value],
+    node: Node,
+) -> tuple[list[Any], Any]:
+    """`script` once per (keys, arguments) of `calls`, pipelined on one connection of `node`,
+    by SHA; when the node does not have it (NOSCRIPT), SCRIPT LOAD once and those calls again.
+    Error replies come back in their places (a MOVED or ASK for a slot that moved meanwhile, a
+    TRYAGAIN). With `then` (a WAIT), it follows on the same connection, so that it counts
+    these writes; the reply is (the scripts' replies, then's reply or None)."""
     commands = [("EVALSHA", script.sha, len(keys), *keys, *arguments) for keys, arguments in calls]
-    replies = await _pipeline_replies(commands, node)
-    missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis_exc.NoScriptError)]
-    if missing:
-        await _command(("SCRIPT", "LOAD", script.source), node)
-        again = await _pipeline_replies([commands[i] for i in missing], node)
-        for index, reply in zip(missing, again, strict=True):
-            replies[index] = reply
+    pool = node.pool
+    connection = await pool.get_connection()
+    try:
+        replies = await _each(connection, commands)
+        missing = [
+            i for i, reply in enumerate(replies) if isinstance(reply, redis_exc.NoScriptError)
+        ]
+        if missing:
+            await connection.send_command("SCRIPT", "LOAD", script.source)
+            await connection.read_response()
+            again = await _each(connection, [commands[i] for i in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+        if not then:
+            return replies, None
+        await connection.send_command(*then)
+        return replies, await connection.read_response()
+    finally:
+        await pool.release(connection)
+
+
+async def _each(connection: Any, commands: Sequence[Sequence[Value]]) -> list[Any]:
+    """`commands` sent in one write, their replies read in order; an error reply (which
+    redis-py raises once read whole, the connection still in step) is kept in its place."""
+    await connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except redis_exc.ResponseError as error:
+            replies.append(error)
     return replies
 
 
 def scripts_call(
-    script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Value]]]
-) -> Callable[[Node], Awaitable[list[Any]]]:
+    script: Script,
+    calls: Sequence[tuple[Sequence[str], Sequence[Value]]],
+    *,
+    then: Sequence[Value] = (),
+) -> Callable[[Node], Awaitable[tuple[list[Any], Any]]]:
     """A `call` for `_write_op`: `script` for each of `calls`, pipelined (see `_scripts`)."""
-    return partial(_scripts, script, calls)
+    return partial(_scripts, script, calls, then)
 
 
 def script_call(

@@ -233,7 +233,7 @@ class CacheSampler:
         dns = self._cache.dns.stats()
         for outcome in DNS_OUTCOMES:
             totals.advance(self._dns[outcome], ("dns", outcome), getattr(dns, outcome))
-        waits = self._cache.replica_wait.stats()
+        waits = self._cache.replica_wait_stats()
         for outcome in REPLICA_WAIT_OUTCOMES:
             counter = self._replica_waits[outcome]
             totals.advance(counter, ("replica_wait", outcome), getattr(waits, outcome))
