@@ -20,6 +20,10 @@ names it, and `ClusterRole.run` follows redirections within the operation's dead
   background (at most once per `REFRESH_INTERVAL`) so later operations find the new primary;
   this operation fails as any unreachable Redis does, and the read falls back to the database.
 
+Reads go to masters only. Each master's invalidations wait for that master's replicas (a
+`ReplicaWait` per write node, `NodeFactory.waits_per_node`), so a replica promoted by a
+failover holds every invalidation whose write has returned.
+
 Multi-key operations must stay within one slot: guarded keys put a value and its generation in
 one slot (`cache.keys`), and `group` splits any other batch by slot.
 """
