@@ -128,9 +128,7 @@ async def test_redis_benchmark_is_the_floor_when_installed(redis_url: str) -> No
     assert floor.p99 is not None
 
 
-async def test_single_and_cluster_are_measured_side_by_side(
-    redis_url: str, tmp_path: Path
-) -> None:
+async def test_single_and_cluster_are_measured_side_by_side(redis_url: str, tmp_path: Path) -> None:
     floor_tool = shutil.which("redis-benchmark")
     options = tiny(redis_url, topologies=("single", "cluster"), redis_benchmark=floor_tool)
     report = await run_cache_bench(options)

@@ -283,6 +283,8 @@ async def _sentinel_places(sentinel: Sentinel, topology: Topology) -> list[Redis
         found = await sentinel.discover_slaves(topology.service)
     else:
         found = [await sentinel.discover_master(topology.service)]
+    if not found:
+        raise BenchError(f"the Sentinels of {masked(str(topology))} name no replica")
     seed = topology.endpoints[0]
     return [replace(seed, host=str(host), port=int(port), db=0) for host, port in found]
 

@@ -77,6 +77,7 @@ class ClusterRole:
         self._ready = False
         self._last_refresh = -REFRESH_INTERVAL
         self._refresh: asyncio.Task[None] | None = None
+        self._warming: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self._started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -95,10 +96,11 @@ class ClusterRole:
         await asyncio.gather(*(self._node(n).pool.start() for n in self._primaries()))
 
     async def aclose(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh
+        for task in [self._refresh, *self._warming]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.gather(*(node.pool.aclose() for node in self._nodes.values()))
         await self._cluster.aclose()
 
@@ -196,7 +198,9 @@ class ClusterRole:
             self._nodes[name] = node
             if self._started:
                 # Warm it in the background; the first caller dials on demand meanwhile.
-                asyncio.get_running_loop().create_task(node.pool.start())
+                warming = asyncio.get_running_loop().create_task(node.pool.start())
+                self._warming.add(warming)
+                warming.add_done_callback(self._warming.discard)
         return node
 
     def __repr__(self) -> str:
