@@ -23,8 +23,8 @@ import redis as sync_redis
 import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postal.bench.cluster_set import ClusterSet
 from postal.bench.redis_servers import RedisServer, answers_ping
-from postal.bench.topologies import ClusterSet
 from postal.storage.db import create_engine
 from postal.storage.migrate import upgrade
 from tests.support.database import session_database, truncate, unmigrated_database

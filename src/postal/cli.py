@@ -184,8 +184,9 @@ def bench_cache(
     import asyncio
     import shutil
 
-    from postal.bench import BenchError, bench_console, parse_topologies, publish, rich_progress
+    from postal.bench import BenchError, bench_console, publish, rich_progress
     from postal.bench.cache import DEFAULT_URL, CacheBenchOptions, render_report, run_cache_bench
+    from postal.bench.redis_topologies import parse_topologies
     from postal.cache.durations import parse_duration
 
     try:
@@ -270,8 +271,9 @@ def bench_http(
     import shutil
     from collections.abc import Callable
 
-    from postal.bench import BenchError, bench_console, parse_topologies, publish, rich_progress
+    from postal.bench import BenchError, bench_console, publish, rich_progress
     from postal.bench.http import HttpBenchOptions, render_report, run_http_bench
+    from postal.bench.redis_topologies import parse_topologies
     from postal.cache.durations import parse_duration
 
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None

@@ -15,11 +15,11 @@ from postal.bench import (
     BenchError,
     NotLoopback,
     require_loopback,
-    require_loopback_redis,
     write_json,
 )
 from postal.bench.cache import FLOOR, TARGETS, CacheBenchOptions, render_report, run_cache_bench
 from postal.bench.redis_servers import answers_ping
+from postal.bench.redis_topologies import require_loopback_redis
 from postal.bench.stats import COLUMNS, TOPOLOGY_COLUMNS, table_rows, topology_rows
 from postal.cache.urls import Topology
 from postal.cli import app

@@ -12,10 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from postal.bench import BenchError, NotLoopback, delete_prefix
+from postal.bench import BenchError, NotLoopback
 from postal.bench.csv_gen import generate_csv
 from postal.bench.import_db import BenchDatabase
 from postal.bench.imports import ImportBench, ImportBenchOptions, no_progress, run_import_bench
+from postal.bench.redis_topologies import delete_prefix
 from postal.cli import app
 from tests.support.database import HOST, PORT, USER
 

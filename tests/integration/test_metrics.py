@@ -10,9 +10,9 @@ import re
 
 import pytest
 
+from postal.bench.cluster_set import ClusterSet
 from postal.bench.proxy import FaultProxy
 from postal.bench.redis_servers import free_port
-from postal.bench.topologies import ClusterSet
 from postal.cache import PoolTimeout
 from postal.cache.events import PoolWaitEvent
 from postal.cache.fallback import ReadThrough

@@ -33,6 +33,24 @@ from rich.console import Console
 
 from postal import bench
 from postal.bench import stats
+from postal.bench.redis_topologies import (
+    REPLICAS,
+    SENTINEL,
+    SINGLE,
+    RedisSetup,
+    check_setups,
+    delete_prefix,
+    masked,
+    new_connection_reads,
+    plain_description,
+    plain_primary,
+    plain_reads,
+    populate_keys,
+    redis_setups,
+    require_loopback_servers,
+    sentinel_servers,
+    topology_name,
+)
 from postal.bench.stats import ProfileSummary, RunResult
 from postal.cache import BEFORE, TUNED, CacheClient, Profile
 from postal.cache.durations import format_duration
@@ -66,7 +84,7 @@ class CacheBenchOptions:
     topologies: tuple[str, ...] = ()  # e.g. ("single", "cluster"); (): `url` as given
 
     def check(self) -> None:
-        bench.check_setups(self.topologies, self.url, self.write_url)
+        check_setups(self.topologies, self.url, self.write_url)
         for name in ("concurrency", "value_size", "runs", "keys"):
             if getattr(self, name) < 1:
                 raise bench.BenchError(f"{name} must be at least 1")
@@ -78,12 +96,12 @@ class CacheBenchOptions:
 class Workload:
     """Where the keys are: Postal clients take `names` (they add the prefix), others `full_keys`."""
 
-    setup: bench.RedisSetup
+    setup: RedisSetup
     prefix: str
     names: list[str]
 
     @classmethod
-    def create(cls, setup: bench.RedisSetup, prefix: str, count: int) -> Workload:
+    def create(cls, setup: RedisSetup, prefix: str, count: int) -> Workload:
         # 12 digits: the form redis-benchmark gives `__rand_int__`, so it reads these very keys.
         return cls(setup, prefix, [f"{index:0{KEY_DIGITS}d}" for index in range(count)])
 
@@ -121,7 +139,7 @@ class Target:
 @asynccontextmanager
 async def _open_reference(workload: Workload) -> AsyncIterator[Session]:
     keys = workload.full_keys
-    async with bench.plain_reads(
+    async with plain_reads(
         workload.setup.read_url, pool_size=REFERENCE_POOL_SIZE, timeout=PEER_TIMEOUT
     ) as get:
         yield Session(lambda index: get(keys[index]))
@@ -159,7 +177,7 @@ def _postal_opener(profile: Profile) -> Opener:
 @asynccontextmanager
 async def _open_new_connection(workload: Workload) -> AsyncIterator[Session]:
     keys = workload.full_keys
-    async with bench.new_connection_reads(workload.setup.read_url, timeout=PEER_TIMEOUT) as get:
+    async with new_connection_reads(workload.setup.read_url, timeout=PEER_TIMEOUT) as get:
         yield Session(lambda index: get(keys[index]))
 
 
@@ -263,14 +281,14 @@ async def plan_floor(
 ) -> FloorPlan:
     """How redis-benchmark reads `workload`'s keys; FloorSkipped where it cannot."""
     topology = Topology.from_url(workload.setup.read_url)
-    name = bench.topology_name(topology)
+    name = topology_name(topology)
     key = f"{workload.prefix}__rand_int__"
-    if name == bench.REPLICAS or topology.replicas:
+    if name == REPLICAS or topology.replicas:
         raise FloorSkipped("reads are spread over replicas; redis-benchmark loads one server")
-    if name == bench.SINGLE:
+    if name == SINGLE:
         return FloorPlan(executable, floor_endpoint_args(topology.endpoints[0]), key)
-    if name == bench.SENTINEL:
-        [primary] = await bench.sentinel_servers(topology)
+    if name == SENTINEL:
+        [primary] = await sentinel_servers(topology)
         return FloorPlan(executable, floor_endpoint_args(primary), key)
     return await plan_cluster_floor(executable, workload, options, label, progress)
 
@@ -297,7 +315,7 @@ async def plan_cluster_floor(
     await bench.run_tool(
         probe, TOOL_GRACE, lambda elapsed: progress(f"{label} · finding its keys", elapsed, 1.0)
     )
-    async with bench.plain_primary(workload.setup.write_url) as client:
+    async with plain_primary(workload.setup.write_url) as client:
         assert isinstance(client, RedisCluster)  # the read URL is a cluster's: so is the write
         probed = [found.decode() async for found in client.scan_iter(f"{stem}*")]
         tags = sorted({found[len(stem) : -KEY_DIGITS] for found in probed})
@@ -308,7 +326,7 @@ async def plan_cluster_floor(
             " cannot be written beforehand"
         )
     keys = [f"{stem}{tag}{name}" for tag in tags for name in workload.names]
-    await bench.populate_keys(workload.setup.write_url, keys, options.value_size)
+    await populate_keys(workload.setup.write_url, keys, options.value_size)
     return FloorPlan(executable, endpoint, key)
 
 
@@ -374,7 +392,7 @@ class CacheBenchReport:
     descriptions: dict[str, str]  # profile -> what it is (the reference's: see `peers`)
     started_at: str
     key_prefix: str  # the keys read, deleted when the bench ended
-    setups: list[bench.RedisSetup]  # the topologies measured (a started cluster is gone since)
+    setups: list[RedisSetup]  # the topologies measured (a started cluster is gone since)
     peers: dict[str, str]  # topology -> what the reference is there
 
     @property
@@ -394,8 +412,8 @@ class CacheBenchReport:
     def to_json(self) -> dict[str, object]:
         options = self.options
         settings = asdict(options) | {
-            "url": bench.masked(options.url),
-            "write_url": options.write_url and bench.masked(options.write_url),
+            "url": masked(options.url),
+            "write_url": options.write_url and masked(options.write_url),
         }
         targets = [
             stats.target_json(self.summary("tuned", name)) | {"topology": name}
@@ -408,8 +426,8 @@ class CacheBenchReport:
             "topologies": [
                 {
                     "name": setup.name,
-                    "read_url": bench.masked(setup.read_url),
-                    "write_url": bench.masked(setup.write_url),
+                    "read_url": masked(setup.read_url),
+                    "write_url": masked(setup.write_url),
                     "reference": self.peers.get(setup.name),
                 }
                 for setup in self.setups
@@ -431,11 +449,11 @@ async def run_cache_bench(
     options.check()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     prefix = new_prefix()
-    with bench.redis_setups(options.topologies, options.url, options.write_url) as setups:
+    with redis_setups(options.topologies, options.url, options.write_url) as setups:
         workloads = [Workload.create(setup, prefix, options.keys) for setup in setups]
         for setup in setups:  # before anything is written: a Sentinel may name a remote primary
-            await bench.require_loopback_servers(setup.read_url)
-            await bench.require_loopback_servers(setup.write_url)
+            await require_loopback_servers(setup.read_url)
+            await require_loopback_servers(setup.write_url)
         results, floors = await _measure_all(workloads, options, progress)
     summaries = []
     for setup in setups:
@@ -454,9 +472,7 @@ async def run_cache_bench(
         )
     descriptions = {target.name: target.description for target in TARGETS}
     descriptions[FLOOR] = FLOOR_DESCRIPTION
-    peers = {
-        setup.name: bench.plain_description(setup.read_url, REFERENCE_POOL_SIZE) for setup in setups
-    }
+    peers = {setup.name: plain_description(setup.read_url, REFERENCE_POOL_SIZE) for setup in setups}
     return CacheBenchReport(
         options, summaries, descriptions, started_at, prefix, list(setups), peers
     )
@@ -479,7 +495,7 @@ async def _measure_all(
     try:
         for workload in workloads:
             setup = workload.setup
-            await bench.populate_keys(setup.write_url, workload.full_keys, options.value_size)
+            await populate_keys(setup.write_url, workload.full_keys, options.value_size)
             floors[workload.topology] = await prepare_floor(
                 workload, options, f"{FLOOR}{where(workload)}", progress
             )
@@ -502,7 +518,7 @@ async def _measure_all(
                     floor.note = f"failed, no floor: {type(exc).__name__}: {exc}"
     finally:
         for workload in workloads:
-            await bench.delete_prefix(workload.setup.write_url, workload.prefix)
+            await delete_prefix(workload.setup.write_url, workload.prefix)
     return results, floors
 
 
@@ -546,6 +562,6 @@ def render_report(report: CacheBenchReport, console: Console) -> None:
             if first_error:
                 say(f"    {topology}: first error: {first_error}")
     for setup in report.setups:
-        say(f"{setup.name}: {bench.masked(setup.read_url)}")
+        say(f"{setup.name}: {masked(setup.read_url)}")
     for topology in report.topologies:
         say(f"{topology}: {stats.target_line(report.summary('tuned', topology))}")

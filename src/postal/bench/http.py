@@ -50,6 +50,18 @@ from postal.bench.http_postal import READY_PATH, PostalConfig, PreparedPost, del
 from postal.bench.http_postal import prepare_post as prepare_postal_post
 from postal.bench.http_servers import ServerProcess, free_port, postal_command, uvicorn_command
 from postal.bench.http_stats import FLOOR, ORDER, PEER, POSTAL, HttpRun, TargetSummary
+from postal.bench.redis_topologies import (
+    SINGLE,
+    RedisSetup,
+    check_setups,
+    delete_prefix,
+    masked,
+    plain_description,
+    redis_setups,
+    require_loopback_servers,
+    topology_name,
+    write_keys,
+)
 from postal.bench.stats import RunResult, summarize_run
 from postal.cache.durations import format_duration
 from postal.cache.urls import Topology, mask_url
@@ -89,7 +101,7 @@ class HttpBenchOptions:
     topologies: tuple[str, ...] = ()  # e.g. ("single", "cluster"); (): `redis_url` as given
 
     def check(self) -> None:
-        bench.check_setups(self.topologies, self.redis_url, self.write_url)
+        check_setups(self.topologies, self.redis_url, self.write_url)
         if self.database_url is not None:
             check_database_url(self.database_url)
         unknown = sorted(set(self.targets) - set(ORDER))
@@ -129,7 +141,7 @@ class HttpBenchReport:
     servers: dict[str, str]  # target (and topology, when several) -> its URL (closed since)
     cpus: int | None
     key_prefixes: list[str]  # the Redis keys the peers and Postals read, deleted since
-    setups: list[bench.RedisSetup]  # the topologies measured (a started cluster is gone since)
+    setups: list[RedisSetup]  # the topologies measured (a started cluster is gone since)
 
     @property
     def topologies(self) -> list[str]:
@@ -152,16 +164,16 @@ class HttpBenchReport:
         if summary.name != PEER:
             return DESCRIPTIONS[summary.name]
         setup = next(setup for setup in self.setups if setup.name == summary.topology)
-        if bench.topology_name(Topology.from_url(setup.read_url)) == bench.SINGLE:
+        if topology_name(Topology.from_url(setup.read_url)) == SINGLE:
             return DESCRIPTIONS[PEER]
-        how = bench.plain_description(setup.read_url, PEER_POOL_SIZE)
+        how = plain_description(setup.read_url, PEER_POOL_SIZE)
         return f"Starlette + one GET per request by {how} (the peer)"
 
     def to_json(self) -> dict[str, object]:
         options = self.options
         settings = asdict(options) | {
-            "redis_url": bench.masked(options.redis_url),
-            "write_url": options.write_url and bench.masked(options.write_url),
+            "redis_url": masked(options.redis_url),
+            "write_url": options.write_url and masked(options.write_url),
             "database_url": options.database_url and mask_url(options.database_url),
             "closed_loop_tool": self.closed_loop_tool,
             "body_bytes": self.body_bytes,
@@ -181,8 +193,8 @@ class HttpBenchReport:
             "topologies": [
                 {
                     "name": setup.name,
-                    "read_url": bench.masked(setup.read_url),
-                    "write_url": bench.masked(setup.write_url),
+                    "read_url": masked(setup.read_url),
+                    "write_url": masked(setup.write_url),
                 }
                 for setup in self.setups
             ],
@@ -273,7 +285,7 @@ class Bench:
     def __init__(
         self,
         options: HttpBenchOptions,
-        setup: bench.RedisSetup,
+        setup: RedisSetup,
         workdir: Path,
         *,
         with_floor: bool = True,
@@ -326,7 +338,7 @@ class Bench:
                 self.notes[POSTAL] = "its cache entry was not seen in Redis before measuring"
         path = f"/api/v1/posts/{post_id}"
         if PEER in self.names:
-            await bench.write_keys(setup.write_url, [self.peer_prefix + post_id], self.body)
+            await write_keys(setup.write_url, [self.peer_prefix + post_id], self.body)
         environment = {
             BODY_BYTES: str(len(self.body)),
             REDIS_URL: setup.read_url,
@@ -355,7 +367,7 @@ class Bench:
             for server in reversed(self.servers.values()):
                 server.stop()
             for prefix in self.key_prefixes:
-                await bench.delete_prefix(self.setup.write_url, prefix)
+                await delete_prefix(self.setup.write_url, prefix)
 
     def target(self, name: str) -> loadgen.HttpTarget:
         server = self.servers[name]
@@ -387,11 +399,11 @@ async def run_http_bench(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     with (
         tempfile.TemporaryDirectory(prefix="postal-bench-http-") as workdir,
-        bench.redis_setups(options.topologies, options.redis_url, options.write_url) as setups,
+        redis_setups(options.topologies, options.redis_url, options.write_url) as setups,
     ):
         for setup in setups:  # before anything is written: a Sentinel may name a remote primary
-            await bench.require_loopback_servers(setup.read_url)
-            await bench.require_loopback_servers(setup.write_url)
+            await require_loopback_servers(setup.read_url)
+            await require_loopback_servers(setup.write_url)
         several = len(setups) > 1
         benches = [
             Bench(
@@ -508,7 +520,7 @@ def render_report(report: HttpBenchReport, console: Console) -> None:
             say(f"    first error: {first_error}")
     if several:
         for setup in report.setups:
-            say(f"{setup.name}: {bench.masked(setup.read_url)}")
+            say(f"{setup.name}: {masked(setup.read_url)}")
     for topology in report.topologies if several else [None]:
         check = http_stats.check_targets(report.summaries, options.rate, topology)
         say(f"{topology}: {check.line()}" if topology else check.line())

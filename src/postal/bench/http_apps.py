@@ -4,8 +4,9 @@
   framework cost on their own, the most any app on this server can do.
 - `peer_app`: what a user would write without Postal: a plain Starlette route doing one
   `redis.asyncio` GET per request on a BlockingConnectionPool sized like Postal's read pool, and
-  answering the bytes (on other topologies, redis.asyncio as `bench.plain_reads` describes:
-  Sentinel's `master_for`, `RedisCluster`, a pool per replica).
+  answering the bytes (on other topologies, redis.asyncio as
+  `redis_topologies.plain_reads` describes: Sentinel's `master_for`, `RedisCluster`, a pool per
+  replica).
 
 Both answer `GET /api/v1/posts/{post_id}` with `application/json`, as Postal does, so the load
 generator sends the very same request to all three. They are configured through the environment
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from postal.bench import plain_reads
+from postal.bench.redis_topologies import plain_reads
 
 POST_ROUTE = "/api/v1/posts/{post_id}"  # the path of Postal's read, for all three targets
 MEDIA_TYPE = "application/json"

@@ -23,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from postal.bench import BenchError, masked, plain_primary
+from postal.bench import BenchError
 from postal.bench.http_servers import ServerProcess
 from postal.bench.loadgen import fetch
+from postal.bench.redis_topologies import masked, plain_primary
 
 POSTS_PATH = "/api/v1/posts"
 READY_PATH = "/healthz"

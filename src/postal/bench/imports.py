@@ -54,6 +54,7 @@ from postal.bench.import_report import (
     ImportRun,
     MethodSummary,
 )
+from postal.bench.redis_topologies import delete_prefix
 from postal.cache import TUNED, CacheClient
 from postal.cache.config import CacheTimeouts
 from postal.cache.errors import CacheError
@@ -306,7 +307,7 @@ async def run_import_bench(
                     rss_csv.path.unlink()
             finally:
                 await cache.aclose()
-                await bench.delete_prefix(options.redis_url, state.key_prefix)
+                await delete_prefix(options.redis_url, state.key_prefix)
     return ImportBenchReport(
         settings=options.to_json() | {"key_prefix": state.key_prefix},
         started_at=started_at,

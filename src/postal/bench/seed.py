@@ -43,6 +43,7 @@ from postal.bench.import_db import BenchDatabase, bench_database
 from postal.bench.imports import StepProgress, no_progress
 from postal.bench.loadgen import fetch
 from postal.bench.proxy_child import ProxyProcess
+from postal.bench.redis_topologies import delete_prefix
 from postal.bench.resolver import BENCH_HOST, DnsScript
 from postal.bench.seed_db import insert_posts
 from postal.bench.seed_load import counted_loop, request_schedule
@@ -306,7 +307,7 @@ class SeedBench:
             logged = [line for line in server.log_since(position) if line.strip()]
         finally:
             server.stop()
-            await bench.delete_prefix(options.redis_url, prefix)
+            await delete_prefix(options.redis_url, prefix)
         return ProfileRun(
             profile=profile,
             run=run,
