@@ -49,7 +49,7 @@ async def test_pipeline_sends_queued_commands_in_one_go(cache: CacheClient) -> N
     async with cache.pipeline() as pipe:
         pipe.set("p1", b"1", ttl=60).set("p2", b"2").get("p1").delete("p2")
         assert len(pipe) == 4
-        assert await pipe.execute() == [True, True, b"1", 1]
+        assert await pipe.execute() == [b"OK", b"OK", b"1", 1]  # replies as Redis sends them
     assert await cache.get("p2") is None
 
 

@@ -105,6 +105,7 @@ class CacheClient:
         factories: Sequence[NodeFactory] = (),
         key_prefix: str = "",
         wait_for_replicas: bool = False,
+        reads_from_replicas: bool = False,
     ) -> None:
         self._read = read
         self._write = write
@@ -120,7 +121,7 @@ class CacheClient:
                 node.replica_wait = self._replica_wait
         self._loop_lag = LoopLag()
         self._excused_timeouts = 0
-        if wait_for_replicas and isinstance(read, ServerRole) and len(read.nodes()) > 1:
+        if wait_for_replicas and reads_from_replicas and isinstance(read, ServerRole):
             read.in_sync = self._replica_in_sync
 
     @classmethod
@@ -435,14 +436,23 @@ class CacheClient:
         return self._profile.timeouts.set if isinstance(timeout, UseDefault) else timeout
 
     def _replica_in_sync(self, node: Node) -> bool:
-        """Whether the primary's last INFO replication lists `node` as online (matched by the
-        address the primary sees, and the port); True until that is known."""
+        """Whether `node` may serve reads: the primary's last INFO replication lists it as
+        online (matched by the address the primary sees, and the port), or it is the primary
+        itself under another name; True until INFO has answered once."""
         online = self._replica_wait.online()
         if online is None:
             return True
         port = node.endpoint.port
         addresses = self._dns.known_addresses(node.endpoint.host)
-        return not addresses or any((address, port) in online for address in addresses)
+        if not addresses:
+            return True  # not resolved yet (no dial so far): nothing to match
+        if any((address, port) in online for address in addresses):
+            return True
+        return any(
+            port == primary.endpoint.port
+            and not set(addresses).isdisjoint(self._dns.known_addresses(primary.endpoint.host))
+            for primary in self._write.nodes()
+        )
 
     def _ask_replication(self) -> Awaitable[Any]:
         """INFO replication on the write role's primary (for `ReplicaWait`)."""
@@ -474,6 +484,7 @@ class CacheClient:
             raise unavailable from None
         breaker = node.breaker
         if breaker is not None and not breaker.allow():
+            role.note_failure(node)
             refused = CircuitOpen(
                 f"{command} on {role.name} ({node.name}): circuit breaker open after"
                 f" repeated failures; next probe in {format_duration(breaker.retry_in())}"
@@ -499,6 +510,8 @@ class CacheClient:
                     breaker.record_success()  # an error reply: Redis is there and answering
             if is_demoted(exc):
                 node.pool.retire_all()  # a replica now (failover): dial whoever is primary
+            if isinstance(error, (CacheTimeout, CacheUnavailable)):
+                role.note_failure(node)  # a cluster re-reads its slot table
             self._emit(role.name, node, command, key, started, _outcome_of(error), str(error))
             raise error from exc
         except BaseException:

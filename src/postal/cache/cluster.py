@@ -13,12 +13,15 @@ names it, and `ClusterRole.run` follows redirections within the operation's dead
 
 - MOVED: the slot has moved for good. The slot table is updated from the error (redis-py's
   `move_slot`), and the command is sent again to the new owner;
-- ASK: the slot is being migrated and this key is already on the target. The command is sent
-  once to the target, preceded by ASKING on the same connection (what makes the target accept
-  it); the slot table is not changed;
-- a node that cannot be reached (killed, failed over): the slot table is refreshed in the
-  background (at most once per `REFRESH_INTERVAL`) so later operations find the new primary;
-  this operation fails as any unreachable Redis does, and the read falls back to the database.
+- ASK: the slot is being migrated and this key is already on the target. The operation is
+  sent once to the target, each of its commands preceded by ASKING on the same connection
+  (what makes the target accept the one command after it); the slot table is not changed;
+- a node that cannot be reached, times out, or whose breaker is open (killed, hung, failed
+  over; a hung master sends no MOVED): the slot table is refreshed in the background (at most
+  once per `REFRESH_INTERVAL`) so later operations find the new primary; this operation fails
+  as any unreachable Redis does, and the read falls back to the database. A slot the table
+  does not cover (mid-failover), or no table yet (the cluster unreachable at start-up, which is
+  not an error), is `CacheUnavailable` until a refresh finds it.
 
 Reads go to masters only. Each master's invalidations wait for that master's replicas (a
 `ReplicaWait` per write node, `NodeFactory.waits_per_node`), so a replica promoted by a
@@ -35,12 +38,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, MovedError, RedisError
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from postal.cache.connection import PostalConnection
 from postal.cache.errors import CacheUnavailable
 from postal.cache.nodes import Node, NodeFactory
 from postal.cache.pool import ManagedPool
@@ -50,6 +55,9 @@ logger = logging.getLogger("postal.cache.cluster")
 
 T = TypeVar("T")
 
+# What reading the slot table may raise: redis-py's cluster errors ("cannot connect", "not all
+# slots covered") are not RedisErrors.
+TOPOLOGY_ERRORS = (RedisError, RedisClusterException, OSError)
 MAX_REDIRECTS = 3  # MOVED/ASK followed per operation; more means the cluster is reshaping
 REFRESH_INTERVAL = 1.0  # seconds between background refreshes of the slot table
 
@@ -63,11 +71,15 @@ class ClusterRole:
         self._factory = factory
         self._seed = topology.endpoints[0]  # credentials and TLS, the same on every node
         config = factory.pool_config
+        tls = factory.tls
         self._cluster = RedisCluster(
             startup_nodes=[ClusterNode(e.host, e.port) for e in topology.endpoints],
             username=self._seed.username,
             password=self._seed.password,
             ssl=self._seed.tls,
+            ssl_ca_certs=tls.ca_file,
+            ssl_certfile=tls.cert_file,
+            ssl_keyfile=tls.key_file,
             socket_connect_timeout=config.dial_timeout,
             socket_timeout=config.read_timeout,
             max_connections=2,  # topology queries only; commands use the Nodes' pools
@@ -79,6 +91,7 @@ class ClusterRole:
         self._refresh: asyncio.Task[None] | None = None
         self._warming: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self._started = False
+        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -88,21 +101,22 @@ class ClusterRole:
         self._started = True
         try:
             await self._cluster.initialize()
-        except (RedisError, OSError) as exc:
+        except TOPOLOGY_ERRORS as exc:
             logger.warning("%s: cannot read the cluster's slots yet: %s", self.description, exc)
             self.refresh_soon()
             return
         self._ready = True
-        await asyncio.gather(*(self._node(n).pool.start() for n in self._primaries()))
+        await asyncio.gather(*(self._node(n, warm=False).pool.start() for n in self._primaries()))
 
     async def aclose(self) -> None:
-        for task in [self._refresh, *self._warming]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._closed = True  # from here on no refresh, no new node, no warming
+        tasks = [task for task in (self._refresh, *self._warming) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(node.pool.aclose() for node in self._nodes.values()))
-        await self._cluster.aclose()
+        with contextlib.suppress(*TOPOLOGY_ERRORS):
+            await self._cluster.aclose()
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -110,14 +124,9 @@ class ClusterRole:
         return list(self._nodes.values())
 
     def route(self, key: str | None) -> Node:
-        """The node owning `key`'s slot (any primary for no key)."""
-        if not self._ready:
-            self.refresh_soon()
-            raise CacheUnavailable(f"{self.description}: the cluster's slots are not known yet")
-        if key is None:
-            return self._node(self._cluster.get_random_primary_node())
-        slot = self._cluster.keyslot(key)
-        return self._node(self._cluster.nodes_manager.get_node_from_slot(slot))
+        """The node owning `key`'s slot (any primary for no key); CacheUnavailable while the
+        slot table is unknown or does not cover the slot (it is read again meanwhile)."""
+        return self._node(self._owner(None if key is None else self._cluster.keyslot(key)))
 
     def group(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of `keys` grouped by hash slot: each group may be one multi-key command."""
@@ -129,9 +138,8 @@ class ClusterRole:
     def by_node(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of `keys` by the primary that owns their slot (for pipelining a batch)."""
         nodes: dict[str, list[int]] = {}
-        manager = self._cluster.nodes_manager
         for index, key in enumerate(keys):
-            owner = manager.get_node_from_slot(self._cluster.keyslot(key))
+            owner = self._owner(self._cluster.keyslot(key))
             nodes.setdefault(owner.name, []).append(index)
         return list(nodes.values())
 
@@ -154,10 +162,18 @@ class ClusterRole:
                 raise
         return await call(node)  # the last try's error, if any, is the caller's
 
+    def note_failure(self, node: Node) -> None:
+        """An operation on `node` timed out, found it unreachable, or was refused by its open
+        breaker: the cluster may have failed it over (a hung master sends no MOVED), so read
+        the slot table again (at most once per REFRESH_INTERVAL)."""
+        self.refresh_soon()
+
     def refresh_soon(self) -> None:
         """Re-read the slot table in the background, at most once per REFRESH_INTERVAL."""
         now = time.monotonic()
-        if not self._started or (self._refresh is not None and not self._refresh.done()):
+        if not self._started or self._closed:
+            return
+        if self._refresh is not None and not self._refresh.done():
             return
         if now - self._last_refresh < REFRESH_INTERVAL:
             return
@@ -167,77 +183,108 @@ class ClusterRole:
     async def _reinitialize(self) -> None:
         try:
             await self._cluster.nodes_manager.initialize()
-        except (RedisError, OSError) as exc:
+        except TOPOLOGY_ERRORS as exc:
             logger.warning("%s: cannot refresh the cluster's slots: %s", self.description, exc)
             return
         self._ready = True
         for node in self._primaries():
-            await self._node(node).pool.start()
+            self._node(node)  # a new master's pool starts warming
 
     # -- nodes -------------------------------------------------------------------------------
+
+    def _owner(self, slot: int | None) -> ClusterNode:
+        """The primary serving `slot` (any primary for None), from redis-py's slot table."""
+        if self._ready:
+            try:
+                if slot is None:
+                    return self._cluster.get_random_primary_node()
+                return self._cluster.nodes_manager.get_node_from_slot(slot)
+            except (*TOPOLOGY_ERRORS, KeyError, IndexError, ValueError):
+                pass  # not covered (a failover under way): as if not known
+        self.refresh_soon()
+        raise CacheUnavailable(f"{self.description}: no primary known for this key's slot yet")
 
     def _primaries(self) -> list[ClusterNode]:
         return list(self._cluster.get_primaries())
 
-    def _node(self, cluster_node: ClusterNode) -> Node:
-        return self._node_at(cluster_node.host, int(cluster_node.port))
+    def _node(self, cluster_node: ClusterNode, *, warm: bool = True) -> Node:
+        return self._node_at(cluster_node.host, int(cluster_node.port), warm=warm)
 
-    def _node_at(self, host: str, port: int) -> Node:
+    def _node_at(self, host: str, port: int, *, warm: bool = True) -> Node:
+        """The Node for `host:port`, made (and, with `warm`, warmed in the background) the
+        first time; after `aclose`, nothing is made: CacheUnavailable."""
         name = f"{host}:{port}"
         node = self._nodes.get(name)
-        if node is None:
-            endpoint = RedisEndpoint(
-                host=host,
-                port=port,
-                db=0,
-                tls=self._seed.tls,
-                username=self._seed.username,
-                password=self._seed.password,
-            )
-            node = self._factory.build(endpoint, name=name)
-            self._nodes[name] = node
-            if self._started:
-                # Warm it in the background; the first caller dials on demand meanwhile.
-                warming = asyncio.get_running_loop().create_task(node.pool.start())
-                self._warming.add(warming)
-                warming.add_done_callback(self._warming.discard)
+        if node is not None:
+            return node
+        if self._closed:
+            raise CacheUnavailable(f"{self.description}: closed")
+        endpoint = RedisEndpoint(
+            host=host,
+            port=port,
+            db=0,
+            tls=self._seed.tls,
+            username=self._seed.username,
+            password=self._seed.password,
+        )
+        node = self._factory.build(endpoint, name=name)
+        self._nodes[name] = node
+        if warm and self._started:
+            # Warmed in the background; the first caller dials on demand meanwhile.
+            warming = asyncio.get_running_loop().create_task(node.pool.start())
+            self._warming.add(warming)
+            warming.add_done_callback(self._warming.discard)
         return node
 
     def __repr__(self) -> str:
         return f"<ClusterRole {self.name} {self.description} nodes={sorted(self._nodes)}>"
 
 
+class _AskingConnection:
+    """A pooled connection whose every command goes out preceded by ASKING, whose `+OK` is
+    read and dropped before the command's own reply: ASKING admits only the one command after
+    it, and a script's NOSCRIPT fallback or a pipeline sends several."""
+
+    def __init__(self, connection: PostalConnection) -> None:
+        self.connection = connection
+        self._unread_askings = 0
+
+    def pack_commands(self, commands: Sequence[Sequence[Any]]) -> list[bytes]:
+        asked = [part for command in commands for part in (("ASKING",), command)]
+        packed: list[bytes] = self.connection.pack_commands(asked)
+        self._unread_askings += len(commands)
+        return packed
+
+    async def send_packed_command(self, packed: list[bytes]) -> None:
+        await self.connection.send_packed_command(packed)
+
+    async def send_command(self, *args: Any) -> None:
+        await self.send_packed_command(self.pack_commands([args]))
+
+    async def read_response(self) -> Any:
+        if self._unread_askings:
+            self._unread_askings -= 1
+            await self.connection.read_response()  # ASKING's +OK
+        return await self.connection.read_response()
+
+
 class _AskingPool:
-    """A node's pool whose connections are handed out after ASKING: the one next command on
-    each is accepted for a slot being imported (ASK redirection)."""
+    """A node's pool handing out `_AskingConnection`s (ASK redirection), and taking back the
+    connections inside them."""
 
     def __init__(self, pool: ManagedPool) -> None:
         self._pool = pool
 
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        connection = await self._pool.get_connection()
-        try:
-            await connection.send_command("ASKING")
-            await connection.read_response()
-        except BaseException:
-            await self._pool.release(connection)
-            raise
-        return connection
+    async def get_connection(self, *args: Any, **kwargs: Any) -> _AskingConnection:
+        return _AskingConnection(await self._pool.get_connection())
 
-    async def release(self, connection: Any) -> None:
-        await self._pool.release(connection)
+    async def release(self, connection: _AskingConnection) -> None:
+        await self._pool.release(connection.connection)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
 
 
 def _asking(node: Node) -> Node:
-    """`node` whose pool sends ASKING before handing a connection out."""
-    return Node(
-        node.role,
-        node.name,
-        node.endpoint,
-        _AskingPool(node.pool),  # type: ignore[arg-type]
-        node.breaker,
-        node.redis,
-    )
+    """`node` whose connections send ASKING before each command."""
+    return replace(node, pool=_AskingPool(node.pool))  # type: ignore[arg-type]

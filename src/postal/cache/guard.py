@@ -41,6 +41,7 @@ and a load that saw 0 before the bump could then fill: stale data bounded by the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
     from postal.cache.nodes import Node
 
 HOUR = 3600.0
+# A batch part retried alone gets what is left of the batch's deadline, and at least this (a
+# deadline already spent fails the retry at once, as a timeout).
+MIN_RETRY_BUDGET = 0.001  # seconds
 
 # One script call of a batch split by slot: (its first key, for routing and the event; the
 # script's KEYS; its ARGV).
@@ -321,9 +325,9 @@ class GuardedOps:
             names, arguments = invalidate_many_arguments(slot_keys, counters, client.key)
             parts.append((slot_keys[0].key if slot_keys else counters[0], names, arguments))
 
-        def alone(index: int) -> Awaitable[list[int]]:
+        def alone(index: int, left: Timeout) -> Awaitable[list[int]]:
             key_indices, counters = groups[index]
-            return self._invalidate_one_slot([keys[i] for i in key_indices], counters, timeout)
+            return self._invalidate_one_slot([keys[i] for i in key_indices], counters, left)
 
         replies = await self._per_slot(INVALIDATE_MANY_SCRIPT, parts, timeout, alone, wait=True)
         new_generations = [0] * len(keys)
@@ -337,21 +341,26 @@ class GuardedOps:
         script: Script,
         parts: Sequence[ScriptPart],
         timeout: Timeout,
-        alone: Callable[[int], Awaitable[Any]],
+        alone: Callable[[int, Timeout], Awaitable[Any]],
         *,
         wait: bool = False,
     ) -> list[Any]:
         """`script` once per part (each part's keys in one slot), pipelined per node on one
         connection, the nodes concurrently; with `wait`, the node's WAIT for its replicas
         follows on that connection. A part refused there (its slot moved meanwhile,
-        TRYAGAIN) runs again through `alone(index)`, routed and redirected as any single
-        call. Replies in the parts' order."""
+        TRYAGAIN) runs again through `alone(index, what is left of the deadline)`, routed and
+        redirected as any single call: the whole batch stays within its deadline. Replies in
+        the parts' order."""
         client = self._client
         replies: list[Any] = [None] * len(parts)
-        wait_ms = wait_milliseconds(client._write_limit(timeout))
+        limit = client._write_limit(timeout)
+        wait_ms = wait_milliseconds(limit)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
 
         async def run_alone(index: int) -> None:
-            replies[index] = await alone(index)
+            left = None if limit is None else max(MIN_RETRY_BUDGET, limit - (loop.time() - started))
+            replies[index] = await alone(index, left)
 
         async def one_node(indices: list[int]) -> None:
             calls = [(parts[i][1], parts[i][2]) for i in indices]
@@ -422,10 +431,10 @@ class GuardedOps:
             written: int = await client._write_op("EVALSHA", key, timeout, call)
             return written
 
-        def alone(index: int) -> Awaitable[int]:
+        def alone(index: int, left: Timeout) -> Awaitable[int]:
             key, slot_names, slot_arguments = parts[index]
             call = script_call(FILL_MANY_SCRIPT, slot_names, slot_arguments)
-            return client._write_op("EVALSHA", key, timeout, call)
+            return client._write_op("EVALSHA", key, left, call)
 
         return sum(await self._per_slot(FILL_MANY_SCRIPT, parts, timeout, alone))
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-import redis.asyncio as redis
-
 from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
 from postal.cache.config import PoolConfig, Profile, TlsConfig
 from postal.cache.connection import Connector, Locate
@@ -48,7 +46,6 @@ class Node:
     endpoint: RedisEndpoint
     pool: ManagedPool
     breaker: CircuitBreaker | None
-    redis: redis.Redis = field(repr=False)  # redis-py's client on `pool`, for pipelines
     # Write role: how many replicas this server's invalidations wait for (`cache.replicas`);
     # None: none (reads cannot see a replica of it).
     replica_wait: ReplicaWait | None = field(default=None, repr=False)
@@ -103,9 +100,7 @@ class NodeFactory:
             )
             for breaker_listener in self.breaker_listeners:
                 breaker.subscribe(breaker_listener)
-        # ManagedPool implements redis-py's ConnectionPoolInterface, which is all Redis uses.
-        client = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
-        node = Node(self.role, name, endpoint, pool, breaker, client)
+        node = Node(self.role, name, endpoint, pool, breaker)
         if self.waits_per_node:
             ask = partial(_info_replication, node)
             node.replica_wait = ReplicaWait(ask, enabled=True)
@@ -156,9 +151,9 @@ class ServerRole:
         is in sync, `CacheUnavailable` (the read goes to the database); when all in sync are
         refusing, the next of those anyway (its breaker refuses: `CircuitOpen`)."""
         nodes = self._nodes
-        if len(nodes) == 1:
-            return nodes[0]
         in_sync = self.in_sync
+        if len(nodes) == 1 and in_sync is None:
+            return nodes[0]
         fallback = None
         for _ in range(len(nodes)):
             candidate = nodes[next(self._turns)]
@@ -178,6 +173,9 @@ class ServerRole:
     def group(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of `keys` that may go in one multi-key command: here, all of them."""
         return [list(range(len(keys)))] if keys else []
+
+    def note_failure(self, node: Node) -> None:
+        """A failed operation on `node`: its breaker keeps the count; nothing to re-read."""
 
     def by_node(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of `keys` by the node that serves them: here, all on the one routed to."""

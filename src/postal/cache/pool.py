@@ -132,6 +132,7 @@ class ManagedPool(ConnectionPoolInterface):
         self._dials: set[asyncio.Task[PostalConnection]] = set()  # len() is "opening"
         self._closing: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
+        self._starting = False  # start() under way: a second call must not start a second one
         self._wake = asyncio.Event()
         self._closed = False
         self._waits = 0
@@ -151,12 +152,14 @@ class ManagedPool(ConnectionPoolInterface):
         """
         if self._closed:
             raise CacheUnavailable(f"{self.role} pool closed")
-        if self._maintainer is not None:
-            return
+        if self._maintainer is not None or self._starting:
+            return  # started, or being started (a cluster node warmed twice): one maintainer
+        self._starting = True
         refilled = await self._refill()
-        self._maintainer = asyncio.create_task(
-            self._maintain(refilled), name=f"postal-pool-{self.role}-{self.node}"
-        )
+        if not self._closed:  # closed while warming up: nothing more to keep topped up
+            self._maintainer = asyncio.create_task(
+                self._maintain(refilled), name=f"postal-pool-{self.role}-{self.node}"
+            )
 
     async def aclose(self) -> None:
         """Close every idle connection now and each in-use one when it comes back; fail waiters."""
@@ -492,6 +495,8 @@ class ManagedPool(ConnectionPoolInterface):
 
     async def _refill(self) -> bool:
         """Open connections until `min_idle` are idle; False if a dial failed."""
+        if self._closed:
+            return True
         dials = [self._spawn_dial() for _ in range(self._missing_idle())]
         if not dials:
             return True

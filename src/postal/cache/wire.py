@@ -39,12 +39,19 @@ async def _command(args: Sequence[Value], node: Node) -> Any:
 
 
 async def _pipeline(commands: Sequence[Sequence[Value]], node: Node) -> list[Any]:
-    """`commands` in one redis-py pipeline (not a transaction) on `node`; the first error reply
-    is raised after all replies are read."""
-    pipeline = node.redis.pipeline(transaction=False)
-    for command in commands:
-        pipeline.execute_command(*command)
-    replies: list[Any] = await pipeline.execute()
+    """`commands` pipelined (not a transaction) on one connection of `node`: one write, then
+    the replies, as Redis sends them (no redis-py reply callbacks: SET's is b"OK"); the first
+    error reply is raised once all replies are read, so the connection stays in step and
+    goes back to the pool."""
+    pool = node.pool
+    connection = await pool.get_connection()
+    try:
+        replies = await _each(connection, commands)
+    finally:
+        await pool.release(connection)
+    for reply in replies:
+        if isinstance(reply, redis_exc.ResponseError):
+            raise reply
     return replies
 
 
