@@ -10,6 +10,9 @@ fail, none may be stale, and afterwards the post is served from its new master's
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +20,7 @@ from redis.crc import key_slot
 
 from postal.bench.cluster_set import ClusterSet
 from postal.bench.redis_servers import free_port
-from postal.bench.topologies import ask
+from postal.bench.topologies import ask, poll
 from postal.cache import CacheClient, CacheError, CacheUnavailable, guarded
 from postal.cache.guard import GuardedFill
 from tests.integration.api_support import running_api
@@ -212,3 +215,37 @@ async def test_writes_before_the_slot_table_is_known_fail_as_cache_errors() -> N
             await cache.invalidate([guarded("post", "1")], ["list:{all}:gen"])
         with pytest.raises(CacheUnavailable):
             await cache.get("anything")
+
+
+async def test_a_hung_master_is_routed_around_once_the_cluster_fails_it_over() -> None:
+    """SIGSTOP, not SIGKILL: the master neither answers nor closes connections, so no MOVED
+    and no refused dial ever arrives. Timeouts and the open breaker make the client read the
+    slot table again, and reads are served by the promoted replica."""
+    key = guarded("post", "7")
+    with ClusterSet(masters=3, replicas_per_master=1) as cluster:
+        async with CacheClient.create(read_url=cluster.url, key_prefix="hung:") as cache:
+            await cache.invalidate([key])
+            slot = key_slot(cache.key(key.key).encode())
+            master = cluster.node_for_slot(slot)
+            (replica,) = cluster.replicas_of(master)
+            assert master.pid is not None
+            os.kill(master.pid, signal.SIGSTOP)
+            try:
+                await asyncio.to_thread(
+                    poll,
+                    "the replica of the hung master promoted",
+                    lambda: ask(replica.address, "ROLE")[0] == "master" or None,
+                    30.0,
+                )
+                served = None
+                for _ in range(100):  # the breaker's cooldown, then a refresh: a few seconds
+                    with contextlib.suppress(CacheError):
+                        served = await cache.get_guarded(key)
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                os.kill(master.pid, signal.SIGCONT)
+            names = [node.name for node in cache.nodes("read")]
+    assert served is not None
+    assert served.generation == 1
+    assert f"{replica.host}:{replica.port}" in names
