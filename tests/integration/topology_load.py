@@ -69,7 +69,10 @@ async def load_while(
                 continue
             version = int(response.json()["version"])
             if expected is not None and expected[0] <= started and version < expected[1]:
-                report.stale_reads.append(f"post {post}: read v{version}, v{expected[1]} written")
+                report.stale_reads.append(
+                    f"post {post}: read v{version}, v{expected[1]} written,"
+                    f" read at {started - began:.3f} s, written at {expected[0] - began:.3f} s"
+                )
             # A read served without I/O (a load shared with others, just finished) returns
             # without suspending: yield, or readers in a tight loop starve the event loop.
             await asyncio.sleep(0)

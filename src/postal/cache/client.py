@@ -175,6 +175,8 @@ class CacheClient:
     async def start(self) -> None:
         self._loop_lag.start()
         await asyncio.gather(self._read.start(), self._write.start())
+        if isinstance(self._read, ServerRole) and self._read.in_sync is not None:
+            self._replica_wait.watch()  # which replicas may serve, kept current
 
     async def aclose(self) -> None:
         self._loop_lag.stop()

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from postal.cache.errors import CacheError
 from postal.cache.keys import GuardedKey
-from postal.cache.replicas import ReplicaWait, wait_milliseconds
+from postal.cache.replicas import ReplicaWait, wait_commands, wait_milliseconds
 from postal.cache.wire import Value, all_of, command_call, pipeline_call, script_call, scripts_call
 
 if TYPE_CHECKING:
@@ -299,12 +299,12 @@ class GuardedOps:
         async def call(node: Node) -> tuple[list[Any], int, ReplicaWait | None]:
             # Waited for under the deadline: it may ask INFO.
             wanted = await _replicas(node)
-            wait = [("WAIT", wanted, wait_ms)] if wanted else []
+            wait = wait_commands(wanted, wait_ms) if wanted else []
             return await pipeline_call([*commands, *wait])(node), wanted, node.replica_wait
 
         first = keys[0].key if keys else generations[0]
         replies, wanted, replicas = await client._write_op("PIPELINE", first, timeout, call)
-        _check_replicas(replicas, replies[-1] if wanted else 0, wanted, first, wait_ms)
+        _check_replicas(replicas, replies[-2:] if wanted else None, wanted, first, wait_ms)
 
     async def invalidate_many(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
@@ -368,13 +368,11 @@ class GuardedOps:
 
             async def call(node: Node) -> tuple[list[Any], int, Any, ReplicaWait | None]:
                 wanted = await _replicas(node) if wait else 0
-                then = ("WAIT", wanted, wait_ms) if wanted else ()
-                got, acknowledged = await scripts_call(script, calls, then=then)(node)
-                return got, wanted, acknowledged, node.replica_wait if wait else None
+                then = wait_commands(wanted, wait_ms) if wanted else ()
+                got, waited = await scripts_call(script, calls, then=then)(node)
+                return got, wanted, waited, node.replica_wait if wait else None
 
-            got, wanted, acknowledged, replicas = await client._write_op(
-                "EVALSHA", first, timeout, call
-            )
+            got, wanted, waited, replicas = await client._write_op("EVALSHA", first, timeout, call)
             again = []
             for index, reply in zip(indices, got, strict=True):
                 if isinstance(reply, Exception):
@@ -382,7 +380,7 @@ class GuardedOps:
                 else:
                     replies[index] = reply
             await all_of(run_alone(index) for index in again)
-            _check_replicas(replicas, acknowledged or 0, wanted, first, wait_ms)
+            _check_replicas(replicas, waited, wanted, first, wait_ms)
 
         nodes = client._write_nodes([client.key(key) for key, _, _ in parts])
         await all_of(one_node(indices) for indices in nodes)
@@ -397,21 +395,21 @@ class GuardedOps:
         names, arguments = invalidate_many_arguments(keys, generations, client.key)
         wait_ms = wait_milliseconds(client._write_limit(timeout))
 
-        async def call(node: Node) -> tuple[list[int], int, int, ReplicaWait | None]:
+        async def call(node: Node) -> tuple[list[int], int, list[Any] | None, ReplicaWait | None]:
             wanted = await _replicas(node)
             if not wanted:
                 bumped = await script_call(INVALIDATE_MANY_SCRIPT, names, arguments)(node)
-                return bumped, 0, 0, node.replica_wait
-            wait = ("WAIT", wanted, wait_ms)
+                return bumped, 0, None, node.replica_wait
+            wait = wait_commands(wanted, wait_ms)
             invalidate = script_call(INVALIDATE_MANY_SCRIPT, names, arguments, then=wait)
-            bumped, acknowledged = await invalidate(node)
-            return bumped, wanted, acknowledged, node.replica_wait
+            bumped, waited = await invalidate(node)
+            return bumped, wanted, waited, node.replica_wait
 
         first = keys[0].key if keys else generations[0]
-        new_generations, wanted, acknowledged, replicas = await client._write_op(
+        new_generations, wanted, waited, replicas = await client._write_op(
             "EVALSHA", first, timeout, call
         )
-        _check_replicas(replicas, acknowledged, wanted, first, wait_ms)
+        _check_replicas(replicas, waited, wanted, first, wait_ms)
         return new_generations
 
     async def fill_many(self, fills: Sequence[GuardedFill], timeout: Timeout) -> int:
@@ -445,7 +443,11 @@ async def _replicas(node: Node) -> int:
 
 
 def _check_replicas(
-    replicas: ReplicaWait | None, acknowledged: int, wanted: int, key: str, wait_ms: int
+    replicas: ReplicaWait | None,
+    waited: Sequence[Any] | None,
+    wanted: int,
+    key: str,
+    wait_ms: int,
 ) -> None:
     """After an invalidation: count the WAIT (or its absence); ReplicasBehind if short."""
     if replicas is None or not replicas.enabled:
@@ -454,7 +456,8 @@ def _check_replicas(
         replicas.skipped()
         return
     where = f"invalidation of {key} (and what came with it)"
-    replicas.check(int(acknowledged), wanted, where=where, waited_ms=wait_ms)
+    assert waited is not None  # replies of `wait_commands`, sent whenever `wanted`
+    replicas.check(waited, wanted, where=where, waited_ms=wait_ms)
 
 
 def _by_slot(

@@ -30,6 +30,24 @@ counts the acknowledgements of that connection's own writes):
   invalidation (this process bypasses the key, and the retry, WAIT included, runs until the
   replicas confirm). Waits are counted by outcome in `ReplicaWaitStats`.
 
+Reads go only to the replicas fit to serve them (`online()`, used by `CacheClient`): those the
+primary's INFO replication has listed as `state=online` for at least `refresh`. A replica
+restarted, re-syncing, or cut off from the primary may hold values whose invalidations it never
+received; and one that has just finished its sync still applies the writes that came after its
+snapshot. The rules for when that list is not known:
+
+- before the first answer ever (at start-up, or while the first question keeps failing), every
+  replica may serve: nothing says any is behind, and reads would otherwise all go to the
+  database. The first answer's online replicas count as online for long, for the same reason;
+- a failed question keeps the last answer, but only for `2 x refresh` after it was given
+  (`STALE_AFTER` refreshes): past that, with the question failing or still running (a primary
+  busy in a Lua script answers INFO late), or after a quiet spell in which nobody asked, no
+  replica is fit (reads go to the database) until a new answer comes. `online()` starts that
+  question itself; it never waits for it;
+- an answer that comes more than `2 x refresh` after the one before cannot vouch for the time in
+  between (a replica may have been cut off and re-synced unseen): every replica it lists counts
+  as online from then on, and waits `refresh` like a new one.
+
 Written by hand: redis-py sends WAIT but leaves knowing how many replicas to wait for, and what
 to do when they do not answer, to the caller.
 """
@@ -40,7 +58,7 @@ import asyncio
 import contextvars
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +70,7 @@ ASK_TIMEOUT = 2.0  # seconds an INFO replication may take (it runs outside any d
 REPLY_MARGIN = 0.020  # seconds, at least, kept for WAIT's reply to come back within the deadline
 SERVER_TICK = 0.100  # seconds: how late Redis may end a WAIT (one cron tick at hz 10)
 UNBOUNDED_WAIT = 1.0  # seconds WAIT may take when the operation has no deadline
+STALE_AFTER = 2  # refreshes after which the last list of online replicas is no longer believed
 
 
 class ReplicasBehind(CacheError):
@@ -72,6 +91,12 @@ def wait_milliseconds(limit: float | None) -> int:
     if limit is None:
         return int(UNBOUNDED_WAIT * 1000)
     return max(1, int((limit - max(REPLY_MARGIN, limit / 4) - SERVER_TICK) * 1000))
+
+
+def wait_commands(wanted: int, wait_ms: int) -> list[tuple[str, ...] | tuple[str, int, int]]:
+    """What follows an invalidation on its connection: WAIT for `wanted` replicas, then INFO
+    replication, to check no replica attached that the count left out (`ReplicaWait.check`)."""
+    return [("WAIT", wanted, wait_ms), ("INFO", "replication")]
 
 
 def replicas_attached(reply: Any) -> int:
@@ -115,11 +140,13 @@ class ReplicaWait:
         self._clock = clock
         self._replicas = 0
         # Replica (ip, port) -> since when the primary has listed it online without a break;
-        # None: not known (never asked, or the last question failed).
+        # None: never answered yet.
         self._online_since: dict[tuple[str, int], float] | None = None
-        self._online_at = float("-inf")
+        self._online_at = float("-inf")  # when the last answer came
+        self._next_question_at = float("-inf")  # when `online()` may ask again
         self._known_until = float("-inf")
         self._asking: asyncio.Future[int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._confirmed = self._behind = self._skipped = 0
 
     def stats(self) -> ReplicaWaitStats:
@@ -147,37 +174,67 @@ class ReplicaWait:
         return asking
 
     def online(self) -> frozenset[tuple[str, int]] | None:
-        """The replicas fit to read from: listed online by the primary in its last answers for
-        at least `refresh` (None when not known: before the first answer). Asks again in the
-        background when the last answer is older than `refresh`.
-
-        Reads go only to these (`CacheClient`): a replica restarted, re-syncing, or cut off
-        from the primary may hold values whose invalidations it never received. Online for a
-        while, not just online: a replica that has just finished its sync still applies the
-        writes that came after its snapshot, among them invalidations that a WAIT counted as
-        confirmed while it was not attached yet. The first answer's online replicas count as
-        online for long (nothing says they are new, and reads would otherwise all go to the
-        database for a second at every start)."""
+        """The replicas fit to read from: listed online by the primary in its answers for at
+        least `refresh` (see the module for the rules). None before the first answer ever: any
+        replica may serve. Empty when the last answer is older than `STALE_AFTER` refreshes
+        (the questions since failed, or none was asked): none may serve until a new answer.
+        Asks again in the background when the last answer is older than `refresh`, at most
+        once per `refresh` while the questions fail."""
         now = self._clock()
-        if now - self._online_at >= self._refresh and self._asking is None:
+        if now >= self._next_question_at and self._asking is None:
             self._start_asking()
         if self._online_since is None:
             return None
+        if now - self._online_at > STALE_AFTER * self._refresh:
+            return frozenset()
         settled = now - self._refresh
         return frozenset(r for r, since in self._online_since.items() if since <= settled)
+
+    def watch(self) -> None:
+        """Ask INFO replication every `refresh` in the background, from now until `close`: for
+        a process whose reads come from replicas, so that `online()` stays current through
+        quiet spells (reads seconds apart would otherwise each find the answer too old, go to
+        the database, and only start a question). One INFO a second per process."""
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(), name="postal-replica-watch"
+            )
+
+    async def _watch(self) -> None:
+        while True:
+            if self._asking is None:
+                self._start_asking()
+            await asyncio.sleep(self._refresh)
 
     def close(self) -> None:
         """Cancel a question in flight (at shutdown)."""
         if self._asking is not None:
             self._asking.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
-    def check(self, acknowledged: int, wanted: int, *, where: str, waited_ms: int) -> None:
-        """Count a WAIT's reply; ReplicasBehind when fewer than `wanted` replicas confirmed."""
-        if acknowledged >= wanted:
+    def check(self, replies: Sequence[Any], wanted: int, *, where: str, waited_ms: int) -> None:
+        """Count the replies of `wait_commands` (WAIT's, then INFO replication's): confirmed
+        when at least `wanted` replicas acknowledged and no more than `wanted` were attached
+        once WAIT returned; else ReplicasBehind.
+
+        The second condition: WAIT n is satisfied by any n replicas. If a replica attached
+        since the count was taken (a restarted one re-syncing), the acknowledgements may have
+        come from it while a replica that serves reads had not applied the invalidation yet
+        (seen: about a second of old reads from the lagging one). Then the count is updated
+        and the invalidation retried, waiting for all of them."""
+        acknowledged = int(replies[0])
+        attached = replicas_attached(replies[1])
+        if acknowledged >= wanted and attached <= wanted:
             self._confirmed += 1
             return
         self._behind += 1
-        self._known_until = float("-inf")  # a replica may be gone: ask again next time
+        self._known_until = float("-inf")  # a replica gone or come: ask again next time
+        if attached > wanted:
+            raise ReplicasBehind(
+                f"{where}: {attached} replicas attached, the invalidation waited for {wanted}"
+            )
         raise ReplicasBehind(
             f"{where}: {acknowledged} of {wanted} replicas confirmed the invalidation"
             f" within {waited_ms} ms"
@@ -198,15 +255,18 @@ class ReplicaWait:
     def _note_online(self, online: frozenset[tuple[str, int]]) -> None:
         now = self._clock()
         before = self._online_since
-        first = float("-inf")  # the first answer: see `online`
-        self._online_since = {
-            replica: first if before is None else before.get(replica, now) for replica in online
-        }
+        if before is None:  # the first answer ever: see the module
+            self._online_since = dict.fromkeys(online, float("-inf"))
+        elif now - self._online_at > STALE_AFTER * self._refresh:  # a gap: all new from now
+            self._online_since = dict.fromkeys(online, now)
+        else:
+            self._online_since = {replica: before.get(replica, now) for replica in online}
         self._online_at = now
+        self._next_question_at = now + self._refresh
 
     def _asked(self, future: asyncio.Future[int]) -> None:
         self._asking = None
         if not future.cancelled() and future.exception() is not None:
-            # Retrieved here (the callers awaiting it re-raise it). Which replicas are in sync
-            # is unknown now: reads may use any of them, as before the first answer.
-            self._online_since, self._online_at = None, self._clock()
+            # Retrieved here (the callers awaiting it re-raise it). The last answer stays, and
+            # stops being believed `STALE_AFTER` refreshes after it came (see `online`).
+            self._next_question_at = self._clock() + self._refresh

@@ -59,13 +59,13 @@ async def _script(
     script: Script,
     keys: Sequence[str],
     arguments: Sequence[Value],
-    then: Sequence[Value],
+    then: Sequence[Sequence[Value]],
     node: Node,
 ) -> Any:
     """Run `script` by its SHA on `node`; on NOSCRIPT (a fresh, restarted or failed-over Redis)
     send it whole once, on the same connection, which also caches it there for the next EVALSHA.
-    With `then` (a WAIT, which must follow the writes on their connection), that command runs
-    next on the same connection and the reply is (the script's, then's)."""
+    With `then` (WAIT and INFO, which must follow the writes on their connection), those
+    commands run next on the same connection and the reply is (the script's, then's replies)."""
     pool = node.pool
     connection = await pool.get_connection()
     try:
@@ -77,8 +77,7 @@ async def _script(
             result = await connection.read_response()
         if not then:
             return result
-        await connection.send_command(*then)
-        return result, await connection.read_response()
+        return result, await _each(connection, then)
     finally:
         await pool.release(connection)
 
@@ -86,14 +85,14 @@ async def _script(
 async def _scripts(
     script: Script,
     calls: Sequence[tuple[Sequence[str], Sequence[Value]]],
-    then: Sequence[Value],
+    then: Sequence[Sequence[Value]],
     node: Node,
-) -> tuple[list[Any], Any]:
+) -> tuple[list[Any], list[Any] | None]:
     """`script` once per (keys, arguments) of `calls`, pipelined on one connection of `node`,
     by SHA; when the node does not have it (NOSCRIPT), SCRIPT LOAD once and those calls again.
     Error replies come back in their places (a MOVED or ASK for a slot that moved meanwhile, a
-    TRYAGAIN). With `then` (a WAIT), it follows on the same connection, so that it counts
-    these writes; the reply is (the scripts' replies, then's reply or None)."""
+    TRYAGAIN). With `then` (WAIT and INFO), those follow on the same connection, so that WAIT
+    counts these writes; the reply is (the scripts' replies, then's replies or None)."""
     commands = [("EVALSHA", script.sha, len(keys), *keys, *arguments) for keys, arguments in calls]
     pool = node.pool
     connection = await pool.get_connection()
@@ -110,8 +109,7 @@ async def _scripts(
                 replies[index] = reply
         if not then:
             return replies, None
-        await connection.send_command(*then)
-        return replies, await connection.read_response()
+        return replies, await _each(connection, then)
     finally:
         await pool.release(connection)
 
@@ -133,14 +131,18 @@ def scripts_call(
     script: Script,
     calls: Sequence[tuple[Sequence[str], Sequence[Value]]],
     *,
-    then: Sequence[Value] = (),
-) -> Callable[[Node], Awaitable[tuple[list[Any], Any]]]:
+    then: Sequence[Sequence[Value]] = (),
+) -> Callable[[Node], Awaitable[tuple[list[Any], list[Any] | None]]]:
     """A `call` for `_write_op`: `script` for each of `calls`, pipelined (see `_scripts`)."""
     return partial(_scripts, script, calls, then)
 
 
 def script_call(
-    script: Script, keys: Sequence[str], arguments: Sequence[Value], *, then: Sequence[Value] = ()
+    script: Script,
+    keys: Sequence[str],
+    arguments: Sequence[Value],
+    *,
+    then: Sequence[Sequence[Value]] = (),
 ) -> Callable[[Node], Awaitable[Any]]:
     """A `call` for `_write_op`: `script` by SHA on the node it is routed to (see `_script`)."""
     return partial(_script, script, keys, arguments, then)
