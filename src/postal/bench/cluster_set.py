@@ -156,8 +156,12 @@ class ClusterSet(Rig):
 
     def _wait_settled(self, what: str, *, timeout: float = SETTLE_TIMEOUT) -> None:
         """Until every running node reports cluster_state:ok with every slot served, knows every
-        node, and every running replica's link to its master is up."""
+        node, sees as many live replicas as there are running ones (gossip can lag `redis-cli
+        --cluster create`: a master listed none of its replicas right after), and every
+        running replica's link to its master is up."""
         running = [node for node in self.nodes if node.pid is not None]
+        masters = sum(1 for node in running if ask(node.address, "ROLE")[0] == "master")
+        live_replicas = len(running) - masters
 
         def settled(node: RedisServer) -> bool:
             lines = ask(node.address, "CLUSTER", "INFO").splitlines()
@@ -165,6 +169,9 @@ class ClusterSet(Rig):
             if info["cluster_state"] != "ok" or int(info["cluster_slots_ok"]) != SLOTS:
                 return False
             if int(info["cluster_known_nodes"]) != len(self.nodes):
+                return False
+            seen = [entry for entry in self.cluster_nodes(node) if entry.master_id is not None]
+            if sum(1 for entry in seen if not entry.flags & {"fail", "fail?"}) < live_replicas:
                 return False
             replication = ask(node.address, "INFO", "replication")
             return bool(
