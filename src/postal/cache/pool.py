@@ -506,7 +506,7 @@ class ManagedPool(ConnectionPoolInterface):
             logger.warning(
                 "%s pool: cannot open connections to %s: %s",
                 self.role,
-                self._connector.endpoint,
+                self.node,  # host:port, or sentinel:<service> (the error names the address)
                 errors[0],
             )
         return not errors
