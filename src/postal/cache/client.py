@@ -395,7 +395,7 @@ class CacheClient:
 
     def pipeline(self) -> CachePipeline:
         """Queue commands for the write role and send them with `execute()`: one round trip
-        (one per hash slot, concurrently, in a cluster)."""
+        (one per node, concurrently, in a cluster)."""
         return CachePipeline(self)
 
     # -- the one place deadlines, breakers, errors and events meet ----------------------------
@@ -575,7 +575,7 @@ class CacheClient:
 
 class CachePipeline:
     """Commands queued for the write role; `execute()` sends them in one round trip per node
-    (per hash slot in a cluster, concurrently), and returns one result per command, in order."""
+    (the nodes concurrently, in a cluster), and returns one result per command, in order."""
 
     def __init__(self, client: CacheClient) -> None:
         self._client = client
@@ -608,7 +608,9 @@ class CachePipeline:
             for index, reply in zip(indices, replies, strict=True):
                 results[index] = reply
 
-        groups = client._write_groups([client.key(key) for key, _ in commands])
+        # Single-key commands: any grouping by node works; MOVED or ASK for one of them
+        # re-routes its node's part (see ClusterRole.run).
+        groups = client._write_nodes([client.key(key) for key, _ in commands])
         await all_of(one_group(indices) for indices in groups if indices)
         return results
 

@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
 from postal.cache.config import PoolConfig, Profile, TlsConfig
@@ -33,6 +33,7 @@ from postal.cache.events import PoolWaitListener
 from postal.cache.pool import ManagedPool
 from postal.cache.replicas import ReplicaWait
 from postal.cache.urls import RedisEndpoint
+from postal.cache.wire import command_call
 
 T = TypeVar("T")
 
@@ -102,19 +103,9 @@ class NodeFactory:
                 breaker.subscribe(breaker_listener)
         node = Node(self.role, name, endpoint, pool, breaker)
         if self.waits_per_node:
-            ask = partial(_info_replication, node)
+            ask = partial(command_call("INFO", "replication"), node)  # ReplicaWait bounds it
             node.replica_wait = ReplicaWait(ask, enabled=True)
         return node
-
-
-async def _info_replication(node: Node) -> Any:
-    """INFO replication on one of `node`'s connections (no deadline: ReplicaWait bounds it)."""
-    connection = await node.pool.get_connection()
-    try:
-        await connection.send_command("INFO", "replication")
-        return await connection.read_response()
-    finally:
-        await node.pool.release(connection)
 
 
 def node_name(endpoint: RedisEndpoint) -> str:
