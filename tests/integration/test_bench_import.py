@@ -148,6 +148,7 @@ async def test_a_database_holding_posts_is_refused_and_left_as_it_was(
     [
         {"database_url": "postgresql+asyncpg://postgres@192.0.2.1:5432/postal"},
         {"redis_url": "redis://192.0.2.1:6379/0"},
+        {"redis_url": "redis://127.0.0.1:6379/0,redis://192.0.2.1:6379/0"},  # a second host
     ],
 )
 def test_targets_off_this_machine_are_refused(redis_url: str, changes: dict[str, str]) -> None:

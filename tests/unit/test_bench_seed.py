@@ -361,7 +361,14 @@ def test_bad_options_are_refused(changes: dict[str, object], message: str) -> No
         SeedBenchOptions(**changes).check()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("url", ["redis://192.0.2.1:6379/0", "rediss://127.0.0.1:6379/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://192.0.2.1:6379/0",
+        "rediss://127.0.0.1:6379/0",
+        "redis://127.0.0.1:6379/0,redis://192.0.2.1:6379/0",  # a second host elsewhere
+    ],
+)
 def test_only_a_plain_loopback_redis_is_accepted(url: str) -> None:
     with pytest.raises(NotLoopback):
         SeedBenchOptions(redis_url=url).check()

@@ -54,7 +54,7 @@ from postal.bench.import_report import (
     ImportRun,
     MethodSummary,
 )
-from postal.bench.redis_topologies import delete_prefix
+from postal.bench.redis_topologies import delete_prefix, require_loopback_redis
 from postal.cache import TUNED, CacheClient
 from postal.cache.config import CacheTimeouts
 from postal.cache.errors import CacheError
@@ -110,6 +110,7 @@ class ImportBenchOptions:
 
     def check(self) -> None:
         bench.require_loopback(self.redis_url)
+        require_loopback_redis(self.redis_url)  # and every host, if it is a list of servers
         if self.database_url is not None:
             check_database_url(self.database_url)
         unknown = sorted(set(self.methods) - set(METHODS))

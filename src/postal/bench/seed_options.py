@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from postal import bench
 from postal.bench.import_db import check_database_url
+from postal.bench.redis_topologies import require_loopback_redis
 from postal.bench.resolver import BENCH_HOST
 from postal.cache.urls import mask_url
 
@@ -51,6 +52,7 @@ class SeedBenchOptions:
 
     def check(self) -> None:
         bench.require_loopback(self.redis_url, schemes=("redis",))
+        require_loopback_redis(self.redis_url)  # and every host, if it is a list of servers
         if self.database_url is not None:
             check_database_url(self.database_url)
         for name, value in (("--latency", self.latency), ("--dns-delay", self.dns_delay)):
