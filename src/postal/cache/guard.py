@@ -288,8 +288,9 @@ class GuardedOps:
         `ReplicasBehind`: the primary has it all, a replica has not confirmed it yet.
         """
         client = self._client
-        if len(_by_slot(client, keys, generations)) > 1:
-            await self.invalidate_many(keys, generations, timeout)
+        groups = _by_slot(client, keys, generations)
+        if len(groups) > 1:
+            await self._invalidate_by_slot(keys, groups, timeout)
             return
         commands = invalidation_commands(keys, generations, client.key)
         if not commands:
@@ -314,11 +315,20 @@ class GuardedOps:
         cluster, one call per hash slot, pipelined per node (`_per_slot`). When it raises, all,
         some or none of it may have run: repeating it is safe. The event says "EVALSHA", with
         the first key."""
-        client = self._client
-        groups = _by_slot(client, keys, generations)
+        groups = _by_slot(self._client, keys, generations)
         if len(groups) <= 1:
             return await self._invalidate_one_slot(keys, generations, timeout)
-        # A cluster: one script call per slot, pipelined per node, each node's WAIT after them.
+        return await self._invalidate_by_slot(keys, groups, timeout)
+
+    async def _invalidate_by_slot(
+        self,
+        keys: Sequence[GuardedKey],
+        groups: Sequence[tuple[list[int], list[str]]],
+        timeout: Timeout,
+    ) -> list[int]:
+        """A cluster's invalidation, `groups` from `_by_slot`: one script call per slot,
+        pipelined per node, each node's WAIT after them; the new generation of each key."""
+        client = self._client
         parts: list[ScriptPart] = []
         for key_indices, counters in groups:
             slot_keys = [keys[i] for i in key_indices]
