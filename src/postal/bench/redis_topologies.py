@@ -111,7 +111,7 @@ def _cluster(topology: Topology, timeout: float | None, connections: int) -> Red
 
 def _sentinel(topology: Topology, timeout: float | None) -> Sentinel:
     """Sentinel answers without a login (as Postal asks it); the login is the data servers'."""
-    return Sentinel(  # type: ignore[no-untyped-call]
+    return Sentinel(
         [(endpoint.host, endpoint.port) for endpoint in topology.endpoints],
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
         **_login(topology.endpoints[0], timeout),

@@ -1,7 +1,8 @@
 """One Redis connection, and the connector that dials it for a pool.
 
 redis-py keeps doing the protocol: handshake (HELLO, AUTH, SELECT, CLIENT SETINFO), command
-packing, reply parsing. Three things are changed, each through a narrow override:
+packing, reply parsing. Three things are changed, each through a narrow override (the redis-py
+internals they touch are listed in `cache/redis_internals.py`):
 
 - where it dials: the address comes from the shared DNS cache, while TLS still verifies the
   certificate against the host *name* (`_connection_arguments`);
@@ -29,22 +30,22 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
 from postal.cache.deadline import current_operation
 from postal.cache.dns import DnsCache, DnsLookupError
+from postal.cache.redis_internals import new_command_packer
 from postal.cache.urls import RedisEndpoint
 
 # Where a server is right now, as (host, port) places to try in order: Sentinel's answer.
 Locate = Callable[[], Awaitable[list[tuple[str, int]]]]
 
-_PACKER = HiredisRespSerializer()  # stateless
+_PACKER = new_command_packer()
 
 
 class PostalConnection(Connection):

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from redis._parsers.encoders import Encoder  # the class redis-py pools hand to clients
 from redis.asyncio.connection import ConnectionPoolInterface
 
 from postal.cache.config import PoolConfig
@@ -46,6 +45,7 @@ from postal.cache.deadline import Operation, current_operation
 from postal.cache.durations import format_duration
 from postal.cache.errors import CacheUnavailable, PoolTimeout
 from postal.cache.events import PoolWaitEvent, PoolWaitListener
+from postal.cache.redis_internals import Encoder  # the class redis-py pools hand to clients
 
 logger = logging.getLogger("postal.cache.pool")
 

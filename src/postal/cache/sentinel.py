@@ -86,7 +86,7 @@ class SentinelLocator:
         self.service = topology.service
         self.replicas = topology.replicas
         self.ask_timeout = timeout * ASK_SHARE
-        self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        self._sentinel = Sentinel(
             [(endpoint.host, endpoint.port) for endpoint in topology.endpoints],
             sentinel_kwargs={
                 "socket_timeout": self.ask_timeout,
