@@ -1,26 +1,45 @@
-# Every target does its own set-up: a virtual environment in .venv, installed from pyproject.toml.
+# Every target does its own set-up: a virtual environment in .venv, installed from the lock
+# (requirements/dev.txt: every package pinned, with hashes) and nothing else.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench bench-http bench-import bench-seed bench-faults clean
+.PHONY: install lock lock-check run test test-fast lint bench bench-http bench-import bench-seed \
+	bench-faults clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+# The environment is made anew whenever the lock or pyproject.toml changes, so it holds exactly
+# the lock: nothing left over from an older one. pip checks every file against the lock's
+# hashes and resolves nothing (--no-deps); Postal itself is then built, editable, by the
+# setuptools the lock pinned (--no-build-isolation: no unpinned build backend is fetched).
+$(STAMP): pyproject.toml requirements/dev.txt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check  # a lock that lacks a dependency fails here, not in a test
 	touch $(STAMP)
+
+# The newest versions pyproject.toml allows, into requirements/; then `make test` says whether
+# the upgrade is safe. After editing pyproject.toml's dependencies without wanting upgrades,
+# `scripts/lock.py compile` re-resolves and keeps every other pin.
+lock: install
+	$(BIN)/python scripts/lock.py upgrade
+
+# Fails when pyproject.toml and the lock disagree; offline.
+lock-check: install
+	$(BIN)/python scripts/lock.py check
 
 run: install
 	$(BIN)/postal serve
 
-lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+lint: lock-check
+	$(BIN)/ruff check src tests scripts/lock.py
+	$(BIN)/ruff format --check src tests scripts/lock.py
 	$(BIN)/mypy
+	$(BIN)/mypy --strict scripts/lock.py
 
 test: lint
 	scripts/ensure-promtool $(BIN)

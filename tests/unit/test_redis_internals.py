@@ -1,5 +1,5 @@
 """The redis-py internals Postal leans on (listed in postal.cache.redis_internals) are there, in
-the version they were checked against.
+the version they were checked against, and that is the version the lock pins.
 
 The first test is the tripwire of an upgrade: after `make lock` brings another redis-py, it fails
 until someone has read the list against the new release and moved REDIS_PY_CHECKED.
@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import re
+from pathlib import Path
 
+import pytest
 from redis.asyncio.cluster import NodesManager, RedisCluster
 from redis.asyncio.connection import Connection
 
 from postal.cache.connection import PostalConnection
 from postal.cache.redis_internals import REDIS_PY_CHECKED, Encoder, new_command_packer
+
+LOCKS = Path(__file__).resolve().parents[2] / "requirements"
 
 
 def test_the_installed_redis_py_is_the_one_the_internals_were_checked_against() -> None:
@@ -24,6 +29,12 @@ def test_the_installed_redis_py_is_the_one_the_internals_were_checked_against() 
         f" postal/cache/redis_internals.py were checked against {REDIS_PY_CHECKED}:"
         " read them against the new release, then move REDIS_PY_CHECKED"
     )
+
+
+@pytest.mark.parametrize("lock", ["dev.txt", "main.txt"])
+def test_the_lock_pins_that_redis_py(lock: str) -> None:
+    pins = re.findall(r"^redis==(\S+)", (LOCKS / lock).read_text(), flags=re.MULTILINE)
+    assert pins == [REDIS_PY_CHECKED]
 
 
 def test_the_command_packer_packs_resp() -> None:
