@@ -12,6 +12,28 @@ from postal.settings import Settings, SettingsError, load_settings
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Postal: a posts service on Redis."
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from postal import __version__
+
+        typer.echo(f"postal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Postal: a posts service on Redis."""
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table (and JSON).")
 app.add_typer(bench_app, name="bench")
 
@@ -566,7 +588,7 @@ def stats(
 
 @app.command()
 def version() -> None:
-    """Print Postal's version."""
+    """Print Postal's version (the bare number, for scripts; `postal --version` says more)."""
     from postal import __version__
 
     typer.echo(__version__)
