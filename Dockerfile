@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
 # Postal's container image:  docker build -t postal:0.1.0 .
 #
-# Two stages. The builder makes a virtual environment in /opt/venv with Postal and its
-# dependencies (a C compiler at hand for any dependency without a binary wheel on the target
-# platform). The final stage is a fresh slim Python with that environment copied in and nothing
+# Two stages. The builder makes a virtual environment in /opt/venv with Postal and exactly the
+# dependencies the lock names (requirements/main.txt: every package pinned, each file checked
+# against its hash; a C compiler at hand for any of them without a binary wheel on the target
+# platform). Postal's own wheel is built by the setuptools the lock pins
+# (requirements/build.txt), in an environment of its own that stays in the builder. The final stage is a fresh slim Python with that environment copied in and nothing
 # else: no compiler, no pip, no source tree, no tests. It runs as an unprivileged user and writes
 # nothing to its root filesystem, so it runs with `readOnlyRootFilesystem` (deploy/k8s/).
 #
@@ -18,14 +20,21 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The environment has no pip of its own: the image's pip installs into it from outside.
-RUN python -m venv --without-pip /opt/venv
 WORKDIR /build
-COPY pyproject.toml README.md ./
+# The dependencies first, from the lock alone (--no-deps: pip resolves nothing), in a layer that
+# a change to Postal's source does not rebuild. The environment has no pip of its own: the
+# image's pip installs into it from outside.
+COPY requirements ./requirements
+RUN python -m venv --without-pip /opt/venv \
+ && pip --python /opt/venv/bin/python install --require-hashes --no-deps -r requirements/main.txt \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-# A regular (not editable) install: the package, its migrations and their bytecode, compiled
-# now because the running container cannot write .pyc files.
-RUN pip --python /opt/venv/bin/python install . \
+# A regular (not editable) install of the wheel: the package, its migrations and their bytecode,
+# compiled now because the running container cannot write .pyc files.
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && pip --python /opt/venv/bin/python install --no-deps /wheels/postal-*.whl \
  && /opt/venv/bin/postal version
 
 FROM ${PYTHON_IMAGE} AS final

@@ -97,7 +97,18 @@ def test_the_builder_does_the_building() -> None:
     runs = " ".join(values(builder, "RUN"))
     assert "gcc" in runs
     assert "rm -rf /var/lib/apt/lists/*" in runs
-    assert "pip --python /opt/venv/bin/python install ." in runs  # a regular install, not -e
+    # The dependencies exactly as locked, with hashes, resolving nothing.
+    assert (
+        "pip --python /opt/venv/bin/python install --require-hashes --no-deps"
+        " -r requirements/main.txt" in runs
+    )
+    # Postal's wheel, built by the locked setuptools (no isolation: nothing unpinned fetched),
+    # installed as a regular package, not -e.
+    assert "/opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt" in runs
+    assert "pip wheel --no-deps --no-build-isolation" in runs
+    assert "pip --python /opt/venv/bin/python install --no-deps /wheels/postal-" in runs
+    copied = values(builder, "COPY")
+    assert copied.index("requirements ./requirements") < copied.index("src ./src")
 
 
 def test_it_runs_as_a_non_root_user() -> None:
@@ -148,5 +159,5 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     for needed in (".venv", "var", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests"):
         assert needed in ignored, needed
-    for used in ("pyproject.toml", "README.md", "src"):  # what the builder copies
+    for used in ("pyproject.toml", "README.md", "LICENSE", "requirements", "src"):  # copied
         assert used not in ignored, used
