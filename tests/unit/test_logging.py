@@ -128,6 +128,18 @@ def test_uvicorns_loggers_come_out_through_the_same_handler(
     assert json.loads(lines[0])["logger"] == "uvicorn.error"
 
 
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_alembics_plugin_chatter_shows_only_at_debug(
+    restored_root: logging.Logger, level: str, shown: bool
+) -> None:
+    stream = io.StringIO()
+    configure_logging(level, "json", stream=stream)
+    logging.getLogger("alembic.runtime.plugins").info("setup plugin %s", "alembic.autogenerate")
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade  -> 0001")
+    loggers = [json.loads(line)["logger"] for line in stream.getvalue().splitlines()]
+    assert loggers == ["alembic.runtime.plugins"] * shown + ["alembic.runtime.migration"]
+
+
 def test_the_configured_secrets_are_masked_in_every_line(
     restored_root: logging.Logger,
 ) -> None:

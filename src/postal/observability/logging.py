@@ -147,6 +147,11 @@ def use_json(log_format: LogFormat, stream: TextIO) -> bool:
     return log_format == "json"
 
 
+# Loggers whose INFO lines are start-up chatter, shown only at DEBUG: Alembic 1.18 and later
+# log each of its plugins as it loads them, seven lines at every `postal serve`.
+CHATTY_AT_INFO = ("alembic.runtime.plugins",)
+
+
 def configure_logging(
     level: str = "INFO",
     log_format: LogFormat = "auto",
@@ -165,6 +170,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in CHATTY_AT_INFO:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else "WARNING"
+        )
 
 
 def configure_from_settings(settings: Settings) -> None:
