@@ -24,11 +24,7 @@ from postal.api.guards import WriteGuard
 from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
 from postal.api.routes import imports, ops, posts, reads
-from postal.cache import CacheClient
-from postal.cache.config import Profile
-from postal.cache.dns import DnsCache, Resolver
-from postal.cache.fallback import ReadThrough
-from postal.cache.invalidation import Invalidator
+from postal.cache import CacheClient, DnsCache, Invalidator, Profile, ReadThrough, Resolver
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
 from postal.observability.metrics import PostalMetrics

@@ -67,7 +67,7 @@ def serve(
 
     import uvicorn
 
-    from postal.cache.urls import mask_url
+    from postal.cache import mask_url
     from postal.embedded import EmbeddedRedis, EmbeddedRedisError
     from postal.observability.logging import configure_from_settings
     from postal.observability.multiproc import MetricsDirectoryInUse, metrics_directory
@@ -152,7 +152,7 @@ def migrate() -> None:
     """Bring the database (DATABASE_URL) to the latest schema."""
     import asyncio
 
-    from postal.cache.urls import mask_url
+    from postal.cache import mask_url
     from postal.posts.errors import DatabaseUnavailable
     from postal.storage.migrate import upgrade
 
@@ -209,7 +209,7 @@ def bench_cache(
     from postal.bench import BenchError, bench_console, publish, rich_progress
     from postal.bench.cache import DEFAULT_URL, CacheBenchOptions, render_report, run_cache_bench
     from postal.bench.redis_topologies import parse_topologies
-    from postal.cache.durations import parse_duration
+    from postal.cache import parse_duration
 
     try:
         seconds = 1.0 if quick else parse_duration(duration)
@@ -296,7 +296,7 @@ def bench_http(
     from postal.bench import BenchError, bench_console, publish, rich_progress
     from postal.bench.http import HttpBenchOptions, render_report, run_http_bench
     from postal.bench.redis_topologies import parse_topologies
-    from postal.cache.durations import parse_duration
+    from postal.cache import parse_duration
 
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:  # the load generator runs here: on uvloop when installed, as the servers do
@@ -559,7 +559,7 @@ def stats(
 
     from rich.console import Console
 
-    from postal.cache.durations import parse_duration
+    from postal.cache import parse_duration
     from postal.stats.command import StatsOptions, run_stats
 
     try:

@@ -49,9 +49,7 @@ from typing import Literal
 import typer
 from rich.console import Console
 
-from postal.cache import CacheClient
-from postal.cache.invalidation import Invalidator
-from postal.cache.urls import mask_url
+from postal.cache import CacheClient, Invalidator, mask_url
 from postal.embedded import answers_ping
 from postal.import_display import progress_display, report_lines
 from postal.posts.imports import (

@@ -13,10 +13,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from postal.cache.config import BreakerConfig, CacheTimeouts, PoolConfig, Profile, TlsConfig
-from postal.cache.durations import EXPECTED as EXPECTED_DURATION
-from postal.cache.durations import parse_duration
-from postal.cache.urls import Kind, Topology, mask_url
+from postal.cache import (
+    EXPECTED_DURATION,
+    BreakerConfig,
+    CacheTimeouts,
+    Kind,
+    PoolConfig,
+    Profile,
+    TlsConfig,
+    Topology,
+    mask_url,
+    parse_duration,
+)
 from postal.posts.models import DEFAULT_MAX_BODY_BYTES
 
 # With invalidations waiting for replicas, the SET deadline must hold a WAIT of at least a few

@@ -20,9 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from postal import __version__
-from postal.cache.breaker import BreakerState
-from postal.cache.nodes import Node
-from postal.cache.urls import mask_url
+from postal.cache import BreakerState, Node, mask_url
 
 
 def cache_report(state: Any) -> dict[str, Any]:

@@ -27,12 +27,19 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from postal.cache.breaker import BreakerChange, BreakerState
-from postal.cache.client import CacheClient
-from postal.cache.events import CacheEvent, FillEvent, FillOutcome, Outcome, PoolWaitEvent
-from postal.cache.fallback import ReadThrough
-from postal.cache.invalidation import Invalidator
-from postal.cache.pool import CloseReason
+from postal.cache import (
+    BreakerChange,
+    BreakerState,
+    CacheClient,
+    CacheEvent,
+    CloseReason,
+    FillEvent,
+    FillOutcome,
+    Invalidator,
+    Outcome,
+    PoolWaitEvent,
+    ReadThrough,
+)
 from postal.observability.batching import CounterBatch, HistogramBatch
 from postal.observability.metrics import (
     BREAKER_CLOSED,

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from postal.cache.events import CacheEvent
+from postal.cache import CacheEvent
 from postal.observability.redaction import Redactor, url_secrets
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote, unquote_plus
 
-from postal.cache.urls import SECRET_QUERY_PARAMETER
+from postal.cache import SECRET_QUERY_PARAMETER
 
 MASK = "***"
 SHORTEST_SECRET = 6  # characters; a shorter literal would mask ordinary words everywhere

@@ -8,7 +8,7 @@ page filled before the write stops matching and reads as a miss.
 
 from __future__ import annotations
 
-from postal.cache.keys import GuardedKey, guarded
+from postal.cache import GuardedKey, guarded
 
 LIST_GENERATION = "posts:list:{pages}:gen"
 

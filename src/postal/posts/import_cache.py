@@ -34,11 +34,15 @@ from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.cache.client import CacheClient, Timeout
-from postal.cache.errors import CacheError
-from postal.cache.guard import GuardedFill
-from postal.cache.invalidation import Invalidator
-from postal.cache.keys import GuardedKey, jittered
+from postal.cache import (
+    CacheClient,
+    CacheError,
+    GuardedFill,
+    GuardedKey,
+    Invalidator,
+    Timeout,
+    jittered,
+)
 from postal.posts.cache_keys import LIST_GENERATION, post_key
 from postal.posts.entries import Entry, encode_entry
 from postal.posts.errors import DatabaseUnavailable

@@ -42,8 +42,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.cache.client import CacheClient
-from postal.cache.invalidation import Invalidator
+from postal.cache import CacheClient, Invalidator
 from postal.posts.csv_rows import CsvHeaderError, CsvRowReader, ImportRow, RowError, RowProblem
 from postal.posts.import_cache import CacheStepReport, ImportCacheStep
 from postal.posts.service import CacheTtls

@@ -26,9 +26,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from postal.cache.fallback import Loader, ReadThrough
-from postal.cache.invalidation import Invalidator
-from postal.cache.keys import GuardedKey
+from postal.cache import GuardedKey, Invalidator, Loader, ReadThrough
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
 from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
 from postal.posts.errors import DatabaseUnavailable, NothingWritten

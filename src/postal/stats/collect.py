@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from postal.cache.config import NO_TLS, TlsConfig
+from postal.cache import NO_TLS, TlsConfig
 from postal.stats.redis_probe import DEFAULT_PINGS, RedisReport, probe_redis, redis_targets
 from postal.stats.scrape import Scrape, ScrapeError
 from postal.stats.summary import Summary, summarize

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from postal.cache.config import NO_TLS, TlsConfig
+from postal.cache import NO_TLS, TlsConfig
 from postal.stats.collect import PostalUnreachable, StatsReport, StatsSession
 from postal.stats.redis_probe import DEFAULT_PINGS
 from postal.stats.render import render, report_json

@@ -22,10 +22,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
-from postal.cache.connection import Connector, PostalConnection
-from postal.cache.dns import DnsCache
-from postal.cache.urls import CLUSTER_SCHEME, SENTINEL_SCHEME, RedisEndpoint, mask_url
+from postal.cache import (
+    CLUSTER_SCHEME,
+    NO_TLS,
+    SENTINEL_SCHEME,
+    Connector,
+    DnsCache,
+    PoolConfig,
+    PostalConnection,
+    RedisEndpoint,
+    TlsConfig,
+    mask_url,
+)
 from postal.observability.redaction import Redactor, url_secrets
 
 PROBE_TIMEOUT = 2.0  # seconds for the dial and for each reply

@@ -31,7 +31,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from postal.cache.urls import mask_url
+from postal.cache import mask_url
 from postal.posts.errors import DatabaseUnavailable, NothingWritten
 
 POSTGRES_DRIVER: Final = "postgresql+asyncpg"
