@@ -13,12 +13,13 @@ install: $(STAMP)
 # The environment is made anew whenever the lock or pyproject.toml changes, so it holds exactly
 # the lock: nothing left over from an older one. pip checks every file against the lock's
 # hashes and resolves nothing (--no-deps); Postal itself is then built, editable, by the
-# setuptools the lock pinned (--no-build-isolation: no unpinned build backend is fetched).
-$(STAMP): pyproject.toml requirements/dev.txt
+# setuptools the lock pinned (--no-build-isolation: no unpinned build backend is fetched), with
+# the test rigs (testing/) and the benchmarks (bench/), which are not part of its wheel.
+$(STAMP): pyproject.toml bench/pyproject.toml testing/pyproject.toml requirements/dev.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e testing -e bench
 	$(BIN)/python -m pip check  # a lock that lacks a dependency fails here, not in a test
 	touch $(STAMP)
 
@@ -36,8 +37,8 @@ run: install
 	$(BIN)/postal serve
 
 lint: lock-check
-	$(BIN)/ruff check src tests scripts/lock.py
-	$(BIN)/ruff format --check src tests scripts/lock.py
+	$(BIN)/ruff check src tests bench testing scripts/lock.py
+	$(BIN)/ruff format --check src tests bench testing scripts/lock.py
 	$(BIN)/mypy
 	$(BIN)/mypy --strict scripts/lock.py
 

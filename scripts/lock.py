@@ -12,6 +12,11 @@ Three files, resolved once and cut three ways so that they always agree:
 main.txt and build.txt are compiled with dev.txt as their constraints, so a package has one
 version in all three.
 
+The repository's other distributions, the benchmarks (bench/) and the test rigs (testing/),
+are installed from the same lock: their third-party requirements are mirrored in the root's
+dependency groups (`bench`, `test`), so the compile sees them, and `check` verifies that each is
+pinned in dev.txt within its range.
+
 Each file starts with the digest of the pyproject.toml tables it was compiled from. `check`
 recomputes it, and checks each direct requirement against its pin, without the network: a new
 release on the index never makes `make lint` fail, only an edit of pyproject.toml that was not
@@ -37,6 +42,8 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
+SUBPROJECTS = ("bench", "testing")  # directories with a pyproject.toml of their own
+LOCAL = {"postal", "postal-bench", "postal-testing"}  # installed from the repository, not locked
 LOCKS = ROOT / "requirements"
 DIGEST_PREFIX = "# pyproject.toml dependency digest: "
 PYTHON_VERSION = "3.11"  # the oldest Python requires-python admits: the one resolved for
@@ -65,8 +72,19 @@ def dependency_tables() -> dict[str, object]:
     }
 
 
+def subproject_requirements(name: str) -> list[str]:
+    """A sub-distribution's third-party requirements (not the repository's own)."""
+    path = ROOT / name / "pyproject.toml"
+    if not path.exists():
+        return []
+    requirements: list[str] = tomllib.loads(path.read_text())["project"].get("dependencies", [])
+    return [r for r in requirements if canonicalize_name(Requirement(r).name) not in LOCAL]
+
+
 def digest() -> str:
-    canonical = json.dumps(dependency_tables(), sort_keys=True, separators=(",", ":"))
+    tables = dependency_tables()
+    tables["subprojects"] = {name: subproject_requirements(name) for name in SUBPROJECTS}
+    canonical = json.dumps(tables, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -106,6 +124,8 @@ def direct_requirements(file: str) -> list[str]:
         for requirements in extras.values():
             direct += requirements
         direct += group_requirements(groups, "dev")
+        for name in SUBPROJECTS:
+            direct += subproject_requirements(name)
     return direct
 
 

@@ -4,7 +4,7 @@ Integration tests use the Redis on 127.0.0.1:6379 when it answers (and the posts
 second time on `redis_cluster`, a Redis Cluster of the session's own), each test under its own key
 prefix so that runs never see each other's keys (nor anyone else's); when it does not answer, one
 child redis-server is started for the session. Tests that must kill, slow or reconfigure a server
-start their own with `postal.bench.redis_servers`.
+start their own with `postal_testing.redis_servers`.
 
 Databases: `database_url` is a migrated PostgreSQL database of the session's own, `clean_database`
 the same emptied for one test, `postgres_engine` an engine on it, `empty_database_url` a new
@@ -23,10 +23,10 @@ import redis as sync_redis
 import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.bench.cluster_set import ClusterSet
-from postal.bench.redis_servers import RedisServer, answers_ping
 from postal.storage.db import create_engine
 from postal.storage.migrate import upgrade
+from postal_testing.cluster_set import ClusterSet
+from postal_testing.redis_servers import RedisServer, answers_ping
 from tests.support.database import session_database, truncate, unmigrated_database
 
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 6379

@@ -157,7 +157,8 @@ def test_the_image_ships_the_migrations() -> None:
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for needed in (".venv", "var", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests"):
+    for needed in (".venv", "var", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests",
+                   "testing", "bench"):  # fmt: skip
         assert needed in ignored, needed
     for used in ("pyproject.toml", "README.md", "LICENSE", "requirements", "src"):  # copied
         assert used not in ignored, used

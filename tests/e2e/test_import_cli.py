@@ -24,9 +24,9 @@ import httpx
 import pytest
 import redis
 
-from postal.bench.redis_servers import RedisServer
 from postal.embedded import free_loopback_port
 from postal.posts.cache_keys import LIST_GENERATION
+from postal_testing.redis_servers import RedisServer
 from tests.e2e.test_serve import SCRUBBED, run_postal, serving
 from tests.integration.api_support import Api, running_api
 from tests.support.database import HOST, PORT, USER, database_name, run_in_own_loop

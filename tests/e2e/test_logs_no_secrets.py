@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from postal.bench.redis_servers import RedisServer
+from postal_testing.redis_servers import RedisServer
 from tests.e2e.test_serve import serving
 
 pytestmark = pytest.mark.redis_server

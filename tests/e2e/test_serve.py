@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from postal.bench.redis_servers import answers_ping
 from postal.embedded import free_loopback_port
+from postal_testing.redis_servers import answers_ping
 from tests.support.database import empty_database
 
 SCRUBBED = ("DATABASE_URL", "READ_REDIS_URL", "WRITE_REDIS_URL", "POSTAL_API_TOKEN", "POSTAL_HOST")

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as redis
 
-from postal.bench.proxy import FaultProxy
 from postal.cache import (
     BreakerConfig,
     BreakerState,
@@ -28,6 +27,7 @@ from postal.cache import (
     ReadThrough,
     guarded,
 )
+from postal_testing.proxy import FaultProxy
 
 GET_DEADLINE = 0.2  # seconds: wide margins on a noisy machine
 THRESHOLD = 3

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field, replace
 import pytest
 import redis.asyncio as redis
 
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import RedisServer
 from postal.cache.client import CacheClient
 from postal.cache.config import CacheTimeouts, PoolConfig, Profile
 from postal.cache.errors import CacheTimeout, CacheUnavailable, PoolTimeout
 from postal.cache.pool import PoolStats
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis_server
 

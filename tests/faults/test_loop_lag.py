@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from postal.bench.proxy import FaultProxy
 from postal.cache import BreakerConfig, BreakerState, CacheClient, CacheTimeouts, Profile
 from postal.cache.errors import CacheTimeout
 from postal.cache.loop_lag import LoopLag
+from postal_testing.proxy import FaultProxy
 from tests.integration.helpers import small_profile
 
 GETS = 12  # sequential: well past the threshold, over more than the window

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
-from postal.bench import no_progress
-from postal.bench.faults import FAULTS, Fault, FaultOptions, FaultResult, run_faults
-from postal.bench.faults.fault import Shape
+from postal_bench.faults import FAULTS, Fault, FaultOptions, FaultResult, run_faults
+from postal_bench.faults.fault import Shape
+from postal_bench.load import no_progress
 
 pytestmark = pytest.mark.redis_server
 

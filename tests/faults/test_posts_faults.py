@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as redis
 from sqlalchemy import make_url
 
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import RedisServer
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import RedisServer
 from tests.integration.api_support import AUTH, running_api
 
 

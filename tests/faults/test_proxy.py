@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as redis
 
-from postal.bench.proxy import FaultProxy
+from postal_testing.proxy import FaultProxy
 
 TEST_TIMEOUT = 10.0  # seconds: a hang fails the test instead of blocking the run
 PONG = b"+PONG\r\n"

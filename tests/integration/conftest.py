@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
-from postal.bench.cluster_set import ClusterSet
+from postal_testing.cluster_set import ClusterSet
 from tests.integration.api_support import Api, running_api
 
 

@@ -15,9 +15,9 @@ import pytest
 import redis.asyncio as redis
 from sqlalchemy import make_url
 
-from postal.bench.proxy import FaultProxy
 from postal.posts.models import NUL_REFUSAL
 from postal.posts.representation import encode_cursor
+from postal_testing.proxy import FaultProxy
 from tests.integration.api_support import AUTH, Api, running_api
 
 VALID = {"title": "New", "body": "New body", "author": "ada"}

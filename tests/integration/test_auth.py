@@ -19,10 +19,10 @@ import redis.asyncio
 import redis.exceptions
 
 from postal.app import create_app
-from postal.bench.redis_servers import RedisServer
 from postal.cache import CacheClient, CacheEvent, CacheUnavailable, Outcome
 from postal.cache.urls import MASK
 from postal.settings import SettingsError, load_settings
+from postal_testing.redis_servers import RedisServer
 from tests.integration.helpers import ONE_CONNECTION
 
 pytestmark = pytest.mark.redis_server

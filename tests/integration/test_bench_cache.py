@@ -11,18 +11,15 @@ import redis.asyncio as redis
 from rich.console import Console
 from typer.testing import CliRunner
 
-from postal.bench import (
-    BenchError,
-    NotLoopback,
-    require_loopback,
-    write_json,
-)
-from postal.bench.cache import FLOOR, TARGETS, CacheBenchOptions, render_report, run_cache_bench
-from postal.bench.redis_servers import answers_ping
-from postal.bench.redis_topologies import require_loopback_redis
-from postal.bench.stats import COLUMNS, TOPOLOGY_COLUMNS, table_rows, topology_rows
 from postal.cache.urls import Topology
 from postal.cli import app
+from postal_bench.cache import FLOOR, TARGETS, CacheBenchOptions, render_report, run_cache_bench
+from postal_bench.errors import BenchError, NotLoopback
+from postal_bench.loopback import require_loopback
+from postal_bench.output import write_json
+from postal_bench.redis_topologies import require_loopback_redis
+from postal_bench.stats import COLUMNS, TOPOLOGY_COLUMNS, table_rows, topology_rows
+from postal_testing.redis_servers import answers_ping
 
 PROFILE_FIELDS = {
     "name",

@@ -20,11 +20,13 @@ import pytest
 import redis.asyncio as redis
 from typer.testing import CliRunner
 
-from postal.bench import BenchError, NotLoopback, write_json
-from postal.bench.http import HttpBenchOptions, run_http_bench
-from postal.bench.http_apps import BODY_BYTES, constant_body
-from postal.bench.http_servers import ServerProcess, free_port, uvicorn_command
-from postal.bench.http_stats import (
+from postal.cache.urls import Topology
+from postal.cli import app
+from postal_bench.errors import BenchError, NotLoopback
+from postal_bench.http.apps import BODY_BYTES, constant_body
+from postal_bench.http.bench import HttpBenchOptions, run_http_bench
+from postal_bench.http.servers import ServerProcess, free_port, uvicorn_command
+from postal_bench.http.stats import (
     COLUMNS,
     FLOOR,
     PEER,
@@ -37,11 +39,10 @@ from postal.bench.http_stats import (
     table_rows,
     topology_rows,
 )
-from postal.bench.loadgen import HttpTarget, closed_loop, fetch, open_loop
-from postal.bench.redis_servers import answers_ping
-from postal.bench.stats import RunResult
-from postal.cache.urls import Topology
-from postal.cli import app
+from postal_bench.loadgen import HttpTarget, closed_loop, fetch, open_loop
+from postal_bench.output import write_json
+from postal_bench.stats import RunResult
+from postal_testing.redis_servers import answers_ping
 
 POST_PATH = "/api/v1/posts/1"
 RUN_FIELDS = {"closed", "open", "server_log_lines", "first_server_log_line"}
@@ -68,7 +69,7 @@ Transfer/sec:     31.64MB
 def floor_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A floor server (uvicorn, one worker) answering 100-byte bodies, for the whole module."""
     port = free_port()
-    command = uvicorn_command("postal.bench.http_apps:floor_app", port, workers=1)
+    command = uvicorn_command("postal_bench.http.apps:floor_app", port, workers=1)
     log_dir = tmp_path_factory.mktemp("floor")
     server = ServerProcess("floor", command, port, {BODY_BYTES: "100"}, log_dir)
     server.start()

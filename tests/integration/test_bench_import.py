@@ -12,12 +12,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from postal.bench import BenchError, NotLoopback
-from postal.bench.csv_gen import generate_csv
-from postal.bench.import_db import BenchDatabase
-from postal.bench.imports import ImportBench, ImportBenchOptions, no_progress, run_import_bench
-from postal.bench.redis_topologies import delete_prefix
 from postal.cli import app
+from postal_bench.errors import BenchError, NotLoopback
+from postal_bench.imports.bench import (
+    ImportBench,
+    ImportBenchOptions,
+    no_progress,
+    run_import_bench,
+)
+from postal_bench.imports.csv_gen import generate_csv
+from postal_bench.imports.database import BenchDatabase
+from postal_bench.redis_topologies import delete_prefix
 from tests.support.database import HOST, PORT, USER
 
 ROWS = 2_000

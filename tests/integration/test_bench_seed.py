@@ -17,12 +17,12 @@ import pytest
 import redis.asyncio as redis
 from typer.testing import CliRunner
 
-from postal.bench import cpu_time
-from postal.bench.import_db import BenchDatabase
-from postal.bench.proxy_child import ProxyProcess
-from postal.bench.seed import run_seed_bench
-from postal.bench.seed_options import SeedBenchOptions
 from postal.cli import app
+from postal_bench import cpu_time
+from postal_bench.imports.database import BenchDatabase
+from postal_bench.seed.bench import run_seed_bench
+from postal_bench.seed.options import SeedBenchOptions
+from postal_testing.proxy_child import ProxyProcess
 from tests.support.database import HOST, PORT, USER
 
 REQUESTS = 300

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 import pytest
 from redis.crc import key_slot
 
-from postal.bench.cluster_set import ClusterSet
-from postal.bench.redis_servers import free_port
-from postal.bench.topologies import ask, poll
 from postal.cache import CacheClient, CacheError, CacheUnavailable, guarded
 from postal.cache.guard import GuardedFill
+from postal_testing.cluster_set import ClusterSet
+from postal_testing.redis_servers import free_port
+from postal_testing.topologies import ask, poll
 from tests.integration.api_support import running_api
 from tests.integration.topology_load import create_posts, load_while
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as redis
 
-from postal.bench.redis_servers import free_port
 from postal.cache import (
     GENERATION_TTL,
     BreakerConfig,
@@ -24,6 +23,7 @@ from postal.cache import (
     Outcome,
     guarded,
 )
+from postal_testing.redis_servers import free_port
 from tests.integration.helpers import make_client, small_profile
 
 KEY = guarded("item", "7")

@@ -23,9 +23,9 @@ import pytest
 import uvicorn
 from sqlalchemy import text
 
-from postal.bench.proxy import FaultProxy
 from postal.embedded import free_loopback_port
 from postal.posts.imports import ImportConflict, ImportReport
+from postal_testing.proxy import FaultProxy
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually
 from tests.support.database import row_counts

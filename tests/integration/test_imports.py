@@ -17,7 +17,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncTransaction
 from sqlalchemy.pool import QueuePool
 
-from postal.bench.redis_servers import free_port
 from postal.cache import CacheClient, CacheTimeouts, PoolConfig, Profile
 from postal.cache.fallback import ReadThrough
 from postal.cache.guard import GuardedFill
@@ -36,6 +35,7 @@ from postal.storage.bulk import BulkWriter, ImportConflict, NewPost
 from postal.storage.db import create_engine
 from postal.storage.repository import PostRepository, SqlPostRepository
 from postal.storage.tables import posts
+from postal_testing.redis_servers import free_port
 from tests.support.database import row_counts
 
 HEADER = "title,body,author,tags"

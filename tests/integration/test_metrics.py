@@ -10,15 +10,15 @@ import re
 
 import pytest
 
-from postal.bench.cluster_set import ClusterSet
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import free_port
 from postal.cache import PoolTimeout
 from postal.cache.events import PoolWaitEvent
 from postal.cache.fallback import ReadThrough
 from postal.cache.invalidation import Invalidator
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.metrics import CONTENT_TYPE, METRIC_NAMES, SERIES_NAMES, PostalMetrics
+from postal_testing.cluster_set import ClusterSet
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import free_port
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually, make_client, small_profile
 from tests.support.metrics_text import Scrape

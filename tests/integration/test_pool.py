@@ -10,8 +10,8 @@ import time
 import pytest
 import redis.asyncio as redis
 
-from postal.bench.redis_servers import running_redis
 from postal.cache import CacheClient, CloseReason
+from postal_testing.redis_servers import running_redis
 from tests.integration.helpers import eventually, make_client, small_profile
 
 

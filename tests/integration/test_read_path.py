@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.bench.redis_servers import free_port
 from postal.posts.models import Post, PostContent
 from postal.storage.repository import PostRepository, SqlPostRepository
+from postal_testing.redis_servers import free_port
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually
 

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as redis
 
-from postal.bench.proxy import FaultProxy
 from postal.cache import (
     CacheClient,
     CacheTimeouts,
@@ -19,6 +18,7 @@ from postal.cache import (
     ReadThrough,
     guarded,
 )
+from postal_testing.proxy import FaultProxy
 from tests.integration.helpers import eventually, make_client, small_profile
 
 KEY = guarded("doc", "1")

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import RedisServer
 from postal.cache import BreakerState, CacheClient, CacheTimeouts, Invalidator, guarded
 from postal.cache.errors import CacheError
 from postal.cache.replicas import ASK_TIMEOUT, ReplicasBehind
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import RedisServer
 from tests.integration.helpers import eventually, small_profile
 
 pytestmark = pytest.mark.redis_server

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from postal.bench.redis_servers import RedisServer
-from postal.bench.topologies import ReplicaSet
+from postal_testing.redis_servers import RedisServer
+from postal_testing.topologies import ReplicaSet
 from tests.integration.api_support import running_api
 from tests.integration.topology_load import create_posts, load_while
 

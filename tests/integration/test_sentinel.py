@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from postal.bench.topologies import SentinelSet
 from postal.cache import CacheEvent, Outcome
+from postal_testing.topologies import SentinelSet
 from tests.integration.api_support import running_api
 from tests.integration.topology_load import create_posts, load_while
 

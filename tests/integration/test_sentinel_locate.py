@@ -18,12 +18,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from postal.bench.redis_servers import RedisServer
-from postal.bench.topologies import SentinelSet
 from postal.cache import CacheClient
 from postal.cache.dns import DnsLookupError
 from postal.cache.sentinel import SentinelLocator
 from postal.cache.urls import Topology
+from postal_testing.redis_servers import RedisServer
+from postal_testing.topologies import SentinelSet
 from tests.integration.helpers import small_profile
 
 pytestmark = pytest.mark.redis_server

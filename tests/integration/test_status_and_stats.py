@@ -15,9 +15,9 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from postal.bench.redis_servers import RedisServer
 from postal.cli import app as cli_app
 from postal.embedded import free_loopback_port
+from postal_testing.redis_servers import RedisServer
 from tests.integration.api_support import TOKEN, Api, running_api
 from tests.integration.helpers import eventually
 from tests.support.metrics_text import Scrape

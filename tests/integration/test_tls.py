@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import pytest
 import trustme
 
-from postal.bench.redis_servers import RedisServer, free_port
 from postal.cache import CacheClient
 from postal.cache.config import NO_TLS, TlsConfig
 from postal.cache.dns import DnsCache
 from postal.cache.errors import CacheUnavailable
 from postal.settings import load_settings
+from postal_testing.redis_servers import RedisServer, free_port
 from tests.integration.helpers import ONE_CONNECTION
 
 pytestmark = pytest.mark.redis_server

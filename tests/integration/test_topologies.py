@@ -15,9 +15,9 @@ import redis.exceptions as redis_exc
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from postal.bench.cluster_set import ClusterSet
-from postal.bench.redis_servers import RedisServer, answers_ping
-from postal.bench.topologies import ReplicaSet, SentinelSet, ask
+from postal_testing.cluster_set import ClusterSet
+from postal_testing.redis_servers import RedisServer, answers_ping
+from postal_testing.topologies import ReplicaSet, SentinelSet, ask
 
 KEYS_IN_ONE_SLOT = [f"{{topology-test}}:{n}" for n in range(20)]  # one hash tag: one slot
 

@@ -15,13 +15,13 @@ import redis.asyncio as redis
 from sqlalchemy import make_url, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import free_port
 from postal.posts.errors import DatabaseUnavailable, NothingWritten
 from postal.posts.models import PostContent
 from postal.storage.db import create_engine, write_transaction
 from postal.storage.repository import SqlPostRepository
 from postal.storage.tables import posts
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import free_port
 from tests.integration.api_support import AUTH, running_api
 
 FIRST = PostContent(title="v1", body="b", author="a")

@@ -3,9 +3,9 @@
 import csv
 from pathlib import Path
 
-from postal.bench.csv_gen import HEADER, ROW_BYTES, generate_csv
 from postal.posts.csv_rows import CsvRowReader, ImportRow, RowError
 from postal.posts.models import MAX_AUTHOR_CHARS, MAX_TAGS, MAX_TITLE_CHARS
+from postal_bench.imports.csv_gen import HEADER, ROW_BYTES, generate_csv
 
 ROWS = 3_000
 

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from postal.bench import BenchError
-from postal.bench.faults.load import Outcome, ReadLog, WriteLog, classify, count_stale
-from postal.bench.faults.report import count_failed_writes, count_failures, recovery_time
-from postal.bench.faults.scenarios import FAULT_NAMES, faults_named
-from postal.bench.loadgen import Reply
 from postal.observability.metrics import CACHE_OPERATIONS
 from postal.stats.scrape import Scrape
+from postal_bench.errors import BenchError
+from postal_bench.faults.load import Outcome, ReadLog, WriteLog, classify, count_stale
+from postal_bench.faults.report import count_failed_writes, count_failures, recovery_time
+from postal_bench.faults.scenarios import FAULT_NAMES, faults_named
+from postal_bench.loadgen import Reply
 
 
 def _reply(status: int, body: object, headers: str = "") -> Reply:

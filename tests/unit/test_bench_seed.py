@@ -7,19 +7,20 @@ import math
 import pytest
 from rich.console import Console
 
-from postal.bench import BenchError, NotLoopback
-from postal.bench.seed import SeedReport
-from postal.bench.seed_load import request_schedule
-from postal.bench.seed_metrics import (
+from postal.stats.scrape import Scrape
+from postal_bench.errors import BenchError, NotLoopback
+from postal_bench.seed.bench import SeedReport
+from postal_bench.seed.load import request_schedule
+from postal_bench.seed.metrics import (
     CachePhase,
     bucket_delta,
     cache_phase,
     fills_done,
     histogram_quantile,
 )
-from postal.bench.seed_options import SeedBenchOptions, through_proxy
-from postal.bench.seed_render import cpu_line, render_report
-from postal.bench.seed_report import (
+from postal_bench.seed.options import SeedBenchOptions, through_proxy
+from postal_bench.seed.render import cpu_line, render_report
+from postal_bench.seed.report import (
     COLUMNS,
     PERCENTILES,
     ROWS,
@@ -29,7 +30,6 @@ from postal.bench.seed_report import (
     check_target,
     table_rows,
 )
-from postal.stats.scrape import Scrape
 
 INF = math.inf
 

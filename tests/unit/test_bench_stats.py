@@ -1,6 +1,6 @@
 import pytest
 
-from postal.bench.stats import (
+from postal_bench.stats import (
     COLUMNS,
     RunResult,
     median,

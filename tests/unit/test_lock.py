@@ -30,6 +30,9 @@ def checkout(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "scripts" / "lock.py", tmp_path / "scripts")
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     shutil.copytree(ROOT / "requirements", tmp_path / "requirements")
+    for subproject in ("bench", "testing"):
+        (tmp_path / subproject).mkdir()
+        shutil.copy(ROOT / subproject / "pyproject.toml", tmp_path / subproject)
     return tmp_path
 
 
@@ -56,6 +59,14 @@ def test_a_pin_outside_pyprojects_range_fails(checkout: Path) -> None:
     result = run_check(checkout)
     assert result.returncode == 1
     assert "requirements/main.txt pins redis==7." in result.stderr
+
+
+def test_a_benchmark_requirement_not_in_the_lock_fails(checkout: Path) -> None:
+    bench = checkout / "bench" / "pyproject.toml"
+    bench.write_text(bench.read_text().replace('"rich>=13",', '"rich>=13",\n    "numba>=0.60",'))
+    result = run_check(checkout)
+    assert result.returncode == 1
+    assert "requirements/dev.txt does not pin numba" in result.stderr
 
 
 def test_a_tool_setting_changed_in_pyproject_needs_no_new_lock(checkout: Path) -> None:

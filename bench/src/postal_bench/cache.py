@@ -31,9 +31,14 @@ from datetime import UTC, datetime
 from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 
-from postal import bench
-from postal.bench import stats
-from postal.bench.redis_topologies import (
+from postal.cache import BEFORE, TUNED, CacheClient, Profile
+from postal.cache.durations import format_duration
+from postal.cache.urls import RedisEndpoint, Topology
+from postal_bench import stats
+from postal_bench.errors import BenchError
+from postal_bench.load import Op, ProgressFn, Tally, no_progress, run_load, run_tool
+from postal_bench.output import print_grouped_table, render_table
+from postal_bench.redis_topologies import (
     REPLICAS,
     SENTINEL,
     SINGLE,
@@ -51,10 +56,7 @@ from postal.bench.redis_topologies import (
     sentinel_servers,
     topology_name,
 )
-from postal.bench.stats import ProfileSummary, RunResult
-from postal.cache import BEFORE, TUNED, CacheClient, Profile
-from postal.cache.durations import format_duration
-from postal.cache.urls import RedisEndpoint, Topology
+from postal_bench.stats import ProfileSummary, RunResult
 
 # A host name, as services use: the "before" profile then pays a lookup per connection, as in
 # the incident (an IP literal would skip DNS altogether).
@@ -87,9 +89,9 @@ class CacheBenchOptions:
         check_setups(self.topologies, self.url, self.write_url)
         for name in ("concurrency", "value_size", "runs", "keys"):
             if getattr(self, name) < 1:
-                raise bench.BenchError(f"{name} must be at least 1")
+                raise BenchError(f"{name} must be at least 1")
         if self.duration <= 0 or self.warmup < 0:
-            raise bench.BenchError("duration must be positive and warm-up not negative")
+            raise BenchError("duration must be positive and warm-up not negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,7 @@ def new_prefix() -> str:
 class Session:
     """An open profile: the operation to time, and counters to report (as deltas) per run."""
 
-    op: bench.Op
+    op: Op
     counters: Callable[[], dict[str, float]] = dict
 
 
@@ -197,7 +199,7 @@ async def measure(
     workload: Workload,
     options: CacheBenchOptions,
     label: str,
-    progress: bench.ProgressFn,
+    progress: ProgressFn,
 ) -> RunResult:
     """One run of `target` on clients of its own: a warm-up, then the measured load, no break."""
     planned = options.warmup + options.duration
@@ -209,8 +211,8 @@ async def measure(
 
     async with target.open(workload) as session:
         gc.collect()
-        tally = bench.Tally()
-        elapsed = await bench.run_load(
+        tally = Tally()
+        elapsed = await run_load(
             session.op,
             concurrency=options.concurrency,
             keys=len(workload.names),
@@ -233,7 +235,7 @@ async def measure(
 # -- the floor: redis-benchmark ----------------------------------------------------------------
 
 
-class FloorSkipped(bench.BenchError):
+class FloorSkipped(BenchError):
     """redis-benchmark cannot load this topology the way the profiles do."""
 
 
@@ -277,7 +279,7 @@ async def plan_floor(
     workload: Workload,
     options: CacheBenchOptions,
     label: str,
-    progress: bench.ProgressFn,
+    progress: ProgressFn,
 ) -> FloorPlan:
     """How redis-benchmark reads `workload`'s keys; FloorSkipped where it cannot."""
     topology = Topology.from_url(workload.setup.read_url)
@@ -298,7 +300,7 @@ async def plan_cluster_floor(
     workload: Workload,
     options: CacheBenchOptions,
     label: str,
-    progress: bench.ProgressFn,
+    progress: ProgressFn,
 ) -> FloorPlan:
     """`redis-benchmark --cluster` keeps each client on one master and puts, where a key says
     `{tag}`, a hash tag of one of that master's slots. It picks the tags itself, so a short run
@@ -312,7 +314,7 @@ async def plan_cluster_floor(
         executable, *endpoint, "-c", str(options.concurrency), "-n", str(PROBE_REQUESTS),
         "-r", "1", "SET", key, "probe",
     ]  # fmt: skip
-    await bench.run_tool(
+    await run_tool(
         probe, TOOL_GRACE, lambda elapsed: progress(f"{label} · finding its keys", elapsed, 1.0)
     )
     async with plain_primary(workload.setup.write_url) as client:
@@ -321,7 +323,7 @@ async def plan_cluster_floor(
         tags = sorted({found[len(stem) : -KEY_DIGITS] for found in probed})
         masters = len(client.get_primaries())
     if len(tags) != masters:
-        raise bench.BenchError(
+        raise BenchError(
             f"redis-benchmark used {len(tags)} hash tag(s) on {masters} masters: its keys"
             " cannot be written beforehand"
         )
@@ -335,7 +337,7 @@ async def measure_floor(
     workload: Workload,
     options: CacheBenchOptions,
     label: str,
-    progress: bench.ProgressFn,
+    progress: ProgressFn,
 ) -> RunResult:
     """redis-benchmark GETs of the bench's keys: a calibration run, then about `duration`'s worth.
 
@@ -354,12 +356,12 @@ async def measure_floor(
         return lambda elapsed: progress(f"{label} · {phase}", offset + elapsed, planned)
 
     limit = planned + TOOL_GRACE
-    calibration = await bench.run_tool(
+    calibration = await run_tool(
         [*base, "-n", str(CALIBRATION_REQUESTS), *command], limit, tick("warm-up", 0.0)
     )
     rate, _, _ = stats.parse_redis_benchmark(calibration)
     requests = max(1000, round(rate * options.duration))
-    output = await bench.run_tool(
+    output = await run_tool(
         [*base, "-n", str(requests), *command], limit, tick("measuring", options.warmup)
     )
     rps, p50, p99 = stats.parse_redis_benchmark(output)
@@ -368,7 +370,7 @@ async def measure_floor(
 
 
 async def prepare_floor(
-    workload: Workload, options: CacheBenchOptions, label: str, progress: bench.ProgressFn
+    workload: Workload, options: CacheBenchOptions, label: str, progress: ProgressFn
 ) -> FloorState:
     """The floor's plan on `workload`'s topology, or the note saying why there is none."""
     if not options.redis_benchmark:
@@ -377,7 +379,7 @@ async def prepare_floor(
         plan = await plan_floor(options.redis_benchmark, workload, options, label, progress)
     except FloorSkipped as exc:
         return FloorState(note=f"not run: {exc}")
-    except (bench.BenchError, OSError, ValueError, TimeoutError) as exc:
+    except (BenchError, OSError, ValueError, TimeoutError) as exc:
         return FloorState(note=f"failed, no floor: {type(exc).__name__}: {exc}")
     return FloorState(plan)
 
@@ -442,7 +444,7 @@ class CacheBenchReport:
 
 
 async def run_cache_bench(
-    options: CacheBenchOptions, progress: bench.ProgressFn = bench.no_progress
+    options: CacheBenchOptions, progress: ProgressFn = no_progress
 ) -> CacheBenchReport:
     """Set the topologies up, write the keys, run every profile `runs` times interleaved (on
     each topology in turn), delete the keys, stop what was started, summarize."""
@@ -479,7 +481,7 @@ async def run_cache_bench(
 
 
 async def _measure_all(
-    workloads: list[Workload], options: CacheBenchOptions, progress: bench.ProgressFn
+    workloads: list[Workload], options: CacheBenchOptions, progress: ProgressFn
 ) -> tuple[dict[tuple[str, str], list[RunResult]], dict[str, FloorState]]:
     """Each topology's keys written and floor planned, then the runs: run by run, topology by
     topology, profile by profile; the keys deleted in the end. The runs by (topology, profile),
@@ -514,7 +516,7 @@ async def _measure_all(
                     floor.runs.append(
                         await measure_floor(floor.plan, workload, options, label, progress)
                     )
-                except (bench.BenchError, OSError, ValueError, TimeoutError) as exc:
+                except (BenchError, OSError, ValueError, TimeoutError) as exc:
                     floor.note = f"failed, no floor: {type(exc).__name__}: {exc}"
     finally:
         for workload in workloads:
@@ -540,12 +542,12 @@ def render_report(report: CacheBenchReport, console: Console) -> None:
     )
     if len(report.setups) == 1:
         descriptions = report.descriptions | {REFERENCE: report.peers[report.topologies[0]]}
-        bench.render_table(console, title, report.summaries, descriptions, caption)
+        render_table(console, title, report.summaries, descriptions, caption)
         say(stats.target_line(report.summary("tuned")))
         return
     baseline = report.topologies[0]
     columns = [column.format(baseline=baseline) for column in stats.TOPOLOGY_COLUMNS]
-    bench.print_grouped_table(console, title, columns, stats.topology_rows(report.summaries))
+    print_grouped_table(console, title, columns, stats.topology_rows(report.summaries))
     say(
         f"{caption}\nvs ref: to the reference on the same topology; vs {baseline}: to the same"
         f" profile on {baseline}, run by run (the runs alternate between topologies)"

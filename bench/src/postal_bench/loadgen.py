@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from postal.bench import TICK, BenchError, require_loopback
+from postal_bench.errors import BenchError
+from postal_bench.load import TICK
+from postal_bench.loopback import require_loopback
 
 REPLY_GRACE = 5.0  # s: how long replies are awaited after a run's end; later ones are errors
 CONNECT_TIMEOUT = 2.0  # s: a connection not established by then is an error

@@ -23,15 +23,12 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from postal.bench import (
-    BenchError,
-    NotLoopback,
-    is_loopback_host,
-)
-from postal.bench.cluster_set import ClusterSet
 from postal.cache.urls import Kind, RedisEndpoint, Topology, mask_url
+from postal_bench.errors import BenchError, NotLoopback
+from postal_bench.loopback import is_loopback_host
+from postal_testing.cluster_set import ClusterSet
 
-logger = logging.getLogger("postal.bench")
+logger = logging.getLogger("postal_bench")
 
 KEY_TTL_MS = 3_600_000  # 1 h: a bench's keys expire even if its clean-up never runs
 PLAIN_TIMEOUT = 10.0  # seconds: bounds the bench's own redis-py calls (writing, deleting keys)

@@ -2,7 +2,7 @@
 
 `postal serve` builds the app from its settings alone. A benchmark also needs to choose the cache
 profile (the seed's "before", which settings cannot express: it has no circuit breaker) and to
-put a scripted DNS under the cache (`postal.bench.resolver`), without adding either to the
+put a scripted DNS under the cache (`postal_testing.resolver`), without adding either to the
 settings operators see. So the benchmarks run uvicorn on `app_from_environment` below, which
 reads two variables of its own besides the usual settings:
 
@@ -20,12 +20,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from postal.bench.http_servers import uvicorn_command
 from postal.cache.config import BEFORE, Profile
+from postal_bench.http.servers import uvicorn_command
 
 PROFILE_VARIABLE = "POSTAL_BENCH_PROFILE"
 DNS_SCRIPT_VARIABLE = "POSTAL_BENCH_DNS_SCRIPT"
-FACTORY = "postal.bench.server_child:app_from_environment"
+FACTORY = "postal_bench.server_child:app_from_environment"
 
 
 def server_command(port: int, workers: int = 1) -> list[str]:
@@ -44,9 +44,9 @@ def profile_named(name: str) -> Profile | None:
 
 def app_from_environment() -> FastAPI:
     from postal.app import create_app
-    from postal.bench.resolver import ScriptedResolver
     from postal.observability.logging import configure_from_settings
     from postal.settings import load_settings
+    from postal_testing.resolver import ScriptedResolver
 
     settings = load_settings()
     configure_from_settings(settings)

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from postal.bench import BenchError
+from postal_testing import RigError
 
 OPENSSL_TIMEOUT = 30.0  # seconds per openssl call (an EC key takes milliseconds)
 # EC P-256 keys: generated in milliseconds, where RSA keys take a noticeable fraction of a second.
@@ -32,14 +32,14 @@ class UntrustedPki:
 def _openssl(*args: str) -> None:
     binary = shutil.which("openssl")
     if binary is None:
-        raise BenchError("the TLS fault needs the openssl command, which is not installed")
+        raise RigError("the TLS fault needs the openssl command, which is not installed")
     try:
         subprocess.run([binary, *args], check=True, capture_output=True, timeout=OPENSSL_TIMEOUT)
     except subprocess.CalledProcessError as exc:
         error = exc.stderr.decode(errors="replace").strip()
-        raise BenchError(f"openssl {args[0]} failed: {error}") from exc
+        raise RigError(f"openssl {args[0]} failed: {error}") from exc
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"openssl {args[0]} took more than {OPENSSL_TIMEOUT:g}s") from exc
+        raise RigError(f"openssl {args[0]} took more than {OPENSSL_TIMEOUT:g}s") from exc
 
 
 def _self_signed_ca(directory: Path, name: str) -> tuple[Path, Path]:

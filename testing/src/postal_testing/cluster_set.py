@@ -2,7 +2,7 @@
 the tests and benchmarks that must watch slots move and masters fail over: a slot migrated whole
 or held half-moved (so clients really meet ASK), a planned `CLUSTER FAILOVER`, a master killed.
 
-As the rigs of `postal.bench.topologies`: a context manager whose `start()` returns once every
+As the rigs of `postal_testing.topologies`: a context manager whose `start()` returns once every
 node reports cluster_state:ok, and whose `cleanup()` stops every server it made.
 """
 
@@ -15,8 +15,8 @@ from functools import partial
 
 import redis
 
-from postal.bench.redis_servers import RedisServer
-from postal.bench.topologies import (
+from postal_testing.redis_servers import RedisServer
+from postal_testing.topologies import (
     REDIS_CLI,
     SETTLE_TIMEOUT,
     Address,

@@ -11,7 +11,7 @@ The child speaks lines of JSON: it prints `{"port": N}` once it listens, then an
 `stats` line on its stdin with `{"accepted": ..., "open": ..., "cpu_s": ...}`. It stops when its
 stdin closes (the bench ended, or died: nothing is left behind either way).
 
-    python -m postal.bench.proxy_child --upstream-port 6379 --latency 0.001
+    python -m postal_testing.proxy_child --upstream-port 6379 --latency 0.001
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postal.bench import BenchError
-from postal.bench.proxy import FaultProxy
+from postal_testing import RigError
+from postal_testing.proxy import FaultProxy
 
 START_TIMEOUT = 10.0  # s for the child to import, listen and say its port
 ANSWER_TIMEOUT = 5.0  # s for an answer to `stats`
@@ -66,13 +66,13 @@ class ProxyProcess:
         # Opening a local file for the child's stderr does not block in any way that matters.
         with open(self._log or os.devnull, "wb") as stderr:  # noqa: ASYNC230
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "postal.bench.proxy_child", *self._arguments,
+                sys.executable, "-m", "postal_testing.proxy_child", *self._arguments,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=stderr, start_new_session=True,
             )  # fmt: skip
         try:
             self.port = int((await self._read(START_TIMEOUT))["port"])
-        except BenchError:
+        except RigError:
             await self.stop()
             raise
 
@@ -100,7 +100,7 @@ class ProxyProcess:
 
     def _running(self) -> asyncio.subprocess.Process:
         if self._process is None or self._process.returncode is not None:
-            raise BenchError("the latency proxy is not running")
+            raise RigError("the latency proxy is not running")
         return self._process
 
     async def _read(self, timeout: float) -> dict[str, Any]:
@@ -110,13 +110,13 @@ class ProxyProcess:
             async with asyncio.timeout(timeout):
                 line = await process.stdout.readline()
         except TimeoutError:
-            raise BenchError(f"the latency proxy did not answer within {timeout:g}s") from None
+            raise RigError(f"the latency proxy did not answer within {timeout:g}s") from None
         if not line:
             await process.wait()
             error = ""
             if self._log is not None:
                 error = self._log.read_text(errors="replace").strip()[-500:]
-            raise BenchError(f"the latency proxy exited ({process.returncode}): {error}")
+            raise RigError(f"the latency proxy exited ({process.returncode}): {error}")
         answer: dict[str, Any] = json.loads(line)
         return answer
 

@@ -3,7 +3,7 @@
 The incident's DNS cost (a lookup per connection, tens of milliseconds each with Kubernetes'
 search domains and ndots:5) and the DNS faults (the name stops resolving, the name moves to a new
 address) are reproduced without touching the machine's DNS: Postal's `DnsCache` takes a resolver,
-and a server started for a benchmark gets this one (see `postal.bench.server_child`).
+and a server started for a benchmark gets this one (see `postal_bench.server_child`).
 
 The script is a JSON file, read again on every lookup so that the process that wrote it can
 change the answers while the server runs (write a new file and rename it over the old one):

@@ -1,7 +1,7 @@
 """Real Redis topologies on free loopback ports, for the tests and benchmarks that must watch a
 failover, a read replica or a slot move happen rather than take them on trust: a primary with
 replicas (`ReplicaSet`), a primary watched by Sentinels (`SentinelSet`), and, in
-`postal.bench.cluster_set`, a Redis Cluster (`ClusterSet`).
+`postal_testing.cluster_set`, a Redis Cluster (`ClusterSet`).
 
 Each rig is a context manager. `start()` returns once the topology has settled (replicas synced,
 every Sentinel agreeing on the primary and knowing its peers, every cluster node reporting
@@ -24,7 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from postal.bench.redis_servers import RedisServer, free_port
+from postal_testing.redis_servers import RedisServer, free_port
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 POLL_INTERVAL = 0.05  # seconds between two looks at a topology that is settling

@@ -19,10 +19,10 @@ and checks from Postal's /metrics that the fault really happened.
 The command (`postal bench faults`) and the tests (tests/faults/test_matrix.py) run the same code.
 """
 
-from postal.bench.faults.fault import Fault
-from postal.bench.faults.report import FaultReport, FaultResult, render_report
-from postal.bench.faults.runner import FaultOptions, run_faults
-from postal.bench.faults.scenarios import FAULT_NAMES, FAULTS, faults_named
+from postal_bench.faults.fault import Fault
+from postal_bench.faults.report import FaultReport, FaultResult, render_report
+from postal_bench.faults.runner import FaultOptions, run_faults
+from postal_bench.faults.scenarios import FAULT_NAMES, FAULTS, faults_named
 
 __all__ = [
     "FAULTS",

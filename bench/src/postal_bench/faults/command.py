@@ -12,11 +12,12 @@ from pathlib import Path
 
 import typer
 
-from postal.bench import BenchError, bench_console, publish, rich_progress
-from postal.bench.faults.report import render_report
-from postal.bench.faults.runner import FaultOptions, run_faults
-from postal.bench.faults.scenarios import faults_named
 from postal.cache.durations import parse_duration
+from postal_bench.errors import FAILURES
+from postal_bench.faults.report import render_report
+from postal_bench.faults.runner import FaultOptions, run_faults
+from postal_bench.faults.scenarios import faults_named
+from postal_bench.output import bench_console, publish, rich_progress
 
 QUICK_PHASES = (1.5, 3.0, 3.0)  # seconds before, during, after: the tests' phases
 
@@ -61,7 +62,7 @@ def run_faults_command(
             after=phases[2],
         )
         options.check()
-    except BenchError as exc:
+    except FAILURES as exc:
         typer.echo(f"postal: bench faults: {exc}", err=True)
         raise typer.Exit(2) from None
     console = bench_console()
@@ -71,7 +72,7 @@ def run_faults_command(
         # socket object, which uvloop's transports do not always give.
         with rich_progress(console) as progress:
             report = asyncio.run(run_faults(options, progress))
-    except BenchError as exc:
+    except FAILURES as exc:
         typer.echo(f"postal: bench faults: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
-from postal.bench.faults.rig import FaultRig
 from postal.observability.metrics import CACHE_OPERATIONS
 from postal.stats.scrape import Scrape
+from postal_bench.faults.rig import FaultRig
 
 
 class Shape(Enum):

@@ -32,10 +32,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from postal.bench import BenchError
-from postal.bench.faults.rig import POSTS_PATH, PostalChild, post_document
-from postal.bench.loadgen import Connection, Reply
 from postal.stats.scrape import Scrape
+from postal_bench.errors import BenchError
+from postal_bench.faults.rig import POSTS_PATH, PostalChild, post_document
+from postal_bench.loadgen import Connection, Reply
 
 SCRAPE_INTERVAL = 0.1  # s between /metrics scrapes: the resolution of the recovery time
 WRITE_PAUSE = (0.010, 0.020)  # s: the writer's pause between writes, drawn uniformly

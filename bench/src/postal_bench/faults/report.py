@@ -28,11 +28,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from postal.bench.faults.fault import Evidence
-from postal.bench.faults.load import Outcome, ReadLog, StaleRead, WriteLog
-from postal.bench.stats import percentile, show_count, show_ms
 from postal.observability.metrics import CACHE_OPERATIONS
 from postal.stats.scrape import Scrape
+from postal_bench.faults.fault import Evidence
+from postal_bench.faults.load import Outcome, ReadLog, StaleRead, WriteLog
+from postal_bench.stats import percentile, show_count, show_ms
 
 RECOVERED_SHARE = 0.5  # of the hit ratio before the fault: back to at least this share
 

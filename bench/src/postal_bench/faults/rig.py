@@ -6,7 +6,7 @@ A `FaultRig` is built anew for every fault, so no fault inherits another's state
   (start-up polls with sleeps) and cleaned up with the rig;
 - `FaultProxy`s in front of whatever a fault needs to break (a Redis, the database);
 - a `DnsScript` file, when Postal reaches Redis by the name `BENCH_HOST`;
-- Postal: one uvicorn worker of `postal.bench.server_child` (the tuned profile, the scripted DNS)
+- Postal: one uvicorn worker of `postal_bench.server_child` (the tuned profile, the scripted DNS)
   in a child process, with a key prefix and an API token of its own, on the run's database.
 
 The database (a scratch PostgreSQL database, or one the caller gives) is the run's: every fault
@@ -30,17 +30,17 @@ from typing import Self
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from postal.bench import BenchError
-from postal.bench.http_servers import ServerProcess, free_port
-from postal.bench.loadgen import Connection, HttpTarget, Reply
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import RedisServer
-from postal.bench.resolver import DnsScript
-from postal.bench.server_child import DNS_SCRIPT_VARIABLE, PROFILE_VARIABLE, server_command
 from postal.posts.models import PostContent
 from postal.stats.scrape import Scrape
 from postal.storage.bulk import BulkWriter, NewPost, WriteMethod
 from postal.storage.db import create_engine
+from postal_bench.errors import BenchError
+from postal_bench.http.servers import ServerProcess, free_port
+from postal_bench.loadgen import Connection, HttpTarget, Reply
+from postal_bench.server_child import DNS_SCRIPT_VARIABLE, PROFILE_VARIABLE, server_command
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import RedisServer
+from postal_testing.resolver import DnsScript
 
 POSTS_PATH = "/api/v1/posts"
 READY_PATH = "/healthz"

@@ -25,10 +25,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from postal.bench import BenchError, ProgressFn, require_loopback
-from postal.bench.faults.fault import Fault, Observed, Shape, Window
-from postal.bench.faults.load import SCRAPE_INTERVAL, Load, Outcome, count_stale
-from postal.bench.faults.report import (
+from postal.stats.scrape import Scrape
+from postal_bench.errors import BenchError
+from postal_bench.faults.fault import Fault, Observed, Shape, Window
+from postal_bench.faults.load import SCRAPE_INTERVAL, Load, Outcome, count_stale
+from postal_bench.faults.report import (
     FaultReport,
     FaultResult,
     Marks,
@@ -39,9 +40,10 @@ from postal.bench.faults.report import (
     phase_p99,
     recovery_time,
 )
-from postal.bench.faults.rig import FaultRig, create_hot_set
-from postal.bench.import_db import POSTGRES_SCHEME, bench_database
-from postal.stats.scrape import Scrape
+from postal_bench.faults.rig import FaultRig, create_hot_set
+from postal_bench.imports.database import POSTGRES_SCHEME, bench_database
+from postal_bench.load import ProgressFn
+from postal_bench.loopback import require_loopback
 
 HANG_BOUND = 10.0  # s: a request not answered by then is counted as hung, and given up on
 # s of load before the phases: the pools grow to the load's size, the first fills land. Its reads

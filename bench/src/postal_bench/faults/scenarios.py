@@ -10,19 +10,19 @@ from collections.abc import Callable
 
 import redis.asyncio as redis
 
-from postal.bench import BenchError
-from postal.bench.faults.certs import make_untrusted_pki
-from postal.bench.faults.fault import Evidence, Fault, Observed, Shape
-from postal.bench.faults.rig import FaultRig, server_step
-from postal.bench.proxy import FaultProxy
-from postal.bench.redis_servers import RedisServer, free_port
-from postal.bench.resolver import BENCH_HOST, DnsScript
 from postal.observability.metrics import (
     CACHE_OPERATIONS,
     DNS_LOOKUPS,
     POOL_MAX_CONNECTIONS,
     POOL_WAIT_SECONDS,
 )
+from postal_bench.errors import BenchError
+from postal_bench.faults.fault import Evidence, Fault, Observed, Shape
+from postal_bench.faults.rig import FaultRig, server_step
+from postal_testing.certs import make_untrusted_pki
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import RedisServer, free_port
+from postal_testing.resolver import BENCH_HOST, DnsScript
 
 SLOW_REPLY = 1.0  # s: the slow Redis answers this long after a request (half each way)
 DIAL_WAIT = 5.0  # s: the longest wait for Postal to dial (its pools redial at once, in practice)

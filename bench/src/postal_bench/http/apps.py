@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from postal.bench.redis_topologies import plain_reads
+from postal_bench.redis_topologies import plain_reads
 
 POST_ROUTE = "/api/v1/posts/{post_id}"  # the path of Postal's read, for all three targets
 MEDIA_TYPE = "application/json"

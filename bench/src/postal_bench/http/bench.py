@@ -37,20 +37,26 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
-from postal import bench
-from postal.bench import http_stats, loadgen
-from postal.bench.http_apps import (
+from postal.cache.durations import format_duration
+from postal.cache.urls import Topology, mask_url
+from postal_bench import loadgen
+from postal_bench.errors import BenchError
+from postal_bench.http import stats as http_stats
+from postal_bench.http.apps import (
     BODY_BYTES,
     KEY_PREFIX,
     PEER_POOL_SIZE,
     REDIS_URL,
     constant_body,
 )
-from postal.bench.http_postal import READY_PATH, PostalConfig, PreparedPost, delete_post
-from postal.bench.http_postal import prepare_post as prepare_postal_post
-from postal.bench.http_servers import ServerProcess, free_port, postal_command, uvicorn_command
-from postal.bench.http_stats import FLOOR, ORDER, PEER, POSTAL, HttpRun, TargetSummary
-from postal.bench.redis_topologies import (
+from postal_bench.http.postal_target import READY_PATH, PostalConfig, PreparedPost, delete_post
+from postal_bench.http.postal_target import prepare_post as prepare_postal_post
+from postal_bench.http.servers import ServerProcess, free_port, postal_command, uvicorn_command
+from postal_bench.http.stats import FLOOR, ORDER, PEER, POSTAL, HttpRun, TargetSummary
+from postal_bench.load import ProgressFn, no_progress, run_tool
+from postal_bench.loopback import require_loopback
+from postal_bench.output import print_grouped_table
+from postal_bench.redis_topologies import (
     SINGLE,
     RedisSetup,
     check_setups,
@@ -62,9 +68,7 @@ from postal.bench.redis_topologies import (
     topology_name,
     write_keys,
 )
-from postal.bench.stats import RunResult, summarize_run
-from postal.cache.durations import format_duration
-from postal.cache.urls import Topology, mask_url
+from postal_bench.stats import RunResult, summarize_run
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 WARMUP = 0.5  # s of unmeasured load before each loop
@@ -81,7 +85,7 @@ DESCRIPTIONS = {
     PEER: "Starlette + one redis.asyncio GET, BlockingConnectionPool(50) (the peer)",
     POSTAL: "postal serve, GET /api/v1/posts/{id}, cache hits",
 }
-FACTORIES = {FLOOR: "postal.bench.http_apps:floor_app", PEER: "postal.bench.http_apps:peer_app"}
+FACTORIES = {FLOOR: "postal_bench.http.apps:floor_app", PEER: "postal_bench.http.apps:peer_app"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +110,17 @@ class HttpBenchOptions:
             check_database_url(self.database_url)
         unknown = sorted(set(self.targets) - set(ORDER))
         if unknown or not self.targets:
-            raise bench.BenchError(f"targets are {', '.join(ORDER)}; got {unknown or 'none'}")
+            raise BenchError(f"targets are {', '.join(ORDER)}; got {unknown or 'none'}")
         for name in ("workers", "connections", "runs", "value_size"):
             if getattr(self, name) < 1:
-                raise bench.BenchError(f"{name} must be at least 1")
+                raise BenchError(f"{name} must be at least 1")
         if not (0 < self.rate <= MAX_RATE and 0 < self.duration <= MAX_DURATION):
-            raise bench.BenchError(
+            raise BenchError(
                 f"rate must be in (0, {MAX_RATE:,.0f}] req/s"
                 f" and duration in (0, {MAX_DURATION:g}] s"
             )
         if self.connections > MAX_CONNECTIONS or self.warmup < 0:
-            raise bench.BenchError(f"at most {MAX_CONNECTIONS} connections; warm-up >= 0")
+            raise BenchError(f"at most {MAX_CONNECTIONS} connections; warm-up >= 0")
 
 
 def check_database_url(url: str) -> None:
@@ -125,10 +129,10 @@ def check_database_url(url: str) -> None:
     if scheme.startswith("sqlite"):
         return
     if not scheme.startswith("postgresql"):
-        raise bench.BenchError(
+        raise BenchError(
             f"--database-url: expected sqlite+aiosqlite:// or postgresql+asyncpg://, got {scheme}://"
         )
-    bench.require_loopback(url, schemes=(scheme,))
+    require_loopback(url, schemes=(scheme,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +223,7 @@ def _loop_result(result: loadgen.LoadResult, details: dict[str, object]) -> RunR
 
 
 async def measure_closed(
-    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: bench.ProgressFn
+    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: ProgressFn
 ) -> RunResult:
     """The closed loop: a warm-up then the measured load (wrk's, when given)."""
     planned = options.warmup + options.duration
@@ -253,17 +257,17 @@ async def measure_closed(
         "-c", str(options.connections), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
         target.url,
     ]  # fmt: skip
-    output = await bench.run_tool(
+    output = await run_tool(
         command, seconds + TOOL_GRACE, tick(options.warmup, "closed loop (wrk)")
     )
     try:
         return http_stats.parse_wrk(output)
     except ValueError as exc:
-        raise bench.BenchError(f"cannot read wrk's output ({exc}); try --no-wrk") from None
+        raise BenchError(f"cannot read wrk's output ({exc}); try --no-wrk") from None
 
 
 async def measure_open(
-    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: bench.ProgressFn
+    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: ProgressFn
 ) -> RunResult:
     planned = options.warmup + options.duration
     phase = f"open loop {options.rate:,.0f} req/s"
@@ -378,7 +382,7 @@ class Bench:
 
 
 async def measure_target(
-    state: Bench, name: str, options: HttpBenchOptions, label: str, progress: bench.ProgressFn
+    state: Bench, name: str, options: HttpBenchOptions, label: str, progress: ProgressFn
 ) -> HttpRun:
     """One run of a target: its closed loop, its open loop, and what its server logged."""
     server = state.servers[name]
@@ -391,7 +395,7 @@ async def measure_target(
 
 
 async def run_http_bench(
-    options: HttpBenchOptions, progress: bench.ProgressFn = bench.no_progress
+    options: HttpBenchOptions, progress: ProgressFn = no_progress
 ) -> HttpBenchReport:
     """Set the topologies up, start the targets, measure each `runs` times interleaved (topology
     by topology), stop them and what was set up, summarize."""
@@ -479,9 +483,7 @@ def render_report(report: HttpBenchReport, console: Console) -> None:
     if several:
         baseline = report.topologies[0]
         columns = [c.format(baseline=baseline) for c in http_stats.TOPOLOGY_COLUMNS]
-        bench.print_grouped_table(
-            console, title, columns, http_stats.topology_rows(report.summaries)
-        )
+        print_grouped_table(console, title, columns, http_stats.topology_rows(report.summaries))
     else:
         table = Table(title=title)
         for column in http_stats.COLUMNS:

@@ -23,10 +23,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from postal.bench import BenchError
-from postal.bench.http_servers import ServerProcess
-from postal.bench.loadgen import fetch
-from postal.bench.redis_topologies import masked, plain_primary
+from postal_bench.errors import BenchError
+from postal_bench.http.servers import ServerProcess
+from postal_bench.loadgen import fetch
+from postal_bench.redis_topologies import masked, plain_primary
 
 POSTS_PATH = "/api/v1/posts"
 READY_PATH = "/healthz"

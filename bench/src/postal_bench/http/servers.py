@@ -25,8 +25,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from postal.bench import BenchError
-from postal.bench.loadgen import fetch
+from postal_bench.errors import BenchError
+from postal_bench.loadgen import fetch
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0  # s: a server not answering by then did not start (Postal imports a lot)

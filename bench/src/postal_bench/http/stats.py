@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from postal.bench.stats import (
+from postal_bench.stats import (
     MS,
     RunResult,
     median,

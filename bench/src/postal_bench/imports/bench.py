@@ -43,23 +43,24 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from postal import bench
-from postal.bench.csv_gen import GeneratedCsv, generate_csv
-from postal.bench.import_child import ChildConfig
-from postal.bench.import_db import BenchDatabase, bench_database, check_database_url
-from postal.bench.import_report import (
+from postal.cache import TUNED, CacheClient
+from postal.cache.config import CacheTimeouts
+from postal.cache.errors import CacheError
+from postal.cache.urls import mask_url
+from postal.posts.import_cache import time_invalidation
+from postal_bench.errors import BenchError
+from postal_bench.imports.child import ChildConfig
+from postal_bench.imports.csv_gen import GeneratedCsv, generate_csv
+from postal_bench.imports.database import BenchDatabase, bench_database, check_database_url
+from postal_bench.imports.report import (
     TIMING_SLICE,
     CacheComparison,
     ImportBenchReport,
     ImportRun,
     MethodSummary,
 )
-from postal.bench.redis_topologies import delete_prefix, require_loopback_redis
-from postal.cache import TUNED, CacheClient
-from postal.cache.config import CacheTimeouts
-from postal.cache.errors import CacheError
-from postal.cache.urls import mask_url
-from postal.posts.import_cache import time_invalidation
+from postal_bench.loopback import require_loopback
+from postal_bench.redis_topologies import delete_prefix, require_loopback_redis
 
 Method = Literal["copy", "insert"]
 
@@ -89,7 +90,7 @@ def parse_methods(text: str) -> tuple[Method, ...]:
     for method in METHODS:
         if text == method:
             return (method,)
-    raise bench.BenchError(f"--method: expected copy, insert or both, got {text!r}")
+    raise BenchError(f"--method: expected copy, insert or both, got {text!r}")
 
 
 def no_progress(label: str, done: float, total: float, detail: str) -> None:
@@ -109,21 +110,19 @@ class ImportBenchOptions:
     rss_rows: int | None = None  # also import a file of this many rows once (the RSS check)
 
     def check(self) -> None:
-        bench.require_loopback(self.redis_url)
+        require_loopback(self.redis_url)
         require_loopback_redis(self.redis_url)  # and every host, if it is a list of servers
         if self.database_url is not None:
             check_database_url(self.database_url)
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
-            raise bench.BenchError(
-                f"methods are {', '.join(METHODS)}, each once; got {self.methods}"
-            )
+            raise BenchError(f"methods are {', '.join(METHODS)}, each once; got {self.methods}")
         for name in ("rows", "runs", "batch_size", "cache_batch_size"):
             if getattr(self, name) < 1:
-                raise bench.BenchError(f"{name} must be at least 1")
+                raise BenchError(f"{name} must be at least 1")
         sizes = [self.rows] + ([] if self.rss_rows is None else [self.rss_rows])
         if any(not 1 <= size <= MAX_ROWS for size in sizes):
-            raise bench.BenchError(f"rows must be between 1 and {MAX_ROWS:,}")
+            raise BenchError(f"rows must be between 1 and {MAX_ROWS:,}")
 
     def to_json(self) -> dict[str, object]:
         return asdict(self) | {
@@ -168,7 +167,7 @@ async def run_child(
     progress(label, 0, file.size, "starting")
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "postal.bench.import_child",
+            sys.executable, "-m", "postal_bench.imports.child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
             limit=CHILD_LINE_LIMIT,
         )  # fmt: skip
@@ -194,12 +193,12 @@ async def run_child(
             process.kill()
             await process.wait()
         if isinstance(exc, TimeoutError):
-            raise bench.BenchError(f"{label}: the import process did not finish in time") from None
+            raise BenchError(f"{label}: the import process did not finish in time") from None
         raise
     if code != 0 or result is None:
         lines = stderr_path.read_text(errors="replace").strip().splitlines()
         shown = " | ".join(lines[-STDERR_SHOWN:]) or "no output"
-        raise bench.BenchError(f"{label}: the import process exited with code {code}: {shown}")
+        raise BenchError(f"{label}: the import process exited with code {code}: {shown}")
     return result
 
 
@@ -224,7 +223,7 @@ async def measure_cache_step(
                 else:
                     pipelined += seconds
     except CacheError as exc:
-        raise bench.BenchError(f"{label}: Redis failed the cache step: {exc}") from exc
+        raise BenchError(f"{label}: Redis failed the cache step: {exc}") from exc
     return CacheComparison(len(post_ids), batch, one_per_key, pipelined)
 
 
@@ -263,7 +262,7 @@ class ImportBench:
         result = await run_child(config, file, label, progress, self.workdir)
         run = ImportRun.from_child(result, file.rows, await self.database.counts())
         if run.problem is not None:
-            raise bench.BenchError(f"{label}: {run.problem}")
+            raise BenchError(f"{label}: {run.problem}")
         return run
 
 

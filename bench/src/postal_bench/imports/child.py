@@ -1,6 +1,6 @@
 """One import of `postal bench import`, in a process of its own so its peak RSS is its own.
 
-    echo '{"file": ..., "database_url": ..., ...}' | python -m postal.bench.import_child
+    echo '{"file": ..., "database_url": ..., ...}' | python -m postal_bench.imports.child
 
 Its settings (`ChildConfig`) come as one JSON line on stdin, not on the command line, where a
 password in a URL would show in `ps`.

@@ -23,9 +23,10 @@ import asyncpg
 from asyncpg import exceptions as pg_errors
 from sqlalchemy.engine import make_url
 
-from postal.bench import BenchError, require_loopback
 from postal.cache.urls import mask_url
 from postal.storage.migrate import upgrade
+from postal_bench.errors import BenchError
+from postal_bench.loopback import require_loopback
 
 POSTGRES_SCHEME = "postgresql+asyncpg"
 ADMIN_URL = f"{POSTGRES_SCHEME}://postgres@127.0.0.1:5432/postgres"  # where scratch DBs are made

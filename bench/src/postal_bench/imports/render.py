@@ -7,14 +7,14 @@ from collections.abc import Callable, Mapping, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from postal.bench.import_report import (
+from postal_bench.imports.report import (
     CACHE_SPEEDUP_TARGET,
     ROWS_PER_S_TARGET,
     RSS_RATIO_TARGET,
     TIMING_SLICE,
     ImportBenchReport,
 )
-from postal.bench.stats import median, ratio, show_count, show_ratio
+from postal_bench.stats import median, ratio, show_count, show_ratio
 
 MIB = 2**20
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from postal.bench.csv_gen import GeneratedCsv
-from postal.bench.stats import median, ratio
+from postal_bench.imports.csv_gen import GeneratedCsv
+from postal_bench.stats import median, ratio
 
 ROWS_PER_S_TARGET = 20_000.0  # into PostgreSQL, on this machine
 CACHE_SPEEDUP_TARGET = 10.0  # pipelined cache step vs one round trip per key

@@ -6,7 +6,7 @@ ms, throughput 90x. This bench measures it, with the incident's conditions made 
 - the data: `posts` posts in a scratch PostgreSQL database (inserted with plain SQL, `seed_db`);
 - between Postal and Redis, a TCP proxy adding `latency` each way (`proxy_child`, a process of
   its own), reached by a host name whose every lookup takes `dns_delay` (the scripted resolver of
-  `postal.bench.resolver`, never the machine's DNS): redis://redis.postal.test:<proxy port>;
+  `postal_testing.resolver`, never the machine's DNS): redis://redis.postal.test:<proxy port>;
 - the load: `ab -n requests -c connections`-like (`seed_load`) on GET /api/v1/posts/{id}, a
   share `hit_rate` of the requests going to a pre-warmed hot set (the first 10% of the posts)
   and the rest to posts never asked for before in the run; then as many GET /api/v1/posts.
@@ -36,25 +36,25 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 
-from postal import bench
-from postal.bench import cpu_time
-from postal.bench.http_servers import HOST, ServerProcess, free_port
-from postal.bench.import_db import BenchDatabase, bench_database
-from postal.bench.imports import StepProgress, no_progress
-from postal.bench.loadgen import fetch
-from postal.bench.proxy_child import ProxyProcess
-from postal.bench.redis_topologies import delete_prefix
-from postal.bench.resolver import BENCH_HOST, DnsScript
-from postal.bench.seed_db import insert_posts
-from postal.bench.seed_load import counted_loop, request_schedule
-from postal.bench.seed_metrics import cache_phase, fills_done
-from postal.bench.seed_options import (
+from postal.cache.urls import mask_url
+from postal.stats.scrape import Scrape
+from postal_bench import cpu_time
+from postal_bench.errors import BenchError
+from postal_bench.http.servers import HOST, ServerProcess, free_port
+from postal_bench.imports.bench import StepProgress, no_progress
+from postal_bench.imports.database import BenchDatabase, bench_database
+from postal_bench.loadgen import fetch
+from postal_bench.redis_topologies import delete_prefix
+from postal_bench.seed.database import insert_posts
+from postal_bench.seed.load import counted_loop, request_schedule
+from postal_bench.seed.metrics import cache_phase, fills_done
+from postal_bench.seed.options import (
     BODY_CHARS,
     SeedBenchOptions,
     through_proxy,
     with_address,
 )
-from postal.bench.seed_report import (
+from postal_bench.seed.report import (
     PROFILES,
     Cpu,
     Phase,
@@ -63,9 +63,9 @@ from postal.bench.seed_report import (
     check_target,
     run_json,
 )
-from postal.bench.server_child import DNS_SCRIPT_VARIABLE, PROFILE_VARIABLE, server_command
-from postal.cache.urls import mask_url
-from postal.stats.scrape import Scrape
+from postal_bench.server_child import DNS_SCRIPT_VARIABLE, PROFILE_VARIABLE, server_command
+from postal_testing.proxy_child import ProxyProcess
+from postal_testing.resolver import BENCH_HOST, DnsScript
 
 LOAD_LIMIT = 900.0  # s one load may take before the bench gives up on it
 FILL_SETTLE = 0.5  # s without a new fill after which the warm-up's fills are taken as done
@@ -90,7 +90,7 @@ async def ping_round_trip(redis_url: str, count: int = CALIBRATION_PINGS) -> flo
             await client.ping()
             times.append(time.perf_counter() - began)
     except Exception as exc:  # whatever redis-py raises, the bench cannot start
-        raise bench.BenchError(f"cannot PING Redis at {mask_url(redis_url)}: {exc}") from exc
+        raise BenchError(f"cannot PING Redis at {mask_url(redis_url)}: {exc}") from exc
     finally:
         await client.aclose()
     return statistics.median(times)
@@ -257,7 +257,7 @@ class SeedBench:
                 tick=partial(self._warm_tick, progress, shown),
             )  # fmt: skip
             if result.errors:
-                raise bench.BenchError(
+                raise BenchError(
                     f"{label}: the warm-up failed {result.errors:,} requests: {result.first_error}"
                 )
             filled = await self._settled_fills(server, start, len(hot))

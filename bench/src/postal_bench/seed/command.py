@@ -14,13 +14,14 @@ from pathlib import Path
 
 import typer
 
-from postal.bench import BenchError, bench_console, publish
-from postal.bench.imports import step_progress
-from postal.bench.seed import run_seed_bench
-from postal.bench.seed_options import QUICK_POSTS, QUICK_REQUESTS, SeedBenchOptions
-from postal.bench.seed_plot import require_matplotlib, write_plot
-from postal.bench.seed_render import render_report
 from postal.cache.durations import parse_duration
+from postal_bench.errors import FAILURES
+from postal_bench.imports.bench import step_progress
+from postal_bench.output import bench_console, publish
+from postal_bench.seed.bench import run_seed_bench
+from postal_bench.seed.options import QUICK_POSTS, QUICK_REQUESTS, SeedBenchOptions
+from postal_bench.seed.plot import require_matplotlib, write_plot
+from postal_bench.seed.render import render_report
 
 NAME = "postal: bench seed"
 
@@ -77,7 +78,7 @@ def run_seed_command(
         options.check()
         if plot is not None:
             require_matplotlib()
-    except (BenchError, ImportError) as exc:  # NotLoopback included: the load stays here
+    except (*FAILURES, ImportError) as exc:  # NotLoopback included: the load stays here
         raise _usage_error(str(exc)) from None
     console = bench_console()
     try:
@@ -86,7 +87,7 @@ def run_seed_command(
             asyncio.Runner(loop_factory=_loop_factory()) as runner,
         ):
             report = runner.run(run_seed_bench(options, progress))
-    except BenchError as exc:
+    except FAILURES as exc:
         typer.echo(f"{NAME}: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # the servers, the proxy, the keys and the scratch database are gone

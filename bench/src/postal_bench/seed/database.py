@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from asyncpg import exceptions as pg_errors
 
-from postal.bench import BenchError
-from postal.bench.import_db import connect
 from postal.cache.urls import mask_url
+from postal_bench.errors import BenchError
+from postal_bench.imports.database import connect
 
 INSERT_TIMEOUT = 300.0  # s per statement
 FILLER = "Postal serves posts from Redis at close to Redis's own speed. "  # a body, repeated

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from postal.bench import TICK, BenchError
-from postal.bench.loadgen import Connection, HttpTarget
+from postal_bench.errors import BenchError
+from postal_bench.load import TICK
+from postal_bench.loadgen import Connection, HttpTarget
 
 REQUEST_TIMEOUT = 30.0  # s: a request without a reply by then failed (the before profile: <= 6 s)
 ERROR_PAUSE = 0.01  # s a connection that failed waits before redialling

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from postal import bench
-from postal.bench.import_db import check_database_url
-from postal.bench.redis_topologies import require_loopback_redis
-from postal.bench.resolver import BENCH_HOST
 from postal.cache.urls import mask_url
+from postal_bench.errors import BenchError
+from postal_bench.imports.database import check_database_url
+from postal_bench.loopback import require_loopback
+from postal_bench.redis_topologies import require_loopback_redis
+from postal_testing.resolver import BENCH_HOST
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 HOT_SHARE = 0.1  # the hot set: this share of the posts (the lowest ids)
@@ -51,13 +52,13 @@ class SeedBenchOptions:
         return round(self.requests * (1 - self.hit_rate))
 
     def check(self) -> None:
-        bench.require_loopback(self.redis_url, schemes=("redis",))
+        require_loopback(self.redis_url, schemes=("redis",))
         require_loopback_redis(self.redis_url)  # and every host, if it is a list of servers
         if self.database_url is not None:
             check_database_url(self.database_url)
         for name, value in (("--latency", self.latency), ("--dns-delay", self.dns_delay)):
             if not 0 <= value <= MAX_DELAY:
-                raise bench.BenchError(f"{name} must be between 0s and {MAX_DELAY:g}s")
+                raise BenchError(f"{name} must be between 0s and {MAX_DELAY:g}s")
         for name, value, most in (
             ("--requests", self.requests, MAX_REQUESTS),
             ("--connections", self.connections, MAX_CONNECTIONS),
@@ -65,12 +66,12 @@ class SeedBenchOptions:
             ("--runs", self.runs, MAX_RUNS),
         ):
             if not 1 <= value <= most:
-                raise bench.BenchError(f"{name} must be between 1 and {most:,}")
+                raise BenchError(f"{name} must be between 1 and {most:,}")
         if not 0 <= self.hit_rate <= 1:
-            raise bench.BenchError(f"--hit-rate must be between 0 and 1, got {self.hit_rate:g}")
+            raise BenchError(f"--hit-rate must be between 0 and 1, got {self.hit_rate:g}")
         cold = self.posts - self.hot_posts
         if self.misses > cold:
-            raise bench.BenchError(
+            raise BenchError(
                 f"--posts {self.posts:,} is too few: {self.requests:,} requests at a hit rate of"
                 f" {self.hit_rate:g} need {self.misses:,} posts never asked for before, and only"
                 f" {cold:,} are outside the hot set of {self.hot_posts:,}"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postal.bench.seed import SeedReport
-from postal.bench.seed_report import (
+from postal_bench.seed.bench import SeedReport
+from postal_bench.seed.report import (
     ITEM_PATH,
     LIST_PATH,
     PERCENTILES,
@@ -26,7 +26,7 @@ from postal.bench.seed_report import (
     Phase,
     ProfileRun,
 )
-from postal.bench.stats import median
+from postal_bench.stats import median
 
 INSTALL_HINT = "pip install 'postal[bench]' (or make install)"
 COLOURS = {"before": "tab:red", "tuned": "tab:blue"}

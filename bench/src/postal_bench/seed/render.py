@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from postal.bench.seed import SeedReport
-from postal.bench.seed_report import (
+from postal.cache.durations import format_duration
+from postal_bench.seed.bench import SeedReport
+from postal_bench.seed.report import (
     COLUMNS,
     ITEM_PATH,
     PROFILES,
@@ -18,8 +19,7 @@ from postal.bench.seed_report import (
     show_ms,
     table_rows,
 )
-from postal.bench.stats import median
-from postal.cache.durations import format_duration
+from postal_bench.stats import median
 
 
 def cpu_line(runs: Sequence[ProfileRun], cpus: int | None) -> str:

@@ -18,9 +18,9 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from postal.bench.seed_load import CountedRun
-from postal.bench.seed_metrics import CachePhase, HistogramQuantile
-from postal.bench.stats import median, percentiles
+from postal_bench.seed.load import CountedRun
+from postal_bench.seed.metrics import CachePhase, HistogramQuantile
+from postal_bench.stats import median, percentiles
 
 BEFORE, TUNED = "before", "tuned"
 PROFILES = (BEFORE, TUNED)

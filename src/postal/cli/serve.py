@@ -1,0 +1,108 @@
+"""`postal serve`: the HTTP API on uvicorn (uvloop, httptools), with its workers, the embedded
+Redis of a first run, and the metrics directory that --workers N share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from postal.cli.config import settings_or_exit
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+GRACEFUL_SHUTDOWN = 10  # seconds for requests in flight to finish after SIGTERM
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: POSTAL_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: POSTAL_PORT]")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its pools.")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn, uvloop, httptools)."""
+    import asyncio
+    import logging
+    import os
+    import signal
+    from contextlib import ExitStack
+
+    import uvicorn
+
+    from postal.cache import mask_url
+    from postal.embedded import EmbeddedRedis, EmbeddedRedisError
+    from postal.observability.logging import configure_from_settings
+    from postal.observability.multiproc import MetricsDirectoryInUse, metrics_directory
+    from postal.posts.errors import DatabaseUnavailable
+
+    settings = settings_or_exit()
+    configure_from_settings(settings)
+    logger = logging.getLogger("postal.serve")
+    no_redis = settings.read_redis_url is None and settings.write_redis_url is None
+    if no_redis and not settings.embedded_redis:
+        typer.echo(
+            "postal: configuration error: DATABASE_URL is set but no READ_REDIS_URL or"
+            " WRITE_REDIS_URL: every instance must share one Redis (the embedded Redis is"
+            " for the embedded default only, with no DATABASE_URL)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    bind = host or settings.postal_host
+    if settings.api_token is None:
+        if bind not in LOOPBACK_HOSTS:
+            logger.warning("POSTAL_API_TOKEN is not set: binding 127.0.0.1, not %s", bind)
+            bind = "127.0.0.1"
+        logger.warning("POSTAL_API_TOKEN is not set: writes are open to anyone on this machine")
+    with ExitStack() as stack:
+        # PROMETHEUS_MULTIPROC_DIR must be set before anything imports prometheus_client (it
+        # reads it once): so before postal.app, which the workers import too.
+        try:
+            metrics_dir = stack.enter_context(metrics_directory(workers))
+        except MetricsDirectoryInUse as exc:
+            typer.echo(f"postal: configuration error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        from postal.app import NotMigrated, prepare_database
+
+        redis_note = ""
+        if settings.embedded_redis:
+            try:
+                embedded = stack.enter_context(EmbeddedRedis(Path(settings.postal_data_dir)))
+            except EmbeddedRedisError as exc:
+                typer.echo(f"postal: {exc}", err=True)
+                raise typer.Exit(1) from None
+            # Workers are separate processes: they read their settings from the environment.
+            os.environ["READ_REDIS_URL"] = os.environ["WRITE_REDIS_URL"] = embedded.url
+            settings = settings_or_exit()
+            configure_from_settings(settings)  # its password is now one to mask
+            redis_note = " (embedded, started by Postal)"
+        try:
+            asyncio.run(prepare_database(settings.database))
+        except (NotMigrated, DatabaseUnavailable) as exc:
+            typer.echo(f"postal: {mask_url(settings.database)}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        where = f"http://{bind}:{port or settings.postal_port}"
+        typer.echo(f"Postal serving on {where} with {workers} worker(s)")
+        typer.echo(f"  database: {mask_url(settings.database)}")
+        typer.echo(f"  Redis read: {mask_url(settings.read_url)}{redis_note}")
+        typer.echo(f"  Redis write: {mask_url(settings.write_url)}{redis_note}")
+        if metrics_dir is not None:
+            typer.echo(f"  metrics: all workers' /metrics files in {metrics_dir}")
+        # uvicorn re-raises SIGTERM once it has shut down; with the default handler that kills
+        # the process on the spot, and the embedded Redis would outlive us. Exit normally instead.
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        os.environ["WEB_CONCURRENCY"] = str(workers)  # for /status: the workers inherit it
+        uvicorn.run(
+            "postal.app:app_from_environment",
+            factory=True,
+            host=bind,
+            port=port or settings.postal_port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        )
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
