@@ -7,13 +7,14 @@ when the database is unavailable. Unknown routes and methods answer in the same 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from postal.posts.errors import DatabaseUnavailable, PostNotFound, VersionConflict, VersionNotFound
 from postal.posts.representation import etag
@@ -21,6 +22,7 @@ from postal.posts.representation import etag
 logger = logging.getLogger("postal.api")
 
 RETRY_AFTER_SECONDS = 1  # a database blip or failover usually clears within a second or two
+JSON = "application/json"
 
 
 class ApiError(Exception):
@@ -51,6 +53,16 @@ class RequestTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
+def error_body(code: str, message: str, *, field: str | None = None) -> bytes:
+    """The bytes of every error answer, encoded as Starlette's JSONResponse encodes them, for
+    the callers that send bytes themselves (`api/read_answer.py`)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    document = {"error": error}
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error_response(
     status: int,
     code: str,
@@ -59,10 +71,8 @@ def error_response(
     field: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    body = error_body(code, message, field=field)
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
 def database_unavailable(exc: Exception) -> Response:
