@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postal.api.errors import database_unavailable, error_response
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
+from postal.api.read_answer import etag_matches
 from postal.api.request_id import HEADER, RequestIdMiddleware, RequestIds
-from postal.api.routes.reads import etag_matches, post_id_or_none
+from postal.api.routes.reads import post_id_or_none
 from postal.api.routes.reads import routes as read_routes
 from postal.observability.logging import request_id
 from postal.posts.errors import DatabaseUnavailable

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from postal.api.errors import ID_MESSAGE, ApiError
+from postal.api.read_answer import etag_matches
 from postal.posts.models import MAX_ID
 from postal.posts.representation import decode_cursor
 from postal.posts.service import PostService
@@ -40,12 +41,6 @@ def parse_post_id(text: str) -> int:
     if post_id is None:
         raise ApiError(422, "invalid_id", ID_MESSAGE, field="post_id")
     return post_id
-
-
-def etag_matches(if_none_match: str, tag: str) -> bool:
-    """If-None-Match uses the weak comparison: `W/"v3"` matches `"v3"`."""
-    candidates = (part.strip().removeprefix("W/") for part in if_none_match.split(","))
-    return any(candidate in ("*", tag) for candidate in candidates)
 
 
 async def get_post(request: Request) -> Response:
