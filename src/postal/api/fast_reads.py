@@ -5,7 +5,8 @@ through FastAPI's middleware stack and router cost more than that round trip. Th
 middleware recognises the route by its path, asks the service for the cached entry, and sends
 the stored bytes. Anything it does not fully own (an id that is not a plain number, any other
 route or method) goes on to the app unchanged, where the Starlette route in `routes/reads.py`
-answers in the same way and with the same errors.
+answers in the same way and with the same errors: both send what `read_answer`
+(`api/read_answer.py`) makes of the entry and the request's headers.
 
 `PostalApp` puts it outside the whole stack FastAPI builds (server errors, FastAPI's telemetry
 and body-limit middlewares, ours), so it answers its own unexpected errors: a 500 in the same
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postal.api.errors import database_unavailable, error_response
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
-from postal.api.read_answer import etag_matches
+from postal.api.read_answer import read_answer
 from postal.api.request_id import HEADER, RequestIdMiddleware, RequestIds
 from postal.api.routes.reads import post_id_or_none
 from postal.api.routes.reads import routes as read_routes
@@ -39,7 +40,6 @@ from postal.posts.service import PostService
 logger = logging.getLogger("postal.api")
 
 PREFIX = "/api/v1/posts/"
-_JSON = (b"content-type", b"application/json")
 # The route this lane stands in for, left in scope["route"] as Starlette's router does: the HTTP
 # metrics label requests with its template.
 ROUTE = next(route for route in read_routes if getattr(route, "name", None) == "get_post")
@@ -93,22 +93,11 @@ class FastReads:
                 500, "internal_error", "an unexpected error; it has been logged"
             )
             return await _send(failed, rid, scope, receive, send)
-        if not entry.found:
-            missing = error_response(404, "post_not_found", f"post {post_id} does not exist")
-            return await _send(missing, rid, scope, receive, send)
-        assert entry.etag is not None
-        etag = entry.etag.encode()
-        for name, value in scope["headers"]:
-            if name == b"if-none-match" and etag_matches(value.decode("latin-1"), entry.etag):
-                headers = [(b"etag", etag), (HEADER, rid)]
-                await send({"type": "http.response.start", "status": 304, "headers": headers})
-                await send({"type": "http.response.body", "body": b""})
-                return 304
-        body = entry.body
-        headers = [_JSON, (b"content-length", b"%d" % len(body)), (b"etag", etag), (HEADER, rid)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        status, headers, body = read_answer(post_id, entry, scope["headers"])
+        headers.append((HEADER, rid))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        return 200
+        return status
 
 
 async def _send(response: Response, rid: bytes, scope: Scope, receive: Receive, send: Send) -> int:
