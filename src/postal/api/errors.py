@@ -86,6 +86,11 @@ def database_unavailable(exc: Exception) -> Response:
     )
 
 
+def internal_error() -> Response:
+    """500 for an unexpected error, in the same shape; whoever caught the error logs it."""
+    return error_response(500, "internal_error", "an unexpected error; it has been logged")
+
+
 # pydantic's error types -> our codes; anything else is "invalid_value"
 _CODES = {
     "extra_forbidden": "unknown_field",
@@ -163,7 +168,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Starlette's ServerErrorMiddleware sends this, then re-raises for the server to log.
-        return error_response(500, "internal_error", "an unexpected error; it has been logged")
+        return internal_error()
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation)

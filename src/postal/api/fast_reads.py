@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from postal.api.errors import database_unavailable, error_response
+from postal.api.errors import database_unavailable, internal_error
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
 from postal.api.read_answer import read_answer
 from postal.api.request_id import HEADER, RequestIdMiddleware, RequestIds
@@ -89,10 +89,7 @@ class FastReads:
             return await _send(database_unavailable(exc), rid, scope, receive, send)
         except Exception:
             logger.exception("unhandled error on GET %s", scope["path"])
-            failed = error_response(
-                500, "internal_error", "an unexpected error; it has been logged"
-            )
-            return await _send(failed, rid, scope, receive, send)
+            return await _send(internal_error(), rid, scope, receive, send)
         status, headers, body = read_answer(post_id, entry, scope["headers"])
         headers.append((HEADER, rid))
         await send({"type": "http.response.start", "status": status, "headers": headers})
