@@ -41,6 +41,7 @@ lint: lock-check
 	$(BIN)/ruff format --check src tests bench testing scripts/lock.py
 	$(BIN)/mypy
 	$(BIN)/mypy --strict scripts/lock.py
+	$(BIN)/lint-imports --no-cache  # the arrows between rooms: [tool.importlinter] in pyproject
 
 test: lint
 	scripts/ensure-promtool $(BIN)

@@ -28,7 +28,7 @@ from postal.cache import (
 from postal.posts.models import DEFAULT_MAX_BODY_BYTES
 
 # With invalidations waiting for replicas, the SET deadline must hold a WAIT of at least a few
-# milliseconds plus one Redis cron tick (100 ms) plus the reply (`cache.replicas`).
+# milliseconds plus one Redis cron tick (100 ms) plus the reply (`cache.transport.replicas`).
 MIN_WAITING_SET_DEADLINE = 0.150  # seconds
 
 

@@ -23,8 +23,7 @@ from collections.abc import Iterable, Mapping
 
 import promql_parser
 
-from postal.cache.events import FillOutcome, Outcome
-from postal.cache.pool import CloseReason
+from postal.cache import CloseReason, FillOutcome, Outcome
 from postal.observability.metrics import (
     DNS_OUTCOMES,
     HISTOGRAM_SUFFIXES,

@@ -27,7 +27,7 @@ from starlette.routing import Match
 from postal import __version__
 from postal.api.routes.ops import READY_CHECK_TIMEOUT
 from postal.app import DRAIN_TIMEOUT, create_app
-from postal.cache.invalidation import LAST_ATTEMPT_TIMEOUT
+from postal.cache.policy.invalidation import LAST_ATTEMPT_TIMEOUT
 from postal.cli import app as cli_app
 from postal.cli.serve import GRACEFUL_SHUTDOWN
 from postal.observability.multiproc import MULTIPROC_ENV

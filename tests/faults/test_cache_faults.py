@@ -24,10 +24,16 @@ from dataclasses import dataclass, field, replace
 import pytest
 import redis.asyncio as redis
 
-from postal.cache.client import CacheClient
-from postal.cache.config import CacheTimeouts, PoolConfig, Profile
-from postal.cache.errors import CacheTimeout, CacheUnavailable, PoolTimeout
-from postal.cache.pool import PoolStats
+from postal.cache import (
+    CacheClient,
+    CacheTimeout,
+    CacheTimeouts,
+    CacheUnavailable,
+    PoolConfig,
+    PoolStats,
+    PoolTimeout,
+    Profile,
+)
 from postal_testing.proxy import FaultProxy
 from postal_testing.redis_servers import RedisServer
 

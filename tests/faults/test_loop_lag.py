@@ -17,9 +17,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from postal.cache import BreakerConfig, BreakerState, CacheClient, CacheTimeouts, Profile
-from postal.cache.errors import CacheTimeout
-from postal.cache.loop_lag import LoopLag
+from postal.cache import (
+    BreakerConfig,
+    BreakerState,
+    CacheClient,
+    CacheTimeout,
+    CacheTimeouts,
+    Profile,
+)
+from postal.cache.transport.loop_lag import LoopLag
 from postal_testing.proxy import FaultProxy
 from tests.integration.helpers import small_profile
 

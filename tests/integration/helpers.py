@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
-from postal.cache import CacheClient, CacheTimeouts, PoolConfig, Profile
-from postal.cache.dns import DnsCache
+from postal.cache import CacheClient, CacheTimeouts, DnsCache, PoolConfig, Profile
 
 FAST_MAINTENANCE = 0.05  # seconds: let the reaper and refiller act within a test's patience
 

@@ -20,7 +20,7 @@ import redis.exceptions
 
 from postal.app import create_app
 from postal.cache import CacheClient, CacheEvent, CacheUnavailable, Outcome
-from postal.cache.urls import MASK
+from postal.cache.transport.urls import MASK
 from postal.settings import SettingsError, load_settings
 from postal_testing.redis_servers import RedisServer
 from tests.integration.helpers import ONE_CONNECTION

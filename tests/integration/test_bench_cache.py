@@ -11,7 +11,7 @@ import redis.asyncio as redis
 from rich.console import Console
 from typer.testing import CliRunner
 
-from postal.cache.urls import Topology
+from postal.cache import Topology
 from postal.cli import app
 from postal_bench.cache import FLOOR, TARGETS, CacheBenchOptions, render_report, run_cache_bench
 from postal_bench.errors import BenchError, NotLoopback

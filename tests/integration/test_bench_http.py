@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as redis
 from typer.testing import CliRunner
 
-from postal.cache.urls import Topology
+from postal.cache import Topology
 from postal.cli import app
 from postal_bench.errors import BenchError, NotLoopback
 from postal_bench.http.apps import BODY_BYTES, constant_body

@@ -108,8 +108,9 @@ def test_before_dials_and_resolves_per_operation_tuned_reuses(tiny_run: dict[str
     resolved = both_loads(before, "cache", "dns_lookups")
     joined = both_loads(before, "cache", "dns_cached")
     assert resolved >= 1
-    assert resolved + joined >= opened
-    assert resolved + joined <= opened + 20  # dials begun but not finished at a scrape
+    # Dials in flight at either scrape (a background fill of the load before, still dialling
+    # when the next load's first scrape is taken) count on one side of it only: a few apart.
+    assert abs(resolved + joined - opened) <= 20
     # The proxy saw the same connections the pools said they opened.
     assert abs(both_loads(before, "proxy_accepted") - opened) <= 20
     # Tuned resolves once per TTL (30 s): nothing, or a re-resolve after a failed connection.

@@ -7,8 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as redis
 
-from postal.cache import CacheClient, CacheEvent, CacheTimeout, Outcome, PoolTimeout
-from postal.cache.config import TUNED
+from postal.cache import TUNED, CacheClient, CacheEvent, CacheTimeout, Outcome, PoolTimeout
 from tests.integration.helpers import make_client, small_profile
 
 

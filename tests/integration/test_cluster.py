@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import pytest
 from redis.crc import key_slot
 
-from postal.cache import CacheClient, CacheError, CacheUnavailable, guarded
-from postal.cache.guard import GuardedFill
+from postal.cache import CacheClient, CacheError, CacheUnavailable, GuardedFill, guarded
 from postal_testing.cluster_set import ClusterSet
 from postal_testing.redis_servers import free_port
 from postal_testing.topologies import ask, poll

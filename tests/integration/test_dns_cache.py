@@ -8,8 +8,7 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as redis
 
-from postal.cache import CacheClient, CacheUnavailable
-from postal.cache.dns import DnsCache
+from postal.cache import CacheClient, CacheUnavailable, DnsCache
 from tests.integration.helpers import small_profile
 
 

@@ -17,11 +17,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncTransaction
 from sqlalchemy.pool import QueuePool
 
-from postal.cache import CacheClient, CacheTimeouts, PoolConfig, Profile
-from postal.cache.fallback import ReadThrough
-from postal.cache.guard import GuardedFill
-from postal.cache.invalidation import Invalidator
-from postal.cache.keys import guarded
+from postal.cache import (
+    CacheClient,
+    CacheTimeouts,
+    GuardedFill,
+    Invalidator,
+    PoolConfig,
+    Profile,
+    ReadThrough,
+    guarded,
+)
 from postal.posts.cache_keys import LIST_GENERATION, post_key
 from postal.posts.csv_rows import RowProblem
 from postal.posts.entries import Entry

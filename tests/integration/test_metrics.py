@@ -10,10 +10,7 @@ import re
 
 import pytest
 
-from postal.cache import PoolTimeout
-from postal.cache.events import PoolWaitEvent
-from postal.cache.fallback import ReadThrough
-from postal.cache.invalidation import Invalidator
+from postal.cache import Invalidator, PoolTimeout, PoolWaitEvent, ReadThrough
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.metrics import CONTENT_TYPE, METRIC_NAMES, SERIES_NAMES, PostalMetrics
 from postal_testing.cluster_set import ClusterSet

@@ -16,9 +16,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from postal.cache import BreakerState, CacheClient, CacheTimeouts, Invalidator, guarded
-from postal.cache.errors import CacheError
-from postal.cache.replicas import ASK_TIMEOUT, ReplicasBehind
+from postal.cache import BreakerState, CacheClient, CacheError, CacheTimeouts, Invalidator, guarded
+from postal.cache.transport.replicas import ASK_TIMEOUT, ReplicasBehind
 from postal_testing.proxy import FaultProxy
 from postal_testing.redis_servers import RedisServer
 from tests.integration.helpers import eventually, small_profile

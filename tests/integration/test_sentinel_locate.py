@@ -18,10 +18,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from postal.cache import CacheClient
-from postal.cache.dns import DnsLookupError
-from postal.cache.sentinel import SentinelLocator
-from postal.cache.urls import Topology
+from postal.cache import CacheClient, Topology
+from postal.cache.transport.dns import DnsLookupError
+from postal.cache.transport.sentinel import SentinelLocator
 from postal_testing.redis_servers import RedisServer
 from postal_testing.topologies import SentinelSet
 from tests.integration.helpers import small_profile

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import pytest
 import trustme
 
-from postal.cache import CacheClient
-from postal.cache.config import NO_TLS, TlsConfig
-from postal.cache.dns import DnsCache
-from postal.cache.errors import CacheUnavailable
+from postal.cache import NO_TLS, CacheClient, CacheUnavailable, DnsCache, TlsConfig
 from postal.settings import load_settings
 from postal_testing.redis_servers import RedisServer, free_port
 from tests.integration.helpers import ONE_CONNECTION

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from postal.cache.breaker import BreakerChange, BreakerState, CircuitBreaker
-from postal.cache.config import BEFORE, TUNED, BreakerConfig
+from postal.cache import BEFORE, TUNED, BreakerChange, BreakerConfig, BreakerState, CircuitBreaker
 
 THRESHOLD, COOLDOWN = 3, 1.0
 

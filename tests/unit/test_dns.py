@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from postal.cache.dns import DnsCache, DnsLookupError
+from postal.cache import DnsCache
+from postal.cache.transport.dns import DnsLookupError
 
 
 class FakeClock:

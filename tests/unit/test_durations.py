@@ -1,6 +1,6 @@
 import pytest
 
-from postal.cache.durations import format_duration, parse_duration
+from postal.cache import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from postal.cache.errors import CacheError
-from postal.cache.guard import (
-    GENERATION_TTL,
-    Guarded,
-    invalidation_commands,
-    read_guarded,
-    stamp,
-)
-from postal.cache.keys import GuardedKey, guarded, jittered
+from postal.cache import GENERATION_TTL, CacheError, Guarded, GuardedKey, guarded, jittered
+from postal.cache.policy.guard import invalidation_commands, read_guarded, stamp
 
 
 def test_a_key_and_its_generation_share_a_hash_tag() -> None:

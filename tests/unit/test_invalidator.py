@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
-from postal.cache.errors import CacheUnavailable
-from postal.cache.invalidation import Invalidator
-from postal.cache.keys import GuardedKey, guarded
+from postal.cache import CacheUnavailable, GuardedKey, Invalidator, guarded
 from tests.support.loop import spin_until
 
 POST = guarded("post", "1")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from postal.cache.urls import mask_url
+from postal.cache import mask_url
 from postal.observability.redaction import Redactor, url_secrets
 
 

@@ -17,12 +17,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postal.api.fast_reads import ROUTE as FAST_LANE_ROUTE
 from postal.api.http_metrics import HttpMetrics, RouteTemplates
-from postal.cache.breaker import BreakerChange, BreakerState
-from postal.cache.client import CacheClient
-from postal.cache.config import TUNED
-from postal.cache.events import CacheEvent, Outcome, PoolWaitEvent
-from postal.cache.fallback import ReadThrough
-from postal.cache.invalidation import Invalidator
+from postal.cache import (
+    TUNED,
+    BreakerChange,
+    BreakerState,
+    CacheClient,
+    CacheEvent,
+    Invalidator,
+    Outcome,
+    PoolWaitEvent,
+    ReadThrough,
+)
 from postal.observability.batching import Batches, HistogramBatch
 from postal.observability.cache_metrics import (
     BreakerMetrics,

@@ -12,11 +12,18 @@ from collections.abc import Callable
 
 import pytest
 
-from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable
-from postal.cache.events import FillEvent, FillOutcome
-from postal.cache.fallback import Loader, ReadThrough
-from postal.cache.guard import Guarded
-from postal.cache.keys import GuardedKey, guarded
+from postal.cache import (
+    CacheError,
+    CacheTimeout,
+    CacheUnavailable,
+    FillEvent,
+    FillOutcome,
+    Guarded,
+    GuardedKey,
+    Loader,
+    ReadThrough,
+    guarded,
+)
 from tests.support.loop import spin_until
 
 KEY = guarded("thing", "1")

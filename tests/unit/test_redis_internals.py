@@ -1,5 +1,5 @@
-"""The redis-py internals Postal leans on (listed in postal.cache.redis_internals) are there, in
-the version they were checked against, and that is the version the lock pins.
+"""The redis-py internals Postal leans on (listed in postal.cache.transport.redis_internals) are
+there, in the version they were checked against, and that is the version the lock pins.
 
 The first test is the tripwire of an upgrade: after `make lock` brings another redis-py, it fails
 until someone has read the list against the new release and moved REDIS_PY_CHECKED.
@@ -16,8 +16,8 @@ import pytest
 from redis.asyncio.cluster import NodesManager, RedisCluster
 from redis.asyncio.connection import Connection
 
-from postal.cache.connection import PostalConnection
-from postal.cache.redis_internals import REDIS_PY_CHECKED, Encoder, new_command_packer
+from postal.cache import PostalConnection
+from postal.cache.transport.redis_internals import REDIS_PY_CHECKED, new_command_packer
 
 LOCKS = Path(__file__).resolve().parents[2] / "requirements"
 
@@ -41,10 +41,6 @@ def test_the_command_packer_packs_resp() -> None:
     assert b"".join(new_command_packer().pack("GET", "post:{1}")) == (
         b"*2\r\n$3\r\nGET\r\n$8\r\npost:{1}\r\n"
     )
-
-
-def test_the_encoder_takes_the_arguments_the_pool_gives_it() -> None:
-    assert Encoder("utf-8", "strict", False).encode("é") == "é".encode()
 
 
 def test_the_connection_methods_postal_overrides_still_exist_with_their_signatures() -> None:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from postal.cache.replicas import (
+from postal.cache.transport.replicas import (
     REPLY_MARGIN,
     SERVER_TICK,
     UNBOUNDED_WAIT,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from postal.cache.replicas import STALE_AFTER, ReplicaWait
+from postal.cache.transport.replicas import STALE_AFTER, ReplicaWait
 
 REFRESH = 1.0
 A = ("127.0.0.1", 7001)

@@ -2,7 +2,8 @@ import traceback
 
 import pytest
 
-from postal.cache.config import READ_POOL, WRITE_POOL, CacheTimeouts
+from postal.cache import CacheTimeouts
+from postal.cache.transport.config import READ_POOL, WRITE_POOL
 from postal.settings import SettingsError, load_settings
 
 

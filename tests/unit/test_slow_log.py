@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from postal.cache.events import CacheEvent, Outcome
+from postal.cache import CacheEvent, Outcome
 from postal.observability.logging import SlowOperationLog, key_prefix, record_fields
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from postal.cache.urls import Kind, Topology
+from postal.cache import Kind, Topology
 from postal.settings import SettingsError, load_settings
 
 

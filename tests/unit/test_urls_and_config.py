@@ -1,7 +1,6 @@
 import pytest
 
-from postal.cache.config import BEFORE, TUNED, PoolConfig
-from postal.cache.urls import RedisEndpoint, mask_url
+from postal.cache import BEFORE, TUNED, PoolConfig, RedisEndpoint, mask_url
 
 
 @pytest.mark.parametrize(

@@ -31,9 +31,15 @@ from datetime import UTC, datetime
 from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 
-from postal.cache import BEFORE, TUNED, CacheClient, Profile
-from postal.cache.durations import format_duration
-from postal.cache.urls import RedisEndpoint, Topology
+from postal.cache import (
+    BEFORE,
+    TUNED,
+    CacheClient,
+    Profile,
+    RedisEndpoint,
+    Topology,
+    format_duration,
+)
 from postal_bench import stats
 from postal_bench.errors import BenchError
 from postal_bench.load import Op, ProgressFn, Tally, no_progress, run_load, run_tool

@@ -23,7 +23,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from postal.cache.urls import Kind, RedisEndpoint, Topology, mask_url
+from postal.cache import Kind, RedisEndpoint, Topology, mask_url
 from postal_bench.errors import BenchError, NotLoopback
 from postal_bench.loopback import is_loopback_host
 from postal_testing.cluster_set import ClusterSet

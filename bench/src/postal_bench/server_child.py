@@ -7,7 +7,7 @@ settings operators see. So the benchmarks run uvicorn on `app_from_environment` 
 reads two variables of its own besides the usual settings:
 
 - `POSTAL_BENCH_PROFILE`: `tuned` (the settings' own pools, deadlines and breaker; the default)
-  or `before` (`postal.cache.config.BEFORE`);
+  or `before` (`postal.cache.transport.config.BEFORE`);
 - `POSTAL_BENCH_DNS_SCRIPT`: the path of a `DnsScript` file; unset, the system resolver.
 
 Everything else (uvloop, httptools, the database, the metrics, the shutdown) is `postal serve`'s.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from postal.cache.config import BEFORE, Profile
+from postal.cache import BEFORE, Profile
 from postal_bench.http.servers import uvicorn_command
 
 PROFILE_VARIABLE = "POSTAL_BENCH_PROFILE"

@@ -1,5 +1,9 @@
-"""A Redis cache layer that knows nothing about posts: managed pools, deadlines, DNS cache, circuit
-breakers, generation-guarded values, read-through with fallback, and events.
+"""A Redis cache that knows nothing about posts, in two layers; other rooms import it from here.
+
+- `postal.cache.transport`: a managed Redis client (URLs and topologies, DNS cache, pools,
+  deadlines, breakers, error mapping, events, and the executor operations run in);
+- `postal.cache.policy`: the caching policy on top of it (keys and generations, the stale-fill
+  guard, read-through with fallback, invalidation), through the transport's public names only.
 
 from postal.cache import CacheClient
 async with CacheClient.create(read_url="redis://127.0.0.1:6379/0") as cache:
@@ -12,44 +16,65 @@ async with CacheClient.create(read_url="redis://127.0.0.1:6379/0") as cache:
     await invalidator.invalidate([guarded("post", "42")])  # after the database commit
 """
 
-from postal.cache.breaker import BreakerChange, BreakerState, BreakerStats, CircuitBreaker
-from postal.cache.client import USE_DEFAULT, CacheClient, CachePipeline, Timeout
-from postal.cache.config import (
+from postal.cache.policy import (
+    GENERATION_TTL,
+    CacheClient,
+    FillEvent,
+    FillOutcome,
+    Guarded,
+    GuardedFill,
+    GuardedKey,
+    Invalidator,
+    InvalidatorStats,
+    Loader,
+    ReadThrough,
+    ReadThroughStats,
+    guarded,
+    jittered,
+)
+from postal.cache.transport import (
     BEFORE,
-    NO_TLS,
-    TUNED,
-    BreakerConfig,
-    CacheTimeouts,
-    PoolConfig,
-    Profile,
-    TlsConfig,
-)
-from postal.cache.connection import Connector, PostalConnection
-from postal.cache.dns import DnsCache, Resolver
-from postal.cache.durations import EXPECTED as EXPECTED_DURATION
-from postal.cache.durations import format_duration, parse_duration
-from postal.cache.errors import (
-    CacheError,
-    CacheTimeout,
-    CacheUnavailable,
-    CircuitOpen,
-    PoolTimeout,
-)
-from postal.cache.events import CacheEvent, FillEvent, FillOutcome, Outcome, PoolWaitEvent
-from postal.cache.fallback import Loader, ReadThrough, ReadThroughStats
-from postal.cache.guard import GENERATION_TTL, Guarded, GuardedFill
-from postal.cache.invalidation import Invalidator, InvalidatorStats
-from postal.cache.keys import GuardedKey, guarded, jittered
-from postal.cache.nodes import Node
-from postal.cache.pool import CloseReason, ManagedPool, PoolStats
-from postal.cache.urls import (
     CLUSTER_SCHEME,
+    EXPECTED_DURATION,
+    NO_TLS,
     SECRET_QUERY_PARAMETER,
     SENTINEL_SCHEME,
+    TUNED,
+    USE_DEFAULT,
+    BreakerChange,
+    BreakerConfig,
+    BreakerState,
+    BreakerStats,
+    CacheError,
+    CacheEvent,
+    CachePipeline,
+    CacheTimeout,
+    CacheTimeouts,
+    CacheUnavailable,
+    CircuitBreaker,
+    CircuitOpen,
+    CloseReason,
+    Connector,
+    DnsCache,
     Kind,
+    ManagedPool,
+    Node,
+    Outcome,
+    PoolConfig,
+    PoolStats,
+    PoolTimeout,
+    PoolWaitEvent,
+    PostalConnection,
+    Profile,
+    RedisClient,
     RedisEndpoint,
+    Resolver,
+    Timeout,
+    TlsConfig,
     Topology,
+    format_duration,
     mask_url,
+    parse_duration,
 )
 
 __all__ = [
@@ -98,6 +123,7 @@ __all__ = [
     "Profile",
     "ReadThrough",
     "ReadThroughStats",
+    "RedisClient",
     "RedisEndpoint",
     "Resolver",
     "Timeout",

@@ -1,7 +1,7 @@
 """The cache layer, seen by Prometheus: event listeners and a sampler of the cumulative stats.
 
-The cache layer knows nothing of Prometheus (cache.events): here its events and snapshots become
-metric updates.
+The cache layer knows nothing of Prometheus (cache.transport.events): here its events and
+snapshots become metric updates.
 
 - Per-event metrics, from listeners: operations and their latency (`CacheEvent`, one per cache
   operation: the hot path, so batched, see `observability.batching`), fills (`FillEvent`), pool

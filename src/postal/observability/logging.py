@@ -15,10 +15,10 @@ The formatter is ours, not python-json-logger: it is a dozen lines, and what it 
 Postal's anyway: which record attributes are fields (uvicorn's `color_message` is not), the
 field names, and scrubbing the finished line rather than the values one by one.
 
-The slow-operation log subscribes to the cache layer's events (see `cache.events`): one line per
-operation slower than the threshold, with role, command, key prefix, duration, outcome and pool
-state as fields. Keys are cut to their prefix (`post:{42}` -> `post`) so the log names the kind
-of data, not the data.
+The slow-operation log subscribes to the cache layer's events (see `cache.transport.events`): one
+line per operation slower than the threshold, with role, command, key prefix, duration, outcome
+and pool state as fields. Keys are cut to their prefix (`post:{42}` -> `post`) so the log names
+the kind of data, not the data.
 
 It logs at most `max_lines_per_second` lines, each saying how many slow operations were left
 out before it: when the process is saturated every operation is slow (its duration includes the

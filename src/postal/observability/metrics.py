@@ -95,7 +95,7 @@ LATENCY_BUCKETS = (
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 
-# postal_cache_breaker_state's values (cache.breaker.BreakerState numbers them differently).
+# postal_cache_breaker_state's values (cache.transport's BreakerState numbers them differently).
 BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
 
 # Label values beyond the lists, kept because folding them into another would hide them:

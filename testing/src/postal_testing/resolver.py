@@ -66,7 +66,7 @@ class DnsScript:
 
 
 class ScriptedResolver:
-    """A `postal.cache.dns.Resolver` answering from a `DnsScript` file; counts its lookups."""
+    """A `postal.cache.Resolver` answering from a `DnsScript` file; counts its lookups."""
 
     def __init__(self, path: Path) -> None:
         self._path = path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from postal.cache.durations import parse_duration
+from postal.cache import parse_duration
 from postal_bench.errors import FAILURES
 from postal_bench.faults.report import render_report
 from postal_bench.faults.runner import FaultOptions, run_faults

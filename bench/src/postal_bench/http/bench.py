@@ -37,8 +37,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
-from postal.cache.durations import format_duration
-from postal.cache.urls import Topology, mask_url
+from postal.cache import Topology, format_duration, mask_url
 from postal_bench import loadgen
 from postal_bench.errors import BenchError
 from postal_bench.http import stats as http_stats

@@ -43,10 +43,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from postal.cache import TUNED, CacheClient
-from postal.cache.config import CacheTimeouts
-from postal.cache.errors import CacheError
-from postal.cache.urls import mask_url
+from postal.cache import TUNED, CacheClient, CacheError, CacheTimeouts, mask_url
 from postal.posts.import_cache import time_invalidation
 from postal_bench.errors import BenchError
 from postal_bench.imports.child import ChildConfig

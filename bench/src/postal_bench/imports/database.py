@@ -23,7 +23,7 @@ import asyncpg
 from asyncpg import exceptions as pg_errors
 from sqlalchemy.engine import make_url
 
-from postal.cache.urls import mask_url
+from postal.cache import mask_url
 from postal.storage.migrate import upgrade
 from postal_bench.errors import BenchError
 from postal_bench.loopback import require_loopback

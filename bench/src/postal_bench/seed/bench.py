@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 
-from postal.cache.urls import mask_url
+from postal.cache import mask_url
 from postal.stats.scrape import Scrape
 from postal_bench import cpu_time
 from postal_bench.errors import BenchError

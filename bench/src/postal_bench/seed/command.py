@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from postal.cache.durations import parse_duration
+from postal.cache import parse_duration
 from postal_bench.errors import FAILURES
 from postal_bench.imports.bench import step_progress
 from postal_bench.output import bench_console, publish

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from asyncpg import exceptions as pg_errors
 
-from postal.cache.urls import mask_url
+from postal.cache import mask_url
 from postal_bench.errors import BenchError
 from postal_bench.imports.database import connect
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from postal.cache.urls import mask_url
+from postal.cache import mask_url
 from postal_bench.errors import BenchError
 from postal_bench.imports.database import check_database_url
 from postal_bench.loopback import require_loopback

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from postal.cache.durations import format_duration
+from postal.cache import format_duration
 from postal_bench.seed.bench import SeedReport
 from postal_bench.seed.report import (
     COLUMNS,

@@ -23,7 +23,7 @@ Why hand-written: the parts exist separately, never together. async-lru coalesce
 calls in one process, but caches results in process memory; dogpile.cache and aiocache's RedLock
 let one caller regenerate a key while others wait. None keys the shared load by the generation it
 read from Redis, and none makes the fill conditional on that generation, which is the whole point
-here (the stale-fill race, see `cache.guard`); wrapping them would mean rewriting both halves.
+here (the stale-fill race, see `guard`); wrapping them would mean rewriting both halves.
 What is here is a dict of tasks and a set of fills, in plain asyncio.
 """
 
@@ -37,10 +37,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from postal.cache.errors import CacheError
-from postal.cache.events import FillEvent, FillListener, FillOutcome
-from postal.cache.guard import Guarded
-from postal.cache.keys import GuardedKey, jittered
+from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
+from postal.cache.policy.guard import Guarded
+from postal.cache.policy.keys import GuardedKey, jittered
+from postal.cache.transport import CacheError
 
 logger = logging.getLogger("postal.cache.fill")
 

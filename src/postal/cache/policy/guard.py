@@ -1,13 +1,14 @@
 """The stale-fill guard: the stamped format, the fill script, the invalidation commands (all pure),
 and `GuardedOps`, to which `CacheClient.get_guarded`, `fill_guarded` and `invalidate` (and their
-batch forms `fill_guarded_many` and `invalidate_many`) delegate; it runs them through the client's
-roles (deadlines, breakers, errors, events as for any command).
+batch forms `fill_guarded_many` and `invalidate_many`) delegate. It runs them through the
+transport's executor (`RedisClient.run_read` and `run_write`: deadlines, breakers, errors, events
+as for any command), and uses nothing of the transport but its public names.
 
 The race it closes: a reader misses and loads version 1 from the database; a writer commits
 version 2 and invalidates the key; the reader's late fill then stores version 1, served until its
 TTL ends. The guard:
 
-- every guarded key has a generation counter in the same hash slot (`cache.keys`); an absent
+- every guarded key has a generation counter in the same hash slot (`keys`); an absent
   counter is generation 0;
 - a value is stored stamped with the generation it was loaded under: `b"<generation>\\n" + payload`;
 - a read fetches value and counter in one MGET; a value whose stamp is not the current generation
@@ -42,19 +43,27 @@ and a load that saw 0 before the bump could then fill: stale data bounded by the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from postal.cache.errors import CacheError
-from postal.cache.keys import GuardedKey
-from postal.cache.replicas import ReplicaWait, wait_commands, wait_milliseconds
-from postal.cache.wire import Value, all_of, command_call, pipeline_call, script_call, scripts_call
-
-if TYPE_CHECKING:
-    from postal.cache.client import CacheClient, Timeout
-    from postal.cache.nodes import Node
+from postal.cache.policy.keys import GuardedKey
+from postal.cache.transport import (
+    CacheError,
+    Node,
+    RedisClient,
+    ReplicaWait,
+    Script,
+    Timeout,
+    Value,
+    all_of,
+    command_call,
+    pipeline_call,
+    script_call,
+    scripts_call,
+    wait_commands,
+    wait_milliseconds,
+)
 
 HOUR = 3600.0
 # A batch part retried alone gets what is left of the batch's deadline, and at least this (a
@@ -107,16 +116,6 @@ def read_guarded(value: bytes | None, generation: bytes | None) -> Guarded:
     if not separator or stamped != b"%d" % current:
         return Guarded(None, current)  # stored before the last invalidation, or not stamped
     return Guarded(payload, current)
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    source: str
-    sha: str  # what EVALSHA quotes; computed here once, so the script is never loaded up front
-
-    @classmethod
-    def of(cls, source: str) -> Script:
-        return cls(source, hashlib.sha1(source.encode()).hexdigest())
 
 
 # KEYS[1] value, KEYS[2] its generation counter; ARGV[1] the generation the reader saw,
@@ -232,15 +231,15 @@ def has_payload(found: Guarded) -> bool:
 
 
 class GuardedOps:
-    """The guarded operations of one `CacheClient`, which delegates to them.
+    """The guarded operations on one `RedisClient`; `CacheClient` delegates to them.
 
-    They use the client's package-private runners: `_read_op`/`_write_op` (routing, deadline,
-    breaker, error mapping, event) around a `call` from `cache.wire` (the I/O on the node the
-    operation was routed to). Batches are split by hash slot in a cluster (`_write_groups`):
+    They use the transport's executor: `run_read`/`run_write` (routing, deadline, breaker, error
+    mapping, event) around a `call` from `transport.wire` (the I/O on the node the
+    operation was routed to). Batches are split by hash slot in a cluster (`write_groups`):
     each slot's part is one script call, routed to that slot's node, all parts concurrently.
     """
 
-    def __init__(self, client: CacheClient) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
 
     async def get(self, key: GuardedKey, timeout: Timeout) -> Guarded:
@@ -256,7 +255,7 @@ class GuardedOps:
             value, generation = await mget(node)
             return read_guarded(value, generation)
 
-        found: Guarded = await client._read_op("GET", key.key, timeout, call, is_hit=has_payload)
+        found: Guarded = await client.run_read("GET", key.key, timeout, call, is_hit=has_payload)
         return found
 
     async def fill(
@@ -273,14 +272,14 @@ class GuardedOps:
         names = (client.key(key.key), client.key(key.generation_key))
         arguments = (generation, stamp(generation, payload), max(1, round(ttl * 1000)))
         call = script_call(FILL_SCRIPT, names, arguments)
-        written: int = await client._write_op("EVALSHA", key.key, timeout, call)
+        written: int = await client.run_write("EVALSHA", key.key, timeout, call)
         return written == 1
 
     async def invalidate(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
     ) -> None:
         """`invalidation_commands` in one non-transactional pipeline, write role, SET deadline;
-        then, when reads go to replicas, `WAIT` in the same pipeline (`cache.replicas`). In a
+        then, when reads go to replicas, `WAIT` in the same pipeline (`transport.replicas`). In a
         cluster, whose keys lie in several slots, `invalidate_many` instead (by slot).
 
         When it raises, some, all or none of it may have reached Redis; repeating it is always
@@ -295,7 +294,7 @@ class GuardedOps:
         commands = invalidation_commands(keys, generations, client.key)
         if not commands:
             return
-        wait_ms = wait_milliseconds(client._write_limit(timeout))
+        wait_ms = wait_milliseconds(client.write_deadline(timeout))
 
         async def call(node: Node) -> tuple[list[Any], int, ReplicaWait | None]:
             # Waited for under the deadline: it may ask INFO.
@@ -304,7 +303,7 @@ class GuardedOps:
             return await pipeline_call([*commands, *wait])(node), wanted, node.replica_wait
 
         first = keys[0].key if keys else generations[0]
-        replies, wanted, replicas = await client._write_op("PIPELINE", first, timeout, call)
+        replies, wanted, replicas = await client.run_write("PIPELINE", first, timeout, call)
         _check_replicas(replicas, replies[-2:] if wanted else None, wanted, first, wait_ms)
 
     async def invalidate_many(
@@ -363,7 +362,7 @@ class GuardedOps:
         the parts' order."""
         client = self._client
         replies: list[Any] = [None] * len(parts)
-        limit = client._write_limit(timeout)
+        limit = client.write_deadline(timeout)
         wait_ms = wait_milliseconds(limit)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -382,7 +381,7 @@ class GuardedOps:
                 got, waited = await scripts_call(script, calls, then=then)(node)
                 return got, wanted, waited, node.replica_wait if wait else None
 
-            got, wanted, waited, replicas = await client._write_op("EVALSHA", first, timeout, call)
+            got, wanted, waited, replicas = await client.run_write("EVALSHA", first, timeout, call)
             again = []
             for index, reply in zip(indices, got, strict=True):
                 if isinstance(reply, Exception):
@@ -392,7 +391,7 @@ class GuardedOps:
             await all_of(run_alone(index) for index in again)
             _check_replicas(replicas, waited, wanted, first, wait_ms)
 
-        nodes = client._write_nodes([client.key(key) for key, _, _ in parts])
+        nodes = client.write_nodes([client.key(key) for key, _, _ in parts])
         await all_of(one_node(indices) for indices in nodes)
         return replies
 
@@ -403,7 +402,7 @@ class GuardedOps:
             return []
         client = self._client
         names, arguments = invalidate_many_arguments(keys, generations, client.key)
-        wait_ms = wait_milliseconds(client._write_limit(timeout))
+        wait_ms = wait_milliseconds(client.write_deadline(timeout))
 
         async def call(node: Node) -> tuple[list[int], int, list[Any] | None, ReplicaWait | None]:
             wanted = await _replicas(node)
@@ -416,7 +415,7 @@ class GuardedOps:
             return bumped, wanted, waited, node.replica_wait
 
         first = keys[0].key if keys else generations[0]
-        new_generations, wanted, waited, replicas = await client._write_op(
+        new_generations, wanted, waited, replicas = await client.run_write(
             "EVALSHA", first, timeout, call
         )
         _check_replicas(replicas, waited, wanted, first, wait_ms)
@@ -427,7 +426,7 @@ class GuardedOps:
         hash slot, pipelined per node: `_per_slot`); how many were written. The event says
         "EVALSHA", with the first key."""
         client = self._client
-        groups = client._write_groups([client.key(fill.key.key) for fill in fills])
+        groups = client.write_groups([client.key(fill.key.key) for fill in fills])
         parts: list[ScriptPart] = []
         for indices in groups:
             part = [fills[i] for i in indices]
@@ -436,13 +435,13 @@ class GuardedOps:
         if len(parts) == 1:
             key, slot_names, slot_arguments = parts[0]
             call = script_call(FILL_MANY_SCRIPT, slot_names, slot_arguments)
-            written: int = await client._write_op("EVALSHA", key, timeout, call)
+            written: int = await client.run_write("EVALSHA", key, timeout, call)
             return written
 
         def alone(index: int, left: Timeout) -> Awaitable[int]:
             key, slot_names, slot_arguments = parts[index]
             call = script_call(FILL_MANY_SCRIPT, slot_names, slot_arguments)
-            return client._write_op("EVALSHA", key, left, call)
+            return client.run_write("EVALSHA", key, left, call)
 
         return sum(await self._per_slot(FILL_MANY_SCRIPT, parts, timeout, alone))
 
@@ -471,13 +470,13 @@ def _check_replicas(
 
 
 def _by_slot(
-    client: CacheClient, keys: Sequence[GuardedKey], generations: Sequence[str]
+    client: RedisClient, keys: Sequence[GuardedKey], generations: Sequence[str]
 ) -> list[tuple[list[int], list[str]]]:
     """`keys` (as indices) and bare counters `generations`, grouped by the write role's hash
     slot: one group on a single server. Empty groups are left out."""
     names = [client.key(key.key) for key in keys] + [client.key(g) for g in generations]
     groups = []
-    for indices in client._write_groups(names):
+    for indices in client.write_groups(names):
         key_indices = [i for i in indices if i < len(keys)]
         counters = [generations[i - len(keys)] for i in indices if i >= len(keys)]
         if key_indices or counters:

@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from postal.cache.errors import CacheError
-from postal.cache.keys import GuardedKey
+from postal.cache.policy.keys import GuardedKey
+from postal.cache.transport import CacheError
 
 logger = logging.getLogger("postal.cache.invalidation")
 

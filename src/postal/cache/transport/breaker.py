@@ -11,7 +11,7 @@ breaker, its failure opens it for a fresh cooldown.
     closed --threshold consecutive failures--> open --cooldown passed, allow()--> half_open
     half_open --probe succeeded--> closed          half_open --probe failed--> open
 
-What counts as a failure is the caller's call (`CacheClient` counts timeouts, pool timeouts and
+What counts as a failure is the caller's call (`RedisClient` counts timeouts, pool timeouts and
 unreachable Redis; an error reply means Redis answered, which is a success). The breaker is plain
 synchronous state with an injected clock: no task, no timer, no I/O, so it is tested with a fake
 clock and costs two method calls per operation.

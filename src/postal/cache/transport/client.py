@@ -1,26 +1,26 @@
-"""CacheClient: read and write roles, per-operation deadlines, one place for redis-py's errors.
+"""RedisClient: Redis behind a read and a write role, and the executor every operation runs in.
 
-Each operation runs under a deadline (GET 100 ms and SET 200 ms by default, settable per call with
-`timeout=`; `None` disables it) that bounds all of it: the wait for a pooled connection, the dial
-if one is needed, the write and the read. When the deadline expires the caller gets
-`CacheTimeout` (or `PoolTimeout` if no connection was free) at once; redis-py closes the
-interrupted connection and the pool drops it, so a late reply can never reach another caller.
+The executor (`run_read`, `run_write`) is the one place where deadlines, breakers, redis-py's
+errors and events meet. Each operation runs under a deadline (GET 100 ms and SET 200 ms by
+default, settable per call with `timeout=`; `None` disables it) that bounds all of it: the wait
+for a pooled connection, the dial if one is needed, the write and the read. When the deadline
+expires the caller gets `CacheTimeout` (or `PoolTimeout` if no connection was free) at once;
+redis-py closes the interrupted connection and the pool drops it, so a late reply can never reach
+another caller.
 
-redis-py does the protocol: the handshake, packing commands, parsing replies (hiredis), and
-pipelines through its `Pipeline` on the managed pool. Single-key commands are sent on a pooled
-connection directly (`_command`), without `Redis.execute_command`'s retry and telemetry wrappers.
+What runs inside is a `call` from `wire` (a command, a pipeline, a script), on the
+node the operation was routed to: a role's server, a replica, Sentinel's primary, or the cluster
+master owning the key's slot. The plain commands here (`get`, `mget`, `set`, `delete`,
+`pipeline`) are such calls; so are the caching policy's (`postal.cache.policy`), which split
+their batches with `read_groups`, `write_groups` and `write_nodes`.
 
-Each role has its own circuit breaker (unless the profile has none): while it is open, operations
+Each node has its own circuit breaker (unless the profile has none): while it is open, operations
 fail at once with `CircuitOpen`. Timeouts, pool timeouts and unreachable Redis count as failures;
 any completed operation, a miss or an error reply included, counts as a success (Redis answered).
 
-Generation-guarded values (`get_guarded`, `fill_guarded`, `invalidate`, and the batch forms
-`fill_guarded_many` and `invalidate_many`) close the stale-fill race; they are in `cache.guard`,
-run through the same roles, deadlines, breakers and events.
-
-This module is the only importer of `redis.exceptions`: everything redis-py raises becomes one of
-`cache.errors` here. Every operation emits a `CacheEvent` to the subscribed listeners, one refused
-by an open breaker too (outcome `circuit_open`, no I/O done).
+This module maps redis-py's exceptions: everything it raises becomes one of
+`errors` here. Every operation emits a `CacheEvent` to the subscribed listeners,
+one refused by an open breaker too (outcome `circuit_open`, no I/O done).
 """
 
 from __future__ import annotations
@@ -33,28 +33,32 @@ from typing import Any, Final, Self, TypeVar
 
 import redis.exceptions as redis_exc
 
-from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
-from postal.cache.cluster import ClusterRole
-from postal.cache.config import NO_TLS, TUNED, Profile, TlsConfig
-from postal.cache.deadline import Operation, current_operation
-from postal.cache.dns import DnsCache
-from postal.cache.durations import format_duration
-from postal.cache.errors import CacheError, CacheTimeout, CacheUnavailable, CircuitOpen, PoolTimeout
-from postal.cache.events import CacheEvent, CacheListener, Outcome, PoolWaitListener
-from postal.cache.guard import Guarded, GuardedFill, GuardedOps
-from postal.cache.keys import GuardedKey
-from postal.cache.loop_lag import LoopLag
-from postal.cache.nodes import Node, NodeFactory, ServerRole, node_name
-from postal.cache.pool import ManagedPool, PoolStats, total_of
-from postal.cache.replicas import ReplicaWait, ReplicaWaitStats
-from postal.cache.sentinel import SentinelLocator, is_demoted
-from postal.cache.urls import Kind, Topology
-from postal.cache.wire import Value, all_of, command_call, pipeline_call
+from postal.cache.transport.breaker import BreakerListener, BreakerState, CircuitBreaker
+from postal.cache.transport.cluster import ClusterRole
+from postal.cache.transport.config import NO_TLS, TUNED, Profile, TlsConfig
+from postal.cache.transport.deadline import Operation, current_operation
+from postal.cache.transport.dns import DnsCache
+from postal.cache.transport.durations import format_duration
+from postal.cache.transport.errors import (
+    CacheError,
+    CacheTimeout,
+    CacheUnavailable,
+    CircuitOpen,
+    PoolTimeout,
+)
+from postal.cache.transport.events import CacheEvent, CacheListener, Outcome, PoolWaitListener
+from postal.cache.transport.loop_lag import LoopLag
+from postal.cache.transport.nodes import Node, NodeFactory, ServerRole, node_name
+from postal.cache.transport.pool import ManagedPool, PoolStats, total_of
+from postal.cache.transport.replicas import ReplicaWait, ReplicaWaitStats
+from postal.cache.transport.sentinel import SentinelLocator, is_demoted
+from postal.cache.transport.urls import Kind, Topology
+from postal.cache.transport.wire import Value, all_of, command_call, pipeline_call
 
 T = TypeVar("T")
 
 # A deadline that expired while the event loop ran this late (or half the deadline, if more)
-# is no verdict on Redis: see `cache.loop_lag`.
+# is no verdict on Redis: see `loop_lag`.
 LATE_LOOP_FLOOR = 0.020  # seconds
 
 
@@ -87,11 +91,11 @@ def _build_role(name: str, topology: Topology, factory: NodeFactory) -> Role:
     return ServerRole(name, nodes, str(topology))
 
 
-class CacheClient:
+class RedisClient:
     """Redis behind two roles: `read` (may be a replica) and `write` (the primary).
 
     Keys are namespaced with `key_prefix`, so several services, or several test runs, can share
-    one Redis. Build with `CacheClient.create(...)`, then `await start()` (warms the pools), and
+    one Redis. Build with `RedisClient.create(...)`, then `await start()` (warms the pools), and
     `await aclose()` on shutdown; or use it as an async context manager.
     """
 
@@ -114,7 +118,6 @@ class CacheClient:
         self._factories = list(factories)
         self._prefix = key_prefix
         self._listeners: list[CacheListener] = []
-        self._guard = GuardedOps(self)
         self._replica_wait = ReplicaWait(self._ask_replication, enabled=wait_for_replicas)
         if wait_for_replicas:  # one primary (or Sentinel's): its node waits with this one
             for node in write.nodes():
@@ -134,14 +137,14 @@ class CacheClient:
         tls: TlsConfig = NO_TLS,
         dns: DnsCache | None = None,
         key_prefix: str = "",
-    ) -> CacheClient:
+    ) -> Self:
         """Build both roles; nothing connects until `start()`.
 
         Each URL may name one server, comma-separated replicas (`redis://a,redis://b`), a
         Sentinel service (`redis+sentinel://...`) or a cluster (`redis+cluster://...`): see
-        `cache.urls.Topology`. When reads may see another server than writes (replicas, or a
+        `urls.Topology`. When reads may see another server than writes (replicas, or a
         Sentinel primary that a failover replaces by a replica) and the profile says so,
-        invalidations wait for the replicas (`cache.replicas`); in a cluster, each master's
+        invalidations wait for the replicas (`replicas`); in a cluster, each master's
         invalidations wait for that master's replicas."""
         dns = dns if dns is not None else DnsCache(ttl=profile.dns_ttl)
         read = Topology.from_url(read_url, force_tls=tls.enabled)
@@ -289,7 +292,7 @@ class CacheClient:
 
     def __repr__(self) -> str:
         return (
-            f"<CacheClient read={self._read.description} write={self._write.description}"
+            f"<RedisClient read={self._read.description} write={self._write.description}"
             f" prefix={self._prefix!r}>"
         )
 
@@ -301,7 +304,7 @@ class CacheClient:
     async def get(self, key: str, *, timeout: Timeout = USE_DEFAULT) -> bytes | None:
         """The value of `key`, or None on a miss; read role, GET deadline."""
         call = command_call("GET", self.key(key))
-        value: bytes | None = await self._read_op("GET", key, timeout, call, is_hit=_is_not_none)
+        value: bytes | None = await self.run_read("GET", key, timeout, call, is_hit=_is_not_none)
         return value
 
     async def mget(
@@ -314,7 +317,7 @@ class CacheClient:
 
         async def one_slot(indices: list[int]) -> None:
             call = command_call("MGET", *(full_keys[i] for i in indices))
-            found = await self._read_op("MGET", keys[indices[0]], timeout, call)
+            found = await self.run_read("MGET", keys[indices[0]], timeout, call)
             for index, value in zip(indices, found, strict=True):
                 values[index] = value
 
@@ -326,7 +329,7 @@ class CacheClient:
     ) -> None:
         """Store `value` under `key`, expiring after `ttl` seconds (None: never); write role."""
         call = command_call("SET", self.key(key), value, *_px(ttl))
-        await self._write_op("SET", key, timeout, call)
+        await self.run_write("SET", key, timeout, call)
 
     async def delete(self, *keys: str, timeout: Timeout = USE_DEFAULT) -> int:
         """Delete `keys`; the number that existed. Write role, SET deadline (one DEL per hash
@@ -336,73 +339,23 @@ class CacheClient:
 
         async def one_slot(indices: list[int]) -> None:
             call = command_call("DEL", *(full_keys[i] for i in indices))
-            counts.append(await self._write_op("DEL", keys[indices[0]], timeout, call))
+            counts.append(await self.run_write("DEL", keys[indices[0]], timeout, call))
 
         await all_of(one_slot(indices) for indices in self._write.group(full_keys))
         return sum(counts)
-
-    # -- generation-guarded values: the I/O is in cache.guard ----------------------------------
-
-    async def get_guarded(self, key: GuardedKey, *, timeout: Timeout = USE_DEFAULT) -> Guarded:
-        """Value (if stamped with the current generation) and generation: one MGET, read role,
-        GET deadline; the event says "GET", hit or miss. See `GuardedOps.get`."""
-        return await self._guard.get(key, timeout)
-
-    async def fill_guarded(
-        self,
-        key: GuardedKey,
-        generation: int,
-        payload: bytes,
-        *,
-        ttl: float,
-        timeout: Timeout = USE_DEFAULT,
-    ) -> bool:
-        """Store `payload` for `ttl` s if the generation is still `generation`; False if not.
-        Write role, SET deadline. See `GuardedOps.fill`."""
-        return await self._guard.fill(key, generation, payload, ttl, timeout)
-
-    async def invalidate(
-        self,
-        keys: Sequence[GuardedKey],
-        generations: Sequence[str] = (),
-        *,
-        timeout: Timeout = USE_DEFAULT,
-    ) -> None:
-        """Bump the generations of `keys` and delete them; bump the bare counters `generations`.
-        One pipeline, write role, SET deadline. See `GuardedOps.invalidate`."""
-        await self._guard.invalidate(keys, generations, timeout)
-
-    # Batch forms, for many keys at once (a bulk import): one script call, one round trip, a
-    # batch. Write role, SET deadline: a batch of thousands of keys may need a longer `timeout`.
-
-    async def invalidate_many(
-        self,
-        keys: Sequence[GuardedKey],
-        generations: Sequence[str] = (),
-        *,
-        timeout: Timeout = USE_DEFAULT,
-    ) -> list[int]:
-        """As `invalidate`; the new generation of each of `keys`, which a fill of its new value
-        quotes. See `GuardedOps.invalidate_many`."""
-        return await self._guard.invalidate_many(keys, generations, timeout)
-
-    async def fill_guarded_many(
-        self, fills: Sequence[GuardedFill], *, timeout: Timeout = USE_DEFAULT
-    ) -> int:
-        """`fill_guarded` for each of `fills`; how many were written. See
-        `GuardedOps.fill_many`."""
-        return await self._guard.fill_many(fills, timeout)
 
     def pipeline(self) -> CachePipeline:
         """Queue commands for the write role and send them with `execute()`: one round trip
         (one per node, concurrently, in a cluster)."""
         return CachePipeline(self)
 
-    # -- the one place deadlines, breakers, errors and events meet ----------------------------
-    # (`_read_op`, `_write_op` and the wire helpers below are also used by cache.guard). A
-    # `call` gets the node the operation was routed to: by its key's hash slot in a cluster.
+    # -- the executor: the one place deadlines, breakers, errors and events meet ---------------
+    # The plain commands above and the caching policy's operations (`postal.cache.policy`) run
+    # through `run_read` and `run_write`, with a `call` from `wire`; the call gets
+    # the node the operation was routed to: by its key's hash slot in a cluster. Batches ask
+    # `read_groups`, `write_groups` or `write_nodes` how to split their keys.
 
-    def _read_op(
+    def run_read(
         self,
         command: str,
         key: str | None,
@@ -411,29 +364,32 @@ class CacheClient:
         *,
         is_hit: Callable[[T], bool] | None = None,
     ) -> Awaitable[T]:
-        """`_run` on the read role with the GET deadline, routed by `key`."""
+        """Run `call` on the read-role node that `key` (prefixed) routes to, any node when None:
+        under the GET deadline unless `timeout` says otherwise, pool wait included, through the
+        node's breaker. redis-py's and the pool's errors come out as `CacheError`s, and one
+        `CacheEvent` named `command` is emitted; `is_hit` tells a hit from a miss for it."""
         default = self._profile.timeouts.get
         return self._run(self._read, command, key, default, timeout, call, is_hit=is_hit)
 
-    def _write_op(
+    def run_write(
         self, command: str, key: str | None, timeout: Timeout, call: Callable[[Node], Awaitable[T]]
     ) -> Awaitable[T]:
-        """`_run` on the write role with the SET deadline, routed by `key`."""
+        """As `run_read`, on the write role and under the SET deadline."""
         return self._run(self._write, command, key, self._profile.timeouts.set, timeout, call)
 
-    def _read_groups(self, keys: Sequence[str]) -> list[list[int]]:
+    def read_groups(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of (prefixed) `keys` that one read command may carry: by slot in a cluster."""
         return self._read.group(keys)
 
-    def _write_groups(self, keys: Sequence[str]) -> list[list[int]]:
+    def write_groups(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of (prefixed) `keys` that one write command may carry: by slot in a cluster."""
         return self._write.group(keys)
 
-    def _write_nodes(self, keys: Sequence[str]) -> list[list[int]]:
+    def write_nodes(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of (prefixed) `keys` by the write-role node that owns them."""
         return self._write.by_node(keys)
 
-    def _write_limit(self, timeout: Timeout) -> float | None:
+    def write_deadline(self, timeout: Timeout) -> float | None:
         """The deadline a write-role operation called with `timeout` runs under."""
         return self._profile.timeouts.set if isinstance(timeout, UseDefault) else timeout
 
@@ -533,7 +489,7 @@ class CacheClient:
 
     def _loop_ran_late(self, operation: Operation, limit: float | None) -> bool:
         """Whether this process's own event loop, not Redis, let a deadline of `limit` expire:
-        it was behind for `max(20 ms, limit / 2)` or more of the operation (`cache.loop_lag`).
+        it was behind for `max(20 ms, limit / 2)` or more of the operation (`loop_lag`).
         Half: a loop that late explains a timeout by itself, while everyday hiccups of a few
         tens of milliseconds do not excuse a black-holed Redis.
         Such a timeout is still a timeout to the caller and in the metrics, but the breaker
@@ -577,7 +533,7 @@ class CachePipeline:
     """Commands queued for the write role; `execute()` sends them in one round trip per node
     (the nodes concurrently, in a cluster), and returns one result per command, in order."""
 
-    def __init__(self, client: CacheClient) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._commands: list[tuple[str, tuple[Value, ...]]] = []  # (key, command)
 
@@ -604,13 +560,13 @@ class CachePipeline:
 
         async def one_group(indices: list[int]) -> None:
             call = pipeline_call([commands[i][1] for i in indices])
-            replies = await client._write_op("PIPELINE", commands[indices[0]][0], timeout, call)
+            replies = await client.run_write("PIPELINE", commands[indices[0]][0], timeout, call)
             for index, reply in zip(indices, replies, strict=True):
                 results[index] = reply
 
         # Single-key commands: any grouping by node works; MOVED or ASK for one of them
         # re-routes its node's part (see ClusterRole.run).
-        groups = client._write_nodes([client.key(key) for key, _ in commands])
+        groups = client.write_nodes([client.key(key) for key, _ in commands])
         await all_of(one_group(indices) for indices in groups if indices)
         return results
 

@@ -28,7 +28,7 @@ Reads go to masters only. Each master's invalidations wait for that master's rep
 failover holds every invalidation whose write has returned.
 
 Multi-key operations must stay within one slot: guarded keys put a value and its generation in
-one slot (`cache.keys`), and `group` splits any other batch by slot.
+one slot (`cache.policy.keys`), and `group` splits any other batch by slot.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from postal.cache.connection import PostalConnection
-from postal.cache.errors import CacheUnavailable
-from postal.cache.nodes import Node, NodeFactory
-from postal.cache.pool import ManagedPool
-from postal.cache.urls import RedisEndpoint, Topology
+from postal.cache.transport.connection import PostalConnection
+from postal.cache.transport.errors import CacheUnavailable
+from postal.cache.transport.nodes import Node, NodeFactory
+from postal.cache.transport.pool import ManagedPool
+from postal.cache.transport.urls import RedisEndpoint, Topology
 
 logger = logging.getLogger("postal.cache.cluster")
 

@@ -76,7 +76,7 @@ class CacheTimeouts:
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
-    """The circuit breaker each role puts around its operations (see `cache.breaker`).
+    """The circuit breaker each role puts around its operations (see `breaker`).
 
     After `failure_threshold` consecutive failures (timeouts, pool timeouts, refused or reset
     connections) spanning at least `failure_window` without a single success, the role fails
@@ -121,7 +121,7 @@ class Profile:
     slow_threshold: float = 10 * MILLISECOND
     breaker: BreakerConfig | None = BreakerConfig()  # None: no breaker, every call tries Redis
     # When reads go to another server than writes (a replica), each invalidation waits, within
-    # the SET deadline, for every replica to apply it (`cache.replicas`).
+    # the SET deadline, for every replica to apply it (`replicas`).
     wait_for_replicas: bool = True
 
 

@@ -36,11 +36,11 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from postal.cache.config import NO_TLS, PoolConfig, TlsConfig
-from postal.cache.deadline import current_operation
-from postal.cache.dns import DnsCache, DnsLookupError
-from postal.cache.redis_internals import new_command_packer
-from postal.cache.urls import RedisEndpoint
+from postal.cache.transport.config import NO_TLS, PoolConfig, TlsConfig
+from postal.cache.transport.deadline import current_operation
+from postal.cache.transport.dns import DnsCache, DnsLookupError
+from postal.cache.transport.redis_internals import new_command_packer
+from postal.cache.transport.urls import RedisEndpoint
 
 # Where a server is right now, as (host, port) places to try in order: Sentinel's answer.
 Locate = Callable[[], Awaitable[list[tuple[str, int]]]]

@@ -1,9 +1,10 @@
-"""The current operation's deadline, shared by the client and the pool.
+"""The current operation's deadline, shared by the executor, the pool and the connection.
 
-redis-py sits between `CacheClient` and `ManagedPool` and calls `pool.get_connection()` without
-arguments, so the deadline of the operation in progress travels in a context variable: the pool
-bounds its wait by it, and records how far the operation got (dialing, connection handed out), so
-that the client can tell a pool timeout from a slow dial or a timeout on the wire.
+The executor (`RedisClient._run`) sets it; the wire's calls check a connection out of the pool
+and use it without knowing of any deadline, so it travels in a context variable: the pool bounds
+its wait by it and records how far the operation got (dialing, connection handed out), so that
+the executor can tell a pool timeout from a slow dial or a timeout on the wire; and a connection
+skips a socket timer that the deadline would beat (`PostalConnection`).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
         └── CircuitOpen        not even tried: the role's circuit breaker is open after
                                repeated failures (no I/O was done; it fails in microseconds)
 
-redis-py's own exceptions are mapped to these in one place, `cache.client`, so no caller ever
-imports `redis.exceptions` (whose ConnectionError and TimeoutError shadow the built-ins).
+redis-py's own exceptions are mapped to these in one place, `client`, so no
+caller outside the transport ever imports `redis.exceptions` (whose ConnectionError and
+TimeoutError shadow the built-ins).
 A plain `CacheError` means Redis answered, but not as expected (an error reply such as a wrong
 type, or a malformed stored value): Redis is there, so it does not count against the breaker.
 

@@ -1,14 +1,15 @@
-"""Events the cache layer emits; metrics and logs subscribe to them.
+"""Events the transport emits; metrics and logs subscribe to them.
 
-The pool, the client and the read-through know nothing about Prometheus or log formats: they call
+The pool and the client know nothing about Prometheus or log formats: they call
 listeners with a small immutable record, and observability code at the edge turns it into what it
 needs. Listeners are called synchronously and must not block or raise.
 
-- `CacheEvent`: one per client operation (`CacheClient.subscribe`).
-- `FillEvent`: one per background fill the read-through decided on (`ReadThrough.subscribe`).
+- `CacheEvent`: one per client operation (`RedisClient.subscribe`).
 - `PoolWaitEvent`: one per checkout that had to queue for a connection
   (`ManagedPool.subscribe_waits`).
-- Breaker state changes are `cache.breaker.BreakerChange` (`CircuitBreaker.subscribe`).
+- Breaker state changes are `breaker.BreakerChange` (`CircuitBreaker.subscribe`).
+
+The caching policy's own, one per background fill, is `cache.policy.events.FillEvent`.
 """
 
 from __future__ import annotations
@@ -46,24 +47,6 @@ class CacheEvent:
 
 
 CacheListener = Callable[[CacheEvent], None]
-
-
-class FillOutcome(StrEnum):
-    DONE = "done"  # written
-    STALE_REJECTED = "stale_rejected"  # the generation moved on since the read: not written
-    SKIPPED = "skipped"  # too many fills pending (or shutting down): not attempted
-    BYPASSED = "bypassed"  # an invalidation of the key is pending: not attempted
-    FAILED = "failed"  # the cache failed (timeout, unreachable, open breaker, error reply)
-
-
-@dataclass(frozen=True, slots=True)
-class FillEvent:
-    key: str  # the value's key, without the client's prefix
-    outcome: FillOutcome
-    duration: float  # seconds the fill took; 0 when it was not attempted
-
-
-FillListener = Callable[[FillEvent], None]
 
 
 @dataclass(frozen=True, slots=True)

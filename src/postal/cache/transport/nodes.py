@@ -1,6 +1,6 @@
 """The Redis servers behind a role: each a `Node` (pool, breaker, label), and how a role picks one.
 
-A role is what a URL names (`cache.urls.Topology`), built into one of:
+A role is what a URL names (`urls.Topology`), built into one of:
 
 - `ServerRole`: fixed servers. One Redis, or several replicas of one primary (a comma-separated
   `READ_REDIS_URL`): each replica has its own pool and its own breaker, reads go round-robin
@@ -8,8 +8,8 @@ A role is what a URL names (`cache.urls.Topology`), built into one of:
   finds it answering again; and only over those the primary lists as online (`in_sync`), so a
   replica restarted, re-syncing or cut off from its primary serves nothing stale. Sentinel
   roles are a `ServerRole` too: one node whose connector asks
-  the Sentinels where to dial (`cache.sentinel`);
-- `ClusterRole` (`cache.cluster`): a node per cluster node, picked by the key's hash slot.
+  the Sentinels where to dial (`sentinel`);
+- `ClusterRole` (`cluster`): a node per cluster node, picked by the key's hash slot.
 
 Pools and breakers are per node, so one dead replica or one failed cluster node opens its own
 breaker and leaves the others serving; and pool sizes multiply: per process, per role, per node.
@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from postal.cache.breaker import BreakerListener, BreakerState, CircuitBreaker
-from postal.cache.config import PoolConfig, Profile, TlsConfig
-from postal.cache.connection import Connector, Locate
-from postal.cache.dns import DnsCache
-from postal.cache.errors import CacheUnavailable
-from postal.cache.events import PoolWaitListener
-from postal.cache.pool import ManagedPool
-from postal.cache.replicas import ReplicaWait
-from postal.cache.urls import RedisEndpoint
-from postal.cache.wire import command_call
+from postal.cache.transport.breaker import BreakerListener, BreakerState, CircuitBreaker
+from postal.cache.transport.config import PoolConfig, Profile, TlsConfig
+from postal.cache.transport.connection import Connector, Locate
+from postal.cache.transport.dns import DnsCache
+from postal.cache.transport.errors import CacheUnavailable
+from postal.cache.transport.events import PoolWaitListener
+from postal.cache.transport.pool import ManagedPool
+from postal.cache.transport.replicas import ReplicaWait
+from postal.cache.transport.urls import RedisEndpoint
+from postal.cache.transport.wire import command_call
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ class Node:
     endpoint: RedisEndpoint
     pool: ManagedPool
     breaker: CircuitBreaker | None
-    # Write role: how many replicas this server's invalidations wait for (`cache.replicas`);
+    # Write role: how many replicas this server's invalidations wait for (`replicas`);
     # None: none (reads cannot see a replica of it).
     replica_wait: ReplicaWait | None = field(default=None, repr=False)
 

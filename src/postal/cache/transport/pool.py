@@ -1,4 +1,4 @@
-"""The managed connection pool, plugged under redis-py's asyncio client.
+"""The managed connection pool: the connections a node's operations run on.
 
 Why it is ours: redis-py's asyncio pools have no min idle, max idle, idle time or max lifetime
 (redis-py issues #3430, #2992, #1065), and its BlockingConnectionPool is unfair under contention
@@ -35,17 +35,13 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
-from redis.asyncio.connection import ConnectionPoolInterface
-
-from postal.cache.config import PoolConfig
-from postal.cache.connection import Connector, PostalConnection
-from postal.cache.deadline import Operation, current_operation
-from postal.cache.durations import format_duration
-from postal.cache.errors import CacheUnavailable, PoolTimeout
-from postal.cache.events import PoolWaitEvent, PoolWaitListener
-from postal.cache.redis_internals import Encoder  # the class redis-py pools hand to clients
+from postal.cache.transport.config import PoolConfig
+from postal.cache.transport.connection import Connector, PostalConnection
+from postal.cache.transport.deadline import Operation, current_operation
+from postal.cache.transport.durations import format_duration
+from postal.cache.transport.errors import CacheUnavailable, PoolTimeout
+from postal.cache.transport.events import PoolWaitEvent, PoolWaitListener
 
 logger = logging.getLogger("postal.cache.pool")
 
@@ -112,7 +108,7 @@ def total_of(role: str, node: str, pools: list[PoolStats]) -> PoolStats:
     )
 
 
-class ManagedPool(ConnectionPoolInterface):
+class ManagedPool:
     """A bounded, fair pool of redis-py connections to one endpoint, for one role."""
 
     def __init__(
@@ -122,10 +118,6 @@ class ManagedPool(ConnectionPoolInterface):
         self.node = node or f"{connector.endpoint.host}:{connector.endpoint.port}"
         self.config = config
         self._connector = connector
-        self._encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
-        # redis.asyncio.Redis reads these: protocol picks the reply callbacks.
-        self.connection_kwargs: dict[str, Any] = {"protocol": 3}
-        self.himport_registry = None
         self._idle: deque[PostalConnection] = deque()  # most recently used on the right
         self._in_use: set[PostalConnection] = set()
         self._waiters: deque[asyncio.Future[PostalConnection]] = deque()
@@ -184,33 +176,7 @@ class ManagedPool(ConnectionPoolInterface):
             self._close_later(connection, CloseReason.SHUTDOWN)
         await self._drain_closing()
 
-    async def disconnect(self, inuse_connections: bool = True) -> None:
-        """redis-py's name for closing; Postal never closes connections in use under a caller."""
-        await self.aclose()
-
-    def reset(self) -> None:  # redis-py calls this after fork; Postal pools are per process
-        raise RuntimeError("ManagedPool cannot be reset; build a new one in the new process")
-
-    # -- redis-py's pool interface -----------------------------------------------------------
-
-    def get_encoder(self) -> Encoder:
-        return self._encoder
-
-    def get_protocol(self) -> int:
-        return 3
-
-    def set_retry(self, retry: Any) -> None:  # retries are decided by deadlines, not redis-py
-        return None
-
-    async def re_auth_callback(self, token: Any) -> None:
-        return None
-
-    def get_connection_count(self) -> list[tuple[int, dict[str, Any]]]:
-        return [(self.stats().total, {"role": self.role})]
-
-    async def get_connection(
-        self, command_name: Any = None, *keys: Any, **options: Any
-    ) -> PostalConnection:
+    async def get_connection(self) -> PostalConnection:
         """Check out a connection: an idle one at once, else the first one ready, in line."""
         if self._closed:
             raise CacheUnavailable(f"{self.role} pool closed")
@@ -224,7 +190,7 @@ class ManagedPool(ConnectionPoolInterface):
             operation.acquired = True
         return connection
 
-    async def release(self, connection: PostalConnection) -> None:  # type: ignore[override]
+    async def release(self, connection: PostalConnection) -> None:
         self._release(connection)
 
     # -- observability -----------------------------------------------------------------------

@@ -7,14 +7,12 @@ upgrades it (`make lock`) reads this list against the new release's source first
 
 Imported from here (ruff's banned-api rule keeps them out of every other module):
 
-- `Encoder` (`redis._parsers.encoders`): `ManagedPool.get_encoder()`, part of redis-py's
-  `ConnectionPoolInterface`, which `ManagedPool` still implements.
 - `HiredisRespSerializer` (`redis.connection`): packs commands with hiredis. redis-py's asyncio
   `Connection` packs them in Python, a fifth of a cache hit's CPU in a profile; its sync
   connection already uses this packer. Untyped in 8.2, hence `new_command_packer()`.
 
-Attributes and overrides, which cannot be imported (used in `cache/connection.py` unless
-said otherwise):
+Attributes and overrides, which cannot be imported (used in `cache/transport/connection.py`
+unless said otherwise):
 
 - `Connection._connection_arguments()`, overridden: the arguments of `asyncio.open_connection`,
   so that a connection dials the address from Postal's DNS cache while TLS still checks the
@@ -30,10 +28,10 @@ said otherwise):
 - `Connection._host_error()`, overridden: error messages name the host and the address dialled.
 - `Connection.connect()` and `disconnect(nowait=True)`: public, but `connect()` is untyped.
 - `RedisCluster.nodes_manager` (`initialize()`, `move_slot()`, `get_node_from_slot()`), in
-  `cache/cluster.py`: redis-py's slot table, read and updated while Postal's own pools send the
-  commands (its per-node connection lists have no wait for a free connection).
-- `parse_url` and `SSLConnection` (`redis.asyncio.connection`), in `cache/urls.py`: redis-py's
-  URL parser, so that every URL form it accepts means the same in Postal.
+  `cache/transport/cluster.py`: redis-py's slot table, read and updated while Postal's own
+  pools send the commands (its per-node connection lists have no wait for a free connection).
+- `parse_url` and `SSLConnection` (`redis.asyncio.connection`), in `cache/transport/urls.py`:
+  redis-py's URL parser, so that every URL form it accepts means the same in Postal.
 
 redis-py 8.2 also converts a synchronous `redis.retry.Retry` handed to an asyncio client, with a
 warning; Postal hands its asyncio clients `redis.asyncio.retry.Retry` only.
@@ -43,10 +41,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis._parsers.encoders import Encoder
 from redis.connection import HiredisRespSerializer
 
-__all__ = ["REDIS_PY_CHECKED", "Encoder", "new_command_packer"]
+__all__ = ["REDIS_PY_CHECKED", "new_command_packer"]
 
 REDIS_PY_CHECKED = "8.2.0"
 

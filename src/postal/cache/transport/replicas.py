@@ -30,7 +30,7 @@ counts the acknowledgements of that connection's own writes):
   invalidation (this process bypasses the key, and the retry, WAIT included, runs until the
   replicas confirm). Waits are counted by outcome in `ReplicaWaitStats`.
 
-Reads go only to the replicas fit to serve them (`online()`, used by `CacheClient`): those the
+Reads go only to the replicas fit to serve them (`online()`, used by `RedisClient`): those the
 primary's INFO replication has listed as `state=online` for at least `refresh`. A replica
 restarted, re-syncing, or cut off from the primary may hold values whose invalidations it never
 received; and one that has just finished its sync still applies the writes that came after its
@@ -62,8 +62,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from postal.cache.deadline import current_operation
-from postal.cache.errors import CacheError
+from postal.cache.transport.deadline import current_operation
+from postal.cache.transport.errors import CacheError
 
 REFRESH = 1.0  # seconds a count of one or more replicas is trusted
 ASK_TIMEOUT = 2.0  # seconds an INFO replication may take (it runs outside any deadline)

@@ -28,7 +28,7 @@ How a failover is survived:
 - the primary is demoted while still up (a manual failover, a partition healing): it answers
   writes with READONLY; `is_demoted` tells the client, which closes that pool's connections so
   the next dials ask Sentinel again;
-- invalidations WAIT for the replicas whenever the primary has any (`cache.replicas`), so the
+- invalidations WAIT for the replicas whenever the primary has any (`replicas`), so the
   replica that Sentinel promotes already holds every invalidation whose write has returned.
 
 With `?role=replica`, reads go to the replicas Sentinel lists as up, each new connection to the
@@ -52,9 +52,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
-from postal.cache.connection import Locate
-from postal.cache.dns import DnsLookupError
-from postal.cache.urls import Topology
+from postal.cache.transport.connection import Locate
+from postal.cache.transport.dns import DnsLookupError
+from postal.cache.transport.urls import Topology
 
 ASK_SHARE = 0.5  # of the dial timeout, the time each Sentinel is given to answer
 STALE_LOG_INTERVAL = 10.0  # seconds between two warnings that a stale answer is used

@@ -1,22 +1,36 @@
 """The wire: one command, a pipeline, or a script, on a pooled connection of the node an operation
-was routed to. `CacheClient._run` adds the deadline, breaker, error mapping and event around
-these; a `call` is one of them with its arguments bound, waiting for its node.
+was routed to. `RedisClient.run_read` and `run_write` add the deadline, breaker, error mapping and
+event around these; a `call` is one of them with its arguments bound, waiting for its node.
+
+A `Script` is sent as EVALSHA, and as EVAL after a NOSCRIPT (a new, restarted or failed-over
+Redis), which caches it there again: its SHA is computed here once, never loaded up front.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as redis_exc
 
 if TYPE_CHECKING:
-    from postal.cache.guard import Script
-    from postal.cache.nodes import Node
+    from postal.cache.transport.nodes import Node
 
 Value = bytes | str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    source: str
+    sha: str  # what EVALSHA quotes; computed here once, so the script is never loaded up front
+
+    @classmethod
+    def of(cls, source: str) -> Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())
 
 
 async def _command(args: Sequence[Value], node: Node) -> Any:

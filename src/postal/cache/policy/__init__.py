@@ -1,0 +1,31 @@
+"""The caching policy, above the Redis transport: keys and their generations, the stale-fill
+guard, read-through with a database fallback, and invalidation that is retried until it lands.
+
+It uses the transport (`postal.cache.transport`) through its public names only, and knows nothing
+of posts: a key is a name and an id, a value is bytes.
+"""
+
+from postal.cache.policy.client import CacheClient
+from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
+from postal.cache.policy.fallback import Loader, ReadThrough, ReadThroughStats
+from postal.cache.policy.guard import GENERATION_TTL, Guarded, GuardedFill
+from postal.cache.policy.invalidation import Invalidator, InvalidatorStats
+from postal.cache.policy.keys import GuardedKey, guarded, jittered
+
+__all__ = [
+    "GENERATION_TTL",
+    "CacheClient",
+    "FillEvent",
+    "FillListener",
+    "FillOutcome",
+    "Guarded",
+    "GuardedFill",
+    "GuardedKey",
+    "Invalidator",
+    "InvalidatorStats",
+    "Loader",
+    "ReadThrough",
+    "ReadThroughStats",
+    "guarded",
+    "jittered",
+]
