@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from postal.posts.csv_rows import RowError
+from postal.imports.csv_rows import RowError
 from postal.posts.imports import ImportProgress, ImportReport
 from postal.settings import Settings
 

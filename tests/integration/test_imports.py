@@ -27,8 +27,8 @@ from postal.cache import (
     ReadThrough,
     guarded,
 )
+from postal.imports.csv_rows import RowProblem
 from postal.posts.cache_keys import LIST_GENERATION, post_key
-from postal.posts.csv_rows import RowProblem
 from postal.posts.entries import Entry
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.import_cache import time_invalidation

@@ -3,7 +3,7 @@
 import csv
 from pathlib import Path
 
-from postal.posts.csv_rows import CsvRowReader, ImportRow, RowError
+from postal.imports.csv_rows import CsvRowReader, ImportRow, RowError
 from postal.posts.models import MAX_AUTHOR_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from postal_bench.imports.csv_gen import HEADER, ROW_BYTES, generate_csv
 

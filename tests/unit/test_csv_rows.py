@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from postal.api.schemas import PostIn
-from postal.posts.csv_rows import (
+from postal.imports.csv_rows import (
     CsvHeaderError,
     CsvRowReader,
     ImportRow,

@@ -43,7 +43,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.cache import CacheClient, Invalidator
-from postal.posts.csv_rows import CsvHeaderError, CsvRowReader, ImportRow, RowError, RowProblem
+from postal.imports.csv_rows import CsvHeaderError, CsvRowReader, ImportRow, RowError, RowProblem
 from postal.posts.import_cache import CacheStepReport, ImportCacheStep
 from postal.posts.service import CacheTtls
 from postal.storage.bulk import (

@@ -30,7 +30,7 @@ from datetime import datetime
 from itertools import repeat
 from typing import Final
 
-from postal.posts.csv_fields import (
+from postal.imports.csv_fields import (
     BAD_BYTE,
     TAG_SEPARATOR,
     RowError,
@@ -43,8 +43,8 @@ from postal.posts.csv_fields import (
     screen,
     shown,
 )
-from postal.posts.csv_scan import RecordScan
-from postal.posts.id_set import SeenIds
+from postal.imports.csv_scan import RecordScan
+from postal.imports.id_set import SeenIds
 from postal.posts.models import (
     DEFAULT_MAX_BODY_BYTES,
     MAX_AUTHOR_CHARS,
