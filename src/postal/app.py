@@ -25,10 +25,10 @@ from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
 from postal.api.routes import imports, ops, posts, reads
 from postal.cache import CacheClient, DnsCache, Invalidator, Profile, ReadThrough, Resolver
+from postal.imports.importer import PostImporter
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
 from postal.observability.metrics import PostalMetrics
-from postal.posts.imports import PostImporter
 from postal.posts.service import CacheTtls, PostService
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine

@@ -52,7 +52,7 @@ from rich.console import Console
 from postal.cache import CacheClient, Invalidator, mask_url
 from postal.embedded import answers_ping
 from postal.import_display import progress_display, report_lines
-from postal.posts.imports import (
+from postal.imports.importer import (
     ImportConflict,
     ImportOptions,
     ImportProgress,

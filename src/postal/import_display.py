@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from postal.imports.csv_rows import RowError
-from postal.posts.imports import ImportProgress, ImportReport
+from postal.imports.importer import ImportProgress, ImportReport
 from postal.settings import Settings
 
 PLAIN_PROGRESS_INTERVAL = 2.0  # seconds between progress lines when stderr is not a terminal

@@ -24,7 +24,7 @@ import uvicorn
 from sqlalchemy import text
 
 from postal.embedded import free_loopback_port
-from postal.posts.imports import ImportConflict, ImportReport
+from postal.imports.importer import ImportConflict, ImportReport
 from postal_testing.proxy import FaultProxy
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually

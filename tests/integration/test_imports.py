@@ -27,12 +27,12 @@ from postal.cache import (
     ReadThrough,
     guarded,
 )
+from postal.imports.cache_step import time_invalidation
 from postal.imports.csv_rows import RowProblem
+from postal.imports.importer import ImportOptions, ImportProgress, ImportReport, PostImporter
 from postal.posts.cache_keys import LIST_GENERATION, post_key
 from postal.posts.entries import Entry
 from postal.posts.errors import DatabaseUnavailable
-from postal.posts.import_cache import time_invalidation
-from postal.posts.imports import ImportOptions, ImportProgress, ImportReport, PostImporter
 from postal.posts.models import Post, PostContent
 from postal.posts.representation import etag, post_json
 from postal.posts.service import CacheTtls, PostService

@@ -47,7 +47,7 @@ def import_posts(
     invalidation is still pending (cached copies expire with their TTL), 130 interrupted.
     """
     from postal.import_cli import ImportCommand, run_import_command
-    from postal.posts.imports import ImportOptions
+    from postal.imports.importer import ImportOptions
 
     options = ImportOptions(
         skip_invalid=skip_invalid,

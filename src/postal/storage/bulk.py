@@ -1,6 +1,6 @@
 """Many posts written in batches inside one transaction the caller holds: the bulk import's SQL.
 
-The import (`posts.imports`) opens one transaction for the whole file and hands each batch to a
+The import (`imports.importer`) opens one transaction for the whole file and hands each batch to a
 `BulkWriter` on that connection; nothing here commits. A batch is a few statements whatever its
 size, in one of two ways (`WriteMethod`), the same rows either way:
 

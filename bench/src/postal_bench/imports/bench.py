@@ -10,7 +10,7 @@ What one bench does, in order:
    own. After each import the bench counts the rows in the database (a fast import that lost
    rows would not count) and, after the first method's, times the cache step on that import's
    keys, both ways, slice by slice: one round trip per key, and pipelines of `cache_batch_size`
-   keys (`posts.import_cache.time_invalidation`, the same commands either way).
+   keys (`imports.cache_step.time_invalidation`, the same commands either way).
 4. With `rss_rows`, the RSS check: a file of that many rows (1M by default) imported once by the
    first method, its peak RSS set against the median of the main runs'.
 
@@ -44,7 +44,7 @@ from rich.progress import (
 )
 
 from postal.cache import TUNED, CacheClient, CacheError, CacheTimeouts, mask_url
-from postal.posts.import_cache import time_invalidation
+from postal.imports.cache_step import time_invalidation
 from postal_bench.errors import BenchError
 from postal_bench.imports.child import ChildConfig
 from postal_bench.imports.csv_gen import GeneratedCsv, generate_csv

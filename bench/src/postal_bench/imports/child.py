@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from postal.import_cli import read_chunks, standalone_importer
-from postal.posts.imports import ImportOptions, ImportProgress
+from postal.imports.importer import ImportOptions, ImportProgress
 from postal.settings import load_settings
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress lines

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from postal.api.errors import ApiError
-from postal.posts.imports import ImportConflict, ImportOptions, ImportReport, PostImporter
+from postal.imports.importer import ImportConflict, ImportOptions, ImportReport, PostImporter
 
 logger = logging.getLogger("postal.api.imports")
 

@@ -50,6 +50,7 @@ from postal.posts.representation import etag, post_json
 from postal.storage.bulk import read_posts
 from postal.storage.db import database_errors
 
+# The name it had under posts/: log filters and alerts keyed on it keep working.
 logger = logging.getLogger("postal.posts.imports")
 
 # A batch's deadline: the SET deadline (200 ms by default) is sized for one key, and a batch of

@@ -17,7 +17,7 @@
   change, and a created_at on such a row is ignored: history is not rewritten by an import). An
   `id` that is not a post is a bad row (`unknown_id`), found by reading the batch's posts under a
   row lock, which also gives their current versions.
-- The cache is left alone while rows are written; after the commit `import_cache.ImportCacheStep`
+- The cache is left alone while rows are written; after the commit `cache_step.ImportCacheStep`
   invalidates (or warms) the touched keys in batches, one round trip each, before `run` returns.
   If Redis does not take it the import is still committed, and the report says it is pending.
 - `run` raises only `DatabaseUnavailable` (the database failed: rolled back), `ImportConflict`
@@ -43,8 +43,8 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.cache import CacheClient, Invalidator
+from postal.imports.cache_step import CacheStepReport, ImportCacheStep
 from postal.imports.csv_rows import CsvHeaderError, CsvRowReader, ImportRow, RowError, RowProblem
-from postal.posts.import_cache import CacheStepReport, ImportCacheStep
 from postal.posts.service import CacheTtls
 from postal.storage.bulk import (
     BulkWriter,
