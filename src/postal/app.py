@@ -29,11 +29,12 @@ from postal.imports.importer import PostImporter
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
 from postal.observability.metrics import PostalMetrics
+from postal.posts.ports import PostRepository
 from postal.posts.service import CacheTtls, PostService
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine
 from postal.storage.migrate import is_current, upgrade
-from postal.storage.repository import PostRepository, SqlPostRepository
+from postal.storage.repository import SqlPostRepository
 
 logger = logging.getLogger("postal.app")
 

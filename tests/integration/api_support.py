@@ -13,8 +13,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.app import create_app
+from postal.posts.ports import PostRepository
 from postal.settings import load_settings
-from postal.storage.repository import PostRepository, SqlPostRepository
+from postal.storage.repository import SqlPostRepository
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

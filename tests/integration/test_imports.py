@@ -34,11 +34,12 @@ from postal.posts.cache_keys import LIST_GENERATION, post_key
 from postal.posts.entries import Entry
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.models import Post, PostContent
+from postal.posts.ports import PostRepository
 from postal.posts.representation import etag, post_json
 from postal.posts.service import CacheTtls, PostService
 from postal.storage.bulk import BulkWriter, ImportConflict, NewPost
 from postal.storage.db import create_engine
-from postal.storage.repository import PostRepository, SqlPostRepository
+from postal.storage.repository import SqlPostRepository
 from postal.storage.tables import posts
 from postal_testing.redis_servers import free_port
 from tests.support.database import row_counts

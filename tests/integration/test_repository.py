@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.posts.errors import DatabaseUnavailable, PostNotFound, VersionConflict, VersionNotFound
 from postal.posts.models import Post, PostContent
+from postal.posts.ports import PostRepository
 from postal.storage.db import create_engine, database_errors
-from postal.storage.repository import PostRepository, SqlPostRepository
+from postal.storage.repository import SqlPostRepository
 from tests.support.database import terminate_connections
 
 FIRST = PostContent(title="First", body="Hello.", author="ada", tags=("intro", "news"))

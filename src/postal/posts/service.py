@@ -26,13 +26,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from postal.cache import GuardedKey, Invalidator, Loader, ReadThrough
+from postal.cache import GuardedKey, Loader
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
 from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
 from postal.posts.errors import DatabaseUnavailable, NothingWritten
 from postal.posts.models import Post, PostContent, PostVersion
+from postal.posts.ports import CachedReads, CacheInvalidations, PostRepository
 from postal.posts.representation import encode_cursor, etag, page_json, post_json
-from postal.storage.repository import PostRepository
 
 logger = logging.getLogger("postal.posts")
 
@@ -57,8 +57,8 @@ class PostService:
     def __init__(
         self,
         repository: PostRepository,
-        reads: ReadThrough,
-        invalidator: Invalidator,
+        reads: CachedReads,
+        invalidator: CacheInvalidations,
         ttls: CacheTtls = CacheTtls(),
     ) -> None:
         self._repository = repository

@@ -6,15 +6,15 @@
     ...
     await engine.dispose()
 
-Only this package writes SQL; the rest of Postal sees `PostRepository` and the domain types.
+Only this package writes SQL; the rest of Postal sees the Protocols of the use cases
+(`posts.ports`) and the domain types.
 """
 
 from postal.storage.db import create_engine, database_errors
 from postal.storage.migrate import downgrade, is_current, pending_revision, upgrade
-from postal.storage.repository import PostRepository, SqlPostRepository
+from postal.storage.repository import SqlPostRepository
 
 __all__ = [
-    "PostRepository",
     "SqlPostRepository",
     "create_engine",
     "database_errors",

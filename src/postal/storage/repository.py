@@ -1,4 +1,4 @@
-"""Posts in SQL: the `PostRepository` protocol the service codes against, and its implementation.
+"""Posts in SQL: `SqlPostRepository`, the service's `PostRepository` (`posts.ports`) on SQLAlchemy.
 
 Each write is one transaction whose first statement is the write itself, so the version check is
 atomic without locks taken in advance: `UPDATE posts ... WHERE id = :id AND version = :expected
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -52,36 +52,6 @@ _VERSION_COLUMNS = (
     post_versions.c.tags,
     post_versions.c.created_at,
 )
-
-
-class PostRepository(Protocol):
-    """Where posts and their versions are kept. Every method is atomic on its own."""
-
-    async def get(self, post_id: int) -> Post | None: ...
-
-    async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
-        """Newest first: at most `limit` posts with `id < before_id` (all, when None)."""
-        ...
-
-    async def create(self, content: PostContent, *, created_at: datetime | None = None) -> Post:
-        """Version 1; `created_at` (timezone-aware) for imports, else now."""
-        ...
-
-    async def update(
-        self, post_id: int, content: PostContent, *, expected_version: int | None
-    ) -> Post: ...
-
-    async def delete(self, post_id: int, *, expected_version: int | None) -> None: ...
-
-    async def versions(self, post_id: int) -> list[PostVersion]:
-        """Every version, oldest first."""
-        ...
-
-    async def version(self, post_id: int, version: int) -> PostVersion: ...
-
-    async def restore(self, post_id: int, version: int, *, expected_version: int | None) -> Post:
-        """Version `version`'s content, current again as a new version."""
-        ...
 
 
 class SqlPostRepository:
