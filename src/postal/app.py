@@ -33,6 +33,7 @@ from postal.posts.ports import PostRepository
 from postal.posts.service import CacheTtls, PostService
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine
+from postal.storage.import_store import SqlImportStore
 from postal.storage.migrate import is_current, upgrade
 from postal.storage.repository import SqlPostRepository
 
@@ -140,7 +141,7 @@ def create_app(
             app.state.invalidator = invalidator
             app.state.posts = PostService(repository(engine), reads_, invalidator, ttls)
             app.state.importer = PostImporter(
-                engine,
+                SqlImportStore(engine),
                 cache,
                 invalidator,
                 ttls=ttls,

@@ -213,6 +213,7 @@ async def standalone_importer(
     small engine, cache client and invalidator, all closed on the way out."""
     from postal.app import cache_ttls, invalidator_for
     from postal.storage.db import create_engine
+    from postal.storage.import_store import SqlImportStore
 
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database, pool_size=2, timeout=settings.database_timeout)
@@ -223,13 +224,12 @@ async def standalone_importer(
         invalidator = invalidator_for(cache, settings)
         stack.push_async_callback(invalidator.aclose)
         importer = PostImporter(
-            engine,
+            SqlImportStore(engine, method),
             cache,
             invalidator,
             ttls=cache_ttls(settings),
             max_body_bytes=settings.postal_max_body_bytes,
             ttl_jitter=settings.cache_ttl_jitter,
-            method=method,
         )
         yield importer, invalidator
 

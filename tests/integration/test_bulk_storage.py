@@ -1,5 +1,6 @@
 """BulkWriter against real databases: COPY and INSERT give the same rows, inside the caller's
-transaction; SQLite takes the INSERT path."""
+transaction; SQLite takes the INSERT path. And the import's unit of work over it, which commits
+only when told."""
 
 from __future__ import annotations
 
@@ -10,16 +11,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postal.imports.ports import NewPost, PostChange
 from postal.posts.models import PostContent, PostVersion
-from postal.storage.bulk import (
-    BulkWriter,
-    NewPost,
-    PostChange,
-    WriteMethod,
-    choose_method,
-    read_posts,
-)
+from postal.storage.bulk import BulkWriter, MethodChoice, WriteMethod, choose_method, read_posts
 from postal.storage.db import create_engine
+from postal.storage.import_store import SqlImportStore
 from postal.storage.repository import SqlPostRepository
 from postal.storage.tables import posts
 from tests.support.database import row_counts
@@ -168,3 +164,45 @@ async def test_sqlite_takes_the_insert_path(sqlite_engine: AsyncEngine) -> None:
     async with sqlite_engine.connect() as connection:
         found = await read_posts(connection, [1, 3, 50])
     assert sorted(post.id for post in found) == [1, 3]
+
+
+# -- the import's unit of work -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("choice", ["copy", "insert"])
+async def test_a_unit_of_work_commits_only_when_told(
+    postgres_engine: AsyncEngine, choice: MethodChoice
+) -> None:
+    store = SqlImportStore(postgres_engine, choice)
+    assert store.method == choice
+    async with store.unit_of_work() as uow:
+        await uow.create([NewPost(content(1), NOW)])
+    assert await row_counts(postgres_engine) == (0, 0)  # left without commit(): rolled back
+    async with store.unit_of_work() as uow:
+        [created] = await uow.create([NewPost(content(2), NOW)])
+        current = await uow.current_versions([created], lock=True)
+        await uow.update([PostChange(created, content(3))], current, NOW)
+        await uow.commit()
+    assert await row_counts(postgres_engine) == (1, 2)
+    [post] = await store.read_posts([created, 999])
+    assert (post.id, post.title, post.version) == (created, "title 3", 2)
+    with pytest.raises(RuntimeError, match="outside its `async with` block"):
+        await uow.create([NewPost(content(4), NOW)])
+    with pytest.raises(RuntimeError, match="entered once"):
+        await uow.__aenter__()
+
+
+async def test_a_unit_of_work_left_with_an_error_rolls_back(sqlite_engine: AsyncEngine) -> None:
+    store = SqlImportStore(sqlite_engine)
+    assert store.method == WriteMethod.INSERT
+
+    async def write_then_fail() -> None:
+        async with store.unit_of_work() as uow:
+            await uow.create([NewPost(content(1), NOW)])
+            raise LookupError("the caller's")
+
+    with pytest.raises(LookupError, match="the caller's"):
+        await write_then_fail()
+    assert await row_counts(sqlite_engine) == (0, 0)
+    with pytest.raises(ValueError, match="COPY needs PostgreSQL"):
+        SqlImportStore(sqlite_engine, "copy")

@@ -30,6 +30,7 @@ from postal.cache import (
 from postal.imports.cache_step import time_invalidation
 from postal.imports.csv_rows import RowProblem
 from postal.imports.importer import ImportOptions, ImportProgress, ImportReport, PostImporter
+from postal.imports.ports import ImportConflict, NewPost
 from postal.posts.cache_keys import LIST_GENERATION, post_key
 from postal.posts.entries import Entry
 from postal.posts.errors import DatabaseUnavailable
@@ -37,8 +38,9 @@ from postal.posts.models import Post, PostContent
 from postal.posts.ports import PostRepository
 from postal.posts.representation import etag, post_json
 from postal.posts.service import CacheTtls, PostService
-from postal.storage.bulk import BulkWriter, ImportConflict, NewPost
+from postal.storage.bulk import BulkWriter
 from postal.storage.db import create_engine
+from postal.storage.import_store import SqlImportStore
 from postal.storage.repository import SqlPostRepository
 from postal.storage.tables import posts
 from postal_testing.redis_servers import free_port
@@ -117,9 +119,8 @@ async def importing(
     reads = ReadThrough(cache, bypass=invalidator.is_pending, local_writes=invalidator.begun)
     repository = CountingRepository(SqlPostRepository(engine))
     service = PostService(repository, reads, invalidator, TTLS)
-    importer = PostImporter(
-        engine, cache, invalidator, ttls=TTLS, max_body_bytes=max_body_bytes, method=method
-    )
+    store = SqlImportStore(engine, method)
+    importer = PostImporter(store, cache, invalidator, ttls=TTLS, max_body_bytes=max_body_bytes)
     try:
         yield Setup(engine, cache, invalidator, reads, repository, service, importer)
     finally:

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.posts.models import Post, PostContent
-from postal.storage.repository import PostRepository, SqlPostRepository
+from postal.posts.ports import PostRepository
+from postal.storage.repository import SqlPostRepository
 from postal_testing.redis_servers import free_port
 from tests.integration.api_support import AUTH, Api, running_api
 from tests.integration.helpers import eventually

@@ -32,23 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from postal.cache import (
-    CacheClient,
-    CacheError,
-    GuardedFill,
-    GuardedKey,
-    Invalidator,
-    Timeout,
-    jittered,
-)
+from postal.cache import CacheError, GuardedFill, GuardedKey, Timeout, jittered
+from postal.imports.ports import ImportCache, ImportInvalidations, ImportStore
 from postal.posts.cache_keys import LIST_GENERATION, post_key
 from postal.posts.entries import Entry, encode_entry
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.representation import etag, post_json
-from postal.storage.bulk import read_posts
-from postal.storage.db import database_errors
 
 # The name it had under posts/: log filters and alerts keyed on it keep working.
 logger = logging.getLogger("postal.posts.imports")
@@ -84,15 +73,14 @@ class ImportCacheStep:
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        cache: CacheClient,
-        invalidator: Invalidator,
+        store: ImportStore,
+        cache: ImportCache,
+        invalidator: ImportInvalidations,
         *,
         post_ttl: float,
         ttl_jitter: float,
     ) -> None:
-        self._engine = engine
-        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._store = store
         self._cache = cache
         self._invalidator = invalidator
         self._post_ttl = post_ttl
@@ -140,9 +128,7 @@ class ImportCacheStep:
     ) -> tuple[int, int]:
         """Fill one invalidated batch with the posts as the database has them now: (keys
         written, round trips made). A fill Redis refuses is logged: the keys stay invalidated."""
-        with database_errors(self._engine):
-            async with self._reads.connect() as connection:
-                posts = await read_posts(connection, batch)
+        posts = await self._store.read_posts(batch)
         quoted = dict(zip(batch, zip(keys, generations, strict=True), strict=True))
         fills: list[GuardedFill] = []
         for post in posts:
@@ -165,14 +151,14 @@ class ImportCacheStep:
         return batch_deadline(self._cache, keys)
 
 
-def batch_deadline(cache: CacheClient, keys: int) -> Timeout:
+def batch_deadline(cache: ImportCache, keys: int) -> Timeout:
     """The SET deadline plus BATCH_DEADLINE_PER_KEY per key; none if SET has none."""
     base = cache.profile.timeouts.set
     return None if base is None else base + keys * BATCH_DEADLINE_PER_KEY
 
 
 async def time_invalidation(
-    cache: CacheClient, post_ids: Sequence[int], *, keys_per_call: int
+    cache: ImportCache, post_ids: Sequence[int], *, keys_per_call: int
 ) -> float:
     """Seconds to invalidate the keys of `post_ids`, `keys_per_call` keys per round trip, one
     call after the other: 1 is one round trip per key, 1000 one per thousand keys (the import's

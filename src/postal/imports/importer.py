@@ -1,6 +1,6 @@
 """Bulk CSV import of posts: stream the file, check every row, write in batches, one transaction.
 
-    importer = PostImporter(engine, cache, invalidator, ttls=ttls, max_body_bytes=1_000_000)
+    importer = PostImporter(store, cache, invalidator, ttls=ttls, max_body_bytes=1_000_000)
     report = await importer.run(chunks)            # chunks: an async iterable of bytes
     if not report.committed: print(report.errors)  # nothing was written
 
@@ -8,10 +8,12 @@
   time, or fewer when their text reaches `batch_chars` (large bodies); what is kept for the whole
   file is the ids of the posts touched (8 bytes each, in an `array`), the ids read (`SeenIds`)
   and at most `max_reported_errors` errors. Memory stays flat whatever the file's size.
-- One transaction for the whole file. By default all or nothing: at the first bad row nothing more
-  is written, but the rest of the file is still read and checked so that the report lists every
-  bad row (the first `max_reported_errors` by line, and the total), then the transaction is rolled
-  back. With `skip_invalid`, good rows are written, bad ones skipped and reported, and it commits.
+- One transaction for the whole file: a unit of work the `ImportStore` gives (`ports`), which
+  the importer commits or rolls back. By default all or nothing: at the first bad row nothing
+  more is written, but the rest of the file is still read and checked so that the report lists
+  every bad row (the first `max_reported_errors` by line, and the total), then the transaction is
+  rolled back. With `skip_invalid`, good rows are written, bad ones skipped and reported, and it
+  commits.
 - A row without `id` creates a post (version 1, its created_at the row's or now). A row with `id`
   makes its content that post's next version (updated_at now; the post's created_at does not
   change, and a created_at on such a row is ignored: history is not rewritten by an import). An
@@ -38,23 +40,20 @@ from array import array
 from collections.abc import AsyncIterable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from postal.cache import CacheClient, Invalidator
 from postal.imports.cache_step import CacheStepReport, ImportCacheStep
 from postal.imports.csv_rows import CsvHeaderError, CsvRowReader, ImportRow, RowError, RowProblem
-from postal.posts.service import CacheTtls
-from postal.storage.bulk import (
-    BulkWriter,
+from postal.imports.ports import (
+    ImportCache,
     ImportConflict,
+    ImportInvalidations,
+    ImportStore,
+    ImportUnitOfWork,
     NewPost,
     PostChange,
-    WriteMethod,
-    choose_method,
 )
-from postal.storage.db import database_errors
+from postal.posts.service import CacheTtls
 
 __all__ = [
     "CacheStepReport",
@@ -180,25 +179,24 @@ class PostImporter:
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        cache: CacheClient,
-        invalidator: Invalidator,
+        store: ImportStore,
+        cache: ImportCache,
+        invalidator: ImportInvalidations,
         *,
         ttls: CacheTtls,
         max_body_bytes: int,
-        method: Literal["auto", "copy", "insert"] = "auto",
         ttl_jitter: float = DEFAULT_TTL_JITTER,
     ) -> None:
-        self._engine = engine
+        self._store = store
         self._max_body_bytes = max_body_bytes
-        self._method: WriteMethod = choose_method(engine, method)
         self._cache_step = ImportCacheStep(
-            engine, cache, invalidator, post_ttl=ttls.post, ttl_jitter=ttl_jitter
+            store, cache, invalidator, post_ttl=ttls.post, ttl_jitter=ttl_jitter
         )
 
     @property
-    def method(self) -> WriteMethod:
-        return self._method
+    def method(self) -> str:
+        """How the store writes batches ("copy" or "insert")."""
+        return self._store.method
 
     async def run(
         self,
@@ -214,16 +212,13 @@ class PostImporter:
         state = _Run(options, reader, _ErrorLog(options.max_reported_errors))
         committing = False
         try:
-            with database_errors(self._engine):
-                async with self._engine.connect() as connection, connection.begin() as transaction:
-                    writer = BulkWriter(connection, self._method)
-                    await writer.start()
-                    complete = await self._write(chunks, writer, state, progress)
-                    if complete and state.writing:
-                        committing = True
-                        await transaction.commit()
-                    else:
-                        await transaction.rollback()
+            async with self._store.unit_of_work() as uow:
+                complete = await self._write(chunks, uow, state, progress)
+                if complete and state.writing:
+                    committing = True
+                    await uow.commit()
+                else:
+                    await uow.rollback()
         except BaseException:
             # Failed or cancelled (a shutdown, a second Ctrl-C) while committing: the commit may
             # have landed all the same, and readers must not keep the old posts.
@@ -245,14 +240,14 @@ class PostImporter:
     async def _write(
         self,
         chunks: AsyncIterable[bytes],
-        writer: BulkWriter,
+        uow: ImportUnitOfWork,
         state: _Run,
         progress: Callable[[ImportProgress], None] | None,
     ) -> bool:
         """Read, check and write the whole file; False if its header was bad (nothing read).
 
-        A batch is written while the next one is parsed (one write in flight at a time, on the
-        one connection): the database works on its own core meanwhile.
+        A batch is written while the next one is parsed (one write in flight at a time, in the
+        one unit of work): the database works on its own core meanwhile.
         """
         writes = _OneWriteAtATime()
         batch: list[ImportRow] = []
@@ -264,24 +259,24 @@ class PostImporter:
                     batch.append(row)
                     batch_chars += _text_size(row)
                     if len(batch) >= options.batch_size or batch_chars >= options.batch_chars:
-                        await writes.submit(self._flush(writer, batch, state))
+                        await writes.submit(self._flush(uow, batch, state))
                         batch, batch_chars = [], 0
                 if progress is not None:
                     progress(state.progress())
             batch += _good_rows(state.reader.close(), state)
-            await writes.submit(self._flush(writer, batch, state))
+            await writes.submit(self._flush(uow, batch, state))
             await writes.wait()
         except CsvHeaderError as exc:
             for error in exc.errors:
                 state.errors.add(error)
             return False
         finally:
-            await writes.cancel()  # on the way out with an error: nothing may use the connection
+            await writes.cancel()  # on the way out with an error: nothing may use the transaction
         if progress is not None:
             progress(state.progress())
         return True
 
-    async def _flush(self, writer: BulkWriter, batch: Sequence[ImportRow], state: _Run) -> None:
+    async def _flush(self, uow: ImportUnitOfWork, batch: Sequence[ImportRow], state: _Run) -> None:
         """Check one batch's ids against the database and, if still writing, write it."""
         if not batch:
             return
@@ -289,7 +284,7 @@ class PostImporter:
         current: dict[int, int] = {}
         if changes:
             ids = [row.post_id for row in changes if row.post_id is not None]
-            current = await writer.current_versions(ids, lock=state.writing)
+            current = await uow.current_versions(ids, lock=state.writing)
             for row in changes:
                 if row.post_id not in current:
                     state.errors.add(_unknown_id(row))
@@ -302,8 +297,8 @@ class PostImporter:
             for row in changes
             if row.post_id is not None and row.post_id in current
         ]
-        created_ids = await writer.create(new)
-        await writer.update(known, current, now)
+        created_ids = await uow.create(new)
+        await uow.update(known, current, now)
         state.touched.extend(created_ids)
         state.touched.extend(change.post_id for change in known)
         state.created += len(created_ids)

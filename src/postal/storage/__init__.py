@@ -2,7 +2,8 @@
 
     engine = create_engine(settings.database, pool_size=10, timeout=5.0)
     await upgrade(settings.database)          # or refuse to start: `await is_current(url)`
-    repository = SqlPostRepository(engine)
+    repository = SqlPostRepository(engine)   # the service's PostRepository
+    store = SqlImportStore(engine)            # the importer's ImportStore (units of work)
     ...
     await engine.dispose()
 
@@ -11,10 +12,12 @@ Only this package writes SQL; the rest of Postal sees the Protocols of the use c
 """
 
 from postal.storage.db import create_engine, database_errors
+from postal.storage.import_store import SqlImportStore
 from postal.storage.migrate import downgrade, is_current, pending_revision, upgrade
 from postal.storage.repository import SqlPostRepository
 
 __all__ = [
+    "SqlImportStore",
     "SqlPostRepository",
     "create_engine",
     "database_errors",

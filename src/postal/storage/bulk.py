@@ -1,8 +1,8 @@
 """Many posts written in batches inside one transaction the caller holds: the bulk import's SQL.
 
-The import (`imports.importer`) opens one transaction for the whole file and hands each batch to a
-`BulkWriter` on that connection; nothing here commits. A batch is a few statements whatever its
-size, in one of two ways (`WriteMethod`), the same rows either way:
+An import's unit of work (`import_store.SqlImportUnitOfWork`) opens one transaction for the whole
+file and hands each batch to a `BulkWriter` on that connection; nothing here commits. A batch is a
+few statements whatever its size, in one of two ways (`WriteMethod`), the same rows either way:
 
 - `COPY` (PostgreSQL only): the new posts' ids are taken from the identity's sequence up front
   (`nextval` over `generate_series`), then posts and version rows go in with asyncpg's binary
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -39,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from postal.imports.ports import ImportConflict, NewPost, PostChange
 from postal.posts.models import Post, PostContent
 
 # The repository's columns and row mappings: a post is read and written here as it is there.
@@ -94,25 +94,6 @@ def choose_method(engine: AsyncEngine, requested: MethodChoice) -> WriteMethod:
 
 # PostgreSQL's deadlock_detected: it failed this transaction to free another that waited on it.
 _DEADLOCK = "40P01"
-
-
-class ImportConflict(Exception):
-    """Another transaction (another import) and this one each held posts the other wanted; the
-    database failed this one. Its transaction is lost: the caller rolls back."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewPost:
-    content: PostContent
-    created_at: datetime  # timezone-aware; also its updated_at and its version 1's created_at
-
-
-@dataclass(frozen=True, slots=True)
-class PostChange:
-    """New content for an existing post: it becomes the post's next version."""
-
-    post_id: int
-    content: PostContent
 
 
 class BulkWriter:

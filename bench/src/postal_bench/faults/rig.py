@@ -30,9 +30,10 @@ from typing import Self
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from postal.imports.ports import NewPost
 from postal.posts.models import PostContent
 from postal.stats.scrape import Scrape
-from postal.storage.bulk import BulkWriter, NewPost, WriteMethod
+from postal.storage.bulk import BulkWriter, WriteMethod
 from postal.storage.db import create_engine
 from postal_bench.errors import BenchError
 from postal_bench.http.servers import ServerProcess, free_port
