@@ -1,4 +1,4 @@
-"""`postal import`: the options; the command itself is `postal.import_cli`."""
+"""`postal import`: the options; the command itself is `postal.cli.import_run`."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def import_posts(
     Exit codes: 0 imported, 1 nothing imported, 2 bad usage, 3 imported but the cache
     invalidation is still pending (cached copies expire with their TTL), 130 interrupted.
     """
-    from postal.import_cli import ImportCommand, run_import_command
+    from postal.cli.import_run import ImportCommand, run_import_command
     from postal.imports.importer import ImportOptions
 
     options = ImportOptions(

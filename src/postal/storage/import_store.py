@@ -12,7 +12,7 @@ A unit of work is one import's transaction on one connection, its batches `bulk.
 leaves the block goes through `database_errors`, from connecting to closing: an outage becomes
 `DatabaseUnavailable`, as when the importer held the engine itself. That covers exceptions the
 caller raises inside the block too, so an `OSError` of its own (reading its file, say) would be
-called the database's: the caller raises something else for those (`import_cli` does).
+called the database's: the caller raises something else for those (`postal.cli.import_run` does).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from postal.import_cli import read_chunks, standalone_importer
+from postal.cli.import_run import read_chunks, standalone_importer
 from postal.imports.importer import ImportOptions, ImportProgress
 from postal.settings import load_settings
 

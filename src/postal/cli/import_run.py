@@ -1,6 +1,6 @@
 """`postal import FILE.csv`: the command's body, its progress display and its printed report.
 
-`cli.py` keeps a thin typer command that calls `run_import_command`; the rest is here.
+`cli/imports.py` keeps the typer options and calls `run_import_command`; the rest is here.
 
 The database and the cache are found as `postal serve` finds them, from the environment:
 DATABASE_URL (a PostgreSQL that must be migrated; unset, the embedded SQLite file in
@@ -50,8 +50,8 @@ import typer
 from rich.console import Console
 
 from postal.cache import CacheClient, Invalidator, mask_url
+from postal.cli.import_display import progress_display, report_lines
 from postal.embedded import answers_ping
-from postal.import_display import progress_display, report_lines
 from postal.imports.importer import (
     ImportConflict,
     ImportOptions,
