@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-check run test test-fast lint bench bench-http bench-import bench-seed \
+.PHONY: install lock lock-check module-map run test test-fast lint bench bench-http bench-import bench-seed \
 	bench-faults clean
 
 install: $(STAMP)
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml bench/pyproject.toml testing/pyproject.toml requirement
 # `scripts/lock.py compile` re-resolves and keeps every other pin.
 lock: install
 	$(BIN)/python scripts/lock.py upgrade
+
+# docs/architecture.md's module map, made anew from the modules' docstrings (a test checks it).
+module-map: install
+	$(BIN)/python -m tests.support.module_map
 
 # Fails when pyproject.toml and the lock disagree; offline.
 lock-check: install

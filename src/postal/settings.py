@@ -1,8 +1,8 @@
 """Postal's settings, read from the environment once, in `load_settings()`, never at import.
 
-Every variable, its default and its unit is listed in the README. A bad value stops start-up with
-one line per bad variable naming it, the value given (a URL with its password masked) and what was
-expected; `SettingsError` carries those lines.
+Every variable, its default and its unit is listed in docs/configuration.md. A bad value stops
+start-up with one line per bad variable naming it, the value given (a URL with its password
+masked) and what was expected; `SettingsError` carries those lines.
 """
 
 from __future__ import annotations

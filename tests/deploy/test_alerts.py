@@ -102,8 +102,8 @@ def test_every_expression_names_only_postal_metrics(name: str) -> None:
 def test_the_thresholds_apply_to_the_key_expressions(
     key: str, operator: str, threshold: float
 ) -> None:
-    """The very expression of KEY_EXPRESSIONS (as the README and the dashboard show it) is the
-    one compared, with the seed's threshold."""
+    """The very expression of KEY_EXPRESSIONS (as docs/operations.md and the dashboard show it)
+    is the one compared, with the seed's threshold."""
     wanted = (promql.normalized(KEY_EXPRESSIONS[key]), operator, threshold)
     found = [(left, op, number) for _, left, op, number in alert_comparisons()]
     assert wanted in found

@@ -109,7 +109,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_kustomize_builds_valid_objects() -> None:
-    """`kubectl apply -k` as the README says, short of a cluster: kustomize's own build (in
+    """`kubectl apply -k` as docs/deploy.md says, short of a cluster: kustomize's own build (in
     kubectl, which this kind of machine ships) gives the same objects, labelled, and valid."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:

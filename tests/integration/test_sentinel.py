@@ -1,7 +1,7 @@
 """Sentinel URLs on real servers: three Sentinels over a primary and a replica, started for each
 test. The primary is killed under load; the Sentinels promote the replica; Postal must fail no
 read, serve no stale read, and have the cache back (writes reaching Redis, reads hitting) once
-the failover is done. The recovery times are printed (run with -s) for the README.
+the failover is done. The recovery times are printed (run with -s) for docs/topologies.md.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Where the cache layer's events become logs (and, later, metrics)."""
+"""Metrics and logs, at the edge of the process: the cache's events and snapshots become them."""

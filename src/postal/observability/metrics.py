@@ -3,7 +3,7 @@
 The names below are the project's interface to dashboards and alerts (deploy/): `METRIC_NAMES`
 lists them, `SERIES_NAMES` adds the `_bucket`/`_sum`/`_count` series of the histograms, and
 `KEY_EXPRESSIONS` holds the seed's five key metrics, each one PromQL expression over them, so the
-dashboard, the alert rules and their tests use the very strings documented in the README.
+dashboard, the alert rules and their tests use the very strings documented in docs/operations.md.
 
 Two ways to collect, chosen when the app is built (`PostalMetrics.from_environment`):
 

@@ -12,7 +12,7 @@ few statements whatever its size, in one of two ways (`WriteMethod`), the same r
   `RETURNING` in the order the rows were given (`sort_by_parameter_order`). PostgreSQL and SQLite.
 
 `auto` picks COPY on PostgreSQL, which measured about twice as fast (`postal bench import`:
-100,000 rows of ~500 bytes; the figures are in the README), and INSERT on SQLite.
+100,000 rows of ~500 bytes; the figures are in docs/benchmarks.md), and INSERT on SQLite.
 
 Updates of existing posts go the same way with both methods: the batch's rows are locked and
 their versions read first (`current_versions`: `SELECT ... FOR UPDATE` in id order, so two

@@ -6,7 +6,7 @@ background after a miss, so it reads the post, then polls Redis until a key unde
 (unique) prefix holds the body it was served. The body read is also what the floor and the peer
 answer, so all three send the same bytes.
 
-The contract with Postal (see the README): `READ_REDIS_URL`/`WRITE_REDIS_URL`,
+The contract with Postal (see docs/configuration.md): `READ_REDIS_URL`/`WRITE_REDIS_URL`,
 `REDIS_KEY_PREFIX`, `DATABASE_URL` and `POSTAL_API_TOKEN` from the environment; `POST
 /api/v1/posts` with a bearer token answers 201 and JSON with the post's "id"; `GET
 /api/v1/posts/{id}` answers the post.
