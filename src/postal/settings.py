@@ -51,6 +51,17 @@ def _count(value: Any) -> Any:
     return value
 
 
+def _positive_count(value: Any) -> Any:
+    """A whole number >= 1: `_count`, with the floor named in its one-line error."""
+    try:
+        value = _count(value)
+    except ValueError:
+        raise ValueError("expected a whole number >= 1") from None
+    if isinstance(value, int) and value < 1:
+        raise ValueError("expected a whole number >= 1")
+    return value
+
+
 def _redis_url(value: Any) -> Any:
     if isinstance(value, str):
         Topology.from_url(value)  # raises ValueError with what is expected
@@ -59,6 +70,7 @@ def _redis_url(value: Any) -> Any:
 
 Duration = Annotated[float, BeforeValidator(_duration)]
 Count = Annotated[int, BeforeValidator(_count)]
+PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
 RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
 
 _EXPECTED_BY_ERROR = {
@@ -88,6 +100,14 @@ class Settings(BaseSettings):
     postal_max_body_bytes: Count = DEFAULT_MAX_BODY_BYTES
     # A CSV import's whole request body (streamed, never held whole); more is a 413. 1 GiB.
     postal_max_import_bytes: Count = 1_073_741_824
+    # HTTP requests one worker has in flight (health probes and /metrics aside); one more gets a
+    # fast 503 with Retry-After. 256 is five times the read pool (50), so that a normal burst is
+    # never refused: the benchmarks drive 100 keep-alive connections per worker (at most 100 in
+    # flight) and their open-loop generator opens at most 256. And it is where waiting stops
+    # paying: at the 2,500-10,000 cached reads/s one worker answers in `postal bench http`, the
+    # 256th request queues 25-100 ms behind the others (Little's law), longer as load grows, when
+    # a refusal that the balancer retries on another pod costs a millisecond.
+    postal_max_in_flight: PositiveCount = 256
 
     # Database: PostgreSQL in production; unset, the embedded SQLite file below
     database_url: str | None = None

@@ -141,3 +141,13 @@ def test_reads_from_a_replica_need_a_set_deadline_that_holds_a_wait() -> None:
     load_settings({**replica, "REDIS_SET_DEADLINE": "100ms", "REDIS_WAIT_FOR_REPLICAS": "false"})
     load_settings({"WRITE_REDIS_URL": "redis://primary:6379/0", "REDIS_SET_DEADLINE": "100ms"})
     load_settings({**replica, "REDIS_SET_DEADLINE": "0"})
+
+
+def test_the_in_flight_bound_is_a_whole_number_of_at_least_one() -> None:
+    assert load_settings({}).postal_max_in_flight == 256
+    assert load_settings({"POSTAL_MAX_IN_FLIGHT": "1"}).postal_max_in_flight == 1
+    for value in ("0", "-1", "many"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({"POSTAL_MAX_IN_FLIGHT": value})
+        expected = f"POSTAL_MAX_IN_FLIGHT={value!r}: expected a whole number >= 1"
+        assert str(caught.value) == expected
