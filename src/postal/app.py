@@ -162,6 +162,7 @@ def create_app(
     )
     app.state.metrics = metrics
     app.measure = partial(HttpMetrics, metrics=metrics, routes=app.router.routes)
+    app.max_in_flight = settings.postal_max_in_flight  # admission: `api/admission.py`
     app.state.settings = settings
     app.state.started_at = time.time()  # for /status's uptime
     install_error_handlers(app)

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     # A CSV import's whole request body (streamed, never held whole); more is a 413. 1 GiB.
     postal_max_import_bytes: Count = 1_073_741_824
     # HTTP requests one worker has in flight (health probes and /metrics aside); one more gets a
-    # fast 503 with Retry-After. 256 is five times the read pool (50), so that a normal burst is
+    # fast 503 (`api/admission.py`). 256 is five times the read pool (50), so that a normal burst is
     # never refused: the benchmarks drive 100 keep-alive connections per worker (at most 100 in
     # flight) and their open-loop generator opens at most 256. And it is where waiting stops
     # paying: at the 2,500-10,000 cached reads/s one worker answers in `postal bench http`, the

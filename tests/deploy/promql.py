@@ -67,6 +67,7 @@ METRIC_LABELS: Mapping[str, Labels] = {
     "postal_dns_lookups_total": {"outcome": frozenset(DNS_OUTCOMES)},
     "postal_replica_waits_total": {"outcome": frozenset(REPLICA_WAIT_OUTCOMES)},
     "postal_http_request_duration_seconds": {"method": None, "route": None, "status": None},
+    "postal_http_requests_refused_total": {},
 }
 
 # Labels Prometheus itself attaches to every scraped series (target labels), which a rule or

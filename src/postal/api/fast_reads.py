@@ -15,11 +15,16 @@ work itself for the requests it answers (the id in the log context and the respo
 one histogram observation): each middleware layer costs a coroutine and a `send` wrapper per
 request, which under `postal bench http` took Postal's cached GET from above the peer's req/s
 to below it.
+
+Being the outermost layer, it is also where admission is checked (`api/admission.py`): it counts
+the HTTP requests in flight, its own and the app's, and refuses one over the bound before
+anything else is done for it.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -27,6 +32,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from postal.api.admission import UNCOUNTED_PATHS, refuse
 from postal.api.errors import database_unavailable, internal_error
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
 from postal.api.read_answer import read_answer
@@ -47,22 +53,53 @@ TEMPLATE: str = ROUTE.path_format
 
 
 class FastReads:
+    """The outermost layer: admission, then the fast lane, else `app`. `max_in_flight`: the
+    bound on HTTP requests in flight (None: no bound); `in_flight`: how many there are now."""
+
     def __init__(
-        self, app: ASGIApp, *, ids: RequestIds | None = None, metrics: HttpMetrics | None = None
+        self,
+        app: ASGIApp,
+        *,
+        ids: RequestIds | None = None,
+        metrics: HttpMetrics | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self.app = app
         self._ids = ids or RequestIds()
         self._metrics = metrics
+        self.max_in_flight = max_in_flight
+        self._limit = sys.maxsize if max_in_flight is None else max_in_flight
+        self.in_flight = 0  # one event loop per worker: a plain integer, no lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            path: str = scope["path"]
-            if path.startswith(PREFIX):
+        if scope["type"] != "http":  # lifespan, websocket: not counted
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path in UNCOUNTED_PATHS:  # probes and /metrics: answered however busy (admission.py)
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self._limit:
+            await self._refuse(scope, send)
+            return
+        self.in_flight += 1
+        try:
+            if scope["method"] == "GET" and path.startswith(PREFIX):
                 post_id = post_id_or_none(path[len(PREFIX) :])
                 if post_id is not None:
                     await self._answer(scope, receive, send, post_id)
                     return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        """Admission refused: counted, and answered without reading the body."""
+        if self._metrics is not None:
+            self._metrics.refused()
+        await refuse(send, self._ids.of(scope).encode("ascii"))
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, post_id: int) -> None:
         """What the request-id and metrics middlewares would do, around `_get_post`."""
@@ -104,12 +141,14 @@ async def _send(response: Response, rid: bytes, scope: Scope, receive: Receive, 
 
 
 class PostalApp(FastAPI):
-    """FastAPI, with `FastReads` in front of everything, then request ids (so every log line of
-    a request carries its id) and the HTTP metrics around the stack FastAPI builds. `measure`,
-    set by `create_app`, builds the metrics middleware; `FastReads` records its own requests in
-    it and gives them ids from the same maker."""
+    """FastAPI, with `FastReads` in front of everything (admission, then the fast lane), then
+    request ids (so every log line of a request carries its id) and the HTTP metrics around the
+    stack FastAPI builds. `measure`, set by `create_app`, builds the metrics middleware;
+    `FastReads` records its own requests and refusals in it and gives them ids from the same
+    maker. `max_in_flight`, set by `create_app`: the admission bound (None: no bound)."""
 
     measure: Callable[[ASGIApp], HttpMetrics] | None = None
+    max_in_flight: int | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = super().build_middleware_stack()
@@ -117,4 +156,5 @@ class PostalApp(FastAPI):
         if self.measure is not None:
             app = metrics = self.measure(app)
         ids = RequestIds()
-        return FastReads(RequestIdMiddleware(app, ids), ids=ids, metrics=metrics)
+        inner = RequestIdMiddleware(app, ids)
+        return FastReads(inner, ids=ids, metrics=metrics, max_in_flight=self.max_in_flight)

@@ -16,6 +16,10 @@ and each (method, route, status) keeps its batched histogram child in a dict
 (`observability.batching`): a request costs two clock reads, a few dict lookups and a bisect.
 
 /metrics itself is measured like any route (route="/metrics"), so scrape time shows too.
+
+Requests refused by admission control (`api/admission.py`) are not timed here: they are counted
+in `postal_http_requests_refused_total`, with no labels, because finding their route would cost
+the path matching that a refusal must not spend.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class HttpMetrics:
         self._metrics = metrics
         self._templates = RouteTemplates(routes)
         self._bound: dict[tuple[str, str, int], HistogramBatch] = {}
+        self._refused = metrics.batches.counter(metrics.http_requests_refused)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,6 +153,10 @@ class HttpMetrics:
         if child is None:
             child = self._bind(key)
         child.observe(seconds)
+
+    def refused(self) -> None:
+        """One request refused by admission control; called by the outermost layer."""
+        self._refused.inc()
 
     def _bind(self, key: tuple[str, str, int]) -> HistogramBatch:
         method, route, status = key

@@ -82,7 +82,8 @@ class Batches:
         key = (metric, labels)
         batch = self._counters.get(key)
         if batch is None:
-            batch = self._counters[key] = CounterBatch(metric.labels(*labels))
+            child = metric.labels(*labels) if labels else metric  # unlabelled: the metric
+            batch = self._counters[key] = CounterBatch(child)
         return batch
 
     def histogram(self, metric: Any, bounds: Sequence[float], *labels: str) -> HistogramBatch:

@@ -62,6 +62,7 @@ BREAKER_STATE = "postal_cache_breaker_state"
 DNS_LOOKUPS = "postal_dns_lookups_total"
 REPLICA_WAITS = "postal_replica_waits_total"
 HTTP_REQUEST_SECONDS = "postal_http_request_duration_seconds"
+HTTP_REQUESTS_REFUSED = "postal_http_requests_refused_total"
 
 HISTOGRAMS = frozenset({CACHE_OPERATION_SECONDS, POOL_WAIT_SECONDS, HTTP_REQUEST_SECONDS})
 METRIC_NAMES = frozenset(
@@ -80,6 +81,7 @@ METRIC_NAMES = frozenset(
         DNS_LOOKUPS,
         REPLICA_WAITS,
         HTTP_REQUEST_SECONDS,
+        HTTP_REQUESTS_REFUSED,
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -253,6 +255,12 @@ class PostalMetrics:
             ("method", "route", "status"),
             registry=registry,
             buckets=LATENCY_BUCKETS,
+        )
+        self.http_requests_refused = Counter(
+            HTTP_REQUESTS_REFUSED,
+            "HTTP requests refused by admission control (503 overloaded: the worker had"
+            " POSTAL_MAX_IN_FLIGHT requests in flight); not in the request duration histogram.",
+            registry=registry,
         )
 
     @classmethod
