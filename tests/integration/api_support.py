@@ -1,7 +1,9 @@
-"""Building the HTTP app for tests: real PostgreSQL, real Redis, httpx over ASGI, lifespan run."""
+"""Building the HTTP app for tests: real PostgreSQL, real Redis, httpx over ASGI, lifespan run;
+and the app over a repository whose loads can be held (`running_gated`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.app import create_app
+from postal.posts.models import Post
 from postal.posts.ports import PostRepository
 from postal.settings import load_settings
 from postal.storage.repository import SqlPostRepository
@@ -71,3 +74,38 @@ async def running_api(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://postal.test") as client:
             yield Api(app, client, selects)
+
+
+class GatedRepository:
+    """The real repository, whose `get` can be held after it has read, to force a race."""
+
+    def __init__(self, inner: PostRepository) -> None:
+        self._inner = inner
+        self.loaded = asyncio.Event()
+        self.release = asyncio.Event()
+        self.gate = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def get(self, post_id: int) -> Post | None:
+        post = await self._inner.get(post_id)
+        if self.gate:
+            self.loaded.set()
+            await self.release.wait()
+        return post
+
+
+@asynccontextmanager
+async def running_gated(
+    database_url: str, redis_url: str, key_prefix: str, **env: str
+) -> AsyncIterator[tuple[Api, GatedRepository]]:
+    """The app over a GatedRepository, and that repository."""
+    built: list[GatedRepository] = []
+
+    def repository(engine: AsyncEngine) -> PostRepository:
+        built.append(GatedRepository(SqlPostRepository(engine)))
+        return built[-1]
+
+    async with running_api(database_url, redis_url, key_prefix, repository, **env) as api:
+        yield api, built[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,43 +12,8 @@ from postal.posts.models import Post, PostContent
 from postal.posts.ports import PostRepository
 from postal.storage.repository import SqlPostRepository
 from postal_testing.redis_servers import free_port
-from tests.integration.api_support import AUTH, Api, running_api
+from tests.integration.api_support import AUTH, Api, GatedRepository, running_api, running_gated
 from tests.integration.helpers import eventually
-
-
-class GatedRepository:
-    """The real repository, whose `get` can be held after it has read, to force a race."""
-
-    def __init__(self, inner: PostRepository) -> None:
-        self._inner = inner
-        self.loaded = asyncio.Event()
-        self.release = asyncio.Event()
-        self.gate = False
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    async def get(self, post_id: int) -> Post | None:
-        post = await self._inner.get(post_id)
-        if self.gate:
-            self.loaded.set()
-            await self.release.wait()
-        return post
-
-
-@asynccontextmanager
-async def running_gated(
-    database_url: str, redis_url: str, key_prefix: str, **env: str
-) -> AsyncIterator[tuple[Api, GatedRepository]]:
-    """The app over a GatedRepository, and that repository."""
-    built: list[GatedRepository] = []
-
-    def repository(engine: AsyncEngine) -> PostRepository:
-        built.append(GatedRepository(SqlPostRepository(engine)))
-        return built[-1]
-
-    async with running_api(database_url, redis_url, key_prefix, repository, **env) as api:
-        yield api, built[0]
 
 
 @pytest.fixture
