@@ -31,6 +31,7 @@ from postal.observability.logging import SlowOperationLog
 from postal.observability.metrics import PostalMetrics
 from postal.posts.ports import PostRepository
 from postal.posts.service import CacheTtls, PostService
+from postal.runtime import start_up_frozen
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine
 from postal.storage.import_store import SqlImportStore
@@ -149,6 +150,8 @@ def create_app(
                 ttl_jitter=settings.cache_ttl_jitter,
             )
             logger.info("cache ready: %r", cache)
+            # Last: everything start-up built is in the heap by now.
+            stack.enter_context(start_up_frozen(settings.postal_gc_freeze))
             yield
 
     app = PostalApp(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+
 import httpx
+import pytest
 
 from postal.app import create_app
 from postal.settings import load_settings
@@ -37,3 +40,18 @@ async def test_readyz_is_ready_without_redis(key_prefix: str) -> None:
     response = await serve_and_get(environ, "/readyz")
     assert response.status_code == 200
     assert response.json()["cache"]["connected"] is False
+
+
+@pytest.mark.parametrize(("setting", "frozen"), [("true", True), ("false", False)])
+async def test_what_start_up_built_is_out_of_the_collectors_walks_while_serving(
+    redis_url: str, key_prefix: str, setting: str, frozen: bool
+) -> None:
+    environ = {"READ_REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix}
+    app = create_app(load_settings({**environ, "POSTAL_GC_FREEZE": setting}))
+    assert gc.get_freeze_count() == 0
+    async with app.router.lifespan_context(app):
+        serving = gc.get_freeze_count()
+    # Frozen: the app, its engine, cache and collectors are tens of thousands of objects.
+    assert (serving > 10_000) is frozen
+    assert serving == 0 or frozen
+    assert gc.get_freeze_count() == 0  # handed back at shutdown
