@@ -5,6 +5,9 @@ Both tests make every GET time out the same way (replies 300 ms late, a 100 ms d
 only difference is this process's event loop: idle, the breaker opens as it must; hogged by
 work that keeps it 70 ms late (a CPU-bound worker), it stays closed, since the loop, not Redis,
 could be what let the deadlines expire. The timeouts are timeouts to the caller either way.
+
+And a read-through whose GET timed out only because the loop was behind asks Redis again
+rather than send the read to the database; one that Redis itself made late still goes there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from postal.cache import (
     CacheTimeout,
     CacheTimeouts,
     Profile,
+    ReadThrough,
+    guarded,
 )
 from postal.cache.transport.loop_lag import LoopLag
 from postal_testing.proxy import FaultProxy
@@ -109,3 +114,56 @@ async def test_loop_lag_counts_how_long_an_operation_was_held_up() -> None:
     finally:
         lag.stop()
     assert lag.behind_since(before_the_stall) == 0.0
+
+
+async def read_through_a_stall(cache: CacheClient, reads: ReadThrough, stall: float) -> bytes:
+    """One read-through of `post:{1}` with this process's loop blocked for `stall` seconds just
+    after the GET went out, as a worker's loop is behind a burst of CPU-bound requests."""
+    key = guarded("post", "1")
+    read = asyncio.ensure_future(reads.get(key, load_from_the_database))
+    await asyncio.sleep(0)  # the read runs until its GET is sent: it waits for the reply now
+    time.sleep(stall)  # noqa: ASYNC251 - the point: the loop is behind, Redis is not
+    return await read
+
+
+LOADS: list[int] = []
+
+
+async def load_from_the_database() -> tuple[bytes, float]:
+    LOADS.append(1)
+    return b"from the database", 60.0
+
+
+@pytest.fixture
+async def cache_with_a_post(redis_url: str, key_prefix: str) -> AsyncIterator[CacheClient]:
+    LOADS.clear()
+    async with CacheClient.create(read_url=redis_url, profile=PROFILE, key_prefix=key_prefix) as c:
+        found = await c.get_guarded(guarded("post", "1"))
+        assert await c.fill_guarded(guarded("post", "1"), found.generation, b"cached", ttl=60)
+        yield c
+
+
+async def test_a_read_timed_out_by_a_late_loop_is_asked_again_not_sent_to_the_database(
+    cache_with_a_post: CacheClient,
+) -> None:
+    reads = ReadThrough(cache_with_a_post)
+    assert await read_through_a_stall(cache_with_a_post, reads, stall=0.3) == b"cached"
+    stats = reads.stats()
+    assert (stats.late_retries, stats.cache_errors, stats.hits, LOADS) == (1, 0, 1, [])
+
+
+async def test_a_read_timed_out_by_redis_still_goes_to_the_database(
+    redis_url: str, key_prefix: str
+) -> None:
+    LOADS.clear()
+    upstream = urlsplit(redis_url).port
+    assert upstream is not None
+    async with FaultProxy(upstream) as proxy:
+        cache = CacheClient.create(read_url=proxy.url, profile=PROFILE, key_prefix=key_prefix)
+        async with cache:
+            reads = ReadThrough(cache)
+            await proxy.add_latency(0.15)  # Redis late, the loop idle
+            payload = await reads.get(guarded("post", "1"), load_from_the_database)
+    assert payload == b"from the database"
+    stats = reads.stats()
+    assert (stats.late_retries, stats.cache_errors, LOADS) == (0, 1, [1])

@@ -40,7 +40,7 @@ from typing import Protocol
 from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
 from postal.cache.policy.guard import Guarded
 from postal.cache.policy.keys import GuardedKey, jittered
-from postal.cache.transport import CacheError
+from postal.cache.transport import CacheError, CacheTimeout
 
 logger = logging.getLogger("postal.cache.fill")
 
@@ -64,6 +64,7 @@ class ReadThroughStats:
     hits: int
     misses: int
     cache_errors: int  # reads that failed (timeout, unreachable, open breaker): loaded alone
+    late_retries: int  # reads asked again because this process's loop, not Redis, was late
     bypassed: int  # reads sent straight to the loader because an invalidation is pending
     loads: int  # calls to a loader, whatever the reason
     coalesced: int  # misses that joined a load already in flight instead of starting one
@@ -102,7 +103,7 @@ class ReadThrough:
         self._flights: dict[_FlightKey, asyncio.Task[bytes]] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self._listeners: list[FillListener] = []
-        self._hits = self._misses = self._cache_errors = self._bypassed = 0
+        self._hits = self._misses = self._cache_errors = self._bypassed = self._late_retries = 0
         self._loads = self._coalesced = 0
         self._fill_counts = dict.fromkeys(FillOutcome, 0)
 
@@ -118,7 +119,7 @@ class ReadThrough:
             self._bypassed += 1
             return await self._load_unguarded(key, load)
         try:
-            found = await self._cache.get_guarded(key)
+            found = await self._read(key)
         except CacheError:
             # Without the generation no fill can be guarded, and a load already in flight cannot
             # be shown to have started after the last write this caller may have seen (it could
@@ -133,6 +134,19 @@ class ReadThrough:
         return await self._shared(
             (key, generation, True), lambda: self._load_then_fill(key, generation, load)
         )
+
+    async def _read(self, key: GuardedKey) -> Guarded:
+        """The guarded read, asked once more when it timed out only because this process's
+        event loop was behind (`CacheTimeout.loop_behind`): Redis most likely answered in time,
+        and the database is the costliest place to send a read exactly when the worker is
+        saturated. A second late timeout, or any other error, goes to the database as before."""
+        try:
+            return await self._cache.get_guarded(key)
+        except CacheTimeout as exc:
+            if not exc.loop_behind:
+                raise
+            self._late_retries += 1
+            return await self._cache.get_guarded(key)
 
     async def _load_unguarded(self, key: GuardedKey, load: Loader) -> bytes:
         """A load with no generation to go by, and no fill: shared by `local_writes()` if given,
@@ -240,6 +254,7 @@ class ReadThrough:
             hits=self._hits,
             misses=self._misses,
             cache_errors=self._cache_errors,
+            late_retries=self._late_retries,
             bypassed=self._bypassed,
             loads=self._loads,
             coalesced=self._coalesced,

@@ -459,8 +459,12 @@ class RedisClient:
         except (redis_exc.RedisError, OSError, TimeoutError, CacheError) as exc:
             current_operation.reset(token)  # listeners run outside the operation
             error = _map_error(exc, role.name, node.name, command, limit, operation)
+            late = isinstance(exc, TimeoutError) and self._loop_ran_late(operation, limit)
+            if late and isinstance(error, CacheTimeout):
+                error.loop_behind = True
             if breaker is not None:
-                if isinstance(exc, TimeoutError) and self._loop_ran_late(operation, limit):
+                if late:
+                    self._excused_timeouts += 1
                     breaker.record_cancelled()  # no verdict on Redis: see _loop_ran_late
                 elif isinstance(error, (CacheTimeout, CacheUnavailable)):
                     breaker.record_failure()
@@ -492,15 +496,13 @@ class RedisClient:
         it was behind for `max(20 ms, limit / 2)` or more of the operation (`loop_lag`).
         Half: a loop that late explains a timeout by itself, while everyday hiccups of a few
         tens of milliseconds do not excuse a black-holed Redis.
-        Such a timeout is still a timeout to the caller and in the metrics, but the breaker
-        takes no verdict from it; a black-holed Redis on a healthy process still opens it."""
+        Such a timeout is still a timeout to the caller (marked `loop_behind`) and in the
+        metrics, but the breaker takes no verdict from it; a black-holed Redis on a healthy
+        process still opens it."""
         if limit is None or operation.deadline is None:
             return False
         started = operation.deadline - limit
-        if self._loop_lag.behind_since(started) < max(LATE_LOOP_FLOOR, limit / 2):
-            return False
-        self._excused_timeouts += 1
-        return True
+        return self._loop_lag.behind_since(started) >= max(LATE_LOOP_FLOOR, limit / 2)
 
     def _emit(
         self,

@@ -26,7 +26,14 @@ class CacheError(Exception):
 
 
 class CacheTimeout(CacheError):
-    """The operation did not finish within its deadline or a socket timeout."""
+    """The operation did not finish within its deadline or a socket timeout.
+
+    `loop_behind`: this process's event loop, not Redis, let the deadline expire (it was behind
+    for half the deadline or more while the operation ran; see `loop_lag`). Redis had most likely
+    answered in time, so a read may be worth asking again rather than sending to the database.
+    """
+
+    loop_behind: bool = False
 
 
 class PoolTimeout(CacheTimeout):
