@@ -24,7 +24,15 @@ from postal.api.guards import WriteGuard
 from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
 from postal.api.routes import imports, ops, posts, reads
-from postal.cache import CacheClient, DnsCache, Invalidator, Profile, ReadThrough, Resolver
+from postal.cache import (
+    CacheClient,
+    DnsCache,
+    Invalidator,
+    NearCache,
+    Profile,
+    ReadThrough,
+    Resolver,
+)
 from postal.imports.importer import PostImporter
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
@@ -77,12 +85,31 @@ def cache_ttls(settings: Settings) -> CacheTtls:
     )
 
 
-def invalidator_for(cache: CacheClient, settings: Settings) -> Invalidator:
+def invalidator_for(
+    cache: CacheClient, settings: Settings, near: NearCache | None = None
+) -> Invalidator:
     """The invalidator, as the service and `postal import` use it; not yet retrying."""
     ttls = cache_ttls(settings)
     longest_ttl = max(ttls.post, ttls.page, ttls.not_found) * (1 + settings.cache_ttl_jitter)
     # After the longest TTL, whatever a failed invalidation left behind has expired.
-    return Invalidator(cache, give_up_after=longest_ttl + 1.0)
+    return Invalidator(cache, give_up_after=longest_ttl + 1.0, near=near)
+
+
+def near_cache_for(cache: CacheClient, settings: Settings) -> NearCache | None:
+    """The near cache with its tracking attached (not started), or None: turned off, or the
+    read role is a cluster, whose tracking is not offered yet."""
+    if not settings.near_cache_enabled:
+        return None
+    near = NearCache(
+        key_prefix=cache.key(""),
+        max_bytes=settings.near_cache_max_bytes,
+        ttl=settings.near_cache_ttl,
+    )
+    near.tracking = cache.tracking(near)
+    if near.tracking is None:
+        logger.info("near cache off: the read role is a Redis Cluster")
+        return None
+    return near
 
 
 async def prepare_database(url: str) -> None:
@@ -124,7 +151,11 @@ def create_app(
             stack.push_async_callback(cache.aclose)
             await cache.start()
             ttls = cache_ttls(settings)
-            invalidator = invalidator_for(cache, settings)
+            near = near_cache_for(cache, settings)
+            if near is not None and near.tracking is not None:
+                near.tracking.start()
+                stack.push_async_callback(near.tracking.aclose)
+            invalidator = invalidator_for(cache, settings, near)
             stack.push_async_callback(invalidator.aclose)
             reads_ = ReadThrough(
                 cache,
@@ -132,6 +163,7 @@ def create_app(
                 ttl_jitter=settings.cache_ttl_jitter,
                 bypass=invalidator.is_pending,
                 local_writes=invalidator.begun,
+                near=near,
             )
             stack.push_async_callback(reads_.drain, DRAIN_TIMEOUT)
             instrument_cache(metrics, cache, reads_, invalidator)
@@ -140,6 +172,7 @@ def create_app(
             app.state.cache = cache
             app.state.reads = reads_
             app.state.invalidator = invalidator
+            app.state.near = near
             app.state.posts = PostService(repository(engine), reads_, invalidator, ttls)
             app.state.importer = PostImporter(
                 SqlImportStore(engine),

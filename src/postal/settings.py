@@ -124,6 +124,14 @@ class Settings(BaseSettings):
     not_found_cache_ttl: Duration = 5.0
     cache_ttl_jitter: float = 0.1  # each TTL is stretched by up to this fraction, at random
     cache_max_pending_fills: Count = 1000
+    # The near cache (`cache/policy/near.py`): entries in each worker's memory, dropped when
+    # Redis says their keys changed. Its TTL stays below the Redis TTLs', so an entry Redis let
+    # expire without deleting it yet (no invalidation sent) does not outlive it by much.
+    # Off until its hits show in the Prometheus metrics, `postal stats` and the benchmarks, which
+    # count cache hits as Redis's today: a near-cache hit would read as a missing read there.
+    near_cache_enabled: bool = False
+    near_cache_max_bytes: PositiveCount = 64 * 1024 * 1024
+    near_cache_ttl: Duration = 10.0
     redis_breaker_failures: Count = 5  # consecutive failures that open the breaker
     redis_breaker_window: Duration = 0.250  # ... with no success for at least this long
     redis_breaker_cooldown: Duration = 1.0  # open this long, then one probe

@@ -34,6 +34,7 @@ def cache_report(state: Any) -> dict[str, Any]:
         "pools": pools,
         "nodes": [node_report(node) for node in cache.nodes()],
         "reads": asdict(state.reads.stats()),
+        "near": None if state.near is None else asdict(state.near.stats()),
         "invalidations": asdict(state.invalidator.stats()),
         "dns": asdict(state.cache.dns.stats()),
     }

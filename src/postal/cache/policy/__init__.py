@@ -11,6 +11,7 @@ from postal.cache.policy.fallback import Loader, ReadThrough, ReadThroughStats
 from postal.cache.policy.guard import GENERATION_TTL, Guarded, GuardedFill
 from postal.cache.policy.invalidation import Invalidator, InvalidatorStats
 from postal.cache.policy.keys import GuardedKey, guarded, jittered
+from postal.cache.policy.near import NearCache, NearCacheStats
 
 __all__ = [
     "GENERATION_TTL",
@@ -24,6 +25,8 @@ __all__ = [
     "Invalidator",
     "InvalidatorStats",
     "Loader",
+    "NearCache",
+    "NearCacheStats",
     "ReadThrough",
     "ReadThroughStats",
     "guarded",

@@ -40,6 +40,7 @@ from typing import Protocol
 from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
 from postal.cache.policy.guard import Guarded
 from postal.cache.policy.keys import GuardedKey, jittered
+from postal.cache.policy.near import NearCache
 from postal.cache.transport import CacheError, CacheTimeout
 
 logger = logging.getLogger("postal.cache.fill")
@@ -88,6 +89,7 @@ class ReadThrough:
         ttl_jitter: float = 0.1,
         bypass: Callable[[GuardedKey], bool] | None = None,
         local_writes: Callable[[], int] | None = None,
+        near: NearCache | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if max_pending_fills < 0:
@@ -95,6 +97,7 @@ class ReadThrough:
         if ttl_jitter < 0:
             raise ValueError(f"ttl_jitter must not be negative, got {ttl_jitter}")
         self._cache = cache
+        self._near = near  # entries in this process's memory, served before Redis is asked
         self._max_pending_fills = max_pending_fills
         self._ttl_jitter = ttl_jitter
         self._bypass = bypass
@@ -118,6 +121,13 @@ class ReadThrough:
         if self._bypass is not None and self._bypass(key):
             self._bypassed += 1
             return await self._load_unguarded(key, load)
+        near = self._near
+        sequence = -1  # not served from the near cache, and nothing to store there
+        if near is not None and near.usable():
+            payload = near.get(key.key)
+            if payload is not None:
+                return payload
+            sequence = near.sequence  # taken before the GET: see `near.NearCache.put`
         try:
             found = await self._read(key)
         except CacheError:
@@ -128,6 +138,8 @@ class ReadThrough:
             return await self._load_unguarded(key, load)
         if found.payload is not None:
             self._hits += 1
+            if near is not None and sequence >= 0:
+                near.put(key.key, key.generation_key, found.payload, sequence)
             return found.payload
         self._misses += 1
         generation = found.generation

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from postal.cache.policy.keys import GuardedKey
+from postal.cache.policy.near import NearCache
 from postal.cache.transport import CacheError
 
 logger = logging.getLogger("postal.cache.invalidation")
@@ -77,6 +78,7 @@ class Invalidator:
         max_retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        near: NearCache | None = None,
     ) -> None:
         if give_up_after <= 0 or retry_interval <= 0 or max_retry_interval < retry_interval:
             raise ValueError(
@@ -84,6 +86,7 @@ class Invalidator:
                 " and max_retry_interval at least retry_interval"
             )
         self._cache = cache
+        self._near = near  # this process's near cache: its own writes evict there at once
         self._give_up_after = give_up_after
         self._retry_interval = retry_interval
         self._max_retry_interval = max_retry_interval
@@ -121,9 +124,15 @@ class Invalidator:
         (not None), or None when it failed: then the keys are pending (logged, retried)."""
         self._begun += 1
         started = self._failures
+        near = self._near
+        touched = [*(k.key for k in keys), *(k.generation_key for k in keys), *generations]
+        if near is not None:
+            near.evict(touched)  # this process's next read must not be served the old entry
         try:
             result = await send()
         except CacheError as exc:
+            if near is not None:
+                near.evict(touched)  # pending now, and bypassed; nothing read meanwhile is kept
             self._failed += 1
             logger.warning(
                 "cache invalidation failed, will retry: keys=%d generations=%d error=%s",
@@ -135,6 +144,8 @@ class Invalidator:
             return None
         self._done += 1
         self._settle(keys, generations, started)
+        if near is not None:
+            near.evict(touched)  # and not one a read stored while Redis was being told
         return result
 
     def begun(self) -> int:

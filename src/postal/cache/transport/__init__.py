@@ -61,6 +61,7 @@ from postal.cache.transport.replicas import (
     wait_commands,
     wait_milliseconds,
 )
+from postal.cache.transport.tracking import Tracking, TrackingListener
 from postal.cache.transport.urls import (
     CLUSTER_SCHEME,
     SECRET_QUERY_PARAMETER,
@@ -128,6 +129,8 @@ __all__ = [
     "Timeout",
     "TlsConfig",
     "Topology",
+    "Tracking",
+    "TrackingListener",
     "UseDefault",
     "Value",
     "all_of",

@@ -52,6 +52,13 @@ from postal.cache.transport.nodes import Node, NodeFactory, ServerRole, node_nam
 from postal.cache.transport.pool import ManagedPool, PoolStats, total_of
 from postal.cache.transport.replicas import ReplicaWait, ReplicaWaitStats
 from postal.cache.transport.sentinel import SentinelLocator, is_demoted
+from postal.cache.transport.tracking import (
+    DEAD_AFTER,
+    HEARTBEAT,
+    NodeTracking,
+    Tracking,
+    TrackingListener,
+)
 from postal.cache.transport.urls import Kind, Topology
 from postal.cache.transport.wire import Value, all_of, command_call, pipeline_call
 
@@ -297,6 +304,27 @@ class RedisClient:
         )
 
     # -- operations --------------------------------------------------------------------------
+
+    def tracking(
+        self,
+        listener: TrackingListener,
+        *,
+        heartbeat: float = HEARTBEAT,
+        dead_after: float = DEAD_AFTER,
+    ) -> Tracking | None:
+        """Server-assisted invalidation (`tracking`) of this client's keys (its key prefix), on
+        every server the read role reads from: one server, each replica, or Sentinel's choice.
+        None for a cluster, whose masters come and go with the slot table. Not started."""
+        if not isinstance(self._read, ServerRole):
+            return None
+        return Tracking(
+            [
+                NodeTracking(
+                    node, self._prefix, listener, heartbeat=heartbeat, dead_after=dead_after
+                )
+                for node in self._read.nodes()
+            ]
+        )
 
     def key(self, key: str) -> str:
         return self._prefix + key

@@ -227,6 +227,34 @@ class Connector:
             connection.retire_at = now + self._config.max_lifetime * jitter
         return connection
 
+    async def dial_protocol(
+        self, factory: Callable[[], asyncio.Protocol]
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """A connection of one's own to the same server, driven by `factory`'s protocol rather
+        than redis-py's: located, resolved and TLS-verified as `open()` does, within the dial
+        timeout, each address in turn. For a connection read in its receive callback (the
+        tracking connection of `cache.transport.tracking`)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._config.dial_timeout):
+            targets = await self._targets()
+            error: OSError | None = None
+            for host, port, address in targets:
+                tls: dict[str, Any] = {}
+                if self._ssl_context is not None:
+                    tls = {"ssl": self._ssl_context, "server_hostname": host}
+                try:
+                    transport, protocol = await loop.create_connection(
+                        factory, address, port, **tls
+                    )
+                except OSError as exc:
+                    error = exc
+                    continue
+                return transport, protocol  # uvloop's: not a subclass, but the same methods
+        for name in {target[0] for target in targets}:
+            self._dns.forget(name)
+        assert error is not None
+        raise error
+
     async def _targets(self) -> list[tuple[str, int, str]]:
         """(host, port, address to dial) for each place to try, in order."""
         if self._locate is None:

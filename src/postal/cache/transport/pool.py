@@ -118,6 +118,7 @@ class ManagedPool:
         self.node = node or f"{connector.endpoint.host}:{connector.endpoint.port}"
         self.config = config
         self._connector = connector
+        self.connector = connector  # where the pool dials: a tracking connection dials there too
         self._idle: deque[PostalConnection] = deque()  # most recently used on the right
         self._in_use: set[PostalConnection] = set()
         self._waiters: deque[asyncio.Future[PostalConnection]] = deque()

@@ -1,0 +1,193 @@
+"""The near cache: hot entries in this process's memory, kept coherent by Redis's invalidations.
+
+A hit here costs no round trip, no pool and no parse. What keeps it coherent:
+
+- **Who says what changed:** Redis, through the transport's `Tracking` (CLIENT TRACKING, BCAST
+  under the client's key prefix, one connection per server reads go to). This object is its
+  listener: an `invalidate` push drops the entries of those keys, applied in the connection's
+  receive callback; `invalidate null` (FLUSHALL, FLUSHDB) drops everything.
+- **Only while tracking is live:** `usable()` is false while any tracking connection is down,
+  not yet confirmed, or its heartbeat is late, and while bytes wait unread on one of them (an
+  invalidation may be among them): reads then skip this cache. Each time tracking stops being
+  live or is confirmed anew, everything is dropped: it may have missed an invalidation. That
+  covers a restarted Redis (whose generation counters start again), a failover, a killed
+  connection, and tracking refused by an ACL or an old server (never live, never used).
+- **The fill race:** a GET's reply may be older than an invalidation that arrived meanwhile on
+  the tracking connection. A reader takes `sequence` before it sends its GET, and `put` stores
+  the reply only if no invalidation, flush or own write came in since: a stale reply is never
+  stored, by construction. (One counter for all keys: under many writes, fewer stores.)
+- **Own writes:** the `Invalidator` evicts its process's entries synchronously, before it sends
+  the invalidation and again once Redis has taken it, so the writer's next read cannot be
+  served what its own write replaced.
+- **Bounds:** bytes, not entries (`max_bytes`, each entry counted with its key and an overhead),
+  least recently used out first; and a TTL of its own (`ttl`), below Redis's, so that an entry
+  whose key expired in Redis but was never touched there again (no invalidation is sent for it
+  until Redis deletes it) goes too.
+
+Written by hand: no library keeps an in-process cache coherent with Redis's invalidations; the
+store is an `OrderedDict` (an LRU in the standard library, O(1) a hit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from postal.cache.transport import Tracking
+
+ENTRY_OVERHEAD = 240  # bytes an entry costs beyond its key and payload: dict slot, tuple, set
+
+
+@dataclass(frozen=True, slots=True)
+class NearCacheStats:
+    hits: int
+    misses: int
+    stores: int
+    stale_rejected: int  # replies not stored: an invalidation came in while they were read
+    evicted_size: int  # dropped to stay within max_bytes
+    evicted_ttl: int  # dropped at their own TTL
+    invalidated: int  # dropped by an invalidation (Redis's, or this process's own write)
+    flushes: int  # everything dropped: FLUSHALL/FLUSHDB, or tracking down or confirmed anew
+    invalidations: int  # invalidate messages received from Redis
+    entries: int
+    bytes: int
+    live: bool  # tracking live on every server reads go to
+
+
+class NearCache:
+    """Payloads by their full Redis key (the client's prefix included), bounded in bytes."""
+
+    def __init__(
+        self,
+        *,
+        key_prefix: str,
+        max_bytes: int,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_bytes < 1 or ttl <= 0:
+            raise ValueError("max_bytes must be at least 1 and ttl positive")
+        self._prefix = key_prefix
+        self._max_bytes = max_bytes
+        self._ttl = ttl
+        self._clock = clock
+        # full key -> (payload, expires at, its generation's full key, bytes counted)
+        self._entries: OrderedDict[str, tuple[bytes, float, str, int]] = OrderedDict()
+        self._by_generation: dict[str, set[str]] = {}  # generation key -> the entries it guards
+        self._bytes = 0
+        self.sequence = 0  # moves on every invalidation, flush and own write
+        self.tracking: Tracking | None = None
+        self._hits = self._misses = self._stores = self._stale = 0
+        self._evicted_size = self._evicted_ttl = self._invalidated = 0
+        self._flushes = self._invalidations = 0
+
+    # -- the reader's side -------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        """Whether entries may be served and stored now: tracking live, nothing unread."""
+        tracking = self.tracking
+        return tracking is not None and tracking.live and not tracking.has_unread()
+
+    def get(self, key: str) -> bytes | None:
+        """The payload stored under `key` (without the client's prefix), if any and fresh."""
+        full = self._prefix + key
+        entry = self._entries.get(full)
+        if entry is None:
+            self._misses += 1
+            return None
+        if self._clock() >= entry[1]:
+            self._drop(full)
+            self._evicted_ttl += 1
+            self._misses += 1
+            return None
+        self._entries.move_to_end(full)
+        self._hits += 1
+        return entry[0]
+
+    def put(self, key: str, generation_key: str, payload: bytes, sequence: int) -> bool:
+        """Store what a read taken at `sequence` returned, unless anything was invalidated since
+        (or tracking is not usable now). Keys without the client's prefix."""
+        if sequence != self.sequence or not self.usable():
+            self._stale += 1
+            return False
+        full = self._prefix + key
+        size = len(payload) + len(full) + ENTRY_OVERHEAD
+        if size > self._max_bytes:
+            return False
+        if full in self._entries:
+            self._drop(full)
+        generation = self._prefix + generation_key
+        self._entries[full] = (payload, self._clock() + self._ttl, generation, size)
+        self._by_generation.setdefault(generation, set()).add(full)
+        self._bytes += size
+        self._stores += 1
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+            self._evicted_size += 1
+        return True
+
+    # -- what changed: Redis's invalidations, and this process's own writes --------------------
+
+    def invalidated(self, keys: Sequence[bytes] | None) -> None:
+        """An `invalidate` push (full keys; None: FLUSHALL or FLUSHDB). Synchronous."""
+        self._invalidations += 1
+        if keys is None:
+            self._flush()
+            return
+        self._evict_full(key.decode() for key in keys)
+
+    def tracking_changed(self, live: bool) -> None:
+        """Tracking went down, or was confirmed anew: anything held may have missed an
+        invalidation."""
+        self._flush()
+
+    def evict(self, keys: Iterable[str]) -> None:
+        """This process's own write of `keys` (values or generations, without the prefix)."""
+        self._evict_full(self._prefix + key for key in keys)
+
+    def _evict_full(self, keys: Iterable[str]) -> None:
+        self.sequence += 1
+        for key in keys:
+            if key in self._entries:
+                self._drop(key)
+                self._invalidated += 1
+            for guarded_key in self._by_generation.pop(key, ()):
+                if guarded_key in self._entries:
+                    self._drop(guarded_key)
+                    self._invalidated += 1
+
+    def _flush(self) -> None:
+        self.sequence += 1
+        self._entries.clear()
+        self._by_generation.clear()
+        self._bytes = 0
+        self._flushes += 1
+
+    def _drop(self, key: str) -> None:
+        _, _, generation, size = self._entries.pop(key)
+        self._bytes -= size
+        guarded = self._by_generation.get(generation)
+        if guarded is not None:
+            guarded.discard(key)
+            if not guarded:
+                del self._by_generation[generation]
+
+    def stats(self) -> NearCacheStats:
+        tracking = self.tracking
+        return NearCacheStats(
+            hits=self._hits,
+            misses=self._misses,
+            stores=self._stores,
+            stale_rejected=self._stale,
+            evicted_size=self._evicted_size,
+            evicted_ttl=self._evicted_ttl,
+            invalidated=self._invalidated,
+            flushes=self._flushes,
+            invalidations=self._invalidations,
+            entries=len(self._entries),
+            bytes=self._bytes,
+            live=tracking is not None and tracking.live,
+        )

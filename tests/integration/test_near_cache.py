@@ -1,0 +1,273 @@
+"""The near cache on real Redis servers: coherent with writes made through another client, the
+fill race closed by design, and under faults of its tracking connection (killed, FLUSHALL, an
+ACL that refuses tracking, Redis restarted, Redis SIGSTOPped) never stale: flushed and bypassed
+until tracking is back, then used again.
+
+The shared Redis serves the tests that flush or stop nothing; the others start a Redis of their
+own (`postal_testing.redis_servers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as redis
+
+from postal.cache import (
+    CacheClient,
+    Guarded,
+    GuardedKey,
+    Invalidator,
+    NearCache,
+    ReadThrough,
+    guarded,
+)
+from postal_testing.redis_servers import RedisServer
+from tests.integration.helpers import small_profile
+
+HEARTBEAT, DEAD_AFTER = 0.1, 0.4
+KEY = guarded("post", "1")
+
+
+@dataclass
+class Side:
+    """One process's view: its client, near cache, read-through and invalidator."""
+
+    cache: CacheClient
+    near: NearCache
+    reads: ReadThrough
+    invalidator: Invalidator
+
+    async def read(self) -> bytes:
+        return await self.reads.get(KEY, never_loaded)
+
+    async def write(self, payload: bytes) -> None:
+        """A writer's sequence: invalidate (it has committed), then fill the new value."""
+        (generation,) = await self.cache.invalidate_many([KEY])
+        assert await self.cache.fill_guarded(KEY, generation, payload, ttl=60)
+
+
+async def never_loaded() -> tuple[bytes, float]:
+    raise AssertionError("every read is answered by Redis or the near cache here")
+
+
+@asynccontextmanager
+async def side(url: str, prefix: str, *, near_cache: bool = True) -> AsyncIterator[Side]:
+    cache = CacheClient.create(read_url=url, profile=small_profile(), key_prefix=prefix)
+    async with cache:
+        near = NearCache(key_prefix=cache.key(""), max_bytes=1 << 20, ttl=30)
+        tracking = cache.tracking(near, heartbeat=HEARTBEAT, dead_after=DEAD_AFTER)
+        assert tracking is not None
+        near.tracking = tracking if near_cache else None
+        if near_cache:
+            tracking.start()
+        invalidator = Invalidator(cache, give_up_after=60, near=near)
+        reads = ReadThrough(cache, bypass=invalidator.is_pending, near=near)
+        try:
+            yield Side(cache, near, reads, invalidator)
+        finally:
+            await tracking.aclose()
+            await invalidator.aclose()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time given"
+        await asyncio.sleep(0.02)
+
+
+async def served_from_memory(reader: Side) -> bytes:
+    """Two reads: the first may store the entry, the second must then be a near-cache hit."""
+    await reader.read()
+    hits = reader.near.stats().hits
+    payload = await reader.read()
+    assert reader.near.stats().hits == hits + 1, "the second read was not served from memory"
+    return payload
+
+
+async def test_writes_through_another_client_are_never_read_stale(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with side(redis_url, key_prefix) as reader, side(redis_url, key_prefix) as writer:
+        await eventually(lambda: reader.near.usable() and writer.near.usable())
+        await writer.write(b"v0")
+        assert await served_from_memory(reader) == b"v0"
+        for version in range(1, 301):
+            await writer.write(b"v%d" % version)
+            assert await reader.read() == b"v%d" % version
+            assert await reader.read() == b"v%d" % version
+        stats = reader.near.stats()
+        assert stats.hits >= 300  # each second read came from memory
+        assert stats.invalidations >= 300
+
+
+async def test_a_process_never_reads_its_own_write_stale(redis_url: str, key_prefix: str) -> None:
+    async with side(redis_url, key_prefix) as one:
+        await eventually(one.near.usable)
+        await one.write(b"v0")
+        assert await served_from_memory(one) == b"v0"
+        for version in range(1, 101):
+            # Through the invalidator, as the service writes: evicted here before it returns.
+            new = b"v%d" % version
+
+            async def invalidate_and_fill(payload: bytes = new) -> bool:
+                (generation,) = await one.cache.invalidate_many([KEY])
+                return await one.cache.fill_guarded(KEY, generation, payload, ttl=60)
+
+            assert await one.invalidator.invalidate_with([KEY], (), invalidate_and_fill)
+            assert await one.read() == new
+
+
+class HeldReads(CacheClient):
+    """Holds a guarded read's reply, once it is in, until `release` is set: a reply that
+    arrives before an invalidation but is handled after it, made certain."""
+
+    hold: asyncio.Event | None = None
+    release: asyncio.Event | None = None
+
+    async def get_guarded(self, key: GuardedKey, **kwargs: object) -> Guarded:
+        found = await super().get_guarded(key)
+        if self.hold is not None and self.release is not None:
+            self.hold.set()
+            await self.release.wait()
+        return found
+
+
+async def test_a_reply_older_than_an_invalidation_is_not_stored(
+    redis_url: str, key_prefix: str
+) -> None:
+    cache = HeldReads.create(read_url=redis_url, profile=small_profile(), key_prefix=key_prefix)
+    async with cache, side(redis_url, key_prefix, near_cache=False) as writer:
+        near = NearCache(key_prefix=cache.key(""), max_bytes=1 << 20, ttl=30)
+        near.tracking = cache.tracking(near, heartbeat=HEARTBEAT, dead_after=DEAD_AFTER)
+        assert near.tracking is not None
+        near.tracking.start()
+        try:
+            reads = ReadThrough(cache, near=near)
+            await eventually(near.usable)
+            await writer.write(b"old")
+            cache.hold, cache.release = asyncio.Event(), asyncio.Event()
+            read = asyncio.ensure_future(reads.get(KEY, never_loaded))
+            await cache.hold.wait()  # the reply holds "old"; now the write lands and is pushed
+            invalidations = near.stats().invalidations
+            await writer.write(b"new")
+            await eventually(lambda: near.stats().invalidations > invalidations)
+            cache.release.set()
+            assert await read == b"old"  # it began before the write: fine to answer it
+            cache.hold = cache.release = None
+            assert near.stats().stale_rejected == 1
+            assert near.stats().entries == 0  # but never stored for the next reader
+            assert await reads.get(KEY, never_loaded) == b"new"
+        finally:
+            await near.tracking.aclose()
+
+
+async def test_a_killed_tracking_connection_flushes_bypasses_and_comes_back(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with side(redis_url, key_prefix) as reader, side(redis_url, key_prefix) as writer:
+        await eventually(reader.near.usable)
+        await writer.write(b"v1")
+        assert await served_from_memory(reader) == b"v1"
+        (node,) = reader.near.tracking.nodes  # type: ignore[union-attr]
+        flushes = reader.near.stats().flushes
+        admin = redis.Redis.from_url(redis_url)
+        try:
+            assert await admin.execute_command("CLIENT", "KILL", "ID", node.client_id) == 1
+        finally:
+            await admin.aclose()
+        await eventually(lambda: reader.near.stats().flushes > flushes)
+        assert reader.near.stats().entries == 0
+        await writer.write(b"v2")  # whatever tracking missed meanwhile
+        assert await reader.read() == b"v2"
+        await eventually(reader.near.usable)  # dialled again, confirmed
+        assert node.connects == 2
+        assert await served_from_memory(reader) == b"v2"
+
+
+@pytest.fixture
+def own_redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server  # type: ignore[misc]
+    finally:
+        server.cleanup()
+
+
+async def test_flushall_empties_the_near_cache(own_redis: RedisServer) -> None:
+    async with side(own_redis.url, "t:") as reader, side(own_redis.url, "t:") as writer:
+        await eventually(reader.near.usable)
+        await writer.write(b"v1")
+        assert await served_from_memory(reader) == b"v1"
+        admin = redis.Redis.from_url(own_redis.url)
+        try:
+            await admin.flushall()
+            await writer.write(b"after the flush")
+        finally:
+            await admin.aclose()
+        assert await reader.read() == b"after the flush"
+        assert reader.near.stats().flushes >= 2  # confirmed, then FLUSHALL
+
+
+async def test_tracking_refused_by_an_acl_leaves_the_near_cache_unused(
+    own_redis: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(own_redis.url)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "reader", "on", ">reader-pw", "~*", "+@all", "-client|tracking"
+        )
+    finally:
+        await admin.aclose()
+    host, port = own_redis.address
+    url = f"redis://reader:reader-pw@{host}:{port}/0"
+    async with side(url, "t:") as reader, side(own_redis.url, "t:") as writer:
+        await writer.write(b"v1")
+        await asyncio.sleep(DEAD_AFTER * 2)  # time to dial, be refused and dial again
+        assert not reader.near.usable()
+        for version in range(2, 12):
+            await writer.write(b"v%d" % version)
+            assert await reader.read() == b"v%d" % version
+        assert reader.near.stats().entries == 0
+        assert reader.near.stats().hits == 0
+
+
+async def test_a_restarted_redis_flushes_and_tracking_resumes(own_redis: RedisServer) -> None:
+    async with side(own_redis.url, "t:") as reader:
+        await eventually(reader.near.usable)
+        await reader.write(b"v1")
+        assert await served_from_memory(reader) == b"v1"
+        own_redis.restart()  # empty: its generation counters start again from nothing
+        await eventually(lambda: reader.near.stats().entries == 0)
+        await eventually(reader.near.usable)
+        await reader.write(b"after the restart")
+        assert await reader.read() == b"after the restart"
+
+
+async def test_a_stopped_redis_makes_the_near_cache_unusable_until_it_answers_again(
+    own_redis: RedisServer,
+) -> None:
+    async with side(own_redis.url, "t:") as reader:
+        await eventually(reader.near.usable)
+        await reader.write(b"v1")
+        assert await served_from_memory(reader) == b"v1"
+        pid = own_redis.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # No PONG within DEAD_AFTER: bypassed, then the connection is dropped and flushed.
+            await eventually(lambda: not reader.near.usable(), timeout=DEAD_AFTER * 3)
+            await eventually(lambda: reader.near.stats().entries == 0, timeout=DEAD_AFTER * 4)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await eventually(reader.near.usable)
+        assert await served_from_memory(reader) == b"v1"

@@ -1,0 +1,153 @@
+"""The near cache's store and its coherence bookkeeping, with tracking stood in for (pure logic):
+bounded in bytes, least recently used out first, a TTL of its own, entries dropped by value key
+or by the generation that guards them, everything dropped on a flush or a tracking change, and
+a reply never stored when anything was invalidated while it was being read."""
+
+from __future__ import annotations
+
+import pytest
+
+from postal.cache import NearCache, guarded
+from postal.cache.policy.near import ENTRY_OVERHEAD
+
+PREFIX = "p:"
+
+
+class LiveTracking:
+    live = True
+    unread = False
+
+    def has_unread(self) -> bool:
+        return self.unread
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def near(max_bytes: int = 10_000_000, ttl: float = 10.0, clock: Clock | None = None) -> NearCache:
+    cache = NearCache(key_prefix=PREFIX, max_bytes=max_bytes, ttl=ttl, clock=clock or Clock())
+    cache.tracking = LiveTracking()  # type: ignore[assignment]
+    return cache
+
+
+def store(cache: NearCache, ident: str, payload: bytes = b"x") -> bool:
+    key = guarded("post", ident)
+    return cache.put(key.key, key.generation_key, payload, cache.sequence)
+
+
+def test_a_stored_entry_is_served_until_its_key_or_generation_changes_in_redis() -> None:
+    cache = near()
+    assert store(cache, "1", b"v1")
+    assert cache.get("post:{1}") == b"v1"
+    cache.invalidated([b"p:post:{1}:gen"])  # the writer's INCR
+    assert cache.get("post:{1}") is None
+    assert store(cache, "1", b"v2")
+    cache.invalidated([b"p:post:{1}"])  # its DEL, or anyone's SET
+    assert cache.get("post:{1}") is None
+    assert cache.stats().invalidated == 2
+
+
+def test_a_shared_generation_drops_every_entry_it_guards() -> None:
+    cache = near()
+    pages = [guarded("list", "all", variant=f"page={n}") for n in range(3)]
+    for page in pages:
+        assert cache.put(page.key, page.generation_key, b"page", cache.sequence)
+    cache.invalidated([b"p:list:{all}:gen"])
+    assert [cache.get(page.key) for page in pages] == [None, None, None]
+    assert cache.stats().entries == 0
+
+
+def test_a_reply_read_while_something_was_invalidated_is_not_stored() -> None:
+    cache = near()
+    key = guarded("post", "1")
+    taken = cache.sequence  # before the GET is sent
+    cache.invalidated([b"p:post:{2}"])  # any key: one counter for all
+    assert not cache.put(key.key, key.generation_key, b"old", taken)
+    assert cache.get(key.key) is None
+    assert cache.stats().stale_rejected == 1
+
+
+def test_own_writes_evict_at_once() -> None:
+    cache = near()
+    store(cache, "1")
+    taken = cache.sequence
+    cache.evict(["post:{1}", "post:{1}:gen"])
+    assert cache.get("post:{1}") is None
+    key = guarded("post", "1")  # a read begun before the write cannot store what it read
+    assert not cache.put(key.key, key.generation_key, b"old", taken)
+
+
+@pytest.mark.parametrize("event", ["flushall", "tracking down", "tracking confirmed anew"])
+def test_everything_goes_when_redis_flushes_or_tracking_changes(event: str) -> None:
+    cache = near()
+    for n in range(5):
+        store(cache, str(n))
+    if event == "flushall":
+        cache.invalidated(None)
+    else:
+        cache.tracking_changed(event == "tracking confirmed anew")
+    assert cache.stats().entries == 0
+    assert cache.stats().bytes == 0
+    assert cache.get("post:{1}") is None
+
+
+def test_not_usable_while_tracking_is_not_live_or_has_unread_bytes() -> None:
+    cache = near()
+    tracking = cache.tracking
+    assert cache.usable()
+    tracking.unread = True  # type: ignore[union-attr]
+    assert not cache.usable()
+    assert not store(cache, "1")  # nor stored: an invalidation may be waiting
+    tracking.unread = False  # type: ignore[union-attr]
+    tracking.live = False  # type: ignore[union-attr, misc]
+    assert not cache.usable()
+    cache.tracking = None
+    assert not cache.usable()
+
+
+def test_entries_expire_at_their_own_ttl() -> None:
+    clock = Clock()
+    cache = near(ttl=10.0, clock=clock)
+    store(cache, "1")
+    clock.now += 9.9
+    assert cache.get("post:{1}") == b"x"
+    clock.now += 0.2
+    assert cache.get("post:{1}") is None
+    assert cache.stats().evicted_ttl == 1
+
+
+def test_the_byte_bound_holds_and_the_least_recently_used_go_first() -> None:
+    entry = len(b"x" * 100) + len("p:post:{1}") + ENTRY_OVERHEAD
+    cache = near(max_bytes=entry * 3)
+    for n in (1, 2, 3):
+        store(cache, str(n), b"x" * 100)
+    assert cache.get("post:{1}") is not None  # 1 is now the most recently used
+    store(cache, "4", b"x" * 100)
+    assert cache.get("post:{2}") is None  # the least recently used went
+    assert all(cache.get(f"post:{{{n}}}") is not None for n in (1, 3, 4))
+    assert cache.stats().bytes <= entry * 3
+    assert cache.stats().evicted_size == 1
+
+
+def test_a_million_distinct_posts_stay_within_the_byte_bound() -> None:
+    limit = 4 * 1024 * 1024
+    cache = near(max_bytes=limit)
+    payload = b"y" * 200
+    for n in range(1_000_000):
+        key = f"post:{{{n}}}"
+        cache.put(key, key + ":gen", payload, cache.sequence)
+    stats = cache.stats()
+    assert stats.bytes <= limit
+    assert stats.entries == limit // (len(payload) + len("p:post:{999999}") + ENTRY_OVERHEAD)
+    assert stats.entries + stats.evicted_size == 1_000_000
+    assert cache.get("post:{999999}") == payload
+
+
+def test_an_entry_larger_than_the_bound_is_not_stored() -> None:
+    cache = near(max_bytes=100)
+    assert not store(cache, "1", b"z" * 200)
+    assert cache.stats().entries == 0
