@@ -166,7 +166,7 @@ def create_app(
                 near=near,
             )
             stack.push_async_callback(reads_.drain, DRAIN_TIMEOUT)
-            instrument_cache(metrics, cache, reads_, invalidator)
+            instrument_cache(metrics, cache, reads_, invalidator, near)
             await stack.enter_async_context(metrics.refreshing())
             app.state.engine = engine
             app.state.cache = cache

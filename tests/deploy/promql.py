@@ -68,6 +68,13 @@ METRIC_LABELS: Mapping[str, Labels] = {
     "postal_replica_waits_total": {"outcome": frozenset(REPLICA_WAIT_OUTCOMES)},
     "postal_http_request_duration_seconds": {"method": None, "route": None, "status": None},
     "postal_http_requests_refused_total": {},
+    "postal_near_cache_reads_total": {"outcome": frozenset({"hit", "miss"})},
+    "postal_near_cache_evictions_total": {"reason": frozenset({"size", "ttl", "invalidated"})},
+    "postal_near_cache_flushes_total": {},
+    "postal_near_cache_invalidations_received_total": {},
+    "postal_near_cache_bytes": {},
+    "postal_near_cache_entries": {},
+    "postal_near_cache_tracking_live": {},
 }
 
 # Labels Prometheus itself attaches to every scraped series (target labels), which a rule or

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from pathlib import Path
 
 import httpx
 import pytest
@@ -55,3 +57,36 @@ async def test_what_start_up_built_is_out_of_the_collectors_walks_while_serving(
     assert (serving > 10_000) is frozen
     assert serving == 0 or frozen
     assert gc.get_freeze_count() == 0  # handed back at shutdown
+
+
+async def test_the_near_cache_serves_hot_reads_and_its_metrics_say_so(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    environ = {
+        "READ_REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": key_prefix,
+        "NEAR_CACHE_ENABLED": "true",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'near.db'}",
+    }
+    app = create_app(load_settings(environ))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://postal") as client:
+            created = await client.post(
+                "/api/v1/posts", json={"title": "t", "body": "b", "author": "a"}
+            )
+            path = created.headers["location"]
+            deadline = asyncio.get_running_loop().time() + 5
+            while not (await client.get("/readyz")).json()["cache"]["near"]["live"]:
+                assert asyncio.get_running_loop().time() < deadline, "tracking never live"
+                await asyncio.sleep(0.05)
+            for _ in range(4):  # a miss and fill, a Redis hit stored, then memory hits
+                assert (await client.get(path)).json()["title"] == "t"
+            near = (await client.get("/readyz")).json()["cache"]["near"]
+            metrics = (await client.get("/metrics")).text
+    assert near["hits"] >= 1
+    assert near["entries"] == 1
+    assert 'postal_near_cache_reads_total{outcome="hit"}' in metrics
+    hits = float(metrics.split('postal_near_cache_reads_total{outcome="hit"} ')[1].split()[0])
+    assert hits == near["hits"]
+    assert "postal_near_cache_tracking_live 1.0" in metrics

@@ -371,6 +371,13 @@ def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
         "postal_replica_waits_total",
         "postal_http_request_duration_seconds",
         "postal_http_requests_refused_total",
+        "postal_near_cache_reads_total",
+        "postal_near_cache_evictions_total",
+        "postal_near_cache_flushes_total",
+        "postal_near_cache_invalidations_received_total",
+        "postal_near_cache_bytes",
+        "postal_near_cache_entries",
+        "postal_near_cache_tracking_live",
     } == METRIC_NAMES
     assert all(name.startswith("postal_") for name in METRIC_NAMES)
     assert {name + "_bucket" for name in HISTOGRAMS} <= SERIES_NAMES

@@ -36,6 +36,7 @@ from postal.cache import (
     FillEvent,
     FillOutcome,
     Invalidator,
+    NearCache,
     Outcome,
     PoolWaitEvent,
     ReadThrough,
@@ -255,8 +256,34 @@ class CacheSampler:
             totals.advance(self._invalidations[outcome], ("invalidations", outcome), count)
 
 
+class NearCacheSampler:
+    """Samples the near cache's stats into its counters and gauges."""
+
+    def __init__(self, metrics: PostalMetrics, near: NearCache) -> None:
+        self._metrics = metrics
+        self._near = near
+        self._totals = CumulativeCounters()
+
+    def sample(self) -> None:
+        m, stats, totals = self._metrics, self._near.stats(), self._totals
+        totals.advance(m.near_reads.labels("hit"), "hit", stats.hits)
+        totals.advance(m.near_reads.labels("miss"), "miss", stats.misses)
+        totals.advance(m.near_evictions.labels("size"), "size", stats.evicted_size)
+        totals.advance(m.near_evictions.labels("ttl"), "ttl", stats.evicted_ttl)
+        totals.advance(m.near_evictions.labels("invalidated"), "invalidated", stats.invalidated)
+        totals.advance(m.near_flushes, "flushes", stats.flushes)
+        totals.advance(m.near_invalidations, "invalidations", stats.invalidations)
+        m.near_bytes.set(stats.bytes)
+        m.near_entries.set(stats.entries)
+        m.near_tracking.set(1 if stats.live else 0)
+
+
 def instrument_cache(
-    metrics: PostalMetrics, cache: CacheClient, reads: ReadThrough, invalidator: Invalidator
+    metrics: PostalMetrics,
+    cache: CacheClient,
+    reads: ReadThrough,
+    invalidator: Invalidator,
+    near: NearCache | None = None,
 ) -> CacheSampler:
     """Subscribe the listeners to the cache's events, and the sampler of its snapshots to
     `metrics.refresh()` (so each scrape sees this process's latest state, and the last sample,
@@ -270,4 +297,6 @@ def instrument_cache(
     sampler = CacheSampler(metrics, cache, invalidator, breakers)
     sampler.sample()
     metrics.add_sampler(sampler.sample)
+    if near is not None:
+        metrics.add_sampler(NearCacheSampler(metrics, near).sample)
     return sampler

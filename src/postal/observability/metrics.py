@@ -63,6 +63,13 @@ DNS_LOOKUPS = "postal_dns_lookups_total"
 REPLICA_WAITS = "postal_replica_waits_total"
 HTTP_REQUEST_SECONDS = "postal_http_request_duration_seconds"
 HTTP_REQUESTS_REFUSED = "postal_http_requests_refused_total"
+NEAR_CACHE_READS = "postal_near_cache_reads_total"
+NEAR_CACHE_EVICTIONS = "postal_near_cache_evictions_total"
+NEAR_CACHE_FLUSHES = "postal_near_cache_flushes_total"
+NEAR_CACHE_INVALIDATIONS = "postal_near_cache_invalidations_received_total"
+NEAR_CACHE_BYTES = "postal_near_cache_bytes"
+NEAR_CACHE_ENTRIES = "postal_near_cache_entries"
+NEAR_CACHE_TRACKING = "postal_near_cache_tracking_live"
 
 HISTOGRAMS = frozenset({CACHE_OPERATION_SECONDS, POOL_WAIT_SECONDS, HTTP_REQUEST_SECONDS})
 METRIC_NAMES = frozenset(
@@ -82,6 +89,13 @@ METRIC_NAMES = frozenset(
         REPLICA_WAITS,
         HTTP_REQUEST_SECONDS,
         HTTP_REQUESTS_REFUSED,
+        NEAR_CACHE_READS,
+        NEAR_CACHE_EVICTIONS,
+        NEAR_CACHE_FLUSHES,
+        NEAR_CACHE_INVALIDATIONS,
+        NEAR_CACHE_BYTES,
+        NEAR_CACHE_ENTRIES,
+        NEAR_CACHE_TRACKING,
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -262,6 +276,57 @@ class PostalMetrics:
             " POSTAL_MAX_IN_FLIGHT requests in flight); not in the request duration histogram.",
             registry=registry,
         )
+
+        # The near cache (NEAR_CACHE_ENABLED): sampled from its stats each refresh.
+        self.near_reads = Counter(
+            NEAR_CACHE_READS,
+            "Reads the near cache was asked by outcome: hit (answered from this worker's"
+            " memory) or miss (asked Redis next); reads while tracking is not live are neither.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.near_evictions = Counter(
+            NEAR_CACHE_EVICTIONS,
+            "Near-cache entries dropped by reason: size (the byte bound), ttl (its own TTL),"
+            " invalidated (Redis said the key changed, or this worker wrote it).",
+            ("reason",),
+            registry=registry,
+        )
+        self.near_flushes = Counter(
+            NEAR_CACHE_FLUSHES,
+            "Times the near cache was emptied: FLUSHALL or FLUSHDB, or tracking down or"
+            " confirmed anew.",
+            registry=registry,
+        )
+        self.near_invalidations = Counter(
+            NEAR_CACHE_INVALIDATIONS,
+            "Invalidation messages received from Redis on the tracking connections.",
+            registry=registry,
+        )
+        self.near_bytes = Gauge(
+            NEAR_CACHE_BYTES,
+            "Bytes the near cache holds, entries counted with their keys and overhead.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.near_entries = Gauge(
+            NEAR_CACHE_ENTRIES,
+            "Entries the near cache holds.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.near_tracking = Gauge(
+            NEAR_CACHE_TRACKING,
+            "1 while tracking is live on every server reads go to (the near cache is used),"
+            " else 0 (the least live worker).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        # Their series exist from the start, at 0, as the other counters' do once sampled.
+        for outcome in ("hit", "miss"):
+            self.near_reads.labels(outcome)
+        for reason in ("size", "ttl", "invalidated"):
+            self.near_evictions.labels(reason)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> PostalMetrics:
