@@ -336,7 +336,10 @@ async def test_the_middleware_labels_method_template_and_status() -> None:
 
 # -- names and expressions ------------------------------------------------------------------------
 
-PROMQL_FUNCTIONS = {"sum", "rate", "by", "histogram_quantile", "le", "role", "node", "state"}
+# PromQL words (functions, operators, grouping labels) that the expressions use besides series.
+PROMQL_FUNCTIONS = {
+    "sum", "rate", "by", "histogram_quantile", "le", "role", "node", "state", "or", "vector",
+}  # fmt: skip
 
 
 def test_the_key_expressions_name_only_real_series() -> None:

@@ -127,11 +127,15 @@ REPLICA_WAIT_OUTCOMES = ("confirmed", "behind", "skipped")
 FAILED_OUTCOMES = ("timeout", "pool_timeout", "connection_error", "error", "circuit_open")
 _READ_GETS = 'role="read",command="GET"'
 _FAILED = f'outcome=~"{"|".join(FAILED_OUTCOMES)}"'
+# Reads a worker's memory answered (the near cache): no GET was sent for them. `or vector(0)`
+# keeps the sums defined where no worker has a near cache (turned off, or a cluster).
+_NEAR_HITS = f'(sum(rate({NEAR_CACHE_READS}{{outcome="hit"}}[5m])) or vector(0))'
 KEY_EXPRESSIONS: Mapping[str, str] = {
-    # Share of cache reads answered with the value; errors and breaker refusals count as not hit.
+    # Share of cache reads answered with the value, from memory or by Redis; errors and breaker
+    # refusals count as not hit.
     "hit_rate": (
-        f'sum(rate({CACHE_OPERATIONS}{{{_READ_GETS},outcome="hit"}}[5m]))'
-        f" / sum(rate({CACHE_OPERATIONS}{{{_READ_GETS}}}[5m]))"
+        f'(sum(rate({CACHE_OPERATIONS}{{{_READ_GETS},outcome="hit"}}[5m])) + {_NEAR_HITS})'
+        f" / (sum(rate({CACHE_OPERATIONS}{{{_READ_GETS}}}[5m])) + {_NEAR_HITS})"
     ),
     # Seconds per cache read, pool wait included.
     "average_latency": (
