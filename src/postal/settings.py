@@ -127,9 +127,7 @@ class Settings(BaseSettings):
     # The near cache (`cache/policy/near.py`): entries in each worker's memory, dropped when
     # Redis says their keys changed. Its TTL stays below the Redis TTLs', so an entry Redis let
     # expire without deleting it yet (no invalidation sent) does not outlive it by much.
-    # Off until its hits show in `postal stats`, the dashboard and the benchmarks, which count
-    # cache hits as Redis's today: a near-cache hit would read as a missing read there.
-    near_cache_enabled: bool = False
+    near_cache_enabled: bool = True
     near_cache_max_bytes: PositiveCount = 64 * 1024 * 1024
     near_cache_ttl: Duration = 10.0
     redis_breaker_failures: Count = 5  # consecutive failures that open the breaker

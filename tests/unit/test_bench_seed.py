@@ -3,6 +3,7 @@ request schedule, the table, the target, and the options' checks."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -202,6 +203,7 @@ def cache(*, average: float, le10ms: int, timed: int = 100, opened: int, dns: in
         gets=timed,
         hits=90,
         misses=10,
+        near_hits=0,
         timed=timed,
         get_seconds=average * timed,
         get_buckets={0.01: float(le10ms), 1.0: float(timed), INF: float(timed)},
@@ -380,3 +382,9 @@ def test_the_default_options_are_the_seeds() -> None:
 
     assert (options.requests, options.connections, options.posts) == (10_000, 100, 10_000)
     assert (options.hot_posts, options.misses) == (1_000, 1_000)
+
+
+def test_near_cache_hits_are_hits_of_reads_no_get_was_sent_for() -> None:
+    phase = replace(cache(average=0.001, le10ms=100, opened=0, dns=0), near_hits=300)
+    assert phase.hit_rate == pytest.approx((300 + 90) / (300 + 100))
+    assert phase.answered_hit_rate == pytest.approx((300 + 90) / (300 + 100))

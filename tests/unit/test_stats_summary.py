@@ -98,6 +98,23 @@ def test_rates_and_hit_rate_are_over_the_interval_and_since_the_start() -> None:
     assert 2.5 < command.p99_ms <= 5.0
 
 
+def test_near_cache_hits_count_as_hits_and_as_reads_that_sent_no_get() -> None:
+    metrics = PostalMetrics()
+    before = scrape(metrics, at=100.0)
+    assert summarize(before, before).cache.near_share is None  # none: nothing to show
+    gets(metrics, "hit", 10, 0.0002)
+    gets(metrics, "miss", 10, 0.0002)  # near-cache misses went on to these GETs
+    metrics.near_reads.labels("hit").inc(60)
+    metrics.near_reads.labels("miss").inc(20)
+    after = scrape(metrics, at=102.0)
+
+    cache = summarize(before, after).cache
+    assert cache.hit_rate == pytest.approx(70 / 80)  # 60 from memory + 10 Redis hits, of 80
+    assert cache.near_share == pytest.approx(60 / 80)
+    assert cache.hit_rate_since_start == pytest.approx(70 / 80)
+    assert cache.ops_per_second == pytest.approx(10.0)  # Redis operations only
+
+
 def test_with_no_traffic_in_the_interval_percentiles_are_since_the_start() -> None:
     metrics = PostalMetrics()
     gets(metrics, "hit", 5, 0.0002)

@@ -77,6 +77,7 @@ def render(report: StatsReport) -> RenderableType:
         ("hit rate ", "bold"),
         (_percent(cache.hit_rate), "bold green" if (cache.hit_rate or 0) >= 0.8 else "bold"),
         f" ({_percent(since)} since start)" if since is not None else "",
+        f" · {_percent(cache.near_share)} from memory" if cache.near_share is not None else "",
         f" · {_rate(cache.ops_per_second)} cache ops/s",
         f" · errors {_percent(cache.error_rate)}",
     )

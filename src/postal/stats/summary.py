@@ -29,6 +29,7 @@ from postal.observability.metrics import (
     DNS_LOOKUPS,
     FAILED_OUTCOMES,
     HTTP_REQUEST_SECONDS,
+    NEAR_CACHE_READS,
     POOL_CLOSED,
     POOL_CONNECTIONS,
     POOL_MAX_CONNECTIONS,
@@ -157,8 +158,11 @@ class CommandStats:
 
 @dataclass(frozen=True, slots=True)
 class CacheSummary:
-    hit_rate: float | None  # read-role GETs answered with a value, over the interval
+    # Reads answered with a value, from a worker's memory (the near cache) or by a read-role
+    # GET, over every such read; over the interval.
+    hit_rate: float | None
     hit_rate_since_start: float | None
+    near_share: float | None  # of those reads, the share the near cache answered
     ops_per_second: float
     error_rate: float | None  # share of operations (all roles) that failed, over the interval
     commands: list[CommandStats]
@@ -250,16 +254,20 @@ def _cache(delta: Delta) -> CacheSummary:
                 },
             )
         )
-    hits = delta.increase(CACHE_OPERATIONS, outcome="hit", **READ_GET)
-    reads = delta.increase(CACHE_OPERATIONS, **READ_GET)
+    # A near-cache hit is a read no GET was sent for; a near-cache miss then sends one.
+    near = delta.increase(NEAR_CACHE_READS, outcome="hit")
+    hits = delta.increase(CACHE_OPERATIONS, outcome="hit", **READ_GET) + near
+    reads = delta.increase(CACHE_OPERATIONS, **READ_GET) + near
+    near_total = delta.after.total(NEAR_CACHE_READS, outcome="hit")
     all_ops = delta.increase(CACHE_OPERATIONS)
     failed_ops = sum(delta.increase(CACHE_OPERATIONS, outcome=o) for o in FAILED_OUTCOMES)
     return CacheSummary(
         hit_rate=_ratio(hits, reads),
         hit_rate_since_start=_ratio(
-            delta.after.total(CACHE_OPERATIONS, outcome="hit", **READ_GET),
-            delta.after.total(CACHE_OPERATIONS, **READ_GET),
+            delta.after.total(CACHE_OPERATIONS, outcome="hit", **READ_GET) + near_total,
+            delta.after.total(CACHE_OPERATIONS, **READ_GET) + near_total,
         ),
+        near_share=_ratio(near, reads) if near else None,
         ops_per_second=all_ops / delta.seconds,
         error_rate=_ratio(failed_ops, all_ops),
         commands=commands,

@@ -209,6 +209,8 @@ class SeedBench:
             "POSTAL_LOG_LEVEL": "WARNING",
             PROFILE_VARIABLE: profile,
             DNS_SCRIPT_VARIABLE: str(self.dns_script),
+            # The incident's "before" had no near cache; the tuned profile has Postal's default.
+            "NEAR_CACHE_ENABLED": "false" if profile == "before" else "true",
         }
 
     def item_paths(self, run: int) -> tuple[list[str], list[str]]:

@@ -26,6 +26,7 @@ from postal.observability.metrics import (
     CACHE_OPERATIONS,
     DNS_LOOKUPS,
     FAILED_OUTCOMES,
+    NEAR_CACHE_READS,
     POOL_OPENED,
     POOL_WAIT_SECONDS,
 )
@@ -91,6 +92,7 @@ class CachePhase:
     gets: int  # read-role GETs, whatever their outcome (breaker refusals included)
     hits: int
     misses: int
+    near_hits: int  # reads the near cache answered: no GET was sent for them
     timed: int  # the GETs the histogram timed (all but breaker refusals, which do no I/O)
     get_seconds: float  # their summed duration
     get_buckets: dict[float, float]  # their cumulative counts by upper bound
@@ -111,14 +113,17 @@ class CachePhase:
 
     @property
     def hit_rate(self) -> float | None:
-        """Hits over every GET, as Postal's own hit_rate: a failed GET is not a hit."""
-        return self.hits / self.gets if self.gets else None
+        """Hits (from memory or Redis) over every read, as Postal's own hit_rate: a failed GET
+        is not a hit."""
+        reads = self.gets + self.near_hits
+        return (self.hits + self.near_hits) / reads if reads else None
 
     @property
     def answered_hit_rate(self) -> float | None:
-        """Hits over the GETs Redis answered (hits and misses): what the load's design sets."""
-        answered = self.hits + self.misses
-        return self.hits / answered if answered else None
+        """Hits over the reads answered (from memory, or by Redis with a hit or a miss): what
+        the load's design sets."""
+        answered = self.near_hits + self.hits + self.misses
+        return (self.near_hits + self.hits) / answered if answered else None
 
     @property
     def failed_operations(self) -> int:
@@ -139,6 +144,7 @@ def cache_phase(before: Scrape, after: Scrape) -> CachePhase:
         gets=delta(CACHE_OPERATIONS, **READ_GET),
         hits=delta(CACHE_OPERATIONS, **READ_GET, outcome="hit"),
         misses=delta(CACHE_OPERATIONS, **READ_GET, outcome="miss"),
+        near_hits=delta(NEAR_CACHE_READS, outcome="hit"),
         timed=delta(f"{CACHE_OPERATION_SECONDS}_count", **READ_GET),
         get_seconds=after.total(f"{CACHE_OPERATION_SECONDS}_sum", **READ_GET)
         - before.total(f"{CACHE_OPERATION_SECONDS}_sum", **READ_GET),
