@@ -5,7 +5,11 @@
 
 1. `bypass(key)`: an invalidation of this key has not reached Redis yet, so what Redis holds may
    be stale: load (as in point 4), and neither read nor fill the cache.
-2. Read value and generation in one round trip (GET deadline). A hit returns the stored bytes.
+2. With a near cache (`near`) that is usable, an entry in this process's memory is returned at
+   once; otherwise its sequence is taken, and a Redis hit below is stored there if nothing was
+   invalidated meanwhile (see `near`).
+   Read value and generation in one round trip (GET deadline). A hit returns the stored bytes.
+   A GET that timed out only because this process's loop was behind is asked once more.
 3. A miss loads, once per (key, generation) in this process however many readers miss together
    (single-flight), and schedules a fill in the background, bounded: when `max_pending_fills`
    are pending the fill is skipped, never waited for. The fill writes only if the generation is
