@@ -4,7 +4,7 @@ ACL that refuses tracking, Redis restarted, Redis SIGSTOPped) never stale: flush
 until tracking is back, then used again.
 
 The shared Redis serves the tests that flush or stop nothing; the others start a Redis of their
-own (`postal_testing.redis_servers`).
+own (`postal_testing.redis_servers`), and the replica test a primary with two replicas.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import redis.asyncio as redis
 
 from postal.cache import (
     CacheClient,
+    CacheTimeouts,
     Guarded,
     GuardedKey,
     Invalidator,
@@ -30,6 +31,7 @@ from postal.cache import (
     guarded,
 )
 from postal_testing.redis_servers import RedisServer
+from postal_testing.topologies import ReplicaSet
 from tests.integration.helpers import small_profile
 
 HEARTBEAT, DEAD_AFTER = 0.1, 0.4
@@ -271,3 +273,41 @@ async def test_a_stopped_redis_makes_the_near_cache_unusable_until_it_answers_ag
             os.kill(pid, signal.SIGCONT)
         await eventually(reader.near.usable)
         assert await served_from_memory(reader) == b"v1"
+
+
+async def test_on_replicas_writes_through_the_primary_are_never_read_stale() -> None:
+    """Reads from two replicas, writes to their primary (each invalidation waits for both):
+    tracking runs on each replica, which pushes the invalidations it applies."""
+    truth = {"payload": b"v0"}  # what the database holds
+
+    async def load() -> tuple[bytes, float]:
+        return truth["payload"], 60.0
+
+    with ReplicaSet(replicas=2) as replicas:
+        urls = {"read_url": replicas.read_url, "write_url": replicas.write_url}
+        reader = CacheClient.create(**urls, profile=small_profile(), key_prefix="r:")
+        # A SET deadline long enough for each WAIT on a busy machine: this test is about reads.
+        patient = replace(small_profile(), timeouts=CacheTimeouts(get=0.1, set=2.0))
+        writer = CacheClient.create(**urls, profile=patient, key_prefix="r:")
+        async with reader, writer:
+            near = NearCache(key_prefix=reader.key(""), max_bytes=1 << 20, ttl=30)
+            near.tracking = reader.tracking(near, heartbeat=HEARTBEAT, dead_after=DEAD_AFTER)
+            assert near.tracking is not None
+            assert len(near.tracking.nodes) == 2  # one tracking connection per replica
+            near.tracking.start()
+            try:
+                reads = ReadThrough(reader, near=near)
+                await eventually(near.usable)
+                # Until the primary lists the replicas online, reads do not go to them.
+                await eventually(lambda: reader.breaker_state("read").name == "CLOSED")
+                for version in range(1, 201):
+                    truth["payload"] = b"v%d" % version  # committed; now invalidate and fill
+                    (generation,) = await writer.invalidate_many([KEY])
+                    await writer.fill_guarded(KEY, generation, truth["payload"], ttl=60)
+                    for _ in range(3):
+                        assert await reads.get(KEY, load) == truth["payload"]
+                stats = near.stats()
+                assert stats.invalidations >= 200
+                assert stats.hits > 0  # served from memory in between
+            finally:
+                await near.tracking.aclose()
