@@ -125,14 +125,13 @@ class Invalidator:
         self._begun += 1
         started = self._failures
         near = self._near
-        touched = [*(k.key for k in keys), *(k.generation_key for k in keys), *generations]
+        touched: list[str] = []
         if near is not None:
+            touched = [*(k.key for k in keys), *(k.generation_key for k in keys), *generations]
             near.evict(touched)  # this process's next read must not be served the old entry
         try:
             result = await send()
         except CacheError as exc:
-            if near is not None:
-                near.evict(touched)  # pending now, and bypassed; nothing read meanwhile is kept
             self._failed += 1
             logger.warning(
                 "cache invalidation failed, will retry: keys=%d generations=%d error=%s",
@@ -142,10 +141,13 @@ class Invalidator:
             )
             self._remember(keys, generations)
             return None
+        finally:
+            # Again, however it ended: nor one a read stored while Redis was being told (once
+            # pending, the keys are bypassed until the retry lands).
+            if near is not None:
+                near.evict(touched)
         self._done += 1
         self._settle(keys, generations, started)
-        if near is not None:
-            near.evict(touched)  # and not one a read stored while Redis was being told
         return result
 
     def begun(self) -> int:

@@ -117,7 +117,6 @@ class ManagedPool:
         self.role = role
         self.node = node or f"{connector.endpoint.host}:{connector.endpoint.port}"
         self.config = config
-        self._connector = connector
         self.connector = connector  # where the pool dials: a tracking connection dials there too
         self._idle: deque[PostalConnection] = deque()  # most recently used on the right
         self._in_use: set[PostalConnection] = set()
@@ -361,7 +360,7 @@ class ManagedPool:
         """
         context = contextvars.copy_context()
         context.run(current_operation.set, None)
-        dial = asyncio.get_running_loop().create_task(self._connector.open(), context=context)
+        dial = asyncio.get_running_loop().create_task(self.connector.open(), context=context)
         self._dials.add(dial)
         dial.add_done_callback(self._dial_done)
         return dial
