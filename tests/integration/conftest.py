@@ -3,18 +3,31 @@
 Every test that takes `api` runs twice: on one Redis (`redis`) and on a Redis Cluster of three
 masters (`cluster`), so the whole posts API suite holds on both. `api_redis` is a plain redis-py
 client on whichever the test's `api` uses, to look at or tamper with what the service stored.
+`own_redis` is a Redis server of the test's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
 from postal_testing.cluster_set import ClusterSet
+from postal_testing.redis_servers import RedisServer
 from tests.integration.api_support import Api, running_api
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, to restart, stop or flush; removed afterwards."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(params=["redis", "cluster"])

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
-import pytest
 import redis.asyncio as redis
 
 from postal.cache import (
@@ -193,16 +192,6 @@ async def test_a_killed_tracking_connection_flushes_bypasses_and_comes_back(
         await eventually(reader.near.usable)  # dialled again, confirmed
         assert node.connects == 2
         assert await served_from_memory(reader) == b"v2"
-
-
-@pytest.fixture
-def own_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server  # type: ignore[misc]
-    finally:
-        server.cleanup()
 
 
 async def test_flushall_empties_the_near_cache(own_redis: RedisServer) -> None:

@@ -68,10 +68,15 @@ def test_invalidation_bumps_keeps_alive_and_deletes_in_that_order() -> None:
     commands = invalidation_commands(
         [guarded("post", "1")], ["list:{all}:gen"], lambda key: "p:" + key
     )
+    start = commands[0][2]  # where a counter the bump creates starts: random, far from 0
+    assert isinstance(start, int)
+    assert start > 1_000_000
     assert commands == [
+        ("SET", "p:post:{1}:gen", start, "NX"),
         ("INCR", "p:post:{1}:gen"),
         ("PEXPIRE", "p:post:{1}:gen", ttl_ms),
         ("DEL", "p:post:{1}"),
+        ("SET", "p:list:{all}:gen", start, "NX"),
         ("INCR", "p:list:{all}:gen"),
         ("PEXPIRE", "p:list:{all}:gen", ttl_ms),
     ]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from postal.cache import (
+    UNFILLABLE,
     CacheError,
     CacheTimeout,
     CacheUnavailable,
@@ -39,6 +40,7 @@ class FakeCache:
         self.fill_error: CacheError | None = None
         self.fill_gate: asyncio.Event | None = None  # fills wait for it when set
         self.fill_ttls: list[float] = []
+        self.unfillable = False  # a miss finds no generation it could quote
 
     async def get_guarded(self, key: GuardedKey) -> Guarded:
         self.reads += 1
@@ -49,7 +51,7 @@ class FakeCache:
         stored = self.values.get(key.key)
         if stored is not None and stored[0] == generation:
             return Guarded(stored[1], generation)
-        return Guarded(None, generation)
+        return Guarded(None, UNFILLABLE if self.unfillable else generation)
 
     async def fill_guarded(
         self, key: GuardedKey, generation: int, payload: bytes, *, ttl: float
@@ -96,6 +98,17 @@ async def settle(check: Callable[[], bool]) -> None:
 @pytest.fixture
 def cache() -> FakeCache:
     return FakeCache()
+
+
+async def test_a_miss_without_a_generation_to_quote_loads_and_sends_no_fill(
+    cache: FakeCache,
+) -> None:
+    cache.unfillable = True  # the counter could not be created: the write role is down
+    reads = ReadThrough(cache)
+    assert await reads.get(KEY, CountingLoader()) == b"v1"
+    await reads.drain(1.0)
+    assert cache.fill_ttls == []  # no fill was sent: it could only have been refused
+    assert reads.stats().loads == 1
 
 
 async def test_a_miss_loads_fills_and_the_next_read_hits(cache: FakeCache) -> None:

@@ -18,6 +18,7 @@ async with CacheClient.create(read_url="redis://127.0.0.1:6379/0") as cache:
 
 from postal.cache.policy import (
     GENERATION_TTL,
+    UNFILLABLE,
     CacheClient,
     FillEvent,
     FillOutcome,
@@ -89,6 +90,7 @@ __all__ = [
     "SECRET_QUERY_PARAMETER",
     "SENTINEL_SCHEME",
     "TUNED",
+    "UNFILLABLE",
     "USE_DEFAULT",
     "BreakerChange",
     "BreakerConfig",

@@ -8,13 +8,14 @@ of posts: a key is a name and an id, a value is bytes.
 from postal.cache.policy.client import CacheClient
 from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
 from postal.cache.policy.fallback import Loader, ReadThrough, ReadThroughStats
-from postal.cache.policy.guard import GENERATION_TTL, Guarded, GuardedFill
+from postal.cache.policy.guard import GENERATION_TTL, UNFILLABLE, Guarded, GuardedFill
 from postal.cache.policy.invalidation import Invalidator, InvalidatorStats
 from postal.cache.policy.keys import GuardedKey, guarded, jittered
 from postal.cache.policy.near import NearCache, NearCacheStats
 
 __all__ = [
     "GENERATION_TTL",
+    "UNFILLABLE",
     "CacheClient",
     "FillEvent",
     "FillListener",

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
-from postal.cache.policy.guard import Guarded
+from postal.cache.policy.guard import UNFILLABLE, Guarded
 from postal.cache.policy.keys import GuardedKey, jittered
 from postal.cache.policy.near import NearCache
 from postal.cache.transport import CacheError, CacheTimeout
@@ -203,7 +203,7 @@ class ReadThrough:
     async def _load_then_fill(self, key: GuardedKey, generation: int, load: Loader) -> bytes:
         self._loads += 1
         payload, ttl = await load()
-        if ttl > 0:
+        if ttl > 0 and generation != UNFILLABLE:  # no generation established: nothing to quote
             self._schedule_fill(key, generation, payload, ttl)
         return payload
 

@@ -35,20 +35,38 @@ script call per slot, pipelined to the node that owns it, all nodes concurrently
 (1,000 keys, invalidate then fill, 3 masters on loopback): 84 ms against 20 ms on one Redis;
 353 ms when each slot's call was its own round trip.
 
-Known limit: the guard assumes the counter survives while a load is in flight. A counter evicted
-under memory pressure (an `allkeys-*` policy) or expired (see GENERATION_TTL) reads as 0 again,
-and a load that saw 0 before the bump could then fill: stale data bounded by the value's TTL.
+Counters that start again: a restarted Redis (no persistence), a failover to a replica that had
+not yet received the last bumps, a counter evicted under memory pressure (an `allkeys-*` policy)
+or expired (GENERATION_TTL): each loses counters, and a counter that starts again from 0 and is
+bumped again could come back to the very generation a load in flight quoted, which would then
+fill what the last write replaced. Two rules close that, with no per-server epoch to fetch:
+
+- a counter is never created at a small number: whoever creates it (an invalidation's bump, or a
+  reader that found it absent) sets it to a random 47-bit start first (`SET ... NX`), so a
+  counter that started again matches a generation quoted before with odds of about 2^-47 a bump;
+- a reader never quotes an absent counter ("0": "never written", and equally "lost a moment
+  ago"). On a miss with no counter, `GuardedOps.get` creates it (`OPEN_SCRIPT`, on the write
+  role: one more round trip, on a miss that goes to the database anyway, once per key per
+  GENERATION_TTL) and quotes what it created. A load that began before the loss then finds the
+  counter absent, or at another random start, and its fill is refused. When the counter cannot
+  be created, the reader quotes UNFILLABLE, which no counter equals.
+
+What remains: a Redis restarted *with* persistence loads counters and values as they were at its
+last snapshot, so a value invalidated after that snapshot comes back, stamped with its
+generation, until its TTL. Run the cache's Redis without persistence (the shipped manifests do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from postal.cache.policy.keys import GuardedKey
 from postal.cache.transport import (
+    USE_DEFAULT,
     CacheError,
     Node,
     RedisClient,
@@ -82,6 +100,17 @@ ScriptPart = tuple[str, Sequence[str], "Sequence[Value]"]
 GENERATION_TTL = 24 * HOUR
 
 STAMP_SEPARATOR = b"\n"
+
+# A new counter starts at a random number below 2^47: far from any generation a load in flight
+# could quote from the counter's previous life, and small enough for a bump to stay exact in a
+# script's Lua numbers (doubles: integers are exact below 2^53).
+START_BITS = 47
+UNFILLABLE = -1  # quoted when no generation could be established: no counter equals it
+
+
+def generation_start() -> int:
+    """Where a counter created now starts (see the module docstring): random, never 0."""
+    return random.getrandbits(START_BITS) | 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +159,32 @@ return 1
 """
 )
 
+# KEYS[1] a generation counter; ARGV[1] the start for a new counter, ARGV[2] its TTL in
+# milliseconds. Returns the counter, created at ARGV[1] if it was absent.
+OPEN_SCRIPT = Script.of(
+    """\
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+)
+
 # The batch forms. KEYS: each key's value then its counter, pairs after pairs, then (invalidation
-# only) bare counters; ARGV[1] the number of pairs, ARGV[2] the counters' TTL in milliseconds.
-# Returns each pair's new generation.
+# only) bare counters; ARGV[1] the number of pairs, ARGV[2] the counters' TTL in milliseconds,
+# ARGV[3] where a counter created by the bump starts. Returns each pair's new generation.
 INVALIDATE_MANY_SCRIPT = Script.of(
     """\
-local pairs, ttl = tonumber(ARGV[1]), ARGV[2]
+local pairs, ttl, start = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local generations = {}
 for i = 1, pairs do
+  redis.call('SET', KEYS[2 * i], start, 'NX')
   generations[i] = redis.call('INCR', KEYS[2 * i])
   redis.call('PEXPIRE', KEYS[2 * i], ttl)
   redis.call('DEL', KEYS[2 * i - 1])
 end
 for i = 2 * pairs + 1, #KEYS do
+  redis.call('SET', KEYS[i], start, 'NX')
   redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
@@ -184,16 +226,23 @@ def invalidation_commands(
     keys: Sequence[GuardedKey], generations: Sequence[str], name: Callable[[str], str]
 ) -> list[Command]:
     """The pipeline that invalidates `keys` (bump, keep the counter alive, delete the value) and
-    bumps the bare generation counters `generations`; `name` adds the client's key prefix."""
+    bumps the bare generation counters `generations`; `name` adds the client's key prefix. A
+    counter that does not exist is created at a random start before its bump."""
     ttl_ms = round(GENERATION_TTL * 1000)
+    start = generation_start()
     commands: list[Command] = []
     for key in keys:
         counter = name(key.generation_key)
         # The bump first: from the INCR on, no fill for an older generation can write.
-        commands += [("INCR", counter), ("PEXPIRE", counter, ttl_ms), ("DEL", name(key.key))]
+        commands += [
+            ("SET", counter, start, "NX"),
+            ("INCR", counter),
+            ("PEXPIRE", counter, ttl_ms),
+            ("DEL", name(key.key)),
+        ]
     for generation_key in generations:
         counter = name(generation_key)
-        commands += [("INCR", counter), ("PEXPIRE", counter, ttl_ms)]
+        commands += [("SET", counter, start, "NX"), ("INCR", counter), ("PEXPIRE", counter, ttl_ms)]
     return commands
 
 
@@ -205,7 +254,7 @@ def invalidate_many_arguments(
     for key in keys:
         names += (name(key.key), name(key.generation_key))
     names += (name(generation_key) for generation_key in generations)
-    return names, [len(keys), round(GENERATION_TTL * 1000)]
+    return names, [len(keys), round(GENERATION_TTL * 1000), generation_start()]
 
 
 def fill_many_arguments(
@@ -247,16 +296,37 @@ class GuardedOps:
 
         The event says "GET" (hit or miss, a stale stamp being a miss), like a plain GET's, so
         hit-rate metrics count guarded and plain reads alike.
+
+        A miss with no counter at all creates it (`open_generation`), so that the generation a
+        fill quotes is never the absent counter's 0 (see the module docstring).
         """
         client = self._client
         mget = command_call("MGET", client.key(key.key), client.key(key.generation_key))
+        counter_absent = False
 
         async def call(node: Node) -> Guarded:
+            nonlocal counter_absent
             value, generation = await mget(node)
+            counter_absent = generation is None
             return read_guarded(value, generation)
 
         found: Guarded = await client.run_read("GET", key.key, timeout, call, is_hit=has_payload)
+        if found.payload is None and counter_absent:
+            return Guarded(None, await self.open_generation(key))
         return found
+
+    async def open_generation(self, key: GuardedKey) -> int:
+        """The key's counter, created at a random start if absent (OPEN_SCRIPT, write role, SET
+        deadline); UNFILLABLE when the write role cannot answer. The event says "EVALSHA"."""
+        client = self._client
+        counter = client.key(key.generation_key)
+        arguments = (generation_start(), round(GENERATION_TTL * 1000))
+        call = script_call(OPEN_SCRIPT, (counter,), arguments)
+        try:
+            opened: bytes = await client.run_write("EVALSHA", key.key, USE_DEFAULT, call)
+            return int(opened)
+        except (CacheError, ValueError):
+            return UNFILLABLE
 
     async def fill(
         self, key: GuardedKey, generation: int, payload: bytes, ttl: float, timeout: Timeout
