@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from postal.cache import mask_url
-from postal.observability.redaction import Redactor, url_secrets
+from postal.observability.redaction import Redactor, mask_url_passwords, url_secrets
 
 
 @pytest.mark.parametrize(
@@ -53,7 +58,63 @@ def test_known_secrets_are_masked_anywhere_in_either_spelling() -> None:
     assert json.loads(redactor.scrub(line)) == {"message": "echo ***"}
     ascii_line = json.dumps({"message": f"echo {secret}"})  # \u00e4 and \" escapes
     assert json.loads(redactor.scrub(ascii_line)) == {"message": "echo ***"}
-    assert redactor.scrub("a short word") == "a short word"  # too short to mask literally
+    assert redactor.scrub("a short word") == "a *** word"  # however short
+
+
+@pytest.mark.parametrize("secret", ["x", "pw", "12345"])
+def test_a_secret_is_masked_however_short(secret: str) -> None:
+    """A Redis password of one to five characters used to be left alone, as masking it would
+    mask ordinary words: now unreadable lines are preferred to a leaked password."""
+    line = f"AUTH failed with {secret}"
+    assert secret not in Redactor([secret]).scrub(line).removeprefix("AUTH failed with")
+
+
+# The expression `mask_url_passwords` replaced: a reference for what it must still mask. It is
+# quadratic on some inputs, so it only ever sees short strings here.
+QUADRATIC_URL_USERINFO = re.compile(
+    r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@]*:)\S*?(?=@[^\s@\"']*(?:[\s\"']|$))"
+)
+
+
+def test_url_passwords_are_masked_as_the_old_expression_masked_them() -> None:
+    """Every string of up to 14 pieces of an alphabet made of what URLs are built from, 100,000
+    drawn at random: the linear scan masks exactly what the expression did."""
+    pieces = [*"ab1:/@ \"'+.-_é", "://", "://u:p@h", "redis://", '\\"']
+    rng = random.Random(17)
+    for _ in range(100_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        expected = QUADRATIC_URL_USERINFO.sub(lambda m: m["head"] + "***", text)
+        assert mask_url_passwords(text) == expected, text
+
+
+# What made the old expression (and would make any backtracking one) take time quadratic in the
+# line: 16 KB of `a://b:` took 0.37 s, 4x longer per doubling, so a 4 MiB line would take hours.
+ADVERSARIAL = ["a://b:", "a://b:@", "a://", "x" * 50 + "://", "a://b:c@d@", "token ", "bearer "]
+CPU_SECONDS = 20  # the child's whole CPU budget; linear, the lines below take about 2 s here
+
+
+def test_scrubbing_is_linear_even_on_adversarial_lines() -> None:
+    """Each adversarial line of 4 MiB is scrubbed in a child process whose CPU time is capped by
+    the kernel (RLIMIT_CPU, SIGXCPU past it): CPU seconds, not wall-clock time, so other load on
+    the machine does not count, and the bound is hundreds of times what a quadratic scan needs
+    on 16 KB times 65,536 (16 KB -> 4 MiB is 8 doublings)."""
+    script = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_CPU, ({CPU_SECONDS}, {CPU_SECONDS}))
+        from postal.observability.redaction import Redactor
+        redactor = Redactor(["s3cret"])
+        for unit in {ADVERSARIAL!r}:
+            line = unit * (4 * 1024 * 1024 // len(unit))
+            assert "s3cret" not in redactor.scrub(line + " s3cret")
+        print("scrubbed")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=10 * CPU_SECONDS
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout.strip() == "scrubbed"
 
 
 def test_url_secrets_gives_the_password_as_written_and_decoded() -> None:
