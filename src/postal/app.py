@@ -1,8 +1,13 @@
 """create_app(settings): builds the database engine, the cache and the service in the lifespan.
 
 Nothing connects at import. Start-up: the engine (SQLite is migrated on first run; PostgreSQL
-must already be, see `postal migrate`), the cache client (its pools warm up; a Redis that is down
-is not an error), the read path and the invalidator. Shutdown, after uvicorn has finished the
+must already be, see `postal migrate`), the deployment's cursor key (made on first start), the
+cache client (its pools warm up; a Redis that is down is not an error), the read path and the
+invalidator.
+
+Who may ask what is decided here too, whatever server runs the app: with no API token the app
+answers loopback clients only (`api/loopback.py`); with one, writes and `/status` need it, and
+`/metrics` and the OpenAPI pages are as their settings say. Shutdown, after uvicorn has finished the
 requests in flight: pending fills are drained, the invalidator stops, pools and engine close.
 """
 
@@ -24,6 +29,7 @@ from postal.api.guards import WriteGuard
 from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
 from postal.api.routes import imports, ops, posts, reads
+from postal.api.routes.ops import METRICS_PATH, STATUS_PATH
 from postal.cache import (
     CacheClient,
     DnsCache,
@@ -37,11 +43,13 @@ from postal.imports.importer import PostImporter
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
 from postal.observability.metrics import PostalMetrics
+from postal.posts.cursors import Cursors
 from postal.posts.ports import PostRepository
 from postal.posts.service import CacheTtls, PostService
 from postal.runtime import start_up_frozen
 from postal.settings import Settings, load_settings
 from postal.storage.db import create_engine
+from postal.storage.deployment_keys import CURSOR_KEY, deployment_key
 from postal.storage.import_store import SqlImportStore
 from postal.storage.migrate import is_current, upgrade
 from postal.storage.repository import SqlPostRepository
@@ -49,6 +57,7 @@ from postal.storage.repository import SqlPostRepository
 logger = logging.getLogger("postal.app")
 
 DRAIN_TIMEOUT = 5.0  # seconds to let pending cache fills finish at shutdown
+DOCS_PATHS = {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
 
 
 class NotMigrated(RuntimeError):
@@ -147,6 +156,7 @@ def create_app(
                 timeout=settings.database_timeout,
             )  # fmt: skip
             stack.push_async_callback(engine.dispose)
+            cursors = Cursors(await deployment_key(engine, CURSOR_KEY))
             cache = build_cache(settings, profile=profile, resolver=resolver)
             stack.push_async_callback(cache.aclose)
             await cache.start()
@@ -173,7 +183,10 @@ def create_app(
             app.state.reads = reads_
             app.state.invalidator = invalidator
             app.state.near = near
-            app.state.posts = PostService(repository(engine), reads_, invalidator, ttls)
+            app.state.posts = PostService(
+                repository(engine), reads_, invalidator, ttls,
+                cursors=cursors, max_page_bytes=settings.postal_max_page_bytes,
+            )  # fmt: skip
             app.state.importer = PostImporter(
                 SqlImportStore(engine),
                 cache,
@@ -183,6 +196,11 @@ def create_app(
                 ttl_jitter=settings.cache_ttl_jitter,
             )
             logger.info("cache ready: %r", cache)
+            if settings.loopback_only:
+                logger.warning(
+                    "POSTAL_API_TOKEN is not set: answering loopback clients only (Host"
+                    " localhost, 127.0.0.1 or [::1]), and their writes need no token"
+                )
             # Last: everything start-up built is in the heap by now.
             stack.enter_context(start_up_frozen(settings.postal_gc_freeze))
             yield
@@ -195,10 +213,12 @@ def create_app(
         # FastAPI's built-in OpenTelemetry asks the global providers on every request (about
         # 18 us, measured in-process: a tenth of a cache hit). Postal exports its own metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        **(DOCS_PATHS if settings.docs_enabled else dict.fromkeys(DOCS_PATHS)),
     )
     app.state.metrics = metrics
     app.measure = partial(HttpMetrics, metrics=metrics, routes=app.router.routes)
     app.max_in_flight = settings.postal_max_in_flight  # admission: `api/admission.py`
+    app.loopback_only = settings.loopback_only  # no token: `api/loopback.py`
     app.state.settings = settings
     app.state.started_at = time.time()  # for /status's uptime
     install_error_handlers(app)
@@ -206,16 +226,22 @@ def create_app(
     app.include_router(posts.router)
     app.include_router(imports.router)
     app.include_router(ops.router)
+    if settings.postal_metrics_access != "off":
+        app.include_router(ops.metrics_router)
     install_openapi(app)
     # The request limit leaves room for JSON escaping of a body at the limit (up to 6 bytes per
     # character for control characters) plus the other fields.
     request_limit = 6 * settings.postal_max_body_bytes + 64 * 1024
     # The CSV import streams its body (never held whole): a limit of its own, far larger.
+    guarded_reads = {STATUS_PATH}  # it names the servers, the key prefix, the pool settings
+    if settings.postal_metrics_access == "token":
+        guarded_reads.add(METRICS_PATH)
     app.add_middleware(
         WriteGuard,
         token=settings.api_token,
         max_request_bytes=request_limit,
         streamed={imports.PATH: settings.postal_max_import_bytes},
+        guarded_reads=frozenset(guarded_reads),
     )
     return app
 

@@ -73,9 +73,13 @@ class EmbeddedRedis:
 
     def start(self) -> None:
         executable = redis_executable()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Its directory holds the database and this Redis's log: its owner's alone.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
         self.port = free_loopback_port()
         log = self.data_dir / "redis.log"
+        log.touch(mode=0o600)  # Redis appends to it, keeping its mode
+        log.chmod(0o600)
         # The settings go in a file only we can read: on the command line, the password would
         # show in every user's `ps`.
         config = self.data_dir / "redis.conf"

@@ -26,6 +26,7 @@ from postal.cache import (
     parse_duration,
 )
 from postal.posts.models import DEFAULT_MAX_BODY_BYTES
+from postal.tokens import token_problems
 
 # With invalidations waiting for replicas, the SET deadline must hold a WAIT of at least a few
 # milliseconds plus one Redis cron tick (100 ms) plus the reply (`cache.transport.replicas`).
@@ -62,6 +63,16 @@ def _positive_count(value: Any) -> Any:
     return value
 
 
+def _stripped(value: Any) -> Any:
+    """Surrounding whitespace (a newline from `echo > file`, a space pasted in) is no part of a
+    token: left in, no client could ever match it."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, SecretStr):
+        return SecretStr(value.get_secret_value().strip())
+    return value
+
+
 def _redis_url(value: Any) -> Any:
     if isinstance(value, str):
         Topology.from_url(value)  # raises ValueError with what is expected
@@ -72,6 +83,9 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 Count = Annotated[int, BeforeValidator(_count)]
 PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
 RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
+Access = Annotated[
+    Literal["open", "token", "off"], BeforeValidator(lambda v: str(v).strip().lower())
+]
 
 _EXPECTED_BY_ERROR = {
     "bool_parsing": "expected true or false",
@@ -94,8 +108,21 @@ class Settings(BaseSettings):
     postal_log_format: Annotated[
         Literal["auto", "json", "text"], BeforeValidator(lambda v: str(v).strip().lower())
     ] = "auto"
-    # Writes need `Authorization: Bearer <token>` when set; unset, `serve` binds loopback only.
-    postal_api_token: SecretStr | None = None
+    # Writes (and /status) need `Authorization: Bearer <token>` when set; unset, the app answers
+    # loopback clients only (`api/loopback.py`). At least 32 characters, surrounding whitespace
+    # stripped, placeholders refused (`tokens.py`).
+    postal_api_token: Annotated[SecretStr | None, BeforeValidator(_stripped)] = None
+    # Who may read /metrics: open (anyone who reaches the port; Prometheus's annotation-based
+    # scrape sends no credentials), token (the bearer token, as writes), or off (404).
+    postal_metrics_access: Access = "open"
+    # The OpenAPI pages (/docs, /redoc, /openapi.json): auto (on in loopback-only mode, off once a
+    # token is set, i.e. once others can reach the service), on, or off.
+    postal_docs: Annotated[
+        Literal["auto", "on", "off"], BeforeValidator(lambda v: str(v).strip().lower())
+    ] = "auto"
+    # A list page holds posts while its JSON stays within this many bytes (always at least one
+    # post); a page over it (one post larger than it) is answered but never cached. 1 MiB.
+    postal_max_page_bytes: PositiveCount = 1_048_576
     # A post's body, in UTF-8 bytes; more is a 413 (1_000_000)
     postal_max_body_bytes: Count = DEFAULT_MAX_BODY_BYTES
     # A CSV import's whole request body (streamed, never held whole); more is a 413. 1 GiB.
@@ -201,9 +228,12 @@ class Settings(BaseSettings):
             for knob in ("pool_timeout", "dial_timeout", "read_timeout", "write_timeout"):
                 if getattr(self, f"{role}_redis_{knob}") <= 0:
                     problems.append(f"{prefix}_{knob.upper()}: expected a duration above 0")
-        token = self.postal_api_token
-        if token is not None and not token.get_secret_value().strip():
-            problems.append("POSTAL_API_TOKEN is empty: set a token, or unset it to open writes")
+        if self.postal_api_token is not None:
+            problems += token_problems(self.postal_api_token.get_secret_value())
+        if self.postal_metrics_access == "token" and self.postal_api_token is None:
+            problems.append(
+                "POSTAL_METRICS_ACCESS=token needs POSTAL_API_TOKEN: set one, or choose open or off"
+            )
         if self.redis_breaker_failures < 1:
             problems.append("REDIS_BREAKER_FAILURES=0: expected a whole number >= 1")
         if self.redis_breaker_cooldown <= 0:
@@ -284,6 +314,18 @@ class Settings(BaseSettings):
     @property
     def api_token(self) -> str | None:
         return None if self.postal_api_token is None else self.postal_api_token.get_secret_value()
+
+    @property
+    def loopback_only(self) -> bool:
+        """No token: the app answers loopback clients only, and `postal serve` binds loopback."""
+        return self.postal_api_token is None
+
+    @property
+    def docs_enabled(self) -> bool:
+        """The OpenAPI pages: `auto` shows them only in loopback-only mode."""
+        if self.postal_docs == "auto":
+            return self.loopback_only
+        return self.postal_docs == "on"
 
     @property
     def read_url(self) -> str:

@@ -31,7 +31,7 @@ from postal.cache.policy.invalidation import LAST_ATTEMPT_TIMEOUT
 from postal.cli import app as cli_app
 from postal.cli.serve import GRACEFUL_SHUTDOWN
 from postal.observability.multiproc import MULTIPROC_ENV
-from postal.settings import Settings, load_settings
+from postal.settings import Settings, SettingsError, load_settings
 from tests.deploy.test_dockerfile import image_user
 
 K8S_DIR = Path(__file__).parents[2] / "deploy" / "k8s"
@@ -231,8 +231,13 @@ def test_every_writable_path_is_a_volume() -> None:
 # -- the environment -----------------------------------------------------------------------------
 
 
+# What an operator puts in place of the token's placeholder (`openssl rand -hex 32`).
+A_REAL_TOKEN = "9d4f1e0b7c2a6e8f3b5d1c9a0e7f2b4d6c8a1e3f5b7d9c0a2e4f6b8d0c1a3e5f"
+
+
 def environment() -> dict[str, str]:
-    return {**CONFIG, **SECRET}
+    """The pod's environment once the operator has filled in the Secret."""
+    return {**CONFIG, **SECRET, "POSTAL_API_TOKEN": A_REAL_TOKEN}
 
 
 def test_every_variable_is_a_postal_setting() -> None:
@@ -245,14 +250,37 @@ def test_every_variable_is_a_postal_setting() -> None:
 
 def test_postal_accepts_the_values() -> None:
     """The ConfigMap and the Secret's placeholders through Postal's own settings: a value Postal
-    would refuse at start-up (a duration without a unit, min idle above max idle) fails here."""
+    would refuse at start-up (a duration without a unit, min idle above max idle) fails here.
+    The token's placeholder is replaced first, as the operator must: it is refused itself."""
     settings = load_settings(environment())
-    assert settings.api_token is not None  # else `serve` binds 127.0.0.1 and the pod is deaf
+    assert settings.api_token is not None  # else `serve --host 0.0.0.0` exits 2
     assert settings.database.startswith("postgresql+asyncpg://")
     assert settings.read_redis_url is not None
     assert settings.write_redis_url is not None
     assert not settings.embedded_redis
     assert settings.postal_port == CONTAINER["ports"][0]["containerPort"]
+
+
+def test_the_token_placeholder_stops_the_pod_at_start() -> None:
+    """Applied as shipped, the pod exits 2 naming POSTAL_API_TOKEN: a crash loop that says
+    why, not a service whose writes anyone who guesses `CHANGE-ME` can make."""
+    with pytest.raises(SettingsError, match="POSTAL_API_TOKEN"):
+        load_settings({**CONFIG, **SECRET})
+
+
+def test_the_prometheus_annotations_scrape_a_metrics_path_open_to_them() -> None:
+    """Prometheus's annotation-based scrape sends no credentials: with the manifests' settings
+    /metrics must be served, and not behind the token."""
+    annotations = DEPLOYMENT["spec"]["template"]["metadata"]["annotations"]
+    settings = load_settings(environment())
+    assert settings.postal_metrics_access == "open"
+    app = create_app(settings)
+    scope = {
+        "type": "http", "method": "GET", "path": annotations["prometheus.io/path"],
+        "root_path": "", "headers": [],
+    }  # fmt: skip
+    assert any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
+    assert annotations["prometheus.io/port"] == str(CONTAINER["ports"][0]["containerPort"])
 
 
 def test_the_configuration_comes_from_the_configmap_and_the_secret() -> None:

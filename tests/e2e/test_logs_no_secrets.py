@@ -26,8 +26,8 @@ pytestmark = pytest.mark.redis_server
 
 REDIS_PASSWORD = "r3dis-Passw0rd-e2e"
 WRONG_PASSWORD = "0ld-r3dis-Passw0rd"
-API_TOKEN = "t0ken-for-the-e2e-log-test"
-DATABASE_PASSWORD = "db-Passw0rd-e2e"
+API_TOKEN = "t0ken-for-the-e2e-log-test-0123456789"
+DATABASE_PASSWORD = "dB4x9"  # shorter than 6: masked all the same
 SECRETS = (REDIS_PASSWORD, WRONG_PASSWORD, API_TOKEN, DATABASE_PASSWORD)
 TAGGED = "e2e-req-1"
 
@@ -85,7 +85,7 @@ def test_the_log_holds_no_password_or_token_and_is_json_with_request_ids(
         assert generated.status_code == 404
         generated_id = generated.headers["x-request-id"]
         assert generated_id != TAGGED
-        status = httpx.get(f"{base}/status")
+        status = httpx.get(f"{base}/status", headers=good)
         time.sleep(1.0)  # the slow log's budget (10 lines a second) refills
         password_redis.stop()  # reads now fail: connection errors, then the breaker
         for post_id in range(999999003, 999999008):

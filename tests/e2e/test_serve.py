@@ -91,7 +91,11 @@ def test_the_embedded_default_serves_posts_and_cleans_up(tmp_path: Path) -> None
         assert ready["cache"]["connected"] is True
         config = (tmp_path / "var" / "redis.conf").read_text()
         port = int(config.split("port ", 1)[1].split()[0])
-        assert oct((tmp_path / "var" / "redis.conf").stat().st_mode & 0o777) == "0o600"
+        data = tmp_path / "var"
+        assert oct(data.stat().st_mode & 0o777) == "0o700"  # the database and Redis's log
+        files = {path.name: oct(path.stat().st_mode & 0o777) for path in data.iterdir()}
+        assert {"redis.conf", "redis.log", "postal.db", "postal.db-wal"} <= set(files)
+        assert set(files.values()) == {"0o600"}, files
         assert not answers_ping("127.0.0.1", port)  # it wants its password: NOAUTH
         assert answers_ping("127.0.0.1", port, noauth_ok=True)
     output = served.output
@@ -108,12 +112,39 @@ def test_the_embedded_default_serves_posts_and_cleans_up(tmp_path: Path) -> None
     assert not answers_ping("127.0.0.1", embedded_port)  # stopped with Postal
 
 
-def test_without_a_token_it_binds_loopback_only(tmp_path: Path) -> None:
-    with serving(tmp_path, POSTAL_HOST="0.0.0.0") as served:
-        pass
-    output = served.output
-    assert "binding 127.0.0.1, not 0.0.0.0" in output
-    assert "http://127.0.0.1:" in output
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--host", "0.0.0.0"), {}), ((), {"POSTAL_HOST": "0.0.0.0"}), (("--host", "::"), {})],
+    ids=["--host", "POSTAL_HOST", "ipv6-any"],
+)
+def test_without_a_token_a_public_bind_exits_2(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """It used to bind 127.0.0.1 instead, with a warning: in a container, a pod that never
+    answers its Service. Now it stops at once and says why, before starting anything."""
+    environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    result = run_postal(tmp_path, "serve", *args, env={**environ, **env}, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "needs POSTAL_API_TOKEN" in result.stderr
+    assert "answers loopback clients only" in result.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started: no embedded Redis, no database
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["CHANGE-ME", "x", "change-me-change-me-change-me-change-me", " " + "ab" * 20],
+    ids=["manifest-placeholder", "one-character", "long-placeholder", "two-characters"],
+)
+def test_a_weak_token_exits_2_without_echoing_it(tmp_path: Path, token: str) -> None:
+    environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    result = run_postal(
+        tmp_path, "serve", "--host", "0.0.0.0", env={**environ, "POSTAL_API_TOKEN": token},
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "POSTAL_API_TOKEN" in result.stderr
+    if len(token) > 1:
+        assert token.strip() not in result.stderr + result.stdout
 
 
 def test_a_bad_setting_exits_2_with_the_variable_named(tmp_path: Path) -> None:

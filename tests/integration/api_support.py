@@ -20,7 +20,7 @@ from postal.posts.ports import PostRepository
 from postal.settings import load_settings
 from postal.storage.repository import SqlPostRepository
 
-TOKEN = "test-token-0123456789"
+TOKEN = "test-token-0123456789abcdefghijklmn"  # 36 characters: at least 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

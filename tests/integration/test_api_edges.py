@@ -6,6 +6,7 @@ Real PostgreSQL and real Redis, as in test_posts_api.py.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +17,6 @@ import redis.asyncio as redis
 from sqlalchemy import make_url
 
 from postal.posts.models import NUL_REFUSAL
-from postal.posts.representation import encode_cursor
 from postal_testing.proxy import FaultProxy
 from tests.integration.api_support import AUTH, Api, running_api
 
@@ -76,10 +76,12 @@ async def test_a_5000_digit_limit_is_422(api: Api) -> None:
     assert response.json()["error"]["field"] == "limit"
 
 
-@pytest.mark.parametrize("before_id", [10**19, 2**63], ids=["10**19", "2**63"])
-async def test_a_cursor_past_bigint_is_422(api: Api, before_id: int) -> None:
+@pytest.mark.parametrize("before_id", [1, 10**19, 2**63], ids=["1", "10**19", "2**63"])
+async def test_a_cursor_of_the_old_unsigned_form_is_422(api: Api, before_id: int) -> None:
+    """`p<id>` in base64 was a cursor until cursors were signed: anyone could make one."""
     await api.create()
-    response = await api.client.get(f"/api/v1/posts?cursor={encode_cursor(before_id)}")
+    old_form = base64.urlsafe_b64encode(f"p{before_id}".encode()).decode().rstrip("=")
+    response = await api.client.get(f"/api/v1/posts?cursor={old_form}")
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json()["error"]["field"] == "cursor"

@@ -17,7 +17,7 @@ async def serve_and_get(environ: dict[str, str], path: str) -> httpx.Response:
     app = create_app(load_settings(environ))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://postal") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.get(path)
 
 
@@ -71,7 +71,7 @@ async def test_the_near_cache_serves_hot_reads_and_its_metrics_say_so(
     app = create_app(load_settings(environ))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://postal") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             created = await client.post(
                 "/api/v1/posts", json={"title": "t", "body": "b", "author": "a"}
             )

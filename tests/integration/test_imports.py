@@ -32,6 +32,7 @@ from postal.imports.csv_rows import RowProblem
 from postal.imports.importer import ImportOptions, ImportProgress, ImportReport, PostImporter
 from postal.imports.ports import ImportConflict, NewPost
 from postal.posts.cache_keys import LIST_GENERATION, post_key
+from postal.posts.cursors import Cursors
 from postal.posts.entries import Entry
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.models import Post, PostContent
@@ -118,7 +119,7 @@ async def importing(
     invalidator = Invalidator(cache, give_up_after=60.0)
     reads = ReadThrough(cache, bypass=invalidator.is_pending, local_writes=invalidator.begun)
     repository = CountingRepository(SqlPostRepository(engine))
-    service = PostService(repository, reads, invalidator, TTLS)
+    service = PostService(repository, reads, invalidator, TTLS, cursors=Cursors(b"k" * 32))
     store = SqlImportStore(engine, method)
     importer = PostImporter(store, cache, invalidator, ttls=TTLS, max_body_bytes=max_body_bytes)
     try:

@@ -27,8 +27,8 @@ from postal.storage.migrate import (
 from postal.storage.tables import metadata
 from tests.support.database import empty_database
 
-HEAD = "0001"
-TABLES = {"posts", "post_versions"}
+HEAD = "0002"
+TABLES = {"posts", "post_versions", "deployment_keys"}
 
 
 def sqlite_url(tmp_path: Path) -> str:

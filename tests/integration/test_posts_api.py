@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.api_support import AUTH, Api
+from tests.integration.api_support import AUTH, Api, running_api
 
 
 async def test_create_then_read_through_the_cache(api: Api) -> None:
@@ -218,13 +218,26 @@ async def test_writes_need_the_token(api: Api) -> None:
     assert (await api.client.get("/api/v1/posts")).json()["items"] == []
 
 
-async def test_openapi_documents_every_route(api: Api) -> None:
-    schema = (await api.client.get("/openapi.json")).json()
+async def test_openapi_documents_every_route(
+    database_url: str, clean_database: None, cache_url: str, key_prefix: str
+) -> None:
+    async with running_api(database_url, cache_url, key_prefix, POSTAL_DOCS="on") as api:
+        schema = (await api.client.get("/openapi.json")).json()
+        docs = await api.client.get("/docs")
     assert "get" in schema["paths"]["/api/v1/posts/{post_id}"]
     assert {"put", "delete"} <= set(schema["paths"]["/api/v1/posts/{post_id}"])
     assert {"get", "post"} <= set(schema["paths"]["/api/v1/posts"])
     assert "/api/v1/posts/{post_id}/versions/{version}/restore" in schema["paths"]
-    assert (await api.client.get("/docs")).status_code == 200
+    versions = schema["paths"]["/api/v1/posts/{post_id}/versions"]["get"]
+    assert {"limit", "cursor"} <= {parameter["name"] for parameter in versions["parameters"]}
+    assert docs.status_code == 200
+
+
+async def test_with_a_token_the_openapi_pages_are_off_unless_asked_for(api: Api) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        response = await api.client.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
 
 
 async def test_readyz_reports_database_and_cache(api: Api) -> None:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from postal.cli import app as cli_app
 from postal.embedded import free_loopback_port
 from postal_testing.redis_servers import RedisServer
-from tests.integration.api_support import TOKEN, Api, running_api
+from tests.integration.api_support import AUTH, TOKEN, Api, running_api
 from tests.integration.helpers import eventually
 from tests.support.metrics_text import Scrape
 
@@ -54,9 +54,12 @@ async def over_http(api: Api) -> AsyncIterator[str]:
         await task
 
 
-async def postal_stats(*args: str, **env: str) -> tuple[int, str, str]:
-    """`postal stats ARGS` as a process (the loop keeps serving meanwhile): code, out, err."""
+async def postal_stats(*args: str, token: str | None = TOKEN, **env: str) -> tuple[int, str, str]:
+    """`postal stats ARGS` as a process (the loop keeps serving meanwhile): code, out, err.
+    `token`: its POSTAL_API_TOKEN (/status needs it), as the service's environment has it."""
     environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    if token is not None:
+        environ["POSTAL_API_TOKEN"] = token
     environ.update(env)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "postal.cli", "stats", *args,
@@ -88,7 +91,7 @@ async def test_status_reports_the_process_its_settings_and_its_cache(
     user, _, location = rest.partition("@")
     with_password = f"{scheme}://{user}:db-s3cret@{location}"  # trusted: the password is ignored
     async with running_api(with_password, redis_url, key_prefix, **SMALL_READ_POOL) as api:
-        response = await api.client.get("/status")
+        response = await api.client.get("/status", headers=AUTH)
         ready = (await api.client.get("/readyz")).json()
     assert response.status_code == 200
     status: dict[str, Any] = response.json()
@@ -131,7 +134,7 @@ async def test_status_masks_passwords_given_as_query_parameters(
             post = await api.create()
             assert (await api.client.get(f"/api/v1/posts/{post['id']}")).status_code == 200
             await api.settle()
-            status = await api.client.get("/status")
+            status = await api.client.get("/status", headers=AUTH)
             ready = await api.client.get("/readyz")
             fills = api.state.reads.stats()
     finally:
@@ -216,15 +219,22 @@ async def test_stats_says_when_it_lacks_the_password_and_never_prints_it(
     server = RedisServer(extra_args=["--requirepass", REDIS_PASSWORD])
     server.start()
     url = f"redis://:{REDIS_PASSWORD}@{server.host}:{server.port}/0"
+    bare = f"redis://{server.host}:{server.port}/0"
     try:
         async with running_api(clean_database, url, key_prefix) as api, over_http(api) as base:
             assert (await api.client.get("/api/v1/posts/1")).status_code == 404
             without = await postal_stats("--url", base, "--interval", "100ms", "--pings", "5")
             given = await postal_stats(
-                "--url", base, "--interval", "100ms", "--pings", "5", "--redis-url", url, "--json"
-            )
+                "--url", base, "--interval", "100ms", "--pings", "5", "--redis-url", bare,
+                "--json", REDISCLI_AUTH=REDIS_PASSWORD,
+            )  # fmt: skip
+            on_the_command_line = await postal_stats("--url", base, "--redis-url", url)
     finally:
         server.cleanup()
+    code, out, err = on_the_command_line  # where every user of the machine can read it (`ps`)
+    assert code == 2
+    assert "carries a password" in err
+    assert "REDISCLI_AUTH" in err
     code, out, err = without
     assert code == 0, err
     assert "its password is not known here" in out
@@ -236,8 +246,34 @@ async def test_stats_says_when_it_lacks_the_password_and_never_prints_it(
     assert redis["error"] is None
     assert redis["url"] == f"redis://:***@{server.host}:{server.port}/0"
     assert redis["connected_clients"] >= 2  # Postal's pools and this probe
-    for output in (*without, *given):
+    for output in (*without, *given, *on_the_command_line):
         assert REDIS_PASSWORD not in str(output)
+
+
+async def test_status_needs_the_token_and_stats_sends_it(
+    clean_database: str, redis_url: str, key_prefix: str
+) -> None:
+    """/status names the database's host, user and name, the Redis servers, the key prefix and
+    the pool settings: with a token set, an anonymous client gets a 401 that names none of it."""
+    async with running_api(clean_database, redis_url, key_prefix) as api, over_http(api) as base:
+        anonymous = await api.client.get("/status")
+        wrong = await api.client.get("/status", headers={"Authorization": "Bearer " + "x" * 40})
+        allowed = await api.client.get("/status", headers=AUTH)
+        stats_with = await postal_stats("--url", base, "--interval", "100ms", "--no-redis")
+        stats_without = await postal_stats(
+            "--url", base, "--interval", "100ms", "--no-redis", token=None
+        )
+    for refused in (anonymous, wrong):
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+        for named in (key_prefix, node_of(redis_url), clean_database.rpartition("/")[2]):
+            assert named not in refused.text
+    assert allowed.status_code == 200
+    assert allowed.json()["redis"]["key_prefix"] == key_prefix
+    assert stats_with[0] == 0, stats_with[2]
+    code, _, err = stats_without
+    assert code == 1
+    assert "answered HTTP 401" in err
 
 
 @pytest.mark.redis_server
@@ -261,7 +297,7 @@ async def test_two_read_servers_are_two_nodes_in_metrics_status_and_stats(
             for post_id in range(1, 7):  # missing posts: each read asks the cache first
                 assert (await api.client.get(f"/api/v1/posts/{post_id}")).status_code == 404
             metrics = Scrape.parse((await api.client.get("/metrics")).text)
-            status = (await api.client.get("/status")).json()
+            status = (await api.client.get("/status", headers=AUTH)).json()
             async with over_http(api) as base:
                 as_json = await postal_stats(
                     "--url", base, "--json", "--interval", "100ms", "--no-redis"

@@ -37,7 +37,7 @@ from postal.cache import (
 )
 from postal.imports.ports import ImportConflict, NewPost, PostChange
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
-from postal.posts.models import Post, PostContent, PostVersion
+from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
 
 T = TypeVar("T")
 
@@ -112,6 +112,20 @@ class FakePostRepository:
         if post_id not in self.history:
             raise PostNotFound(post_id)
         return list(self.history[post_id])
+
+    async def version_page(
+        self, post_id: int, *, limit: int, after_version: int | None = None
+    ) -> list[VersionSummary]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        rows = [
+            VersionSummary(
+                row.post_id, row.version, row.title, row.author, row.tags, row.created_at
+            )
+            for row in await self.versions(post_id)
+            if after_version is None or row.version > after_version
+        ]
+        return rows[:limit]
 
     async def version(self, post_id: int, version: int) -> PostVersion:
         for row in await self.versions(post_id):

@@ -27,7 +27,11 @@ class Recorder:
 
 
 async def call(
-    guard: WriteGuard, method: str, headers: dict[str, str], chunks: list[bytes]
+    guard: WriteGuard,
+    method: str,
+    headers: dict[str, str],
+    chunks: list[bytes],
+    path: str = "/api/v1/posts",
 ) -> list[Message]:
     sent: list[Message] = []
     queue = [
@@ -44,6 +48,7 @@ async def call(
     scope = {
         "type": "http",
         "method": method,
+        "path": path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
     }
     await guard(scope, receive, send)
@@ -55,6 +60,35 @@ async def test_reads_pass_without_a_token() -> None:
     sent = await call(WriteGuard(app, token="s3cret", max_request_bytes=10), "GET", {}, [])
     assert app.called
     assert sent == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Bearer s3cret"}, None),
+    ],
+    ids=["none", "wrong", "right"],
+)
+async def test_guarded_reads_need_the_token(headers: dict[str, str], status: int | None) -> None:
+    app = Recorder()
+    guard = WriteGuard(
+        app, token="s3cret", max_request_bytes=10, guarded_reads=frozenset({"/status"})
+    )
+    sent = await call(guard, "GET", headers, [], path="/status")
+    assert app.called is (status is None)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == (
+        [] if status is None else [status]
+    )
+    assert (await call(guard, "GET", {}, [], path="/healthz")) == []  # the others stay open
+
+
+async def test_without_a_token_no_read_is_guarded() -> None:
+    app = Recorder()
+    guard = WriteGuard(app, token=None, max_request_bytes=10, guarded_reads=frozenset({"/status"}))
+    assert await call(guard, "GET", {}, [], path="/status") == []
+    assert app.called
 
 
 async def test_writes_without_the_right_token_are_401_and_never_reach_the_app() -> None:

@@ -14,6 +14,7 @@ from postal.imports.csv_rows import RowProblem
 from postal.imports.importer import ImportOptions, ImportProgress, ImportReport, PostImporter
 from postal.imports.ports import ImportConflict
 from postal.posts.cache_keys import LIST_GENERATION, post_key
+from postal.posts.cursors import Cursors
 from postal.posts.entries import Entry, encode_entry
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.models import Post, PostContent
@@ -25,6 +26,7 @@ from tests.support.loop import spin_until
 HEADER = "id,title,body,author,tags"
 ORIGINAL = PostContent("Original", "the first body", "ada", ("old",))
 TTLS = CacheTtls()
+CURSORS = Cursors(b"k" * 32)
 
 
 def csv_bytes(*rows: str, header: str = HEADER) -> bytes:
@@ -61,7 +63,13 @@ def rig() -> Rig:
     store = FakeImportStore(repository)
     cache = InMemoryCache()
     importer = PostImporter(store, cache, cache, ttls=TTLS, max_body_bytes=10_000)
-    return Rig(repository, store, cache, importer, PostService(repository, cache, cache, TTLS))
+    return Rig(
+        repository,
+        store,
+        cache,
+        importer,
+        PostService(repository, cache, cache, TTLS, cursors=CURSORS),
+    )
 
 
 def reasons(report: ImportReport) -> list[tuple[int, str | None, RowProblem]]:

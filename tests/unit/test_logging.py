@@ -150,17 +150,20 @@ def test_the_configured_secrets_are_masked_in_every_line(
     assert "echoed ***" in stream.getvalue()
 
 
+TOKEN = "tok-0123456789abcdef0123456789abcdef"
+
+
 def test_known_secrets_are_the_token_and_the_url_passwords() -> None:
     settings = load_settings(
         {
-            "POSTAL_API_TOKEN": "tok-123456",
+            "POSTAL_API_TOKEN": TOKEN,
             "READ_REDIS_URL": "redis://:read%40pw@127.0.0.1:6379/0",
             "WRITE_REDIS_URL": "redis://writer:write-pw@127.0.0.1:6380/0",
             "DATABASE_URL": "postgresql+asyncpg://app:db-pass@127.0.0.1/app",
         }
     )
     found = known_secrets(settings)
-    assert set(found) == {"tok-123456", "read%40pw", "read@pw", "write-pw", "db-pass"}
+    assert set(found) == {TOKEN, "read%40pw", "read@pw", "write-pw", "db-pass"}
     redactor = Redactor(found)
     assert redactor.scrub("auth failed for read@pw and db-pass") == "auth failed for *** and ***"
 

@@ -10,12 +10,21 @@ import json
 import pytest
 
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
+from postal.posts.cursors import POSTS, Cursors, versions_kind
 from postal.posts.entries import NOT_FOUND, Entry, encode_entry
-from postal.posts.errors import DatabaseUnavailable, NothingWritten, VersionConflict
+from postal.posts.errors import (
+    DatabaseUnavailable,
+    InvalidCursor,
+    NothingWritten,
+    PostNotFound,
+    VersionConflict,
+)
 from postal.posts.models import PostContent
-from postal.posts.representation import etag, post_json
+from postal.posts.representation import PAGE_FRAME_BYTES, etag, post_json
 from postal.posts.service import CacheTtls, PostService
 from tests.support.fakes import FakePostRepository, InMemoryCache
+
+CURSORS = Cursors(b"the tests' cursor key, 32 bytes.")
 
 FIRST = PostContent("First", "the first body", "ada", ("a",))
 SECOND = PostContent("Second", "the second body", "grace")
@@ -33,7 +42,7 @@ def cache() -> InMemoryCache:
 
 @pytest.fixture
 def service(repository: FakePostRepository, cache: InMemoryCache) -> PostService:
-    return PostService(repository, cache, cache, CacheTtls())
+    return PostService(repository, cache, cache, CacheTtls(), cursors=CURSORS)
 
 
 # -- reads ---------------------------------------------------------------------------------------
@@ -65,23 +74,79 @@ async def test_a_page_has_a_cursor_only_when_more_follow(
 ) -> None:
     for _ in range(3):
         await service.create(FIRST)
-    first = json.loads(await service.read_page(limit=2, before_id=None))
+    first = json.loads(await service.read_page(limit=2))
     assert [item["id"] for item in first["items"]] == [3, 2]
-    assert first["next_cursor"] is not None
-    last = json.loads(await service.read_page(limit=2, before_id=2))
+    assert CURSORS.decode(POSTS, first["next_cursor"]) == 2
+    last = json.loads(await service.read_page(limit=2, cursor=first["next_cursor"]))
     assert [item["id"] for item in last["items"]] == [1]
     assert last["next_cursor"] is None
+
+
+async def test_a_cursor_not_made_here_is_refused_before_anything_is_read_or_cached(
+    service: PostService, repository: FakePostRepository, cache: InMemoryCache
+) -> None:
+    await service.create(FIRST)
+    loads, cached = repository.loads, dict(cache.values)
+    elsewhere = Cursors(b"another deployment's key, 32 b.").encode(POSTS, 2)
+    versions_cursor = CURSORS.encode(versions_kind(1), 2)
+    for forged in (elsewhere, versions_cursor, "cDI", "A" * 32, CURSORS.encode(POSTS, 2)[:-1]):
+        with pytest.raises(InvalidCursor):
+            await service.read_page(limit=10, cursor=forged)
+    assert repository.loads == loads
+    assert cache.values == cached
+
+
+async def test_a_page_stops_at_its_byte_budget_and_one_over_it_is_not_cached(
+    repository: FakePostRepository, cache: InMemoryCache
+) -> None:
+    budget = PAGE_FRAME_BYTES + 2_500
+    service = PostService(
+        repository, cache, cache, CacheTtls(), cursors=CURSORS, max_page_bytes=budget
+    )
+    for _ in range(5):
+        await service.create(PostContent("Post", "x" * 1_000, "ada"))
+    page = await service.read_page(limit=10)
+    assert len(page) <= budget
+    assert [item["id"] for item in json.loads(page)["items"]] == [5, 4]  # two of 1 KB fit
+    assert cache.cached(page_key(10, None)) is not None
+    await service.create(PostContent("Big", "x" * 5_000, "ada"))  # alone over the budget
+    big = json.loads(await service.read_page(limit=10))
+    assert [item["id"] for item in big["items"]] == [6]  # still shown, with a way on
+    assert CURSORS.decode(POSTS, big["next_cursor"]) == 6
+    assert cache.cached(page_key(10, None)) is None  # but not cached
+
+
+async def test_versions_are_paged_without_bodies(
+    service: PostService, repository: FakePostRepository
+) -> None:
+    post = await service.create(FIRST)
+    for _ in range(4):
+        post = await service.update(post.id, SECOND, expected=None)
+    first = json.loads(await service.version_page(post.id, limit=2))
+    assert [item["version"] for item in first["items"]] == [1, 2]
+    assert all("body" not in item for item in first["items"])
+    seen = [item["version"] for item in first["items"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = json.loads(await service.version_page(post.id, limit=2, cursor=cursor))
+        seen += [item["version"] for item in page["items"]]
+        cursor = page["next_cursor"]
+    assert seen == [1, 2, 3, 4, 5]
+    with pytest.raises(InvalidCursor):  # another post's cursor
+        await service.version_page(post.id + 1, limit=2, cursor=first["next_cursor"])
+    with pytest.raises(PostNotFound):
+        await service.version_page(post.id + 1, limit=2)
 
 
 async def test_a_write_makes_every_cached_page_a_miss(
     service: PostService, repository: FakePostRepository, cache: InMemoryCache
 ) -> None:
     await service.create(FIRST)
-    await service.read_page(limit=10, before_id=None)
+    await service.read_page(limit=10)
     assert cache.cached(page_key(10, None)) is not None
     await service.create(SECOND)
     assert cache.cached(page_key(10, None)) is None  # the pages' generation moved
-    page = json.loads(await service.read_page(limit=10, before_id=None))
+    page = json.loads(await service.read_page(limit=10))
     assert [item["title"] for item in page["items"]] == ["Second", "First"]
 
 

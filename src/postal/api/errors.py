@@ -16,7 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from postal.posts.errors import DatabaseUnavailable, PostNotFound, VersionConflict, VersionNotFound
+from postal.posts.errors import (
+    DatabaseUnavailable,
+    InvalidCursor,
+    PostNotFound,
+    VersionConflict,
+    VersionNotFound,
+)
 from postal.posts.representation import etag
 
 logger = logging.getLogger("postal.api")
@@ -163,6 +169,10 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"ETag": etag(exc.current)}
         return error_response(412, "version_conflict", str(exc), headers=headers)
 
+    async def bad_cursor(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidCursor)
+        return error_response(422, "invalid_value", str(exc), field="cursor")
+
     async def database_down(request: Request, exc: Exception) -> Response:
         return database_unavailable(exc)
 
@@ -176,5 +186,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PostNotFound, not_found)
     app.add_exception_handler(VersionNotFound, not_found)
     app.add_exception_handler(VersionConflict, conflict)
+    app.add_exception_handler(InvalidCursor, bad_cursor)
     app.add_exception_handler(DatabaseUnavailable, database_down)
     app.add_exception_handler(Exception, unexpected)  # the 500 in the same shape

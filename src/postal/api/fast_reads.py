@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from postal.api.admission import UNCOUNTED_PATHS, refuse
 from postal.api.errors import database_unavailable, internal_error
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
+from postal.api.loopback import LoopbackOnly
 from postal.api.read_answer import read_answer
 from postal.api.request_id import HEADER, RequestIdMiddleware, RequestIds
 from postal.api.routes.reads import post_id_or_none
@@ -145,10 +146,13 @@ class PostalApp(FastAPI):
     request ids (so every log line of a request carries its id) and the HTTP metrics around the
     stack FastAPI builds. `measure`, set by `create_app`, builds the metrics middleware;
     `FastReads` records its own requests and refusals in it and gives them ids from the same
-    maker. `max_in_flight`, set by `create_app`: the admission bound (None: no bound)."""
+    maker. `max_in_flight`, set by `create_app`: the admission bound (None: no bound).
+    `loopback_only`, set by `create_app` when there is no token: `LoopbackOnly` goes in front
+    of all of it, so not even a cached read is answered to anyone else."""
 
     measure: Callable[[ASGIApp], HttpMetrics] | None = None
     max_in_flight: int | None = None
+    loopback_only: bool = False
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = super().build_middleware_stack()
@@ -157,4 +161,7 @@ class PostalApp(FastAPI):
             app = metrics = self.measure(app)
         ids = RequestIds()
         inner = RequestIdMiddleware(app, ids)
-        return FastReads(inner, ids=ids, metrics=metrics, max_in_flight=self.max_in_flight)
+        outer: ASGIApp = FastReads(
+            inner, ids=ids, metrics=metrics, max_in_flight=self.max_in_flight
+        )
+        return LoopbackOnly(outer) if self.loopback_only else outer

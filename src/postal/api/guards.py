@@ -2,7 +2,9 @@
 
 A plain ASGI middleware rather than a FastAPI dependency, so that an unauthenticated or oversized
 request is refused before its body is read or parsed, and so that reads (GET, HEAD) pay one
-method comparison and nothing else.
+method comparison and one set lookup and nothing else. The set is of the reads that need the
+token too (`guarded_reads`: `/status`, which names the servers and the key prefix, and
+`/metrics` or the OpenAPI pages when their settings ask for it).
 
 Streamed routes (the CSV import) have a limit of their own, far above a single write's: their
 body is never held whole, so the ordinary limit, which protects the JSON parser, does not apply.
@@ -31,15 +33,27 @@ class WriteGuard:
         token: str | None,
         max_request_bytes: int,
         streamed: Mapping[str, int] | None = None,
+        guarded_reads: frozenset[str] = frozenset(),
     ) -> None:
-        """`streamed`: path -> byte limit, for the routes that stream their body."""
+        """`streamed`: path -> byte limit, for the routes that stream their body;
+        `guarded_reads`: the paths whose reads need the token too (only with a token)."""
         self.app = app
         self._token = None if token is None else token.encode()
         self._limit = max_request_bytes
         self._streamed = dict(streamed or {})
+        self._guarded_reads = guarded_reads if token is not None else frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _READS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in _READS:
+            if scope["path"] in self._guarded_reads and not self._authorized(
+                dict(scope["headers"]).get(b"authorization")
+            ):
+                message = f"{scope['path']} needs Authorization: Bearer <token>"
+                await _refuse(send, 401, "unauthorized", message)
+                return
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

@@ -47,10 +47,16 @@ def serve(
         )
         raise typer.Exit(2)
     bind = host or settings.postal_host
-    if settings.api_token is None:
-        if bind not in LOOPBACK_HOSTS:
-            logger.warning("POSTAL_API_TOKEN is not set: binding 127.0.0.1, not %s", bind)
-            bind = "127.0.0.1"
+    if settings.loopback_only and not binds_loopback(bind):
+        # Binding loopback instead would leave a container that no one can reach, and no one told.
+        typer.echo(
+            f"postal: configuration error: serving on {bind} needs POSTAL_API_TOKEN: without one"
+            " Postal answers loopback clients only. Set a token (at least 32 characters;"
+            " `openssl rand -hex 32` makes one), or serve on 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if settings.loopback_only:
         logger.warning("POSTAL_API_TOKEN is not set: writes are open to anyone on this machine")
     with ExitStack() as stack:
         # PROMETHEUS_MULTIPROC_DIR must be set before anything imports prometheus_client (it
@@ -102,6 +108,13 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
+
+
+def binds_loopback(host: str) -> bool:
+    """Whether `host` (a bind address) is the loopback only: `localhost` or a loopback IP."""
+    from postal.api.loopback import is_loopback_address
+
+    return host.lower() in LOOPBACK_HOSTS or is_loopback_address(host)
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -18,8 +18,9 @@ def stats(
     redis_url: Annotated[
         list[str] | None,
         typer.Option(
-            help="A Redis URL with its password (repeatable); default: READ_REDIS_URL and"
-            " WRITE_REDIS_URL, matched with the servers Postal names."
+            help="A Redis URL, without its password: that comes from REDISCLI_AUTH"
+            " (repeatable); default: READ_REDIS_URL and WRITE_REDIS_URL, matched with the"
+            " servers Postal names."
         ),
     ] = None,
     json_output: Annotated[
@@ -31,12 +32,14 @@ def stats(
     ] = True,
 ) -> None:
     """A running Postal and its Redis at a glance: hit rate, ops/s, p50/p99, pools, Redis."""
+    import os
     import sys
 
     from rich.console import Console
 
-    from postal.cache import parse_duration
+    from postal.cache import mask_url, parse_duration
     from postal.stats.command import StatsOptions, run_stats
+    from postal.stats.redis_probe import with_password
 
     try:
         seconds = parse_duration(interval)
@@ -44,14 +47,28 @@ def stats(
         raise typer.BadParameter(str(exc), param_hint="--interval") from None
     if seconds <= 0:
         raise typer.BadParameter("expected a duration above 0", param_hint="--interval")
+    given = list(redis_url or ())
+    for candidate in given:
+        if mask_url(candidate) != candidate:  # a password, in every user's `ps`
+            typer.echo(
+                f"postal: stats: --redis-url {mask_url(candidate)} carries a password, which any"
+                " user of this machine can read in the process list: give the URL without it"
+                " and the password in REDISCLI_AUTH, or set READ_REDIS_URL / WRITE_REDIS_URL",
+                err=True,
+            )
+            raise typer.Exit(2)
+    password = os.environ.get("REDISCLI_AUTH")  # redis-cli's own variable for the same purpose
+    if password:
+        given = [with_password(candidate, password) for candidate in given]
     settings = settings_or_exit()  # READ_REDIS_URL, WRITE_REDIS_URL and TLS, as the service's
     local_urls = [settings.read_redis_url, settings.write_redis_url]
     options = StatsOptions(
         url=url,
+        token=settings.api_token,
         interval=seconds,
         watch=watch,
         json=json_output,
-        redis_urls=[*(redis_url or ()), *(u for u in local_urls if u is not None)],
+        redis_urls=[*given, *(u for u in local_urls if u is not None)],
         tls=settings.tls(),
         pings=pings,
         probe_redis=redis,

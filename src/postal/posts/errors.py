@@ -20,6 +20,14 @@ class VersionNotFound(PostError):
         self.version = version
 
 
+class InvalidCursor(PostError):
+    """A page cursor this deployment did not give out (made up, altered, or from another list,
+    another deployment, or before the key was rotated)."""
+
+    def __init__(self) -> None:
+        super().__init__("cursor is not one this service gave out; use next_cursor as it is")
+
+
 class VersionConflict(PostError):
     """The writer's If-Match names a version that is no longer current."""
 

@@ -64,3 +64,16 @@ class PostVersion:
     @property
     def content(self) -> PostContent:
         return PostContent(self.title, self.body, self.author, self.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSummary:
+    """A version as a list of versions shows it: everything but the body, which can be large
+    (a list of bodies was a response of 120 MB: issue 17); one version's body is read alone."""
+
+    post_id: int
+    version: int
+    title: str
+    author: str
+    tags: tuple[str, ...]
+    created_at: datetime

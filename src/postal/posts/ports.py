@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from postal.cache import GuardedKey, Loader
-from postal.posts.models import Post, PostContent, PostVersion
+from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
 
 
 class PostRepository(Protocol):
@@ -43,6 +43,14 @@ class PostRepository(Protocol):
 
     async def versions(self, post_id: int) -> list[PostVersion]:
         """Every version, oldest first."""
+        ...
+
+    async def version_page(
+        self, post_id: int, *, limit: int, after_version: int | None = None
+    ) -> list[VersionSummary]:
+        """Oldest first, without bodies: at most `limit` versions numbered above
+        `after_version` (all, when None). `PostNotFound` when there is no such post; an empty
+        list past its last version."""
         ...
 
     async def version(self, post_id: int, version: int) -> PostVersion: ...

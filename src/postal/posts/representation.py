@@ -7,14 +7,13 @@ means a hit and a miss can never answer with different bodies for the same versi
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-from postal.posts.models import MAX_ID, Post, PostVersion
+from postal.posts.cursors import CURSOR_CHARS
+from postal.posts.models import Post, PostVersion, VersionSummary
 
 
 def timestamp(moment: datetime) -> str:
@@ -56,19 +55,62 @@ def post_json(post: Post) -> bytes:
     return encode(post_fields(post))
 
 
+def summary_fields(summary: VersionSummary) -> dict[str, Any]:
+    return {
+        "post_id": summary.post_id,
+        "version": summary.version,
+        "title": summary.title,
+        "author": summary.author,
+        "tags": list(summary.tags),
+        "created_at": timestamp(summary.created_at),
+    }
+
+
 def page_json(posts: Sequence[Post], next_cursor: str | None) -> bytes:
-    return encode({"items": [post_fields(post) for post in posts], "next_cursor": next_cursor})
+    return page_from_items([post_json(post) for post in posts], next_cursor)
 
 
-def versions_json(post_id: int, versions: Sequence[PostVersion]) -> bytes:
-    return encode({"post_id": post_id, "items": [version_fields(v) for v in versions]})
+def page_from_items(items: Sequence[bytes], next_cursor: str | None) -> bytes:
+    """A page of posts from each post's JSON: the bytes `encode` makes of the whole page."""
+    return b'{"items":[%s],"next_cursor":%s}' % (b",".join(items), encode(next_cursor))
+
+
+# A page's bytes besides its items and the commas between them, at most (with a cursor).
+PAGE_FRAME_BYTES: Final = len(page_from_items([], "c" * CURSOR_CHARS))
+
+
+def items_within(posts: Sequence[Post], max_bytes: int) -> list[bytes]:
+    """The JSON of as many of `posts` (in page order) as a page of at most `max_bytes` holds,
+    and always of the first (one post larger than a page is still shown). Each is encoded only
+    once the ones before it fit, so no more than a page and one post are ever held encoded."""
+    items: list[bytes] = []
+    size = PAGE_FRAME_BYTES
+    for post in posts:
+        item = post_json(post)
+        size += len(item) + (1 if items else 0)
+        if items and size > max_bytes:
+            break
+        items.append(item)
+    return items
+
+
+def versions_page_json(
+    post_id: int, versions: Sequence[VersionSummary], next_cursor: str | None
+) -> bytes:
+    return encode(
+        {
+            "post_id": post_id,
+            "items": [summary_fields(v) for v in versions],
+            "next_cursor": next_cursor,
+        }
+    )
 
 
 def version_json(version: PostVersion) -> bytes:
     return encode(version_fields(version))
 
 
-# -- ETags and cursors ---------------------------------------------------------------------------
+# -- ETags -----------------------------------------------------------------------------------------
 
 
 def etag(version: int) -> str:
@@ -83,22 +125,3 @@ def version_of_etag(tag: str) -> int | None:
         return None
     digits = tag[2:-1]
     return int(digits) if digits.isdigit() and len(digits) < 10 else None
-
-
-def encode_cursor(before_id: int) -> str:
-    """An opaque cursor for the next page: clients pass it back, they do not read it."""
-    return base64.urlsafe_b64encode(f"p{before_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int | None:
-    """The id a cursor stands for, or None if it is not a cursor this service made."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    digits = text[1:]
-    if not text.startswith("p") or not digits.isdigit() or len(digits) > 19:
-        return None
-    before_id = int(digits)
-    return before_id if 1 <= before_id <= MAX_ID else None

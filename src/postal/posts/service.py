@@ -13,6 +13,12 @@ the request is cancelled during the write. A database that failed before the COM
 (`NothingWritten`: refused connections during an outage, say) cannot have written anything: the
 cache is left alone, so that its entries keep answering reads while the database is down.
 
+List pages are cached under their cursor's position, and cursors are signed (`cursors.py`), so
+the pages that can be cached are the ones this deployment's cursors lead to, each at most
+`max_page_bytes` (a page over it, one post larger than a page, is answered and not cached).
+Pages of a post's versions carry no bodies and are read from the database, as history is read
+rarely; their cursors are signed the same way.
+
 Entries are read back defensively: bytes in the cache that are not an entry (a foreign writer
 on a shared Redis, a format from another version during a rolling deploy) are treated as a
 miss, invalidated, and answered from the database; they never fail the request.
@@ -28,11 +34,18 @@ from typing import TypeVar
 
 from postal.cache import GuardedKey, Loader
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
+from postal.posts.cursors import POSTS, Cursors, versions_kind
 from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
-from postal.posts.errors import DatabaseUnavailable, NothingWritten
+from postal.posts.errors import DatabaseUnavailable, InvalidCursor, NothingWritten
 from postal.posts.models import Post, PostContent, PostVersion
 from postal.posts.ports import CachedReads, CacheInvalidations, PostRepository
-from postal.posts.representation import encode_cursor, etag, page_json, post_json
+from postal.posts.representation import (
+    etag,
+    items_within,
+    page_from_items,
+    post_json,
+    versions_page_json,
+)
 
 logger = logging.getLogger("postal.posts")
 
@@ -42,6 +55,7 @@ T = TypeVar("T")
 # a shutdown cancelled the request, at the COMMIT): its invalidation is sent all the same. Except
 # `NothingWritten`, caught first: the database failed before the COMMIT was sent.
 COMMIT_MAY_HAVE_LANDED = (DatabaseUnavailable, asyncio.CancelledError)
+DEFAULT_MAX_PAGE_BYTES = 1_048_576  # POSTAL_MAX_PAGE_BYTES's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +74,16 @@ class PostService:
         reads: CachedReads,
         invalidator: CacheInvalidations,
         ttls: CacheTtls = CacheTtls(),
+        *,
+        cursors: Cursors,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
     ) -> None:
         self._repository = repository
         self._reads = reads
         self._invalidator = invalidator
         self._ttls = ttls
+        self._cursors = cursors
+        self._max_page_bytes = max_page_bytes
 
     # -- reads through the cache ---------------------------------------------------------------
 
@@ -80,17 +99,29 @@ class PostService:
 
         return await self._read(post_key(post_id), load)
 
-    async def read_page(self, *, limit: int, before_id: int | None) -> bytes:
-        """One page of posts, newest first, as its JSON body."""
+    async def read_page(self, *, limit: int, cursor: str | None = None) -> bytes:
+        """One page of posts, newest first, as its JSON body: at most `limit` posts, fewer when
+        they would take the page over `max_page_bytes`. `cursor`: a page's `next_cursor`;
+        `InvalidCursor` for any other, before anything is read or cached."""
+        before_id = None if cursor is None else self._position(POSTS, cursor)
 
         async def load() -> tuple[bytes, float]:
             # One more than asked tells whether a next page exists, so the last page says so.
             found = await self._repository.list_page(limit=limit + 1, before_id=before_id)
-            posts = found[:limit]
-            cursor = encode_cursor(posts[-1].id) if len(found) > limit else None
-            return encode_entry(Entry(200, None, page_json(posts, cursor))), self._ttls.page
+            items = items_within(found[:limit], self._max_page_bytes)
+            more = len(found) > len(items)
+            next_cursor = self._cursors.encode(POSTS, found[len(items) - 1].id) if more else None
+            body = page_from_items(items, next_cursor)
+            ttl = self._ttls.page if len(body) <= self._max_page_bytes else 0.0  # 0: not cached
+            return encode_entry(Entry(200, None, body)), ttl
 
         return (await self._read(page_key(limit, before_id), load)).body
+
+    def _position(self, kind: str, cursor: str) -> int:
+        position = self._cursors.decode(kind, cursor)
+        if position is None:
+            raise InvalidCursor()
+        return position
 
     async def _read(self, key: GuardedKey, load: Loader) -> Entry:
         payload = await self._reads.get(key, load)
@@ -106,8 +137,15 @@ class PostService:
 
     # -- reads straight from the database (history is read rarely) ------------------------------
 
-    async def versions(self, post_id: int) -> list[PostVersion]:
-        return await self._repository.versions(post_id)
+    async def version_page(self, post_id: int, *, limit: int, cursor: str | None = None) -> bytes:
+        """One page of a post's versions, oldest first, without their bodies, as its JSON
+        body. `PostNotFound` when there is no such post; `InvalidCursor` as `read_page`."""
+        kind = versions_kind(post_id)
+        after = None if cursor is None else self._position(kind, cursor)
+        found = await self._repository.version_page(post_id, limit=limit + 1, after_version=after)
+        page = found[:limit]
+        next_cursor = self._cursors.encode(kind, page[-1].version) if len(found) > limit else None
+        return versions_page_json(post_id, page, next_cursor)
 
     async def version(self, post_id: int, version: int) -> PostVersion:
         return await self._repository.version(post_id, version)

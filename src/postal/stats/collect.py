@@ -46,12 +46,19 @@ class StatsReport:
     redis: list[RedisReport]
 
 
-def _get(url: str) -> tuple[str, float]:
-    """The body of a GET, and the monotonic time it arrived."""
+def _get(url: str, token: str | None) -> tuple[str, float]:
+    """The body of a GET (with the bearer token, when there is one), and the monotonic time it
+    arrived."""
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             body = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            hint = "a wrong POSTAL_API_TOKEN" if token else "no POSTAL_API_TOKEN set here"
+            raise PostalUnreachable(f"{url} answered HTTP 401: {hint}") from None
         raise PostalUnreachable(f"{url} answered HTTP {exc.code}") from None
     except urllib.error.URLError as exc:
         raise PostalUnreachable(f"{url} does not answer: {exc.reason}") from None
@@ -60,10 +67,11 @@ def _get(url: str) -> tuple[str, float]:
     return body, time.monotonic()
 
 
-async def snapshot(base_url: str) -> Snapshot:
+async def snapshot(base_url: str, token: str | None = None) -> Snapshot:
     base = base_url.rstrip("/")
     (metrics, at), (status_text, _) = await asyncio.gather(
-        asyncio.to_thread(_get, f"{base}/metrics"), asyncio.to_thread(_get, f"{base}/status")
+        asyncio.to_thread(_get, f"{base}/metrics", token),
+        asyncio.to_thread(_get, f"{base}/status", token),
     )
     try:
         scrape = Scrape.parse(metrics, at)
@@ -86,6 +94,7 @@ class StatsSession:
         url: str,
         interval: float,
         *,
+        token: str | None = None,
         redis_urls: Sequence[str] = (),
         tls: TlsConfig = NO_TLS,
         pings: int = DEFAULT_PINGS,
@@ -93,6 +102,7 @@ class StatsSession:
     ) -> None:
         self.url = url.rstrip("/")
         self.interval = interval
+        self._token = token
         self._redis_urls = list(redis_urls)
         self._tls = tls
         self._pings = pings
@@ -102,13 +112,13 @@ class StatsSession:
     async def report(self) -> StatsReport:
         """The next report; the first call takes two scrapes, the following ones one."""
         if self._previous is None:
-            self._previous = await snapshot(self.url)
+            self._previous = await snapshot(self.url, self._token)
         previous = self._previous
         started = time.monotonic()
         redis = asyncio.ensure_future(self._probe_redis(previous.status))
         try:
             await asyncio.sleep(max(self.interval - (started - previous.scrape.at), 0.0))
-            current = await snapshot(self.url)
+            current = await snapshot(self.url, self._token)
             reports = await redis
         finally:
             redis.cancel()

@@ -26,6 +26,7 @@ from postal.stats.render import render, report_json
 @dataclass(frozen=True, slots=True)
 class StatsOptions:
     url: str = "http://127.0.0.1:8000"
+    token: str | None = None  # POSTAL_API_TOKEN, for /status (and /metrics when it needs it)
     interval: float = 1.0  # seconds between the two scrapes of a report
     watch: bool = False
     json: bool = False
@@ -40,6 +41,7 @@ def run_stats(options: StatsOptions, console: Console, errors: Console) -> int:
     session = StatsSession(
         options.url,
         options.interval,
+        token=options.token,
         redis_urls=options.redis_urls,
         tls=options.tls,
         pings=options.pings,

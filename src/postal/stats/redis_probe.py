@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from postal.cache import (
     CLUSTER_SCHEME,
@@ -71,6 +72,22 @@ def server_urls(url: str) -> list[str]:
         userinfo, at, hosts = rest.rpartition("@")
         return [f"redis://{userinfo}{at}{host.strip()}/0" for host in hosts.split(",") if host]
     return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` in each server's user information that has none (`redis://host`
+    -> `redis://:pw@host`, `redis://user@host` -> `redis://user:pw@host`); percent-encoded."""
+    encoded = quote(password, safe="")
+    servers = []
+    for server in url.split(","):
+        scheme, separator, rest = server.partition("://")
+        userinfo, at, location = rest.rpartition("@")
+        if separator and not at:
+            server = f"{scheme}://:{encoded}@{rest}"
+        elif separator and ":" not in userinfo:
+            server = f"{scheme}://{userinfo}:{encoded}@{location}"
+        servers.append(server)
+    return ",".join(servers)
 
 
 def redis_targets(service_urls: Mapping[str, str], candidates: Sequence[str]) -> list[RedisTarget]:

@@ -10,7 +10,9 @@ Two drivers, one engine factory:
   pool after one failed request, which gets a retryable `DatabaseUnavailable`.
 - SQLite (`sqlite+aiosqlite://`), the embedded default: WAL (readers do not block the writer),
   foreign keys on (the cascade from posts to their versions needs it), and a busy timeout so a
-  writer waits for the lock instead of failing at once. The file's directory is created.
+  writer waits for the lock instead of failing at once. The file's directory is created (0700),
+  and the file and its WAL and shared-memory files are its owner's only (0600): the database
+  is every post, and a machine has other users.
 
 `database_errors()` turns "the database is down, unreachable or too slow" into the domain's
 `DatabaseUnavailable`, whose message names the database with its password masked.
@@ -22,6 +24,7 @@ at or after it (it may have). The cache's invalidation after a failed write depe
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -79,7 +82,7 @@ def _sqlite_engine(url: URL, *, pool_size: int, timeout: float) -> AsyncEngine:
     database = url.database or ""
     pool_args: dict[str, Any] = {}
     if database not in _MEMORY_DATABASES and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        keep_private(Path(database))
         pool_args = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": timeout}
     # sqlite3's `timeout` is SQLite's busy timeout: how long a writer waits for the lock.
     engine = create_async_engine(url, connect_args={"timeout": timeout}, **pool_args)
@@ -95,6 +98,23 @@ def _sqlite_engine(url: URL, *, pool_size: int, timeout: float) -> AsyncEngine:
             cursor.close()
 
     return engine
+
+
+PRIVATE_DIRECTORY: Final = 0o700
+PRIVATE_FILE: Final = 0o600
+SQLITE_COMPANIONS: Final = ("-wal", "-shm", "-journal")
+
+
+def keep_private(database: Path) -> None:
+    """An SQLite file its owner alone can read: made 0600 before SQLite opens it (an empty file
+    is an empty database to SQLite, which gives its WAL and shared-memory files the same mode),
+    or brought to 0600 with those files if an older Postal made them readable. A directory made
+    for it is 0700; one that exists is left as it is (it may be the user's home)."""
+    database.parent.mkdir(mode=PRIVATE_DIRECTORY, parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_CREAT | os.O_RDWR, PRIVATE_FILE))
+    for path in (database, *(Path(f"{database}{suffix}") for suffix in SQLITE_COMPANIONS)):
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(PRIVATE_FILE)
 
 
 def describe(engine: AsyncEngine) -> str:

@@ -27,7 +27,7 @@ from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
-from postal.posts.models import Post, PostContent, PostVersion
+from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
 from postal.storage.db import database_errors, write_transaction
 from postal.storage.tables import post_versions, posts
 
@@ -52,6 +52,9 @@ _VERSION_COLUMNS = (
     post_versions.c.tags,
     post_versions.c.created_at,
 )
+
+# A list of versions leaves the body out (`VersionSummary`): not even read from the database.
+_SUMMARY_COLUMNS = tuple(column for column in _VERSION_COLUMNS if column.name != "body")
 
 
 class SqlPostRepository:
@@ -104,6 +107,25 @@ class SqlPostRepository:
         if not rows:  # every post has its version 1 row, deleted only with the post
             raise PostNotFound(post_id)
         return [_version(row) for row in rows]
+
+    async def version_page(
+        self, post_id: int, *, limit: int, after_version: int | None = None
+    ) -> list[VersionSummary]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        query = (
+            select(*_SUMMARY_COLUMNS)
+            .where(post_versions.c.post_id == post_id)
+            .order_by(post_versions.c.version)
+            .limit(limit)
+        )
+        if after_version is not None:
+            query = query.where(post_versions.c.version > after_version)
+        async with self._read() as connection:
+            rows = (await connection.execute(query)).all()
+            if not rows:  # past the last version, or no such post: tell which
+                await _current_version(connection, post_id)  # raises PostNotFound if none
+        return [_summary(row) for row in rows]
 
     async def version(self, post_id: int, version: int) -> PostVersion:
         async with self._read() as connection:
@@ -234,6 +256,17 @@ def post_from_row(row: AnyRow) -> Post:
         version=row.version,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def _summary(row: AnyRow) -> VersionSummary:
+    return VersionSummary(
+        post_id=row.post_id,
+        version=row.version,
+        title=row.title,
+        author=row.author,
+        tags=tuple(row.tags),
+        created_at=row.created_at,
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -103,4 +104,14 @@ post_versions = Table(
     Column("tags", JSON, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# Keys made once per deployment and shared by all its processes through the database (the one
+# store they all have): the cursors' MAC key (`storage/deployment_keys.py`).
+deployment_keys = Table(
+    "deployment_keys",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("key", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
 )

@@ -1,4 +1,9 @@
-"""Operational endpoints: liveness, readiness, the status report and the Prometheus metrics."""
+"""Operational endpoints: liveness, readiness, the status report and the Prometheus metrics.
+
+`/status` names the database and Redis servers, the key prefix and the pool settings: with a
+token set it needs the token (`WriteGuard`'s guarded reads). `/metrics` is a router of its own,
+left out when POSTAL_METRICS_ACCESS is off.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ from postal.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from postal.storage.health import database_reachable
 
 router = APIRouter(tags=["operations"])
+metrics_router = APIRouter(tags=["operations"])
+STATUS_PATH = "/status"
+METRICS_PATH = "/metrics"
 
 READY_CHECK_TIMEOUT = 2.0  # seconds; a probe must answer well within Kubernetes' 1 s default x3
 
@@ -36,15 +44,18 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({**body, "cache": cache}, status_code=200 if problem is None else 503)
 
 
-@router.get("/status")
+@router.get(STATUS_PATH)
 async def status(request: Request) -> dict[str, Any]:
     """This process at a glance, for operators and `postal stats`: version, uptime, masked
-    URLs, pool settings and deadlines, pool, breaker, read-through and invalidator state."""
+    URLs, pool settings and deadlines, pool, breaker, read-through and invalidator state.
+    Needs the bearer token when one is set."""
     return status_report(request.app.state)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@metrics_router.get(METRICS_PATH, response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in the text format: this process's, or every worker's under `postal
-    serve --workers N`. No authentication (it holds no secret): expose it inside the cluster."""
+    serve --workers N`. Open by default (it holds no secret, and Prometheus scrapes it without
+    credentials): keep it inside the cluster; POSTAL_METRICS_ACCESS=token puts it behind the
+    token."""
     return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)

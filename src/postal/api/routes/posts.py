@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
 from postal.api.errors import ApiError
+from postal.api.routes.reads import DEFAULT_PAGE, MAX_PAGE
 from postal.api.schemas import PostIn
 from postal.posts.models import Post
-from postal.posts.representation import (
-    etag,
-    post_json,
-    version_json,
-    version_of_etag,
-    versions_json,
-)
+from postal.posts.representation import etag, post_json, version_json, version_of_etag
 from postal.posts.service import PostService
 
 router = APIRouter(prefix="/api/v1/posts", tags=["posts"])
@@ -101,13 +96,36 @@ async def delete_post(request: Request, post_id: PostId, if_match: IfMatch = Non
     return Response(status_code=204)
 
 
-@router.get("/{post_id}/versions", responses=_ERROR, summary="A post's versions, oldest first")
-async def list_versions(request: Request, post_id: PostId) -> Response:
-    versions = await _service(request).versions(post_id)
-    return Response(versions_json(post_id, versions), media_type=JSON)
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Versions per page")]
+Cursor = Annotated[
+    str | None, Query(max_length=64, description="next_cursor from the previous page")
+]
 
 
-@router.get("/{post_id}/versions/{version}", responses=_ERROR, summary="One version of a post")
+@router.get(
+    "/{post_id}/versions",
+    responses=_ERROR,
+    summary="A post's versions, oldest first, a page at a time, without their bodies",
+)
+async def list_versions(
+    request: Request, post_id: PostId, limit: PageSize = DEFAULT_PAGE, cursor: Cursor = None
+) -> Response:
+    _refuse_unknown_parameters(request)
+    body = await _service(request).version_page(post_id, limit=limit, cursor=cursor)
+    return Response(body, media_type=JSON)
+
+
+def _refuse_unknown_parameters(request: Request) -> None:
+    """As the list of posts does: a misspelt `limit` or `cursor` must not pass unnoticed."""
+    unknown = set(request.query_params) - {"limit", "cursor"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ApiError(422, "unknown_field", f"unknown query parameter: {name}", field=name)
+
+
+@router.get(
+    "/{post_id}/versions/{version}", responses=_ERROR, summary="One version of a post, its body too"
+)
 async def get_version(request: Request, post_id: PostId, version: VersionNumber) -> Response:
     found = await _service(request).version(post_id, version)
     return Response(version_json(found), media_type=JSON)

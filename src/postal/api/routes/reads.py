@@ -15,7 +15,6 @@ from starlette.routing import Route
 from postal.api.errors import ID_MESSAGE, ApiError
 from postal.api.read_answer import read_answer
 from postal.posts.models import MAX_ID
-from postal.posts.representation import decode_cursor
 from postal.posts.service import PostService
 
 DEFAULT_PAGE = 20
@@ -53,7 +52,8 @@ async def get_post(request: Request) -> Response:
     return response
 
 
-def _page_size(text: str | None) -> int:
+def page_size(text: str | None) -> int:
+    """A page's `limit`: 1 to MAX_PAGE, DEFAULT_PAGE when absent; anything else is a 422."""
     if text is None:
         return DEFAULT_PAGE
     if not (text.isascii() and text.isdigit()) or len(text) > 3 or not 1 <= int(text) <= MAX_PAGE:
@@ -69,15 +69,7 @@ async def list_posts(request: Request) -> Response:
     if unknown:
         name = sorted(unknown)[0]
         raise ApiError(422, "unknown_field", f"unknown query parameter: {name}", field=name)
-    limit = _page_size(query.get("limit"))
-    cursor = query.get("cursor")
-    before_id = None
-    if cursor is not None:
-        before_id = decode_cursor(cursor)
-        if before_id is None:
-            message = "cursor is not one this service gave out; use next_cursor as it is"
-            raise ApiError(422, "invalid_value", message, field="cursor")
-    body = await service.read_page(limit=limit, before_id=before_id)
+    body = await service.read_page(limit=page_size(query.get("limit")), cursor=query.get("cursor"))
     return Response(body, media_type=JSON)
 
 
