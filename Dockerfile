@@ -58,6 +58,6 @@ EXPOSE 8000
 # For plain `docker run`; Kubernetes ignores it and uses the probes in deploy/k8s/deployment.yaml.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('POSTAL_PORT', '8000') + '/healthz', timeout=2)"]
-# Without POSTAL_API_TOKEN, `postal serve` binds 127.0.0.1 whatever --host says: set it.
+# Without POSTAL_API_TOKEN (32+ characters), `postal serve --host 0.0.0.0` exits 2: set it.
 ENTRYPOINT ["postal"]
 CMD ["serve", "--host", "0.0.0.0"]
