@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from postal.stats.redis_probe import Latency, RedisTarget, parse_info, redis_targets
+from postal.stats.redis_probe import (
+    Latency,
+    RedisTarget,
+    parse_info,
+    redis_targets,
+    with_password,
+)
 
 SHOWN = "redis://:***@cache.internal:6379/0"
 
@@ -98,3 +104,16 @@ def test_a_sentinel_url_is_reported_not_probed() -> None:
     assert target.url is None
     assert target.problem is not None
     assert "--redis-url" in target.problem
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://h:6379/0", "redis://:p%40ss@h:6379/0"),
+        ("redis://alice@h:6379/0", "redis://alice:p%40ss@h:6379/0"),
+        ("redis://:other@h:6379/0", "redis://:other@h:6379/0"),  # has one: left alone
+        ("redis://a:1/0,redis://b:2/0", "redis://:p%40ss@a:1/0,redis://:p%40ss@b:2/0"),
+    ],
+)
+def test_with_password_fills_in_redisclis_auth(url: str, expected: str) -> None:
+    assert with_password(url, "p@ss") == expected
