@@ -130,6 +130,30 @@ def test_it_shows_what_the_issue_asks_for() -> None:
         assert needed.replace(" (", "(") in expressions.replace(" (", "("), needed
 
 
+def test_it_shows_the_near_cache() -> None:
+    """Reads from memory next to Redis's GETs in one panel, invalidations received, flushes,
+    evictions by reason, bytes and entries, and whether tracking is live."""
+    panels = {
+        panel["title"]: {promql.normalized(target["expr"]) for target in panel["targets"]}
+        for panel in data_panels(load())
+    }
+    hits = promql.normalized('sum(rate(postal_near_cache_reads_total{outcome="hit"}[5m]))')
+    gets = promql.normalized(
+        'sum(rate(postal_cache_operations_total{role="read",command="GET"}[5m]))'
+    )
+    assert any({hits, gets} <= expressions for expressions in panels.values())
+    shown = set().union(*panels.values())
+    for needed in (
+        "sum(rate(postal_near_cache_invalidations_received_total[5m]))",
+        "sum(rate(postal_near_cache_flushes_total[5m]))",
+        "sum by (reason) (rate(postal_near_cache_evictions_total[5m]))",
+        "sum(postal_near_cache_bytes)",
+        "sum(postal_near_cache_entries)",
+        "min by (instance) (postal_near_cache_tracking_live)",
+    ):
+        assert promql.normalized(needed) in shown, needed
+
+
 def test_the_pool_and_breaker_graphs_show_each_node() -> None:
     """Every graph of a per-node metric keeps the node and names it in its legend; only the key
     metrics' stat panels sum a role's nodes (pool usage is the role's, as the alert has it)."""
