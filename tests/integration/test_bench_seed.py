@@ -234,3 +234,24 @@ def test_cpu_time_reads_processes_from_proc() -> None:
     assert machine is not None
     assert machine >= own
     assert cpu_time.processes_named("no such command") == 0.0
+    assert cpu_time.tree_cpu(child.pid) is None  # gone
+
+
+def test_tree_cpu_adds_the_living_descendants() -> None:
+    busy = "import time; sum(range(3_000_000)); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy], stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(250):  # until the child has used a tick of CPU (Python's start-up does)
+            used = cpu_time.process_cpu(child.pid)
+            if used:
+                break
+            time.sleep(0.02)
+        assert used
+        own = cpu_time.process_cpu(os.getpid())
+        tree = cpu_time.tree_cpu(os.getpid())
+        assert own is not None
+        assert tree is not None
+        assert tree >= own + used  # the child counted (both read again: each only grows)
+    finally:
+        child.kill()
+        child.wait()

@@ -8,7 +8,7 @@ in its wheel or image. Its commands appear as `postal bench ...` once it is inst
   that keeps load on this machine, the closed-loop load driver, the progress line, tables and JSON;
 - `cache`: `postal bench cache`, pool profiles against plain redis-py on the same Redis;
   `redis_topologies` runs plain redis-py on whatever topology a URL names;
-- `http/`: `postal bench http`, Postal against a bare route and a peer, under wrk or `loadgen`;
+- `http/`: `postal bench http`, Postal (near cache on, off) against a bare route and a peer;
 - `imports/`: `postal bench import`, the CSV import per method, in child processes;
 - `seed/`: `postal bench seed`, the incident's before/after table;
 - `faults/`: `postal bench faults`, the fault matrix under load;

@@ -119,8 +119,11 @@ def bench_http(
         ),
     ] = None,
     targets: Annotated[
-        str, typer.Option(help="Comma-separated, of floor, peer, postal.")
-    ] = "floor,peer,postal",
+        str,
+        typer.Option(
+            help="Comma-separated, of floor, peer, postal (near cache on) and postal-near-off."
+        ),
+    ] = "floor,peer,postal,postal-near-off",
     workers: Annotated[int, typer.Option(min=1, help="uvicorn workers per server.")] = 1,
     connections: Annotated[int, typer.Option(min=1, help="Closed-loop connections.")] = 100,
     rate: Annotated[float, typer.Option(min=1, help="Open-loop requests per second.")] = 1000,
@@ -135,14 +138,17 @@ def bench_http(
         Path | None, typer.Option("--json", help="Also write the results to this file.")
     ] = None,
 ) -> None:
-    """HTTP req/s and latency: Postal's cached GET next to a bare route and a plain Redis app."""
+    """HTTP req/s, latency and CPU a request: Postal's cached GET, near cache on and off, next to
+    a bare route and a plain Redis app."""
     import asyncio
     import shutil
     from collections.abc import Callable
 
     from postal.cache import parse_duration
     from postal_bench.errors import FAILURES
-    from postal_bench.http.bench import HttpBenchOptions, render_report, run_http_bench
+    from postal_bench.http.bench import run_http_bench
+    from postal_bench.http.options import HttpBenchOptions
+    from postal_bench.http.report import render_report
     from postal_bench.output import bench_console, publish, rich_progress
     from postal_bench.redis_topologies import parse_topologies
 

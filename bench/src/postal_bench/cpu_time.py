@@ -39,6 +39,35 @@ def process_cpu(pid: int | None) -> float | None:
     return _cpu_of(stat)
 
 
+def tree_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of process `pid` and of every living descendant of it (a
+    server and its worker processes), None when `pid` is gone or /proc cannot be read.
+
+    A descendant that exited meanwhile takes its CPU with it (only a waited-for child's is
+    added to its parent's, in fields proc(5) does not sum here): measure while they run.
+    """
+    own = process_cpu(pid)
+    if pid is None or own is None:
+        return None
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    for entry in PROC.glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            child = int(entry.name)
+            parents[child] = int(stat.rpartition(")")[2].split()[1])
+            seconds[child] = _cpu_of(stat)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+    total = own
+    below = [child for child, parent in parents.items() if parent == pid]
+    while below:
+        child = below.pop()
+        total += seconds[child]
+        below.extend(grandchild for grandchild, parent in parents.items() if parent == child)
+    return total
+
+
 def machine_cpu() -> float | None:
     """CPU seconds every core spent busy (not idle, not waiting for I/O) since boot."""
     try:

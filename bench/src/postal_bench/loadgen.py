@@ -222,12 +222,13 @@ async def closed_loop(
     seconds: float,
     warmup: float = 0.0,
     tick: Tick = lambda elapsed: None,
+    on_measure: Callable[[], None] | None = None,
 ) -> LoadResult:
     """`connections` connections send requests back to back for `warmup` + `seconds`.
 
     As in `bench.run_load`: requests started before the end and answered after the warm-up count,
     each timed from its send; the rate is over the span from the end of the warm-up to the last
-    reply.
+    reply. `on_measure` is called as the warm-up ends (e.g. to read the server's CPU then).
     """
     if connections < 1 or seconds <= 0 or warmup < 0:
         raise BenchError("a closed loop needs connections >= 1, seconds > 0, warm-up >= 0")
@@ -271,8 +272,16 @@ async def closed_loop(
             if connection is not None:
                 await connection.aclose()
 
+    marker = None
+    if on_measure is not None:
+        delay = max(0.0, measure_from - time.perf_counter())
+        marker = asyncio.get_running_loop().call_later(delay, on_measure)
     workers = [asyncio.create_task(worker()) for _ in range(connections)]
-    unanswered = await _wait_ticking(workers, stop_at + REPLY_GRACE, started, tick)
+    try:
+        unanswered = await _wait_ticking(workers, stop_at + REPLY_GRACE, started, tick)
+    finally:
+        if marker is not None:
+            marker.cancel()  # a no-op once it has run
     if unanswered:
         result.errors += unanswered
         result.first_error = result.first_error or f"no reply within {REPLY_GRACE:g}s of the end"

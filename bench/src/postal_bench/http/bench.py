@@ -8,18 +8,25 @@ with the same worker count, started once and measured interleaved run by run:
 - `peer`: a plain Starlette route doing one redis.asyncio GET per request on a
   BlockingConnectionPool(50), as large as Postal's read pool, answering the post's bytes (on
   Sentinel, replicas or a cluster: redis.asyncio as a user would write it for those);
-- `postal`: `postal serve`, reading one post whose cache entry is filled beforehand.
+- `postal`: `postal serve`, reading one post whose cache entry is filled beforehand, with the
+  near cache on (its default): hits answered from the worker's memory;
+- `postal-near-off`: the same with `NEAR_CACHE_ENABLED=false`: every hit one Redis GET.
 
 The Redis is `--redis-url` as given, or, with `--topologies single,cluster`, both the one server
-of that URL and a Redis Cluster of three masters the bench starts: a peer and a Postal are then
-served against each (one floor: it has no Redis), measured interleaved run by run, and the report
-sets each target's figures on one topology next to its figures on the other.
+of that URL and a Redis Cluster of three masters the bench starts: a peer and the Postals are
+then served against each (one floor: it has no Redis; a cluster's read role has no near cache),
+measured interleaved run by run, and the report sets each target's figures on one topology next
+to its figures on the other.
 
 Each run of a target is a closed loop (C connections back to back: the req/s, by wrk when
 installed, else the built-in generator) then an open loop at a fixed rate (the latencies, from
-each request's scheduled time; built-in, as wrk has no open loop). Medians of the runs; ratios
-per run, then their median (see `http_stats`). Client and server share this machine's CPUs,
-which the report says, since the load generator's CPU is taken from the server's.
+each request's scheduled time; built-in, as wrk has no open loop). Over the closed loop, warm-up
+excluded, the server's CPU (user + system, its process and its workers', from /proc) is read
+before and after: divided by the requests answered, the CPU a request costs, steadier than the
+req/s when the load generator shares the CPUs. Medians of the runs; ratios per run, then their
+median (see `http_stats`); the targets in `http_targets`. Client and server share this
+machine's CPUs, which the report says, since the load generator's CPU is taken from the
+server's.
 """
 
 from __future__ import annotations
@@ -29,39 +36,41 @@ import contextlib
 import os
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from rich.console import Console
-from rich.table import Table
-
-from postal.cache import Topology, format_duration, mask_url
-from postal_bench import loadgen
+from postal.cache import Topology
+from postal_bench import cpu_time, loadgen
 from postal_bench.errors import BenchError
 from postal_bench.http import stats as http_stats
-from postal_bench.http.apps import (
-    BODY_BYTES,
-    KEY_PREFIX,
-    PEER_POOL_SIZE,
-    REDIS_URL,
-    constant_body,
+from postal_bench.http.apps import BODY_BYTES, KEY_PREFIX, REDIS_URL, constant_body
+from postal_bench.http.options import HttpBenchOptions
+from postal_bench.http.postal_target import (
+    READY_PATH,
+    PostalConfig,
+    PreparedPost,
+    delete_post,
+    near_cache_hits,
 )
-from postal_bench.http.postal_target import READY_PATH, PostalConfig, PreparedPost, delete_post
 from postal_bench.http.postal_target import prepare_post as prepare_postal_post
+from postal_bench.http.report import HttpBenchReport
 from postal_bench.http.servers import ServerProcess, free_port, postal_command, uvicorn_command
-from postal_bench.http.stats import FLOOR, ORDER, PEER, POSTAL, HttpRun, TargetSummary
+from postal_bench.http.stats import (
+    FLOOR,
+    ORDER,
+    PEER,
+    POSTAL,
+    POSTAL_NEAR_OFF,
+    POSTALS,
+    HttpRun,
+    TargetSummary,
+)
 from postal_bench.load import ProgressFn, no_progress, run_tool
-from postal_bench.loopback import require_loopback
-from postal_bench.output import print_grouped_table
 from postal_bench.redis_topologies import (
-    SINGLE,
+    CLUSTER,
     RedisSetup,
-    check_setups,
     delete_prefix,
-    masked,
-    plain_description,
     redis_setups,
     require_loopback_servers,
     topology_name,
@@ -69,146 +78,11 @@ from postal_bench.redis_topologies import (
 )
 from postal_bench.stats import RunResult, summarize_run
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-WARMUP = 0.5  # s of unmeasured load before each loop
 TOOL_GRACE = 30.0  # s wrk may overrun its planned time before it is killed
 WRK_THREADS = 1  # wrk's C outruns a uvicorn worker on one thread, leaving the other core free
-MAX_CONNECTIONS = 1_000  # bounds on what a run may ask for: a benchmark, not a load test
-MAX_RATE = 100_000.0  # req/s
-MAX_DURATION = 600.0  # s per loop
 LOG_LINE_SHOWN = 200  # characters of a server's first log line shown in the report
 DEFAULT_POST_ID = "1"  # the id the floor and peer serve when Postal is not measured
-
-DESCRIPTIONS = {
-    FLOOR: "bare Starlette route answering constant bytes (the floor)",
-    PEER: "Starlette + one redis.asyncio GET, BlockingConnectionPool(50) (the peer)",
-    POSTAL: "postal serve, GET /api/v1/posts/{id}, cache hits",
-}
 FACTORIES = {FLOOR: "postal_bench.http.apps:floor_app", PEER: "postal_bench.http.apps:peer_app"}
-
-
-@dataclass(frozen=True, slots=True)
-class HttpBenchOptions:
-    redis_url: str = DEFAULT_REDIS_URL
-    database_url: str | None = None  # None: SQLite in a temporary directory
-    targets: tuple[str, ...] = ORDER
-    workers: int = 1  # uvicorn worker processes per server
-    connections: int = 100  # closed loop
-    rate: float = 1000.0  # open loop, requests per second
-    duration: float = 3.0  # seconds per measured loop
-    runs: int = 3  # medians are taken over these
-    warmup: float = WARMUP
-    value_size: int = 1024  # characters in the post's body (floor and peer: the served size)
-    wrk: str | None = None  # path to wrk; None: the built-in closed loop
-    write_url: str | None = None  # Postal's WRITE_REDIS_URL; None: `redis_url` (replicas need it)
-    topologies: tuple[str, ...] = ()  # e.g. ("single", "cluster"); (): `redis_url` as given
-
-    def check(self) -> None:
-        check_setups(self.topologies, self.redis_url, self.write_url)
-        if self.database_url is not None:
-            check_database_url(self.database_url)
-        unknown = sorted(set(self.targets) - set(ORDER))
-        if unknown or not self.targets:
-            raise BenchError(f"targets are {', '.join(ORDER)}; got {unknown or 'none'}")
-        for name in ("workers", "connections", "runs", "value_size"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"{name} must be at least 1")
-        if not (0 < self.rate <= MAX_RATE and 0 < self.duration <= MAX_DURATION):
-            raise BenchError(
-                f"rate must be in (0, {MAX_RATE:,.0f}] req/s"
-                f" and duration in (0, {MAX_DURATION:g}] s"
-            )
-        if self.connections > MAX_CONNECTIONS or self.warmup < 0:
-            raise BenchError(f"at most {MAX_CONNECTIONS} connections; warm-up >= 0")
-
-
-def check_database_url(url: str) -> None:
-    """SQLite (a file here) or a PostgreSQL on loopback: the bench loads no other machine."""
-    scheme = urlsplit(url).scheme
-    if scheme.startswith("sqlite"):
-        return
-    if not scheme.startswith("postgresql"):
-        raise BenchError(
-            f"--database-url: expected sqlite+aiosqlite:// or postgresql+asyncpg://, got {scheme}://"
-        )
-    require_loopback(url, schemes=(scheme,))
-
-
-@dataclass(frozen=True, slots=True)
-class HttpBenchReport:
-    options: HttpBenchOptions
-    summaries: list[TargetSummary]  # floor, then the peer and Postal topology by topology
-    started_at: str
-    closed_loop_tool: str  # "wrk" or "built-in"
-    body_bytes: int  # the size of every target's response body
-    servers: dict[str, str]  # target (and topology, when several) -> its URL (closed since)
-    cpus: int | None
-    key_prefixes: list[str]  # the Redis keys the peers and Postals read, deleted since
-    setups: list[RedisSetup]  # the topologies measured (a started cluster is gone since)
-
-    @property
-    def topologies(self) -> list[str]:
-        return [setup.name for setup in self.setups]
-
-    def summary(self, name: str, topology: str | None = None) -> TargetSummary:
-        """The target `name` (on `topology`; by default the first it was measured on)."""
-        return next(
-            summary
-            for summary in self.summaries
-            if summary.name == name and topology in (None, summary.topology)
-        )
-
-    @property
-    def check(self) -> http_stats.TargetCheck:
-        """Postal's targets on the first topology."""
-        return http_stats.check_targets(self.summaries, self.options.rate)
-
-    def description(self, summary: TargetSummary) -> str:
-        if summary.name != PEER:
-            return DESCRIPTIONS[summary.name]
-        setup = next(setup for setup in self.setups if setup.name == summary.topology)
-        if topology_name(Topology.from_url(setup.read_url)) == SINGLE:
-            return DESCRIPTIONS[PEER]
-        how = plain_description(setup.read_url, PEER_POOL_SIZE)
-        return f"Starlette + one GET per request by {how} (the peer)"
-
-    def to_json(self) -> dict[str, object]:
-        options = self.options
-        settings = asdict(options) | {
-            "redis_url": masked(options.redis_url),
-            "write_url": options.write_url and masked(options.write_url),
-            "database_url": options.database_url and mask_url(options.database_url),
-            "closed_loop_tool": self.closed_loop_tool,
-            "body_bytes": self.body_bytes,
-            "servers": self.servers,
-            "cpus": self.cpus,
-            "key_prefixes": self.key_prefixes,
-        }
-        checks = [
-            http_stats.check_targets(self.summaries, options.rate, topology).to_json()
-            | {"topology": topology}
-            for topology in self.topologies
-        ]
-        return {
-            "benchmark": "http",
-            "started_at": self.started_at,
-            "settings": settings,
-            "topologies": [
-                {
-                    "name": setup.name,
-                    "read_url": masked(setup.read_url),
-                    "write_url": masked(setup.write_url),
-                }
-                for setup in self.setups
-            ],
-            "targets": [
-                http_stats.summary_json(summary, self.description(summary))
-                for summary in self.summaries
-            ],
-            "target": self.check.to_json(),
-            "checks": checks,
-            "versus": http_stats.versus_json(self.summaries),
-        }
 
 
 def _loop_result(result: loadgen.LoadResult, details: dict[str, object]) -> RunResult:
@@ -221,11 +95,27 @@ def _loop_result(result: loadgen.LoadResult, details: dict[str, object]) -> RunR
     )
 
 
+CpuReader = Callable[[], float | None]  # CPU seconds a server has used so far
+
+
 async def measure_closed(
-    target: loadgen.HttpTarget, options: HttpBenchOptions, label: str, progress: ProgressFn
-) -> RunResult:
-    """The closed loop: a warm-up then the measured load (wrk's, when given)."""
+    target: loadgen.HttpTarget,
+    options: HttpBenchOptions,
+    label: str,
+    progress: ProgressFn,
+    server_cpu: CpuReader = lambda: None,
+) -> tuple[RunResult, float | None]:
+    """The closed loop: a warm-up then the measured load (wrk's, when given); and the CPU
+    seconds `server_cpu` says the server used while measured (None if it cannot say)."""
     planned = options.warmup + options.duration
+    readings: list[float | None] = []
+
+    def read_cpu() -> None:
+        readings.append(server_cpu())
+
+    def used() -> float | None:
+        first, last = readings if len(readings) == 2 else (None, None)
+        return None if first is None or last is None else last - first
 
     def tick(offset: float, phase: str | None = None) -> loadgen.Tick:
         def show(elapsed: float) -> None:
@@ -241,8 +131,10 @@ async def measure_closed(
             seconds=options.duration,
             warmup=options.warmup,
             tick=tick(0.0),
+            on_measure=read_cpu,
         )
-        return _loop_result(result, {"tool": "built-in"})
+        read_cpu()
+        return _loop_result(result, {"tool": "built-in"}), used()
     if options.warmup > 0:
         await loadgen.closed_loop(
             target,
@@ -256,11 +148,13 @@ async def measure_closed(
         "-c", str(options.connections), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
         target.url,
     ]  # fmt: skip
+    read_cpu()
     output = await run_tool(
         command, seconds + TOOL_GRACE, tick(options.warmup, "closed loop (wrk)")
     )
+    read_cpu()
     try:
-        return http_stats.parse_wrk(output)
+        return http_stats.parse_wrk(output), used()
     except ValueError as exc:
         raise BenchError(f"cannot read wrk's output ({exc}); try --no-wrk") from None
 
@@ -305,8 +199,9 @@ class Bench:
         self.paths: dict[str, str] = {}
         self.notes: dict[str, str] = {}
         self.peer_prefix = f"postal-bench-http:{uuid.uuid4().hex[:12]}:"
-        self.postal: PostalConfig | None = None
-        self.post: PreparedPost | None = None
+        self.postals: dict[str, PostalConfig] = {}  # by target: near cache on, off
+        self.posts: dict[str, PreparedPost] = {}
+        self.near_hits: dict[str, int | None] = {}  # by Postal target, read after the runs
         self.body = constant_body(options.value_size)
 
     def _server(
@@ -318,27 +213,40 @@ class Bench:
         server.start()
         return server
 
+    async def _prepare_postal(self, name: str) -> PreparedPost:
+        """Start one Postal (near cache on or off, a directory and a key prefix of its own)
+        and cache its post."""
+        options, setup = self.options, self.setup
+        workdir = self.workdir / name
+        workdir.mkdir()
+        config = PostalConfig.create(
+            setup.read_url,
+            options.database_url,
+            workdir,
+            setup.write_url,
+            near_cache=name == POSTAL,
+        )
+        self.postals[name] = config
+        port = free_port()
+        server = self._server(name, postal_command(port, options.workers), port, config.environment)
+        await server.wait_ready(READY_PATH)
+        post = await prepare_postal_post(server, config, setup.write_url, options.value_size)
+        self.posts[name] = post
+        self.paths[name] = post.path
+        if not post.cache_confirmed:
+            self.notes[name] = "its cache entry was not seen in Redis before measuring"
+        return post
+
     async def prepare(self) -> None:
-        """Postal first (its post decides the body everyone serves), then the floor and peer."""
+        """The Postals first (the first one's post decides the body everyone serves), then
+        the floor and the peer."""
         options, setup = self.options, self.setup
         self.workdir.mkdir(parents=True, exist_ok=True)
         post_id = DEFAULT_POST_ID
-        if POSTAL in self.names:
-            self.postal = PostalConfig.create(
-                setup.read_url, options.database_url, self.workdir, setup.write_url
-            )
-            port = free_port()
-            server = self._server(
-                POSTAL, postal_command(port, options.workers), port, self.postal.environment
-            )
-            await server.wait_ready(READY_PATH)
-            self.post = await prepare_postal_post(
-                server, self.postal, setup.write_url, options.value_size
-            )
-            post_id, self.body = self.post.post_id, self.post.body
-            self.paths[POSTAL] = self.post.path
-            if not self.post.cache_confirmed:
-                self.notes[POSTAL] = "its cache entry was not seen in Redis before measuring"
+        for position, name in enumerate(name for name in POSTALS if name in self.names):
+            post = await self._prepare_postal(name)
+            if position == 0:
+                post_id, self.body = post.post_id, post.body
         path = f"/api/v1/posts/{post_id}"
         if PEER in self.names:
             await write_keys(setup.write_url, [self.peer_prefix + post_id], self.body)
@@ -358,14 +266,39 @@ class Bench:
 
     @property
     def key_prefixes(self) -> list[str]:
-        postal = [] if self.postal is None else [self.postal.key_prefix]
-        return [self.peer_prefix, *postal]
+        return [self.peer_prefix, *(config.key_prefix for config in self.postals.values())]
+
+    async def check_near_caches(self) -> None:
+        """Note a Postal whose near cache did not do what its target says: none answered from
+        memory with it on (tracking never live, or a cluster's read role), or some with it
+        off."""
+        for name in self.postals:
+            hits = await near_cache_hits(self.servers[name])
+            self.near_hits[name] = hits
+            if hits is None:
+                self._note(name, "its near cache's reads could not be read from its /metrics")
+            elif name == POSTAL and not hits:
+                why = (
+                    "a Redis Cluster read role has none"
+                    if self._on_cluster()
+                    else "tracking never live?"
+                )
+                self._note(name, f"its near cache answered no read ({why})")
+            elif name == POSTAL_NEAR_OFF and hits:
+                self._note(name, f"its near cache answered {hits:,} reads, though off")
+
+    def _on_cluster(self) -> bool:
+        return topology_name(Topology.from_url(self.setup.read_url)) == CLUSTER
+
+    def _note(self, name: str, note: str) -> None:
+        self.notes[name] = f"{self.notes[name]}; {note}" if name in self.notes else note
 
     async def close(self) -> None:
         try:
-            postal = self.servers.get(POSTAL)
-            if postal and self.postal and self.post and postal.returncode() is None:
-                await delete_post(postal, self.postal, self.post.post_id)
+            for name, config in self.postals.items():
+                server, post = self.servers.get(name), self.posts.get(name)
+                if server and post and server.returncode() is None:
+                    await delete_post(server, config, post.post_id)
         finally:
             for server in reversed(self.servers.values()):
                 server.stop()
@@ -386,11 +319,13 @@ async def measure_target(
     """One run of a target: its closed loop, its open loop, and what its server logged."""
     server = state.servers[name]
     position = server.log_position()
-    closed = await measure_closed(state.target(name), options, label, progress)
+    closed, cpu = await measure_closed(
+        state.target(name), options, label, progress, lambda: cpu_time.tree_cpu(server.pid)
+    )
     opened = await measure_open(state.target(name), options, label, progress)
     logged = [line for line in server.log_since(position) if line.strip()]
     first = logged[0][:LOG_LINE_SHOWN] if logged else None
-    return HttpRun(closed, opened, len(logged), first)
+    return HttpRun(closed, opened, len(logged), first, cpu)
 
 
 async def run_http_bench(
@@ -431,6 +366,8 @@ async def run_http_bench(
                         label = f"{name}{state.label} · run {run}/{options.runs}"
                         measured = await measure_target(state, name, options, label, progress)
                         results.setdefault((state.setup.name, name), []).append(measured)
+            for state in benches:
+                await state.check_near_caches()
         servers = {
             f"{name}{state.label}": server.base_url
             for state in benches
@@ -446,6 +383,11 @@ async def run_http_bench(
         cpus=os.cpu_count(),
         key_prefixes=[prefix for state in benches for prefix in state.key_prefixes],
         setups=list(setups),
+        near_hits={
+            f"{name}{state.label}": hits
+            for state in benches
+            for name, hits in state.near_hits.items()
+        },
     )
 
 
@@ -464,64 +406,3 @@ def _summaries(
             if summary.name != FLOOR or state is benches[0]:
                 summaries.append(summary)
     return summaries
-
-
-def render_report(report: HttpBenchReport, console: Console) -> None:
-    """The table, what was measured how, one legend line per target, the target check."""
-    options = report.options
-
-    def say(text: str) -> None:
-        console.print(text, markup=False, highlight=False)
-
-    several = len(report.setups) > 1
-    where = f" on {' and '.join(report.topologies)}" if several else ""
-    title = (
-        f"postal bench http: GET of a {report.body_bytes:,} B post{where}, {options.workers}"
-        f" uvicorn worker(s), {format_duration(options.duration)} x {options.runs} run(s)"
-    )
-    if several:
-        baseline = report.topologies[0]
-        columns = [c.format(baseline=baseline) for c in http_stats.TOPOLOGY_COLUMNS]
-        print_grouped_table(console, title, columns, http_stats.topology_rows(report.summaries))
-    else:
-        table = Table(title=title)
-        for column in http_stats.COLUMNS:
-            table.add_column(
-                column, justify="left" if column == "target" else "right", no_wrap=True
-            )
-        for row in http_stats.table_rows(report.summaries):
-            table.add_row(*row)
-        console.print(table)
-    say(
-        f"req/s: closed loop, {options.connections} connections back to back"
-        f" ({report.closed_loop_tool})\n"
-        f"p50/p99/max: open loop at {options.rate:,.0f} req/s, each request timed from its"
-        " scheduled send (no coordinated omission)\n"
-        "medians of runs; errors (non-2xx, failed) summed over runs and loops;"
-        " ratios: median of per-run ratios\n"
-        f"client and server share this machine ({report.cpus or '?'} CPUs): the load generator"
-        " takes CPU from the server;\ncompare ratios from one run, not absolute figures"
-    )
-    if several:
-        say(
-            f"vs peer, vs floor: within the topology (the floor, which has no Redis, against the"
-            f" {report.topologies[0]} peer); vs {report.topologies[0]}: the same target on"
-            f" {report.topologies[0]}, run by run (the runs alternate between topologies)"
-        )
-    for summary in report.summaries:
-        on = f" on {summary.topology}" if several and summary.topology else ""
-        note = f" ({summary.note})" if summary.note else ""
-        say(f"  {summary.name}{on}: {report.description(summary)}{note}")
-        each_run = http_stats.runs_line(summary)
-        if each_run:
-            say(f"    {each_run}")
-        runs = [loop for run in summary.runs for loop in (run.closed, run.open)]
-        first_error = next((loop.first_error for loop in runs if loop.first_error), None)
-        if first_error:
-            say(f"    first error: {first_error}")
-    if several:
-        for setup in report.setups:
-            say(f"{setup.name}: {masked(setup.read_url)}")
-    for topology in report.topologies if several else [None]:
-        check = http_stats.check_targets(report.summaries, options.rate, topology)
-        say(f"{topology}: {check.line()}" if topology else check.line())

@@ -1,5 +1,5 @@
 """Postal as a target of `postal bench http`: its environment, one post, and that post's cache
-entry filled before anything is measured.
+entry filled before anything is measured; afterwards, how many reads its near cache answered.
 
 The bench measures cache hits, so it must know the entry is there: fills happen in the
 background after a miss, so it reads the post, then polls Redis until a key under Postal's
@@ -7,9 +7,9 @@ background after a miss, so it reads the post, then polls Redis until a key unde
 answer, so all three send the same bytes.
 
 The contract with Postal (see docs/configuration.md): `READ_REDIS_URL`/`WRITE_REDIS_URL`,
-`REDIS_KEY_PREFIX`, `DATABASE_URL` and `POSTAL_API_TOKEN` from the environment; `POST
-/api/v1/posts` with a bearer token answers 201 and JSON with the post's "id"; `GET
-/api/v1/posts/{id}` answers the post.
+`REDIS_KEY_PREFIX`, `DATABASE_URL`, `POSTAL_API_TOKEN` and `NEAR_CACHE_ENABLED` from the
+environment; `POST /api/v1/posts` with a bearer token answers 201 and JSON with the post's "id";
+`GET /api/v1/posts/{id}` answers the post; `/metrics` counts the near cache's hits.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from postal.observability.metrics import NEAR_CACHE_READS
+from postal.stats.scrape import Scrape
 from postal_bench.errors import BenchError
 from postal_bench.http.servers import ServerProcess
 from postal_bench.loadgen import fetch
@@ -30,6 +32,7 @@ from postal_bench.redis_topologies import masked, plain_primary
 
 POSTS_PATH = "/api/v1/posts"
 READY_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 FILL_TIMEOUT = 5.0  # s: how long the bench waits to see the post's cache entry
 FILL_POLL = 0.05  # s between looks
 TEXT = "Postal serves posts from Redis at close to Redis's own speed. "  # the post's body, repeated
@@ -50,10 +53,12 @@ class PostalConfig:
         database_url: str | None,
         data_dir: Path,
         write_url: str | None = None,
+        *,
+        near_cache: bool = True,
     ) -> PostalConfig:
         """`redis_url` for reads and `write_url` (by default the same) for writes, a unique key
-        prefix, the database (SQLite in `data_dir` by default), a random API token, warnings only
-        in the log."""
+        prefix, the database (SQLite in `data_dir` by default), a random API token, the near
+        cache on or off (whatever the caller's environment says), warnings only in the log."""
         prefix = f"postal-bench-http:{uuid.uuid4().hex[:12]}:"
         token = secrets.token_urlsafe(24)
         environment = {
@@ -64,6 +69,7 @@ class PostalConfig:
             "POSTAL_API_TOKEN": token,
             "POSTAL_DATA_DIR": str(data_dir),
             "POSTAL_LOG_LEVEL": "WARNING",
+            "NEAR_CACHE_ENABLED": "true" if near_cache else "false",
         }
         return cls(environment, prefix, token)
 
@@ -155,3 +161,18 @@ async def delete_post(server: ServerProcess, config: PostalConfig, post_id: str)
     headers = [("Authorization", f"Bearer {config.token}")]
     with contextlib.suppress(OSError, EOFError, ValueError, TimeoutError):
         await fetch(f"{server.base_url}{POSTS_PATH}/{post_id}", "DELETE", b"", headers)
+
+
+async def near_cache_hits(server: ServerProcess) -> int | None:
+    """Reads Postal's near cache has answered from memory so far (its workers' sum, from
+    `/metrics`); None when the scrape fails or has no such series."""
+    try:
+        reply = await fetch(server.base_url + METRICS_PATH)
+        if reply.status != 200:
+            return None
+        scrape = Scrape.parse(reply.body.decode(errors="replace"), time.perf_counter())
+    except (OSError, EOFError, ValueError, TimeoutError):  # ScrapeError is a ValueError
+        return None
+    if not scrape.has(NEAR_CACHE_READS):
+        return None
+    return round(scrape.total(NEAR_CACHE_READS, outcome="hit"))

@@ -133,6 +133,11 @@ class ServerProcess:
         except OSError:
             return []
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (its workers are its children), while it runs."""
+        return None if self._process is None else self._process.pid
+
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 

@@ -1,9 +1,11 @@
 """Pure code for `postal bench http`: reading wrk's output, reducing runs to medians and ratios,
-the table's rows, the target check and the JSON. No I/O; the runner measures, this decides.
+the table's rows and the JSON. No I/O; the runner measures, this decides (the targets are
+checked in `http.targets`).
 
-A run of a target has two halves: a closed loop (its rate is the req/s shown) and an open loop at
-a fixed rate (its p50, p99 and max are the latencies shown). As in `stats`, every ratio is taken
-between targets measured in the same run and the median of those per-run ratios is reported.
+A run of a target has two halves: a closed loop (its rate is the req/s shown, and the server's
+CPU per request is taken over it) and an open loop at a fixed rate (its p50, p99 and max are the
+latencies shown). As in `stats`, every ratio is taken between targets measured in the same run
+and the median of those per-run ratios is reported.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from postal_bench.stats import (
-    MS,
     RunResult,
     median,
     ms_or_none,
@@ -24,24 +25,26 @@ from postal_bench.stats import (
     show_ratio,
 )
 
-FLOOR, PEER, POSTAL = "floor", "peer", "postal"
-ORDER = (FLOOR, PEER, POSTAL)
+# Postal with the near cache on (its default) and off (NEAR_CACHE_ENABLED=false).
+FLOOR, PEER, POSTAL, POSTAL_NEAR_OFF = "floor", "peer", "postal", "postal-near-off"
+ORDER = (FLOOR, PEER, POSTAL, POSTAL_NEAR_OFF)
+POSTALS = (POSTAL, POSTAL_NEAR_OFF)
+US = 1e6  # microseconds per second, for display
 
+# Two-line headers, so that the table fits 120 columns.
 COLUMNS = (
     "target",
     "req/s",
-    "p50 ms",
-    "p99 ms",
-    "max ms",
+    "p50\nms",
+    "p99\nms",
+    "max\nms",
     "errors",
-    "req/s vs peer",
-    "req/s vs floor",
-    "p99 vs peer",
-    "p99 vs floor",
+    "CPU\nµs/req",
+    "req/s\nvs peer",
+    "req/s\nvs floor",
+    "p99\nvs peer",
+    "p99\nvs floor",
 )
-
-RPS_TARGET = 1.0  # postal must serve at least the peer's requests per second...
-P99_TARGET = 0.005  # s: ...with a p99 under 5 ms in the open loop (at 1,000 req/s by default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +55,20 @@ class HttpRun:
     open: RunResult
     log_lines: int = 0  # lines the server wrote during the run (warnings and errors)
     first_log_line: str | None = None
+    # CPU seconds (user + system) of the server process and its workers over the closed loop,
+    # warm-up excluded; None where /proc cannot say.
+    server_cpu: float | None = None
 
     @property
     def rps(self) -> float:
         return self.closed.ops_per_s
+
+    @property
+    def cpu_per_request(self) -> float | None:
+        """Server CPU seconds per request the closed loop got a 2xx for."""
+        if self.server_cpu is None or self.closed.ops <= 0:
+            return None
+        return self.server_cpu / self.closed.ops
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +87,7 @@ class TargetSummary:
     p99_vs_floor: float | None
     note: str | None = None
     topology: str = ""  # the Redis behind it (single, cluster...); "" for the floor: none
+    cpu_per_request: float | None = None  # server CPU seconds a request, median of runs
 
 
 def _paired(runs: Sequence[HttpRun], reference: Sequence[HttpRun] | None) -> list[HttpRun]:
@@ -122,6 +136,7 @@ def summarize_target(
         p99_vs_floor=ratios(floor, p99=True),
         note=note,
         topology="" if name == FLOOR else topology,
+        cpu_per_request=median([run.cpu_per_request for run in runs]),
     )
 
 
@@ -130,13 +145,17 @@ def summarize(
     notes: Mapping[str, str] | None = None,
     topology: str = "",
 ) -> list[TargetSummary]:
-    """Every measured target, in floor, peer, postal order; the peer and Postal on `topology`."""
+    """Every measured target, in `ORDER`; the peer and the Postals on `topology`."""
     notes = notes or {}
     return [
         summarize_target(name, results[name], results, notes.get(name), topology)
         for name in ORDER
         if name in results
     ]
+
+
+def show_us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * US:,.0f}"
 
 
 def table_rows(summaries: Sequence[TargetSummary]) -> list[tuple[str, ...]]:
@@ -149,6 +168,7 @@ def table_rows(summaries: Sequence[TargetSummary]) -> list[tuple[str, ...]]:
             show_ms(summary.p99),
             show_ms(summary.worst),
             str(summary.errors),
+            show_us(summary.cpu_per_request),
             show_ratio(summary.rps_vs_peer),
             show_ratio(summary.rps_vs_floor),
             show_ratio(summary.p99_vs_peer),
@@ -168,6 +188,7 @@ TOPOLOGY_COLUMNS = (
     "p99\nms",
     "max\nms",
     "errors",
+    "CPU\nµs/req",
     "req/s\nvs peer",
     "req/s\nvs floor",
     "p99\nvs peer",
@@ -253,63 +274,6 @@ def runs_line(summary: TargetSummary) -> str | None:
     return f"runs: req/s {rates}; p99 ms {p99s}"
 
 
-@dataclass(frozen=True, slots=True)
-class TargetCheck:
-    """Postal's two targets, checked; None where Postal or the peer was not measured."""
-
-    rps_vs_peer: float | None
-    p99: float | None
-    rate: float  # the open loop's rate the p99 was measured at, req/s
-
-    @property
-    def rps_met(self) -> bool | None:
-        return None if self.rps_vs_peer is None else self.rps_vs_peer >= RPS_TARGET
-
-    @property
-    def p99_met(self) -> bool | None:
-        return None if self.p99 is None else self.p99 < P99_TARGET
-
-    @property
-    def met(self) -> bool:
-        return bool(self.rps_met and self.p99_met)
-
-    def line(self) -> str:
-        def verdict(met: bool | None) -> str:
-            return {True: "met", False: "NOT met", None: "not measured"}[met]
-
-        if self.rps_vs_peer is None and self.p99 is None:
-            return "targets: not checked (postal was not measured)"
-        return (
-            f"targets: postal req/s vs peer {show_ratio(self.rps_vs_peer)}"
-            f" (>= {RPS_TARGET:.1f}x): {verdict(self.rps_met)};"
-            f" postal p99 at {self.rate:,.0f} req/s {show_ms(self.p99)} ms"
-            f" (< {P99_TARGET * MS:g} ms): {verdict(self.p99_met)}"
-        )
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "rps_vs_peer": self.rps_vs_peer,
-            "rps_target": RPS_TARGET,
-            "p99_ms": ms_or_none(self.p99),
-            "p99_target_ms": P99_TARGET * MS,
-            "open_loop_rate": self.rate,
-            "met": self.met,
-            "line": self.line(),
-        }
-
-
-def check_targets(
-    summaries: Sequence[TargetSummary], rate: float, topology: str | None = None
-) -> TargetCheck:
-    """Postal's targets on `topology` (by default, the first Postal measured)."""
-    postal = next(
-        (s for s in summaries if s.name == POSTAL and topology in (None, s.topology)), None
-    )
-    if postal is None:
-        return TargetCheck(None, None, rate)
-    return TargetCheck(postal.rps_vs_peer, postal.p99, rate)
-
-
 def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
     """A target as JSON: the medians shown in the table, the ratios, and every run's two loops."""
     return {
@@ -322,6 +286,9 @@ def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
         "p999_ms": ms_or_none(summary.p999),
         "max_ms": ms_or_none(summary.worst),
         "errors": summary.errors,
+        "server_cpu_us_per_request": (
+            None if summary.cpu_per_request is None else round(summary.cpu_per_request * US, 1)
+        ),
         "req_per_s_vs_peer": summary.rps_vs_peer,
         "req_per_s_vs_floor": summary.rps_vs_floor,
         "p99_vs_peer": summary.p99_vs_peer,
@@ -331,6 +298,7 @@ def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
             {
                 "closed": run_json(run.closed),
                 "open": run_json(run.open),
+                "server_cpu_s": None if run.server_cpu is None else round(run.server_cpu, 3),
                 "server_log_lines": run.log_lines,
                 "first_server_log_line": run.first_log_line,
             }
