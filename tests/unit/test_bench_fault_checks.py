@@ -8,11 +8,16 @@ import json
 
 import pytest
 
-from postal.observability.metrics import CACHE_OPERATIONS
+from postal.observability.metrics import CACHE_OPERATIONS, NEAR_CACHE_READS
 from postal.stats.scrape import Scrape
 from postal_bench.errors import BenchError
 from postal_bench.faults.load import Outcome, ReadLog, WriteLog, classify, count_stale
-from postal_bench.faults.report import count_failed_writes, count_failures, recovery_time
+from postal_bench.faults.report import (
+    count_failed_writes,
+    count_failures,
+    hit_ratio,
+    recovery_time,
+)
 from postal_bench.faults.scenarios import FAULT_NAMES, faults_named
 from postal_bench.loadgen import Reply
 
@@ -98,6 +103,21 @@ def _scrape(at: float, hits: int, errors: int) -> Scrape:
         f'{CACHE_OPERATIONS}{{role="read",command="GET",outcome="circuit_open"}} {errors}\n'
     )
     return Scrape.parse(text, at)
+
+
+def test_the_hit_ratio_counts_reads_answered_from_memory() -> None:
+    def scrape(gets: int, hits: int, near_hits: int) -> Scrape:
+        text = (
+            f'{CACHE_OPERATIONS}{{role="read",command="GET",outcome="hit"}} {hits}\n'
+            f'{CACHE_OPERATIONS}{{role="read",command="GET",outcome="miss"}} {gets - hits}\n'
+            f'{NEAR_CACHE_READS}{{outcome="hit"}} {near_hits}\n'
+            f'{NEAR_CACHE_READS}{{outcome="miss"}} {gets}\n'
+        )
+        return Scrape.parse(text, 0.0)
+
+    # 100 GETs (the near cache's misses), 50 of them hits; 300 reads answered from memory.
+    assert hit_ratio(scrape(0, 0, 0), scrape(100, 50, 300)) == 350 / 400
+    assert hit_ratio(scrape(0, 0, 0), scrape(0, 0, 0)) is None
 
 
 def test_recovery_is_the_first_window_with_hits_back_and_no_failed_read() -> None:

@@ -11,9 +11,11 @@ Targets (a row that misses one fails, and `postal bench faults` exits 1):
   before the load did.
 
 Recovery: the time from the fault's end to the end of the first metrics window (one scrape
-interval, 0.1 s) after it in which Postal's cache hit ratio (hits over all cache reads, read
-role) is back to at least half its ratio before the fault and no read sent in that window failed.
-"-" for faults that have no end (faulted the whole run).
+interval, 0.1 s) after it in which Postal's cache hit ratio is back to at least half its ratio
+before the fault and no read sent in that window failed. The hit ratio is the one `postal stats`
+and the dashboard show: reads answered from a worker's memory (the near cache) or by a Redis GET
+hit, over those and all Redis GETs of the read role. "-" for faults that have no end (faulted
+the whole run).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from postal.observability.metrics import CACHE_OPERATIONS
+from postal.observability.metrics import CACHE_OPERATIONS, NEAR_CACHE_READS
 from postal.stats.scrape import Scrape
 from postal_bench.faults.fault import Evidence
 from postal_bench.faults.load import Outcome, ReadLog, StaleRead, WriteLog
@@ -141,11 +143,18 @@ def _read_gets(scrape: Scrape, outcome: str | None = None) -> float:
     return scrape.total(CACHE_OPERATIONS, **match)
 
 
+def _near_hits(scrape: Scrape) -> float:
+    return scrape.total(NEAR_CACHE_READS, outcome="hit")
+
+
 def hit_ratio(first: Scrape, last: Scrape) -> float | None:
-    reads = _read_gets(last) - _read_gets(first)
+    """Cache hits over cache reads between two scrapes, as `postal stats` counts them: a read
+    the near cache answered is a hit that sent no GET."""
+    near_hits = _near_hits(last) - _near_hits(first)
+    reads = _read_gets(last) - _read_gets(first) + near_hits
     if reads <= 0:
         return None
-    return (_read_gets(last, "hit") - _read_gets(first, "hit")) / reads
+    return (_read_gets(last, "hit") - _read_gets(first, "hit") + near_hits) / reads
 
 
 def recovery_time(
