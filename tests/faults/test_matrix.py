@@ -1,11 +1,13 @@
-"""The fault matrix under load: the ten faults of `postal bench faults`, run by the same code.
+"""The fault matrix under load: the twelve faults of `postal bench faults`, run by the same code.
 
 Each test starts real servers for its fault (child redis-servers, proxies, a scripted DNS, a
-Postal server process on the session's PostgreSQL database), runs 100 readers and one writer
-over HTTP through short phases (1 s warm-up, 1.5 s before, 3 s during, 3 s after), and asserts
-counts, never timings: no failed read while the database is up (with it down, only clear 503s),
-no stale read, no wrong reply, no failed write, and, from Postal's /metrics or the Redis
-servers, that the fault really happened and that the cache served reads again after it.
+Postal server process on the session's PostgreSQL database, and for the near cache's faults a
+second one the writer writes through), runs 100 readers and one writer over HTTP through short
+phases (1 s warm-up, 1.5 s before, 3 s during, 3 s after), and asserts counts, never timings:
+no failed read while the database is up (with it down, only clear 503s), no stale read (cut
+off from Redis, none past the documented bound), no wrong reply, no failed write, and, from
+Postal's /metrics or the Redis servers, that the fault really happened and that the cache
+served reads again after it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from postal.cache.transport.tracking import DEAD_AFTER
 from postal_bench.faults import FAULTS, Fault, FaultOptions, FaultResult, run_faults
 from postal_bench.faults.fault import Shape
 from postal_bench.load import no_progress
@@ -75,6 +78,21 @@ def _database_down(row: FaultResult) -> None:
     assert row.unavailable > 0  # the evicted ones got clear 503s (failed == 0 says nothing else)
 
 
+def _near_tracking_killed(row: FaultResult) -> None:
+    assert row.evidence["killed"] > 0  # CLIENT KILL found connections named postal-tracking
+    assert row.evidence["flushes_during"] > 0  # the readers' Postal saw its tracking go
+    assert row.evidence["writes_during"] > 0  # the other Postal kept writing meanwhile
+    assert row.evidence["near_hits_after"] > 0  # tracking came back, and the near cache with it
+    assert row.stale_bound is None  # no stale read allowed at all
+
+
+def _near_partitioned(row: FaultResult) -> None:
+    assert row.evidence["writes_during"] > 0  # the other Postal kept writing
+    assert row.evidence["flushes_during"] > 0  # the heartbeat went unanswered: flushed
+    assert row.evidence["redis_failed_during"] > 0  # this Postal could not reach Redis
+    assert row.stale_bound == DEAD_AFTER  # stale reads within 1.5 s of the write are counted apart
+
+
 EVIDENCE: dict[str, Callable[[FaultResult], None]] = {
     "refused": _refused,
     "black-holed": _black_holed,
@@ -86,6 +104,8 @@ EVIDENCE: dict[str, Callable[[FaultResult], None]] = {
     "dns-moved": _dns_moved,
     "tls-unverified": _tls_unverified,
     "database-down": _database_down,
+    "near-tracking-killed": _near_tracking_killed,
+    "near-partitioned": _near_partitioned,
 }
 
 
@@ -103,7 +123,9 @@ async def test_fault_under_load(fault: type[Fault], clean_database: str) -> None
     assert row.reads > 0
     assert row.failed == 0, details
     assert row.hung == 0, details
-    assert row.stale == 0, details
+    if fault.stale_bound is None:
+        assert row.stale == 0, details
+    assert row.stale_past_bound == 0, details  # without a bound: every stale read
     assert row.wrong == 0, details
     assert row.writes_failed == 0, details
     if not fault.database:

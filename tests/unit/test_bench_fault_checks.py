@@ -11,12 +11,22 @@ import pytest
 from postal.observability.metrics import CACHE_OPERATIONS, NEAR_CACHE_READS
 from postal.stats.scrape import Scrape
 from postal_bench.errors import BenchError
-from postal_bench.faults.load import Outcome, ReadLog, WriteLog, classify, count_stale
+from postal_bench.faults.load import (
+    Outcome,
+    ReadLog,
+    WriteLog,
+    classify,
+    count_stale,
+    stale_reads,
+)
 from postal_bench.faults.report import (
+    Marks,
     count_failed_writes,
     count_failures,
+    during_fault,
     hit_ratio,
     recovery_time,
+    within_bound,
 )
 from postal_bench.faults.scenarios import FAULT_NAMES, faults_named
 from postal_bench.loadgen import Reply
@@ -75,6 +85,46 @@ def test_a_read_sent_at_the_instant_a_write_returned_is_not_held_to_it() -> None
     writes = WriteLog()
     writes.accept(post=1, version=2, returned=10.0)
     assert count_stale(_reads((10.0, 1, Outcome.OK, 1)), writes)[0] == 0
+
+
+def test_a_stale_reads_age_runs_from_the_write_that_replaced_what_it_got() -> None:
+    writes = WriteLog()
+    writes.accept(post=1, version=2, returned=10.0)
+    writes.accept(post=1, version=3, returned=11.0)
+    writes.accept(post=1, version=4, returned=12.0)
+    reads = _reads(
+        (12.5, 1, Outcome.OK, 3),  # v3 replaced by v4 at 12.0: 0.5 s old
+        (12.6, 1, Outcome.OK, 1),  # v1 replaced by v2 at 10.0: 2.6 s old
+        (12.7, 1, Outcome.OK, 4),  # the newest: not stale
+    )
+    found = stale_reads(reads, writes)
+    assert [(read.seen, read.expected, read.replaced) for read in found] == [
+        (3, 4, 12.0),
+        (1, 4, 10.0),
+    ]
+    assert [round(read.age, 6) for read in found] == [0.5, 2.6]
+
+
+def test_a_bound_allows_only_stale_reads_younger_than_it() -> None:
+    writes = WriteLog()
+    writes.accept(post=1, version=2, returned=10.0)
+    reads = _reads(
+        (9.9, 2, Outcome.OK, 1),  # no write of post 2: never stale
+        (10.5, 1, Outcome.OK, 1),  # 0.5 s old: within a 1.5 s bound
+        (11.6, 1, Outcome.OK, 1),  # 1.6 s old: past it
+    )
+    young, old = stale_reads(reads, writes)
+    assert within_bound(young, 1.5)
+    assert not within_bound(old, 1.5)
+    assert not within_bound(young, None)  # no bound: no stale read is allowed
+    fault = Marks(started=0.0, began=10.2, ended=20.0, during_until=20.0, stopped=30.0)
+    assert during_fault(young, 1.5, fault)
+    later = Marks(started=0.0, began=10.6, ended=20.0, during_until=20.0, stopped=30.0)
+    assert not during_fault(young, 1.5, later)  # sent before the fault began
+    over = Marks(started=0.0, began=5.0, ended=8.0, during_until=8.0, stopped=30.0)
+    assert not during_fault(young, 1.5, over)  # sent more than the bound after it ended
+    whole_run = Marks(started=0.0, began=None, ended=None, during_until=None, stopped=30.0)
+    assert not during_fault(young, 1.5, whole_run)
 
 
 def test_clear_503s_are_allowed_only_while_the_database_is_down() -> None:
@@ -139,6 +189,7 @@ def test_recovery_is_the_first_window_with_hits_back_and_no_failed_read() -> Non
 def test_faults_are_chosen_by_name_in_the_matrix_order() -> None:
     assert [fault.name for fault in faults_named("slow, refused")] == ["refused", "slow"]
     assert [fault.name for fault in faults_named(None)] == list(FAULT_NAMES)
-    assert len(FAULT_NAMES) == 10
+    assert len(FAULT_NAMES) == 12
+    assert FAULT_NAMES[-2:] == ("near-tracking-killed", "near-partitioned")
     with pytest.raises(BenchError, match="unknown fault nope"):
         faults_named("refused,nope")

@@ -312,7 +312,8 @@ def bench_faults(
         str | None,
         typer.Option(
             help="Comma-separated faults: refused, black-holed, slow, restarted, replica-killed,"
-            " pool-exhausted, dns-failing, dns-moved, tls-unverified, database-down. Default: all."
+            " pool-exhausted, dns-failing, dns-moved, tls-unverified, database-down,"
+            " near-tracking-killed, near-partitioned. Default: all."
         ),
     ] = None,
     readers: Annotated[int, typer.Option(min=1, help="Concurrent reader connections.")] = 100,
@@ -328,7 +329,8 @@ def bench_faults(
         Path | None, typer.Option("--json", help="Also write the results to this file.")
     ] = None,
 ) -> None:
-    """Ten Redis and database faults under 100 readers and a writer: failed, stale, wrong reads."""
+    """Twelve Redis, database and near-cache faults under 100 readers and a writer: failed,
+    stale, wrong reads."""
     from postal_bench.faults.command import run_faults_command
 
     run_faults_command(

@@ -1,16 +1,18 @@
 """`postal bench faults`: the fault matrix under load, the promise that cache trouble never fails
 a request, measured on demand.
 
-For each of ten faults (Redis refusing, black-holed, slow, restarted; a replica killed; a pool of
-one; DNS failing; DNS moved; a TLS certificate that does not verify; the database down), a Postal
-server process on real Redis servers of the run's own takes 100 concurrent readers and one writer
-over HTTP, and the run counts failed, stale and wrong reads, times p99 per phase and the recovery,
-and checks from Postal's /metrics that the fault really happened.
+For each of twelve faults (Redis refusing, black-holed, slow, restarted; a replica killed; a pool
+of one; DNS failing; DNS moved; a TLS certificate that does not verify; the database down; the
+near cache's tracking connections killed; one Postal cut off from Redis while another writes), a
+Postal server process on real Redis servers of the run's own takes 100 concurrent readers and one
+writer over HTTP (for the near cache's faults, the writer writes through a second Postal), and
+the run counts failed, stale and wrong reads, times p99 per phase and the recovery, and checks
+from Postal's /metrics that the fault really happened.
 
 - `rig`: the servers, proxies, DNS script and Postal child of one fault;
 - `load`: readers, writer, the checks of every reply, the /metrics scraper;
 - `fault`: what a fault is (its shape, the metrics it reads as evidence);
-- `scenarios`: the ten faults and their evidence;
+- `scenarios`: the faults and their evidence (`near_faults`: the near cache's two);
 - `certs`: the untrusted certificates of the TLS fault, made with `openssl`;
 - `report`: the rows, their targets, the table and the JSON;
 - `runner`: the phases, one fault after another;

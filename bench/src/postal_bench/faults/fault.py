@@ -1,5 +1,5 @@
 """What a fault is: its shape, the metrics windows its evidence reads, and the base class the
-ten faults of `scenarios` share.
+faults of `scenarios` and `near_faults` share.
 
 A fault is one of three shapes:
 
@@ -9,6 +9,11 @@ A fault is one of three shapes:
   there; `end()` has nothing to undo;
 - whole run: faulted from the start (a pool of one, an untrusted certificate): no begin, no end,
   no recovery.
+
+A fault allows no stale read, unless it documents a bound (`stale_bound`): a Postal process cut
+off from Redis may serve what its near cache holds for that long after another process's write.
+Its stale reads are then counted apart: within the bound (no older than it) and past it, which
+miss the target.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Observed:
     during: Window  # from the fault's beginning to its end (whole run: the whole load)
     after: Window  # from the fault's end to the end of the load (empty for whole-run faults)
     failed_writes_during: int
+    accepted_writes_during: int = 0  # writes that returned while the fault was on
 
 
 Evidence = dict[str, float]
@@ -67,6 +73,9 @@ class Fault(ABC):
     summary: ClassVar[str]
     shape: ClassVar[Shape] = Shape.TIMED
     database: ClassVar[bool] = False  # the database is what fails: clear 503s are allowed
+    # Seconds after another process's write that a read may still get the version before it
+    # (see the module docstring); None: never.
+    stale_bound: ClassVar[float | None] = None
 
     @abstractmethod
     async def set_up(self, rig: FaultRig) -> None: ...

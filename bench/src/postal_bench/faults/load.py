@@ -12,13 +12,17 @@ checked, and a scraper keeping Postal's /metrics every `SCRAPE_INTERVAL`.
   and is chased at once by a read of the same post on a connection of its own, checked like
   any other read: the read most likely to catch an invalidation that has not landed (on a
   replica, say) when the write returns. The readers alone, spread over the hot set, rarely
-  read a post within milliseconds of its write.
-- Stale reads are counted afterwards (`count_stale`): a read is stale when the version it got
+  read a post within milliseconds of its write. The writer may write through another Postal
+  process than the one the readers (and its chase reads) read from: then what is tested is
+  that one process learns in time of another's writes (the near cache's faults).
+- Stale reads are found afterwards (`stale_reads`): a read is stale when the version it got
   is below the highest version of that post whose PUT had returned to the writer before the
   read was sent. Readers and writer share one event loop and one clock. The comparison is
   conservative: the writer's timestamp is taken when its task resumes after the reply (a
   little after the reply was in), the reader's before it connects; so a read counted stale
-  is surely stale, and one sent in that small gap is not judged.
+  is surely stale, and one sent in that small gap is not judged. A stale read's age is the
+  time from the return of the first write that replaced the version it got to its own send,
+  by the same conservative clocks: a read older than a bound by this measure surely is.
 """
 
 from __future__ import annotations
@@ -109,15 +113,21 @@ class StaleRead:
     expected: int  # the newest version whose write had returned before the read was sent
     sent: float
     acknowledged: float  # when that write returned to the writer
+    replaced: float  # when the first write of a version above `seen` returned to the writer
+
+    @property
+    def age(self) -> float:
+        """Seconds from the return of the write that replaced the version seen to the read's
+        send: at least this long after that write, the read was served the version before it."""
+        return self.sent - self.replaced
 
 
 STALE_EXAMPLES = 5  # stale reads described in a row, the first ones
 
 
-def count_stale(reads: ReadLog, writes: WriteLog) -> tuple[int, list[StaleRead]]:
-    """How many OK reads got a version older than an already acknowledged write; the first
-    STALE_EXAMPLES of them, in the order they were sent."""
-    stale = 0
+def stale_reads(reads: ReadLog, writes: WriteLog) -> list[StaleRead]:
+    """Every OK read that got a version older than an already acknowledged write, in the order
+    they were sent."""
     found: list[StaleRead] = []
     for sent, post, version, outcome in zip(
         reads.sent, reads.post, reads.version, reads.outcome, strict=True
@@ -128,11 +138,22 @@ def count_stale(reads: ReadLog, writes: WriteLog) -> tuple[int, list[StaleRead]]
         if not times:
             continue
         acknowledged = bisect.bisect_left(times, sent)  # writes returned strictly before `sent`
-        if acknowledged and version < (expected := writes.versions[post][acknowledged - 1]):
-            stale += 1
-            found.append(StaleRead(post, version, expected, sent, times[acknowledged - 1]))
+        versions = writes.versions[post]
+        if acknowledged and version < (expected := versions[acknowledged - 1]):
+            # One writer, one write at a time: a post's versions rise in the order they returned.
+            replaced = times[bisect.bisect_right(versions, version)]
+            found.append(
+                StaleRead(post, version, expected, sent, times[acknowledged - 1], replaced)
+            )
     found.sort(key=lambda read: read.sent)
-    return stale, found[:STALE_EXAMPLES]
+    return found
+
+
+def count_stale(reads: ReadLog, writes: WriteLog) -> tuple[int, list[StaleRead]]:
+    """How many OK reads got a version older than an already acknowledged write; the first
+    STALE_EXAMPLES of them, in the order they were sent."""
+    found = stale_reads(reads, writes)
+    return len(found), found[:STALE_EXAMPLES]
 
 
 def version_of(body: bytes) -> int:
@@ -178,8 +199,10 @@ class Load:
         rate: float,
         hang_bound: float,
         seed: int = 0,
+        writer: PostalChild | None = None,
     ) -> None:
-        self.postal = postal
+        self.postal = postal  # what the readers and the chase reads read from
+        self.writer_postal = writer or postal  # what the writer writes through
         self.post_ids = list(post_ids)
         self.readers = readers
         # Each reader sends its next read one interval after its previous send (or at once when
@@ -332,7 +355,7 @@ class Load:
 
     async def _writer(self) -> None:
         perf = time.perf_counter
-        target = self.postal.target
+        target = self.writer_postal.target
         revision = 1
         connection: Connection | None = None
         chaser: Connection | None = None
@@ -341,7 +364,8 @@ class Load:
                 post_id = self._random.choice(self.post_ids)
                 revision += 1
                 path = f"{POSTS_PATH}/{post_id}"
-                request = self.postal.write_request("PUT", path, post_document(post_id, revision))
+                document = post_document(post_id, revision)
+                request = self.writer_postal.write_request("PUT", path, document)
                 sent = perf()
                 try:
                     if connection is None:

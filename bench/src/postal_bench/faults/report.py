@@ -6,7 +6,9 @@ Targets (a row that misses one fails, and `postal bench faults` exits 1):
   counts as failed). With the database down, a read may also get a clear 503 (JSON error body
   and Retry-After), and only while the fault overlaps it: sent before the end, answered after
   the beginning;
-- stale reads 0, wrong replies 0, failed writes 0 (writes too, while the database is up);
+- stale reads 0 (for a fault with a documented bound, `Fault.stale_bound`: 0 older than the
+  bound, those within it counted apart), wrong replies 0, failed writes 0 (writes too, while the
+  database is up);
 - the fault really happened (its evidence, see `scenarios`), and a fault that ends recovered
   before the load did.
 
@@ -60,7 +62,7 @@ class FaultResult:
     failed: int  # failed while the database was up, hung ones included
     hung: int
     unavailable: int  # clear 503s while the database was down (allowed)
-    stale: int
+    stale: int  # every stale read, within the fault's bound or not
     wrong: int
     writes: int
     writes_failed: int  # failed while the database was up
@@ -72,6 +74,10 @@ class FaultResult:
     evidence: Evidence
     missing: str | None  # why the evidence does not show the fault; None when it does
     load_cpu: float  # CPU seconds of this (load-generating) process per second of the run
+    stale_bound: float | None = None  # seconds; None: no stale read is allowed
+    stale_past_bound: int = 0  # older than the bound (all of them without one)
+    stale_outside_fault: int = 0  # within the bound, but sent before the fault or after it
+    stale_oldest: float | None = None  # seconds: the oldest stale read's age (see `StaleRead`)
     # Seconds from the start of the measured load (after the warm-up): began, ended, stopped.
     timeline: dict[str, float | None] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
@@ -81,9 +87,12 @@ class FaultResult:
     def problems(self) -> list[str]:
         """The targets this row misses, in words; empty when it meets them all."""
         found = []
+        stale = "stale reads"
+        if self.stale_bound is not None:
+            stale = f"stale reads past the {self.stale_bound:g} s bound"
         for count, what in (
             (self.failed, "failed reads"),
-            (self.stale, "stale reads"),
+            (self.stale_past_bound, stale),
             (self.wrong, "wrong replies"),
             (self.writes_failed, "failed writes"),
         ):
@@ -95,8 +104,13 @@ class FaultResult:
             found.append("not recovered before the load ended")
         return found
 
+    @property
+    def stale_within_bound(self) -> int:
+        return self.stale - self.stale_past_bound
+
     def to_json(self) -> dict[str, object]:
         document = asdict(self)
+        document["stale_within_bound"] = self.stale_within_bound
         document["problems"] = self.problems()
         return document
 
@@ -178,12 +192,27 @@ def recovery_time(
     return None
 
 
+def within_bound(read: StaleRead, bound: float | None) -> bool:
+    """Whether a fault's stale bound allows this stale read: no older than the bound. Without
+    a bound, none is."""
+    return bound is not None and read.age <= bound
+
+
+def during_fault(read: StaleRead, bound: float, marks: Marks) -> bool:
+    """Whether a stale read was sent while the fault can explain it: from its beginning to
+    `bound` after its end."""
+    if marks.began is None or marks.ended is None:
+        return False
+    return marks.began <= read.sent <= marks.ended + bound
+
+
 def describe_stale(read: StaleRead, started: float) -> str:
     """One stale read in words; times in seconds from the start of the measured load."""
     return (
         f"post {read.post}: a read sent at +{read.sent - started:.3f}s got version {read.seen};"
         f" version {read.expected} had returned to the writer at"
-        f" +{read.acknowledged - started:.3f}s"
+        f" +{read.acknowledged - started:.3f}s ({read.age:.3f}s after version {read.seen} was"
+        " replaced)"
     )
 
 
@@ -213,7 +242,7 @@ class FaultReport:
 
 # Short headers, so that the table fits 120 columns; the legend under it says what each means.
 COLUMNS = (
-    "fault", "reads", "failed", "stale", "wrong", "503", "writes\nfailed",
+    "fault", "reads", "failed", "stale", "stale\nin bound", "wrong", "503", "writes\nfailed",
     "p99 ms\nbefore", "p99 ms\nduring", "p99 ms\nafter", "recovery\ns", "targets",
 )  # fmt: skip
 
@@ -225,7 +254,11 @@ def _recovery(row: FaultResult) -> str:
 
 
 def render_report(report: FaultReport, console: Console) -> None:
-    table = Table(title="Postal under faults: 1 writer, many readers, over HTTP", box=box.SIMPLE)
+    table = Table(
+        title="Postal under faults: 1 writer, many readers, over HTTP",
+        box=box.SIMPLE,
+        collapse_padding=True,
+    )
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "fault" else "right", no_wrap=True)
     for row in report.rows:
@@ -233,7 +266,8 @@ def render_report(report: FaultReport, console: Console) -> None:
             row.name,
             show_count(row.reads),
             show_count(row.failed),
-            show_count(row.stale),
+            show_count(row.stale_past_bound),
+            show_count(row.stale_within_bound) if row.stale_bound is not None else "-",
             show_count(row.wrong),
             show_count(row.unavailable) if row.database else "-",
             show_count(row.writes_failed),
@@ -256,7 +290,9 @@ def render_report(report: FaultReport, console: Console) -> None:
     )
     say(
         "failed: reads that failed while the database was up (hung ones included); stale: a"
-        " version older than a write already acknowledged; wrong: another post's body, or none"
+        " version older than a write already acknowledged (where a row has a bound, past it);"
+        ' stale in bound: those within the row\'s bound ("-": none allowed); wrong: another'
+        " post's body, or none"
         " readable; 503: clear 503s while the database was down; p99: of the reads sent in the"
         " phase; recovery: from the fault's end to the first 0.1 s window with the cache hit"
         " ratio back to half its pre-fault value and no failed read. Targets: 0 failed, 0 stale,"
@@ -268,6 +304,18 @@ def render_report(report: FaultReport, console: Console) -> None:
         facts = ", ".join(f"{name} {value:g}" for name, value in row.evidence.items())
         cpu = f"load generator CPU {row.load_cpu:.0%} of a core"
         say(f"  {row.name}: {row.summary}; {facts}; {cpu}", markup=False, highlight=False)
+        if row.stale_bound is not None:
+            oldest = "" if row.stale_oldest is None else f"; the oldest {row.stale_oldest:.3f}s"
+            outside = ""
+            if row.stale_outside_fault:
+                outside = f" ({row.stale_outside_fault:,} of them sent outside the fault)"
+            say(
+                f"    stale reads within {row.stale_bound:g}s of the write that replaced what"
+                f" they got: {row.stale_within_bound:,}{outside}; past that:"
+                f" {row.stale_past_bound:,}{oldest}",
+                markup=False,
+                highlight=False,
+            )
         for problem in row.problems():
             say(f"    MISSED: {problem}", markup=False, highlight=False)
         if row.problems():

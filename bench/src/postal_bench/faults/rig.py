@@ -1,4 +1,5 @@
-"""What one fault runs against: its own Redis servers, proxies and DNS script, and a Postal child.
+"""What one fault runs against: its own Redis servers, proxies and DNS script, and a Postal child
+(two, for a fault that needs one process to write while the other reads).
 
 A `FaultRig` is built anew for every fault, so no fault inherits another's state:
 
@@ -7,7 +8,11 @@ A `FaultRig` is built anew for every fault, so no fault inherits another's state
 - `FaultProxy`s in front of whatever a fault needs to break (a Redis, the database);
 - a `DnsScript` file, when Postal reaches Redis by the name `BENCH_HOST`;
 - Postal: one uvicorn worker of `postal_bench.server_child` (the tuned profile, the scripted DNS)
-  in a child process, with a key prefix and an API token of its own, on the run's database.
+  in a child process, with a key prefix and an API token of its own, on the run's database;
+- the writer's Postal, when a fault asks for one (`use_writer_redis`): a second such process,
+  same prefix, token and database, reaching Redis its own way; the writer writes through it
+  while the readers read from the first (the near cache's faults: does one process learn in
+  time of another's writes?).
 
 The database (a scratch PostgreSQL database, or one the caller gives) is the run's: every fault
 creates its own hot set of posts in it through Postal's API.
@@ -202,7 +207,9 @@ class FaultRig:
         self.key_prefix = f"postal-bench-faults:{uuid.uuid4().hex[:12]}:"
         self.token = secrets.token_urlsafe(24)
         self.environment: dict[str, str] = {}  # what the fault's set-up adds to Postal's
+        self.writer_redis: dict[str, str] | None = None  # the writer's Postal's, if any
         self.postal: PostalChild | None = None
+        self.writer: PostalChild | None = None  # the writer's Postal; None: `postal` takes writes
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Self:
@@ -246,6 +253,11 @@ class FaultRig:
         self.environment["READ_REDIS_URL"] = read_url
         self.environment["WRITE_REDIS_URL"] = write_url or read_url
 
+    def use_writer_redis(self, read_url: str, write_url: str | None = None) -> None:
+        """Writes go through a second Postal process, which reaches Redis at these URLs; the
+        readers stay on the first."""
+        self.writer_redis = {"READ_REDIS_URL": read_url, "WRITE_REDIS_URL": write_url or read_url}
+
     # -- Postal ----------------------------------------------------------------------------
 
     def postal_environment(self) -> dict[str, str]:
@@ -260,18 +272,24 @@ class FaultRig:
         }
 
     async def start_postal(self) -> PostalChild:
-        """Start Postal with the environment built so far; return once it answers."""
+        """Start Postal with the environment built so far (and the writer's Postal, when the
+        fault asked for one); return the readers' once both answer."""
         if "READ_REDIS_URL" not in self.environment:
             raise BenchError("a fault's set-up must say which Redis Postal uses")
+        self.postal = await self._start_child("postal", self.postal_environment())
+        if self.writer_redis is not None:
+            environment = self.postal_environment() | self.writer_redis
+            self.writer = await self._start_child("postal-writer", environment)
+        return self.postal
+
+    async def _start_child(self, name: str, environment: dict[str, str]) -> PostalChild:
         port = free_port()
-        server = ServerProcess(
-            "postal", server_command(port), port, self.postal_environment(), self.work_dir
-        )
+        server = ServerProcess(name, server_command(port), port, environment, self.work_dir)
         # Stopped in a thread: its shutdown talks to Redis and the database through proxies
         # that run on this event loop, which a blocking wait would freeze.
         self._stack.push_async_callback(asyncio.to_thread, server.stop)
         server.start()
         await server.wait_ready(READY_PATH)
-        self.postal = PostalChild(server, self.token)
-        self._stack.push_async_callback(self.postal.aclose)
-        return self.postal
+        child = PostalChild(server, self.token)
+        self._stack.push_async_callback(child.aclose)
+        return child

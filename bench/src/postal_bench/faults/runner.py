@@ -28,7 +28,15 @@ from pathlib import Path
 from postal.stats.scrape import Scrape
 from postal_bench.errors import BenchError
 from postal_bench.faults.fault import Fault, Observed, Shape, Window
-from postal_bench.faults.load import SCRAPE_INTERVAL, Load, Outcome, count_stale
+from postal_bench.faults.load import (
+    SCRAPE_INTERVAL,
+    STALE_EXAMPLES,
+    Load,
+    Outcome,
+    StaleRead,
+    WriteLog,
+    stale_reads,
+)
 from postal_bench.faults.report import (
     FaultReport,
     FaultResult,
@@ -36,9 +44,11 @@ from postal_bench.faults.report import (
     count_failed_writes,
     count_failures,
     describe_stale,
+    during_fault,
     hit_ratio,
     phase_p99,
     recovery_time,
+    within_bound,
 )
 from postal_bench.faults.rig import FaultRig, create_hot_set
 from postal_bench.imports.database import POSTGRES_SCHEME, bench_database
@@ -186,6 +196,7 @@ async def run_fault(
             readers=options.readers,
             rate=options.rate,
             hang_bound=options.hang_bound,
+            writer=rig.writer,
         )
         log_from = postal.server.log_position()
         cpu_started, load_started = time.process_time(), time.perf_counter()
@@ -214,16 +225,24 @@ async def run_fault(
             during=Window(timeline.at_begin, timeline.at_during_end),
             after=Window(timeline.at_end or last, last),
             failed_writes_during=len(load.writes.failed_sent) - failed_writes,
+            accepted_writes_during=_accepted_between(load.writes, marks.began, marks.ended),
         )
         evidence = await fault.evidence(observed)
         failed, hung, unavailable = count_failures(load.reads, database_window)
-        stale, stale_reads = count_stale(load.reads, load.writes)
+        stale = stale_reads(load.reads, load.writes)
+        bound = fault.stale_bound
+        past_bound = [read for read in stale if not within_bound(read, bound)]
+        outside = 0
+        if bound is not None:
+            outside = sum(
+                within_bound(read, bound) and not during_fault(read, bound, marks) for read in stale
+            )
         baseline = hit_ratio(first, timeline.at_begin) if marks.began is not None else None
         recovery = None
         if marks.ended is not None:
             recovery = recovery_time(load.scrapes, load.reads, baseline, marks.ended)
         examples = {kind.name.lower(): text for kind, text in load.reads.examples.items()}
-        for number, read in enumerate(stale_reads, 1):
+        for number, read in enumerate(_stale_examples(stale, past_bound), 1):
             examples[f"stale {number}"] = describe_stale(read, marks.started)
         if load.writes.first_failure is not None:
             examples["write"] = load.writes.first_failure
@@ -241,7 +260,7 @@ async def run_fault(
             failed=failed,
             hung=hung,
             unavailable=unavailable,
-            stale=stale,
+            stale=len(stale),
             wrong=load.reads.outcome.count(Outcome.WRONG),
             writes=load.writes.accepted + len(load.writes.failed_sent),
             writes_failed=failed_writes,
@@ -257,11 +276,29 @@ async def run_fault(
             evidence=evidence,
             missing=fault.missing(evidence),
             load_cpu=load_cpu,
+            stale_bound=bound,
+            stale_past_bound=len(past_bound),
+            stale_outside_fault=outside,
+            stale_oldest=max((read.age for read in stale), default=None),
             timeline=_relative(marks),
             examples=examples,
             postal_log=log[:LOG_EXCERPT],
             postal_log_lines=len(log),
         )
+
+
+def _accepted_between(writes: WriteLog, began: float | None, ended: float | None) -> int:
+    """Writes that returned while the fault was on (none for a fault that has no such span)."""
+    if began is None or ended is None:
+        return 0
+    return sum(began <= at < ended for times in writes.returned.values() for at in times)
+
+
+def _stale_examples(stale: list[StaleRead], past_bound: list[StaleRead]) -> list[StaleRead]:
+    """The stale reads a row describes: the first past the bound, else the oldest within it."""
+    if past_bound:
+        return past_bound[:STALE_EXAMPLES]
+    return sorted(stale, key=lambda read: read.age, reverse=True)[:STALE_EXAMPLES]
 
 
 def _relative(marks: Marks) -> dict[str, float | None]:

@@ -1,6 +1,7 @@
-"""The ten faults: each a set-up of the rig, `begin()` and `end()`, and the evidence that it
-really happened (counts from Postal's /metrics or from the Redis servers, never timings). Their
-shapes and base class are in `fault`.
+"""The faults of the matrix: each a set-up of the rig, `begin()` and `end()`, and the evidence
+that it really happened (counts from Postal's /metrics or from the Redis servers, never
+timings). Their shapes and base class are in `fault`; the ten here are the cache's, the near
+cache's two (another Postal process writes) are in `near_faults`, and `FAULTS` has all twelve.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from postal.observability.metrics import (
 )
 from postal_bench.errors import BenchError
 from postal_bench.faults.fault import Evidence, Fault, Observed, Shape
+from postal_bench.faults.near_faults import Partitioned, TrackingKilled
 from postal_bench.faults.rig import FaultRig, server_step
 from postal_testing.certs import make_untrusted_pki
 from postal_testing.proxy import FaultProxy
@@ -372,12 +374,13 @@ class DatabaseDown(Fault):
 FAULTS: tuple[type[Fault], ...] = (
     Refused, BlackHoled, Slow, Restarted, ReplicaKilled,
     PoolExhausted, DnsFailing, DnsMoved, TlsUnverified, DatabaseDown,
+    TrackingKilled, Partitioned,
 )  # fmt: skip
 FAULT_NAMES: tuple[str, ...] = tuple(fault.name for fault in FAULTS)
 
 
 def faults_named(names: str | None) -> list[type[Fault]]:
-    """The faults in a comma-separated list (None or empty: all ten, in the matrix's order)."""
+    """The faults in a comma-separated list (None or empty: all of them, in the matrix's order)."""
     if not names or not names.strip():
         return list(FAULTS)
     by_name = {fault.name: fault for fault in FAULTS}
