@@ -1,7 +1,7 @@
 """Page cursors a client cannot forge: a position, and a MAC over it with the deployment's key.
 
 A list page is cached under its cursor's position. When any well-formed cursor was accepted,
-anyone could make up positions, each a new cache key (issue 17: ten requests took Redis from
+anyone could make up positions, each a new cache key (measured: ten requests took Redis from
 1 MB to 242 MB). Signed, a cursor is one this deployment gave out: the positions that can be
 asked for are the ids some page ended at, bounded by the data, not by the client.
 

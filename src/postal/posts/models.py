@@ -69,7 +69,7 @@ class PostVersion:
 @dataclass(frozen=True, slots=True)
 class VersionSummary:
     """A version as a list of versions shows it: everything but the body, which can be large
-    (a list of bodies was a response of 120 MB: issue 17); one version's body is read alone."""
+    (a list of bodies was once a response of 120 MB); one version's body is read alone."""
 
     post_id: int
     version: int

@@ -66,7 +66,7 @@ class HttpBenchReport:
 
     @property
     def floor_checks(self) -> list[http_targets.FloorCheck]:
-        """Issue 16's targets against the floor, near cache on and off, on the first topology."""
+        """The near cache's targets against the floor, on and off, on the first topology."""
         return http_targets.check_floor_targets(self.summaries)
 
     def description(self, summary: TargetSummary) -> str:
@@ -186,6 +186,6 @@ def render_report(report: HttpBenchReport, console: Console) -> None:
         check = http_targets.check_targets(report.summaries, options.rate, topology)
         say(f"{topology}: {check.line()}" if topology else check.line())
         on = f" on {topology}" if topology else ""
-        say(f"targets against the floor (issue 16){on}:")
+        say(f"the near cache's targets against the floor{on}:")
         for floor_check in http_targets.check_floor_targets(report.summaries, topology):
             say(f"  {floor_check.line()}")

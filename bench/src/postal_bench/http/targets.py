@@ -4,7 +4,7 @@ Two sets, each on the medians and median per-run ratios of `http.stats`:
 
 - against the peer (a plain redis.asyncio app): Postal (near cache on) serves at least the
   peer's req/s, with an open-loop p99 under 5 ms;
-- against the floor (a bare route on the same server, same bytes), issue 16's: with the near
+- against the floor (a bare route on the same server, same bytes), the near cache's: with the near
   cache on, at least 0.8x the floor's req/s and a p99 at most 1.5x the floor's; with it off, at
   least 0.5x and at most 3x.
 
@@ -23,7 +23,7 @@ from postal_bench.stats import MS, ms_or_none, show_ms, show_ratio
 RPS_TARGET = 1.0  # postal must serve at least the peer's requests per second...
 P99_TARGET = 0.005  # s: ...with a p99 under 5 ms in the open loop (at 1,000 req/s by default)
 
-# Issue 16, against the floor: (least req/s ratio, most p99 ratio) per target.
+# The near cache's targets, against the floor: (least req/s ratio, most p99 ratio) per target.
 FLOOR_TARGETS = {POSTAL: (0.8, 1.5), POSTAL_NEAR_OFF: (0.5, 3.0)}
 FLOOR_LABELS = {POSTAL: "near cache on", POSTAL_NEAR_OFF: "near cache off"}
 
@@ -93,7 +93,7 @@ def check_targets(
 
 @dataclass(frozen=True, slots=True)
 class FloorCheck:
-    """One Postal target against the floor: its req/s and p99 ratios and issue 16's bounds."""
+    """One Postal target against the floor: its req/s and p99 ratios and the near cache's bounds."""
 
     name: str  # POSTAL or POSTAL_NEAR_OFF
     rps_vs_floor: float | None
@@ -142,7 +142,7 @@ class FloorCheck:
 def check_floor_targets(
     summaries: Sequence[TargetSummary], topology: str | None = None
 ) -> list[FloorCheck]:
-    """Issue 16's targets for both Postals on `topology`, measured or not."""
+    """The near cache's targets for both Postals on `topology`, measured or not."""
     checks = []
     for name in FLOOR_TARGETS:
         postal = _postal(summaries, name, topology)
