@@ -24,6 +24,7 @@ from postal.cache import (
     Outcome,
     guarded,
 )
+from postal.cache.policy.guard import now_ms
 from postal_testing.redis_servers import RedisServer, free_port
 from tests.integration.helpers import make_client, small_profile
 
@@ -48,11 +49,17 @@ async def test_fill_then_get_then_invalidate(
     assert missed.payload is None
     assert await raw_redis.get(counter) == b"%d" % missed.generation
     assert missed.generation > 0
+    before = now_ms()
     assert await cache.fill_guarded(KEY, missed.generation, b'{"id": 7}', ttl=60)
-    stored = b"%d\n" % missed.generation + b'{"id": 7}'
-    assert await raw_redis.get(f"{key_prefix}item:{{7}}") == stored
+    after = now_ms()
+    stored = await raw_redis.get(f"{key_prefix}item:{{7}}")
+    stamped, payload = stored.split(b"\n", 1)
+    generation, expires_at_ms = stamped.split(b" ")
+    assert (generation, payload) == (b"%d" % missed.generation, b'{"id": 7}')
+    assert before + 60_000 <= int(expires_at_ms) <= after + 60_000  # the fill's clock + TTL
     assert 59_000 < await raw_redis.pttl(f"{key_prefix}item:{{7}}") <= 60_000
-    assert await cache.get_guarded(KEY) == Guarded(b'{"id": 7}', missed.generation)
+    expires_at = int(expires_at_ms) / 1000
+    assert await cache.get_guarded(KEY) == Guarded(b'{"id": 7}', missed.generation, expires_at)
 
     await cache.invalidate([KEY])
     bumped = missed.generation + 1
@@ -62,7 +69,7 @@ async def test_fill_then_get_then_invalidate(
     assert GENERATION_TTL * 1000 - 60_000 < generation_ttl_ms <= GENERATION_TTL * 1000
     assert await cache.get_guarded(KEY) == Guarded(None, bumped)
     assert await cache.fill_guarded(KEY, bumped, b"v2", ttl=60)
-    assert await cache.get_guarded(KEY) == Guarded(b"v2", bumped)
+    assert (await cache.get_guarded(KEY)).payload == b"v2"
 
 
 async def test_a_counter_is_created_at_a_random_start_by_a_bump_or_a_miss(
@@ -94,6 +101,15 @@ async def test_a_value_with_another_stamp_is_a_miss(
     await raw_redis.set(f"{key_prefix}item:{{7}}:gen", 3)
     await raw_redis.set(f"{key_prefix}item:{{7}}", b"2\nold")  # e.g. a fill that beat the DEL
     assert await cache.get_guarded(KEY) == Guarded(None, 3)
+
+
+async def test_a_value_stamped_without_an_expiry_is_a_hit_that_never_expires_early(
+    cache: CacheClient, raw_redis: redis.Redis, key_prefix: str
+) -> None:
+    """What a worker of the previous version writes, read during a rolling upgrade."""
+    await raw_redis.set(f"{key_prefix}item:{{7}}:gen", 3)
+    await raw_redis.set(f"{key_prefix}item:{{7}}", b'3\n{"id": 7}', px=60_000)
+    assert await cache.get_guarded(KEY) == Guarded(b'{"id": 7}', 3, expires_at=None)
 
 
 async def test_a_fill_quoting_an_old_generation_is_rejected(
@@ -159,7 +175,7 @@ async def test_the_fill_script_is_resent_after_redis_forgot_it(
     await raw_redis.script_flush()  # as after a restart or a failover
     assert await cache.fill_guarded(KEY, generation, b"b", ttl=60)
     assert await cache.fill_guarded(KEY, generation, b"c", ttl=60)
-    assert await cache.get_guarded(KEY) == Guarded(b"c", generation)
+    assert (await cache.get_guarded(KEY)).payload == b"c"
 
 
 async def test_a_bare_generation_turns_every_key_it_guards_into_a_miss(

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from postal.cache import GENERATION_TTL, CacheError, Guarded, GuardedKey, guarded, jittered
-from postal.cache.policy.guard import invalidation_commands, read_guarded, stamp
+from postal.cache import (
+    GENERATION_TTL,
+    CacheError,
+    Guarded,
+    GuardedFill,
+    GuardedKey,
+    guarded,
+    jittered,
+)
+from postal.cache.policy.guard import (
+    fill_many_arguments,
+    invalidation_commands,
+    read_guarded,
+    stamp,
+)
 
 
 def test_a_key_and_its_generation_share_a_hash_tag() -> None:
@@ -36,10 +49,18 @@ def test_jitter_stretches_a_ttl_by_up_to_its_fraction_never_shortens_it() -> Non
         jittered(300.0, -0.1)
 
 
-def test_a_value_stamped_with_the_current_generation_is_a_hit() -> None:
+def test_a_value_stamped_with_the_current_generation_is_a_hit_and_says_when_it_expires() -> None:
+    assert stamp(7, b'{"id": 1}', 1_700_000_000_123) == b'7 1700000000123\n{"id": 1}'
+    found = read_guarded(stamp(7, b"body\nwith newline", 1_700_000_000_123), b"7")
+    assert found == Guarded(b"body\nwith newline", 7, expires_at=1_700_000_000.123)
+    assert read_guarded(stamp(0, b"", 5), None) == Guarded(b"", 0, 0.005)  # absent counter: 0
+
+
+def test_a_value_stamped_without_an_expiry_still_reads_as_a_hit() -> None:
+    """The format written before the expiry was stamped (a rolling upgrade's older workers)."""
     assert stamp(7, b'{"id": 1}') == b'7\n{"id": 1}'
-    assert read_guarded(stamp(7, b"body\nwith newline"), b"7") == Guarded(b"body\nwith newline", 7)
-    assert read_guarded(stamp(0, b""), None) == Guarded(b"", 0)  # absent counter: generation 0
+    assert read_guarded(b'7\n{"id": 1}', b"7") == Guarded(b'{"id": 1}', 7, expires_at=None)
+    assert read_guarded(stamp(0, b""), None) == Guarded(b"", 0)
 
 
 @pytest.mark.parametrize(
@@ -50,12 +71,26 @@ def test_a_value_stamped_with_the_current_generation_is_a_hit() -> None:
         (b"2\nold", b"3", 3),  # stored before the last invalidation
         (b"1\nold", None, 0),  # counter gone (expired): no old stamp can match
         (b"no stamp at all", b"0", 0),
+        (b"2 1700000000000\nold", b"3", 3),  # the same, with an expiry
+        (b"3 soon\nx", b"3", 3),  # an expiry that is not one
+        (b"3 \nx", b"3", 3),
+        (b"3 1700000000000", b"3", 3),  # no separator before the payload
     ],
 )
 def test_anything_else_is_a_miss_that_reports_the_current_generation(
     value: bytes | None, generation: bytes | None, current: int
 ) -> None:
     assert read_guarded(value, generation) == Guarded(None, current)
+
+
+def test_a_batch_fill_stamps_each_value_with_its_own_expiry() -> None:
+    fills = [
+        GuardedFill(guarded("post", "1"), 4, b"a", ttl=60.0),
+        GuardedFill(guarded("post", "2"), 0, b"b", ttl=0.0001),  # rounded up to 1 ms
+    ]
+    names, arguments = fill_many_arguments(fills, lambda key: "p:" + key, 1_700_000_000_000)
+    assert names == ["p:post:{1}", "p:post:{1}:gen", "p:post:{2}", "p:post:{2}:gen"]
+    assert arguments == [4, b"4 1700000060000\na", 60_000, 0, b"0 1700000000001\nb", 1]
 
 
 def test_a_counter_that_is_not_an_integer_is_an_error() -> None:

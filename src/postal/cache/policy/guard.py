@@ -10,7 +10,8 @@ TTL ends. The guard:
 
 - every guarded key has a generation counter in the same hash slot (`keys`); an absent
   counter is generation 0;
-- a value is stored stamped with the generation it was loaded under: `b"<generation>\\n" + payload`;
+- a value is stored stamped with the generation it was loaded under, and when it expires:
+  `b"<generation> <expires-at, Unix ms>\\n" + payload` (see "The stamp's expiry" below);
 - a read fetches value and counter in one MGET; a value whose stamp is not the current generation
   is a miss (it was stored before the last invalidation);
 - a fill is a script that writes only if the counter still equals the generation the reader saw;
@@ -34,6 +35,18 @@ In a Redis Cluster a script's keys must share a hash slot, so a batch is split b
 script call per slot, pipelined to the node that owns it, all nodes concurrently. Measured here
 (1,000 keys, invalidate then fill, 3 masters on loopback): 84 ms against 20 ms on one Redis;
 353 ms when each slot's call was its own round trip.
+
+The stamp's expiry: the early refresh (`refresh`) needs to know when a value it read will
+expire, and a GET does not say. The fill writes it into the stamp (this process's wall clock
+plus the TTL, taken just before the script is sent, so it is a little before Redis's own
+expiry), where the read finds it at the cost of one more partition and an int(): measured with
+`python -m postal_bench.guarded_read`, see docs/benchmarks.md. A PTTL beside the MGET would be
+exact, but it is a second command on every read, and in the near cache the expiry must travel
+with the value anyway. Values stamped without it (`b"<generation>\\n"`, written before this
+format, during a rolling upgrade) read as hits with no expiry: never refreshed early, they
+expire as before. The older code reads the new stamp as a miss (its stamp is not just the
+generation): during an upgrade, an old worker loads such a key once and fills it in the old
+format, which then serves both.
 
 Counters that start again: a restarted Redis (no persistence), a failover to a replica that had
 not yet received the last bumps, a counter evicted under memory pressure (an `allkeys-*` policy)
@@ -60,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +114,7 @@ ScriptPart = tuple[str, Sequence[str], "Sequence[Value]"]
 GENERATION_TTL = 24 * HOUR
 
 STAMP_SEPARATOR = b"\n"
+EXPIRY_SEPARATOR = b" "  # between the generation and the expiry, inside the stamp
 
 # A new counter starts at a random number below 2^47: far from any generation a load in flight
 # could quote from the counter's previous life, and small enough for a bump to stay exact in a
@@ -116,19 +131,30 @@ def generation_start() -> int:
 @dataclass(frozen=True, slots=True)
 class Guarded:
     """A guarded read: the payload (None on a miss or a stale stamp) and the current generation,
-    which a fill after a miss must quote."""
+    which a fill after a miss must quote; on a hit, when the value expires (Unix time, seconds,
+    from the fill's clock), or None for a value stamped without it."""
 
     payload: bytes | None
     generation: int
+    expires_at: float | None = None
 
 
-def stamp(generation: int, payload: bytes) -> bytes:
-    """The stored form of `payload` loaded under `generation`."""
-    return b"%d\n" % generation + payload
+def stamp(generation: int, payload: bytes, expires_at_ms: int | None = None) -> bytes:
+    """The stored form of `payload` loaded under `generation`, to expire at `expires_at_ms`
+    (Unix time, milliseconds); without it, the format written before the expiry was stamped."""
+    if expires_at_ms is None:
+        return b"%d\n" % generation + payload
+    return b"%d %d\n" % (generation, expires_at_ms) + payload
+
+
+def now_ms() -> int:
+    """This process's wall clock in Unix milliseconds: what a fill's expiry is counted from."""
+    return time.time_ns() // 1_000_000
 
 
 def read_guarded(value: bytes | None, generation: bytes | None) -> Guarded:
-    """Interpret an MGET of (value, generation counter); cheap on a hit (one partition, no JSON).
+    """Interpret an MGET of (value, generation counter); cheap on a hit (two partitions and an
+    int(), no JSON).
 
     Raises CacheError when the counter is not an integer: a corrupted or foreign key, which no
     fill could ever match.
@@ -142,9 +168,17 @@ def read_guarded(value: bytes | None, generation: bytes | None) -> Guarded:
     if value is None:
         return Guarded(None, current)
     stamped, separator, payload = value.partition(STAMP_SEPARATOR)
-    if not separator or stamped != b"%d" % current:
-        return Guarded(None, current)  # stored before the last invalidation, or not stamped
-    return Guarded(payload, current)
+    if not separator:
+        return Guarded(None, current)  # not stamped
+    stamped_generation, has_expiry, expiry = stamped.partition(EXPIRY_SEPARATOR)
+    if stamped_generation != b"%d" % current:
+        return Guarded(None, current)  # stored before the last invalidation
+    if not has_expiry:
+        return Guarded(payload, current)  # the format without the expiry: see the module
+    try:
+        return Guarded(payload, current, int(expiry) / 1000)
+    except ValueError:
+        return Guarded(None, current)  # not a stamp of ours
 
 
 # KEYS[1] value, KEYS[2] its generation counter; ARGV[1] the generation the reader saw,
@@ -258,20 +292,18 @@ def invalidate_many_arguments(
 
 
 def fill_many_arguments(
-    fills: Sequence[GuardedFill], name: Callable[[str], str]
+    fills: Sequence[GuardedFill], name: Callable[[str], str], now: int
 ) -> tuple[list[str], list[int | bytes]]:
-    """FILL_MANY_SCRIPT's KEYS and ARGV; `name` adds the client's key prefix."""
+    """FILL_MANY_SCRIPT's KEYS and ARGV; `name` adds the client's key prefix, `now` is the
+    wall clock in Unix milliseconds (`now_ms`), which each value's stamped expiry counts from."""
     names: list[str] = []
     arguments: list[int | bytes] = []
     for fill in fills:
         if fill.ttl <= 0:
             raise ValueError(f"a fill needs a positive TTL, got {fill.ttl}")
         names += (name(fill.key.key), name(fill.key.generation_key))
-        arguments += (
-            fill.generation,
-            stamp(fill.generation, fill.payload),
-            max(1, round(fill.ttl * 1000)),
-        )
+        ttl_ms = max(1, round(fill.ttl * 1000))
+        arguments += (fill.generation, stamp(fill.generation, fill.payload, now + ttl_ms), ttl_ms)
     return names, arguments
 
 
@@ -340,7 +372,8 @@ class GuardedOps:
             raise ValueError(f"a fill needs a positive TTL, got {ttl}")
         client = self._client
         names = (client.key(key.key), client.key(key.generation_key))
-        arguments = (generation, stamp(generation, payload), max(1, round(ttl * 1000)))
+        ttl_ms = max(1, round(ttl * 1000))
+        arguments = (generation, stamp(generation, payload, now_ms() + ttl_ms), ttl_ms)
         call = script_call(FILL_SCRIPT, names, arguments)
         written: int = await client.run_write("EVALSHA", key.key, timeout, call)
         return written == 1
@@ -498,9 +531,10 @@ class GuardedOps:
         client = self._client
         groups = client.write_groups([client.key(fill.key.key) for fill in fills])
         parts: list[ScriptPart] = []
+        now = now_ms()
         for indices in groups:
             part = [fills[i] for i in indices]
-            names, arguments = fill_many_arguments(part, client.key)
+            names, arguments = fill_many_arguments(part, client.key, now)
             parts.append((part[0].key.key, names, arguments))
         if len(parts) == 1:
             key, slot_names, slot_arguments = parts[0]
