@@ -8,7 +8,8 @@ invalidator.
 Who may ask what is decided here too, whatever server runs the app: with no API token the app
 answers loopback clients only (`api/loopback.py`); with one, writes and `/status` need it, and
 `/metrics` and the OpenAPI pages are as their settings say. Shutdown, after uvicorn has finished the
-requests in flight: pending fills are drained, the invalidator stops, pools and engine close.
+requests in flight: early refreshes and pending fills are drained, the invalidator stops, pools
+and engine close.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from postal.storage.repository import SqlPostRepository
 
 logger = logging.getLogger("postal.app")
 
-DRAIN_TIMEOUT = 5.0  # seconds to let pending cache fills finish at shutdown
+DRAIN_TIMEOUT = 5.0  # seconds to let early refreshes and pending cache fills finish at shutdown
 DOCS_PATHS = {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
 
 
@@ -174,6 +175,7 @@ def create_app(
                 bypass=invalidator.is_pending,
                 local_writes=invalidator.begun,
                 near=near,
+                early_refresh=settings.early_refresh(),
             )
             stack.push_async_callback(reads_.drain, DRAIN_TIMEOUT)
             instrument_cache(metrics, cache, reads_, invalidator, near)

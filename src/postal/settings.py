@@ -17,6 +17,7 @@ from postal.cache import (
     EXPECTED_DURATION,
     BreakerConfig,
     CacheTimeouts,
+    EarlyRefreshConfig,
     Kind,
     PoolConfig,
     Profile,
@@ -31,6 +32,10 @@ from postal.tokens import token_problems
 # With invalidations waiting for replicas, the SET deadline must hold a WAIT of at least a few
 # milliseconds plus one Redis cron tick (100 ms) plus the reply (`cache.transport.replicas`).
 MIN_WAITING_SET_DEADLINE = 0.150  # seconds
+# Bounds on the early refresh's knobs, as on every input. beta * delta is about how long before
+# its expiry a hot entry gets refreshed; these allow far more than any TTL here (minutes).
+MAX_EARLY_REFRESH_BETA = 100.0
+MAX_EARLY_REFRESH_MIN_DELTA = 60.0  # seconds
 
 
 class SettingsError(Exception):
@@ -157,6 +162,15 @@ class Settings(BaseSettings):
     near_cache_enabled: bool = True
     near_cache_max_bytes: PositiveCount = 64 * 1024 * 1024
     near_cache_ttl: Duration = 10.0
+    # Early refresh (`cache/policy/refresh.py`): a hit whose Redis entry nears its expiry may
+    # reload it in the background (XFetch), so that no reader of a hot key waits on the database
+    # when its TTL ends. BETA: more refreshes earlier. MIN_DELTA: the floor under the measured
+    # load time, which sets how close to the expiry refreshes begin. MAX_IN_FLIGHT: refreshes
+    # running at once per worker, each holding a database connection; past it, dropped.
+    cache_early_refresh: bool = True
+    cache_early_refresh_beta: float = 1.0
+    cache_early_refresh_min_delta: Duration = 0.100
+    cache_early_refresh_max_in_flight: PositiveCount = 4
     redis_breaker_failures: Count = 5  # consecutive failures that open the breaker
     redis_breaker_window: Duration = 0.250  # ... with no success for at least this long
     redis_breaker_cooldown: Duration = 1.0  # open this long, then one probe
@@ -242,6 +256,16 @@ class Settings(BaseSettings):
             problems.append("DATABASE_TIMEOUT: expected a duration above 0")
         if self.database_pool_size < 1:
             problems.append("DATABASE_POOL_SIZE=0: expected a whole number >= 1")
+        if not 0 < self.cache_early_refresh_beta <= MAX_EARLY_REFRESH_BETA:
+            problems.append(
+                f"CACHE_EARLY_REFRESH_BETA={self.cache_early_refresh_beta:g}: expected a number"
+                f" above 0 and at most {MAX_EARLY_REFRESH_BETA:g}"
+            )
+        if not 0 <= self.cache_early_refresh_min_delta <= MAX_EARLY_REFRESH_MIN_DELTA:
+            problems.append(
+                "CACHE_EARLY_REFRESH_MIN_DELTA: expected a duration of at most"
+                f" {MAX_EARLY_REFRESH_MIN_DELTA:g}s"
+            )
         if self.postal_max_import_bytes < 1:
             problems.append("POSTAL_MAX_IMPORT_BYTES=0: expected a whole number >= 1")
         problems += self._write_url_problems()
@@ -358,6 +382,16 @@ class Settings(BaseSettings):
             dial_timeout=knob("dial_timeout"),
             read_timeout=knob("read_timeout"),
             write_timeout=knob("write_timeout"),
+        )
+
+    def early_refresh(self) -> EarlyRefreshConfig | None:
+        """The early refresh's configuration, or None when it is turned off."""
+        if not self.cache_early_refresh:
+            return None
+        return EarlyRefreshConfig(
+            beta=self.cache_early_refresh_beta,
+            min_delta=self.cache_early_refresh_min_delta,
+            max_in_flight=self.cache_early_refresh_max_in_flight,
         )
 
     def cache_profile(self) -> Profile:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from postal.cache import NearCache, guarded
+from postal.cache import Guarded, NearCache, guarded
 from postal.cache.policy.near import ENTRY_OVERHEAD
 
 PREFIX = "p:"
@@ -36,18 +36,24 @@ def near(max_bytes: int = 10_000_000, ttl: float = 10.0, clock: Clock | None = N
 
 def store(cache: NearCache, ident: str, payload: bytes = b"x") -> bool:
     key = guarded("post", ident)
-    return cache.put(key.key, key.generation_key, payload, cache.sequence)
+    return cache.put(key.key, key.generation_key, Guarded(payload, 0), cache.sequence)
+
+
+def served(cache: NearCache, key: str) -> bytes | None:
+    """The payload a read of `key` is served from memory, if any."""
+    held = cache.get(key)
+    return None if held is None else held.payload
 
 
 def test_a_stored_entry_is_served_until_its_key_or_generation_changes_in_redis() -> None:
     cache = near()
     assert store(cache, "1", b"v1")
-    assert cache.get("post:{1}") == b"v1"
+    assert served(cache, "post:{1}") == b"v1"
     cache.invalidated([b"p:post:{1}:gen"])  # the writer's INCR
-    assert cache.get("post:{1}") is None
+    assert served(cache, "post:{1}") is None
     assert store(cache, "1", b"v2")
     cache.invalidated([b"p:post:{1}"])  # its DEL, or anyone's SET
-    assert cache.get("post:{1}") is None
+    assert served(cache, "post:{1}") is None
     assert cache.stats().invalidated == 2
 
 
@@ -55,9 +61,9 @@ def test_a_shared_generation_drops_every_entry_it_guards() -> None:
     cache = near()
     pages = [guarded("list", "all", variant=f"page={n}") for n in range(3)]
     for page in pages:
-        assert cache.put(page.key, page.generation_key, b"page", cache.sequence)
+        assert cache.put(page.key, page.generation_key, Guarded(b"page", 0), cache.sequence)
     cache.invalidated([b"p:list:{all}:gen"])
-    assert [cache.get(page.key) for page in pages] == [None, None, None]
+    assert [served(cache, page.key) for page in pages] == [None, None, None]
     assert cache.stats().entries == 0
 
 
@@ -66,8 +72,8 @@ def test_a_reply_read_while_something_was_invalidated_is_not_stored() -> None:
     key = guarded("post", "1")
     taken = cache.sequence  # before the GET is sent
     cache.invalidated([b"p:post:{2}"])  # any key: one counter for all
-    assert not cache.put(key.key, key.generation_key, b"old", taken)
-    assert cache.get(key.key) is None
+    assert not cache.put(key.key, key.generation_key, Guarded(b"old", 0), taken)
+    assert served(cache, key.key) is None
     assert cache.stats().stale_rejected == 1
 
 
@@ -76,9 +82,9 @@ def test_own_writes_evict_at_once() -> None:
     store(cache, "1")
     taken = cache.sequence
     cache.evict(["post:{1}", "post:{1}:gen"])
-    assert cache.get("post:{1}") is None
+    assert served(cache, "post:{1}") is None
     key = guarded("post", "1")  # a read begun before the write cannot store what it read
-    assert not cache.put(key.key, key.generation_key, b"old", taken)
+    assert not cache.put(key.key, key.generation_key, Guarded(b"old", 0), taken)
 
 
 @pytest.mark.parametrize("event", ["flushall", "tracking down", "tracking confirmed anew"])
@@ -92,7 +98,7 @@ def test_everything_goes_when_redis_flushes_or_tracking_changes(event: str) -> N
         cache.tracking_changed(event == "tracking confirmed anew")
     assert cache.stats().entries == 0
     assert cache.stats().bytes == 0
-    assert cache.get("post:{1}") is None
+    assert served(cache, "post:{1}") is None
 
 
 def test_not_usable_while_tracking_is_not_live_or_has_unread_bytes() -> None:
@@ -114,9 +120,9 @@ def test_entries_expire_at_their_own_ttl() -> None:
     cache = near(ttl=10.0, clock=clock)
     store(cache, "1")
     clock.now += 9.9
-    assert cache.get("post:{1}") == b"x"
+    assert served(cache, "post:{1}") == b"x"
     clock.now += 0.2
-    assert cache.get("post:{1}") is None
+    assert served(cache, "post:{1}") is None
     assert cache.stats().evicted_ttl == 1
 
 
@@ -125,10 +131,10 @@ def test_the_byte_bound_holds_and_the_least_recently_used_go_first() -> None:
     cache = near(max_bytes=entry * 3)
     for n in (1, 2, 3):
         store(cache, str(n), b"x" * 100)
-    assert cache.get("post:{1}") is not None  # 1 is now the most recently used
+    assert served(cache, "post:{1}") is not None  # 1 is now the most recently used
     store(cache, "4", b"x" * 100)
-    assert cache.get("post:{2}") is None  # the least recently used went
-    assert all(cache.get(f"post:{{{n}}}") is not None for n in (1, 3, 4))
+    assert served(cache, "post:{2}") is None  # the least recently used went
+    assert all(served(cache, f"post:{{{n}}}") is not None for n in (1, 3, 4))
     assert cache.stats().bytes <= entry * 3
     assert cache.stats().evicted_size == 1
 
@@ -139,12 +145,22 @@ def test_a_million_distinct_posts_stay_within_the_byte_bound() -> None:
     payload = b"y" * 200
     for n in range(1_000_000):
         key = f"post:{{{n}}}"
-        cache.put(key, key + ":gen", payload, cache.sequence)
+        cache.put(key, key + ":gen", Guarded(payload, 0), cache.sequence)
     stats = cache.stats()
     assert stats.bytes <= limit
     assert stats.entries == limit // (len(payload) + len("p:post:{999999}") + ENTRY_OVERHEAD)
     assert stats.entries + stats.evicted_size == 1_000_000
-    assert cache.get("post:{999999}") == payload
+    assert served(cache, "post:{999999}") == payload
+
+
+def test_a_hit_is_held_with_its_generation_and_expiry_and_only_a_hit() -> None:
+    cache = near()
+    key = guarded("post", "1")
+    read = Guarded(b"v1", 7, expires_at=1_700_000_300.5)  # as Redis answered it
+    assert cache.put(key.key, key.generation_key, read, cache.sequence)
+    assert cache.get(key.key) == read  # what an early refresh from memory needs
+    with pytest.raises(ValueError, match="only a hit"):
+        cache.put(key.key, key.generation_key, Guarded(None, 7), cache.sequence)
 
 
 def test_an_entry_larger_than_the_bound_is_not_stored() -> None:

@@ -10,6 +10,8 @@
    invalidated meanwhile (see `near`).
    Read value and generation in one round trip (GET deadline). A hit returns the stored bytes.
    A GET that timed out only because this process's loop was behind is asked once more.
+   With `early_refresh`, every hit (from memory or from Redis) may also start a refresh of the
+   key in the background, as its expiry nears (`refresh`); the hit is returned all the same.
 3. A miss loads, once per (key, generation) in this process however many readers miss together
    (single-flight), and schedules a fill in the background, bounded: when `max_pending_fills`
    are pending the fill is skipped, never waited for. The fill writes only if the generation is
@@ -45,11 +47,16 @@ from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
 from postal.cache.policy.guard import UNFILLABLE, Guarded
 from postal.cache.policy.keys import GuardedKey, jittered
 from postal.cache.policy.near import NearCache
+from postal.cache.policy.refresh import (
+    EarlyRefreshConfig,
+    EarlyRefresher,
+    EarlyRefreshStats,
+    Loader,
+)
 from postal.cache.transport import CacheError, CacheTimeout
 
 logger = logging.getLogger("postal.cache.fill")
 
-Loader = Callable[[], Awaitable[tuple[bytes, float]]]  # the payload, and its TTL in seconds
 # (key, the generation read, True) or, with the generation unknown, (key, local writes, False)
 _FlightKey = tuple[GuardedKey, int, bool]
 
@@ -80,6 +87,7 @@ class ReadThroughStats:
     fills_failed: int
     pending_fills: int
     flights: int  # loads in flight right now
+    early_refresh: EarlyRefreshStats | None  # None: early refresh off
 
 
 class ReadThrough:
@@ -94,8 +102,12 @@ class ReadThrough:
         bypass: Callable[[GuardedKey], bool] | None = None,
         local_writes: Callable[[], int] | None = None,
         near: NearCache | None = None,
+        early_refresh: EarlyRefreshConfig | None = None,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`rng` draws the TTL jitter and the early refresh's chances; `clock` is the wall clock
+        (Unix seconds) the early refresh compares the stamped expiries with."""
         if max_pending_fills < 0:
             raise ValueError(f"max_pending_fills must not be negative, got {max_pending_fills}")
         if ttl_jitter < 0:
@@ -107,6 +119,11 @@ class ReadThrough:
         self._bypass = bypass
         self._local_writes = local_writes
         self._rng = rng
+        self._refresher: EarlyRefresher | None = None
+        if early_refresh is not None:
+            self._refresher = EarlyRefresher(
+                cache, early_refresh, bypass=bypass, ttl_jitter=ttl_jitter, rng=rng, clock=clock
+            )
         self._flights: dict[_FlightKey, asyncio.Task[bytes]] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self._listeners: list[FillListener] = []
@@ -126,11 +143,14 @@ class ReadThrough:
             self._bypassed += 1
             return await self._load_unguarded(key, load)
         near = self._near
+        refresher = self._refresher
         sequence = -1  # not served from the near cache, and nothing to store there
         if near is not None and near.usable():
-            payload = near.get(key.key)
-            if payload is not None:
-                return payload
+            held = near.get(key.key)
+            if held is not None and held.payload is not None:  # (only hits are held)
+                if refresher is not None:
+                    refresher.consider(key, held, load)
+                return held.payload
             sequence = near.sequence  # taken before the GET: see `near.NearCache.put`
         try:
             found = await self._read(key)
@@ -143,7 +163,9 @@ class ReadThrough:
         if found.payload is not None:
             self._hits += 1
             if near is not None and sequence >= 0:
-                near.put(key.key, key.generation_key, found.payload, sequence)
+                near.put(key.key, key.generation_key, found, sequence)
+            if refresher is not None:
+                refresher.consider(key, found, load)
             return found.payload
         self._misses += 1
         generation = found.generation
@@ -174,8 +196,17 @@ class ReadThrough:
 
     async def _load_alone(self, load: Loader) -> bytes:
         self._loads += 1
-        payload, _ttl = await load()
+        payload, _ttl = await self._timed(load)
         return payload
+
+    async def _timed(self, load: Loader) -> tuple[bytes, float]:
+        """`load()`, its duration told to the early refresh (how long a recompute takes)."""
+        if self._refresher is None:
+            return await load()
+        started = time.perf_counter()
+        loaded = await load()
+        self._refresher.observe_load(time.perf_counter() - started)
+        return loaded
 
     async def _shared(self, flight_key: _FlightKey, start: Callable[[], Awaitable[bytes]]) -> bytes:
         """Join the load of `flight_key` in flight, or `start` it.
@@ -202,7 +233,7 @@ class ReadThrough:
 
     async def _load_then_fill(self, key: GuardedKey, generation: int, load: Loader) -> bytes:
         self._loads += 1
-        payload, ttl = await load()
+        payload, ttl = await self._timed(load)
         if ttl > 0 and generation != UNFILLABLE:  # no generation established: nothing to quote
             self._schedule_fill(key, generation, payload, ttl)
         return payload
@@ -246,10 +277,13 @@ class ReadThrough:
                 listener(event)
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the loads in flight and the fills they schedule (at
-        shutdown, before the database and the cache close); cancel what is left then."""
+        """Wait up to `timeout` seconds for the early refreshes, the loads in flight and the
+        fills they schedule (at shutdown, before the database and the cache close); cancel what
+        is left then."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
+        if self._refresher is not None:
+            await self._refresher.drain(timeout)
         while (self._fills or self._flights) and (left := give_up - loop.time()) > 0:
             await asyncio.wait({*self._fills, *self._flights.values()}, timeout=left)
         leftover = {*self._fills, *self._flights.values()}
@@ -282,6 +316,7 @@ class ReadThrough:
             # Not len(): a finished fill leaves the set in a done callback, a loop turn later.
             pending_fills=sum(1 for fill in self._fills if not fill.done()),
             flights=len(self._flights),
+            early_refresh=None if self._refresher is None else self._refresher.stats(),
         )
 
     def __repr__(self) -> str:

@@ -19,6 +19,9 @@ A hit here costs no round trip, no pool and no parse. What keeps it coherent:
 - **Own writes:** the `Invalidator` evicts its process's entries synchronously, before it sends
   the invalidation and again once Redis has taken it, so the writer's next read cannot be
   served what its own write replaced.
+- **What is held:** the guarded read as Redis answered it (`Guarded`): the payload, and the
+  generation and expiry stamped with it, so that a hit from memory can decide on an early
+  refresh of the Redis entry as a Redis hit does (`refresh`).
 - **Bounds:** bytes, not entries (`max_bytes`, each entry counted with its key and an overhead),
   least recently used out first; and a TTL of its own (`ttl`), below Redis's, so that an entry
   whose key expired in Redis but was never touched there again (no invalidation is sent for it
@@ -35,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from postal.cache.policy.guard import Guarded
 from postal.cache.transport import Tracking
 
 ENTRY_OVERHEAD = 240  # bytes an entry costs beyond its key and payload: dict slot, tuple, set
@@ -73,8 +77,8 @@ class NearCache:
         self._max_bytes = max_bytes
         self._ttl = ttl
         self._clock = clock
-        # full key -> (payload, expires at, its generation's full key, bytes counted)
-        self._entries: OrderedDict[str, tuple[bytes, float, str, int]] = OrderedDict()
+        # full key -> (the read, expires at, its generation's full key, bytes counted)
+        self._entries: OrderedDict[str, tuple[Guarded, float, str, int]] = OrderedDict()
         self._by_generation: dict[str, set[str]] = {}  # generation key -> the entries it guards
         self._bytes = 0
         self.sequence = 0  # moves on every invalidation, flush and own write
@@ -90,8 +94,9 @@ class NearCache:
         tracking = self.tracking
         return tracking is not None and tracking.live and not tracking.has_unread()
 
-    def get(self, key: str) -> bytes | None:
-        """The payload stored under `key` (without the client's prefix), if any and fresh."""
+    def get(self, key: str) -> Guarded | None:
+        """The read stored under `key` (without the client's prefix), if any and fresh; its
+        payload is never None."""
         full = self._prefix + key
         entry = self._entries.get(full)
         if entry is None:
@@ -106,9 +111,12 @@ class NearCache:
         self._hits += 1
         return entry[0]
 
-    def put(self, key: str, generation_key: str, payload: bytes, sequence: int) -> bool:
-        """Store what a read taken at `sequence` returned, unless anything was invalidated since
-        (or tracking is not usable now). Keys without the client's prefix."""
+    def put(self, key: str, generation_key: str, found: Guarded, sequence: int) -> bool:
+        """Store the hit `found` that a read taken at `sequence` returned, unless anything was
+        invalidated since (or tracking is not usable now). Keys without the client's prefix."""
+        payload = found.payload
+        if payload is None:
+            raise ValueError("only a hit is stored in the near cache")
         if sequence != self.sequence or not self.usable():
             self._stale += 1
             return False
@@ -119,7 +127,7 @@ class NearCache:
         if full in self._entries:
             self._drop(full)
         generation = self._prefix + generation_key
-        self._entries[full] = (payload, self._clock() + self._ttl, generation, size)
+        self._entries[full] = (found, self._clock() + self._ttl, generation, size)
         self._by_generation.setdefault(generation, set()).add(full)
         self._bytes += size
         self._stores += 1
