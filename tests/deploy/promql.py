@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 
 import promql_parser
 
-from postal.cache import CloseReason, FillOutcome, Outcome
+from postal.cache import CloseReason, FillOutcome, Outcome, RefreshOutcome
 from postal.observability.metrics import (
     DNS_OUTCOMES,
     HISTOGRAM_SUFFIXES,
@@ -62,6 +62,9 @@ METRIC_LABELS: Mapping[str, Labels] = {
         "reason": frozenset(reason.value for reason in CloseReason),
     },
     "postal_cache_fills_total": {"outcome": frozenset(outcome.value for outcome in FillOutcome)},
+    "postal_cache_early_refreshes_total": {
+        "outcome": frozenset(outcome.value for outcome in RefreshOutcome)
+    },
     "postal_cache_invalidations_total": {"outcome": frozenset(INVALIDATION_OUTCOMES)},
     "postal_cache_breaker_state": {"role": ROLES, "node": None},
     "postal_dns_lookups_total": {"outcome": frozenset(DNS_OUTCOMES)},

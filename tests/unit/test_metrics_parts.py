@@ -23,16 +23,22 @@ from postal.cache import (
     BreakerState,
     CacheClient,
     CacheEvent,
+    EarlyRefreshConfig,
+    Guarded,
+    GuardedKey,
     Invalidator,
     Outcome,
     PoolWaitEvent,
     ReadThrough,
+    RefreshOutcome,
+    guarded,
 )
 from postal.observability.batching import Batches, HistogramBatch
 from postal.observability.cache_metrics import (
     BreakerMetrics,
     CacheOperationMetrics,
     CumulativeCounters,
+    EarlyRefreshSampler,
     PoolWaitMetrics,
     instrument_cache,
 )
@@ -270,6 +276,41 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("not called")
 
 
+class ExpiredHits:
+    """A cache whose every read is a hit that expired long ago (by the read-through's clock,
+    which says 1000), and whose fills all land."""
+
+    async def get_guarded(self, key: GuardedKey) -> Guarded:
+        return Guarded(b"cached", 90_001, expires_at=0.0)
+
+    async def fill_guarded(
+        self, key: GuardedKey, generation: int, payload: bytes, *, ttl: float
+    ) -> bool:
+        return True
+
+
+async def test_early_refreshes_are_exported_by_outcome() -> None:
+    async def load() -> tuple[bytes, float]:
+        return b"loaded", 60.0
+
+    metrics = PostalMetrics()
+    refreshing = EarlyRefreshConfig(max_in_flight=1)
+    reads = ReadThrough(ExpiredHits(), early_refresh=refreshing, clock=lambda: 1000.0)
+    sampler = EarlyRefreshSampler(metrics, reads)
+    before = Scrape.parse(metrics.render().decode())
+    name = "postal_cache_early_refreshes_total"
+    assert {before.value(name, outcome=o.value) for o in RefreshOutcome} == {0.0}
+    assert await reads.get(guarded("post", "1"), load) == b"cached"  # refresh started...
+    assert await reads.get(guarded("post", "2"), load) == b"cached"  # ...and this one dropped
+    await reads.drain(1.0)
+    sampler.sample()
+    sampler.sample()  # a second sample adds nothing: the counts are running totals
+    after = Scrape.parse(metrics.render().decode())
+    assert after.value(name, outcome="refreshed") == 1
+    assert after.value(name, outcome="dropped") == 1
+    assert after.value(name, outcome="failed") == 0
+
+
 def test_route_templates_come_from_the_route_or_its_endpoint() -> None:
     plain = Route("/items/{item_id:int}", endpoint)
     templates = RouteTemplates([plain])
@@ -356,7 +397,8 @@ def test_the_key_expressions_name_only_real_series() -> None:
 
 
 def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
-    # Issue 5's thirteen, the replica waits and the admission refusals: renaming one breaks
+    # Issue 5's thirteen, the replica waits, the admission refusals, the near cache's and the
+    # early refreshes: renaming one breaks
     # dashboards and alerts.
     assert {
         "postal_cache_operations_total",
@@ -368,6 +410,7 @@ def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
         "postal_pool_connections_opened_total",
         "postal_pool_connections_closed_total",
         "postal_cache_fills_total",
+        "postal_cache_early_refreshes_total",
         "postal_cache_invalidations_total",
         "postal_cache_breaker_state",
         "postal_dns_lookups_total",

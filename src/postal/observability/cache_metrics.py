@@ -8,8 +8,9 @@ snapshots become metric updates.
   waits (`PoolWaitEvent`), breaker changes. Each listener keeps its labelled children in a dict,
   so an event costs a dict lookup and the updates, no label formatting.
 - Counts the cache keeps as running totals (pool timeouts, connections opened and closed, DNS
-  lookups, invalidations) and the pool gauges are sampled from `node_stats()` snapshots at each
-  `PostalMetrics.refresh()`: every second, before each scrape, at shutdown.
+  lookups, invalidations, early refreshes) and the pool gauges are sampled from snapshots
+  (`node_stats()`, the read-through's `stats()`) at each `PostalMetrics.refresh()`: every
+  second, before each scrape, at shutdown.
   `CumulativeCounters` turns each total into counter increments, so multiprocess sums and
   `rate()` work as for any counter.
 
@@ -40,6 +41,7 @@ from postal.cache import (
     Outcome,
     PoolWaitEvent,
     ReadThrough,
+    RefreshOutcome,
 )
 from postal.observability.batching import CounterBatch, HistogramBatch
 from postal.observability.metrics import (
@@ -278,6 +280,24 @@ class NearCacheSampler:
         m.near_tracking.set(1 if stats.live else 0)
 
 
+class EarlyRefreshSampler:
+    """Samples the read-through's early refresh counts into `postal_cache_early_refreshes_total`
+    (each outcome's series exported from the start, 0 while early refresh is off)."""
+
+    def __init__(self, metrics: PostalMetrics, reads: ReadThrough) -> None:
+        self._reads = reads
+        refreshes = metrics.cache_early_refreshes
+        self._outcomes = {outcome: refreshes.labels(outcome.value) for outcome in RefreshOutcome}
+        self._totals = CumulativeCounters()
+
+    def sample(self) -> None:
+        stats = self._reads.stats().early_refresh
+        if stats is None:
+            return
+        for outcome, counter in self._outcomes.items():
+            self._totals.advance(counter, outcome, getattr(stats, outcome.value))
+
+
 def instrument_cache(
     metrics: PostalMetrics,
     cache: CacheClient,
@@ -297,6 +317,7 @@ def instrument_cache(
     sampler = CacheSampler(metrics, cache, invalidator, breakers)
     sampler.sample()
     metrics.add_sampler(sampler.sample)
+    metrics.add_sampler(EarlyRefreshSampler(metrics, reads).sample)
     if near is not None:
         metrics.add_sampler(NearCacheSampler(metrics, near).sample)
     return sampler

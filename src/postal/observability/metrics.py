@@ -57,6 +57,7 @@ POOL_TIMEOUTS = "postal_pool_timeouts_total"
 POOL_OPENED = "postal_pool_connections_opened_total"
 POOL_CLOSED = "postal_pool_connections_closed_total"
 CACHE_FILLS = "postal_cache_fills_total"
+CACHE_EARLY_REFRESHES = "postal_cache_early_refreshes_total"
 CACHE_INVALIDATIONS = "postal_cache_invalidations_total"
 BREAKER_STATE = "postal_cache_breaker_state"
 DNS_LOOKUPS = "postal_dns_lookups_total"
@@ -83,6 +84,7 @@ METRIC_NAMES = frozenset(
         POOL_OPENED,
         POOL_CLOSED,
         CACHE_FILLS,
+        CACHE_EARLY_REFRESHES,
         CACHE_INVALIDATIONS,
         BREAKER_STATE,
         DNS_LOOKUPS,
@@ -237,6 +239,13 @@ class PostalMetrics:
         self.cache_fills = Counter(
             CACHE_FILLS,
             "Background cache fills by outcome (done, skipped, failed, stale_rejected, bypassed).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.cache_early_refreshes = Counter(
+            CACHE_EARLY_REFRESHES,
+            "Early refreshes of hot entries by outcome: refreshed, stale_rejected (an"
+            " invalidation came first), bypassed, uncached, failed, dropped (too many running).",
             ("outcome",),
             registry=registry,
         )
