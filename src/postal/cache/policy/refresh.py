@@ -181,7 +181,7 @@ class EarlyRefresher:
         if expires_at is None:
             return  # stamped without an expiry: see the module
         now = self._clock()
-        if expires_at - now > self._horizon or key in self._refreshes:
+        if expires_at - now > self._horizon:
             return
         if found.generation <= NO_GENERATION:
             return  # read with no counter: nothing a fill may quote (`guard`)
@@ -190,6 +190,9 @@ class EarlyRefresher:
             now=now, expires_at=expires_at, delta=self._delta, beta=self._beta, rand=rand
         ):
             return
+        # Only now, once due (rarely): hashing the key costs more than the arithmetic above.
+        if key in self._refreshes:
+            return  # one refresh of a key at a time
         if len(self._refreshes) >= self._max_in_flight:
             self._counts[RefreshOutcome.DROPPED] += 1
             return
