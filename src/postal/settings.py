@@ -78,6 +78,17 @@ def _stripped(value: Any) -> Any:
     return value
 
 
+def _number(value: Any) -> Any:
+    """A plain number (1.0, 2, 0.5), with the expectation named in its one-line error (pydantic's
+    own says "duration", meant for the Duration fields)."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ValueError("expected a number such as 1.0") from None
+    return value
+
+
 def _redis_url(value: Any) -> Any:
     if isinstance(value, str):
         Topology.from_url(value)  # raises ValueError with what is expected
@@ -87,6 +98,7 @@ def _redis_url(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration)]
 Count = Annotated[int, BeforeValidator(_count)]
 PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
+Number = Annotated[float, BeforeValidator(_number)]
 RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
 Access = Annotated[
     Literal["open", "token", "off"], BeforeValidator(lambda v: str(v).strip().lower())
@@ -168,7 +180,7 @@ class Settings(BaseSettings):
     # load time, which sets how close to the expiry refreshes begin. MAX_IN_FLIGHT: refreshes
     # running at once per worker, each holding a database connection; past it, dropped.
     cache_early_refresh: bool = True
-    cache_early_refresh_beta: float = 1.0
+    cache_early_refresh_beta: Number = 1.0
     cache_early_refresh_min_delta: Duration = 0.100
     cache_early_refresh_max_in_flight: PositiveCount = 4
     redis_breaker_failures: Count = 5  # consecutive failures that open the breaker

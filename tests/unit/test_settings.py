@@ -2,7 +2,7 @@ import traceback
 
 import pytest
 
-from postal.cache import CacheTimeouts
+from postal.cache import CacheTimeouts, EarlyRefreshConfig
 from postal.cache.transport.config import READ_POOL, WRITE_POOL
 from postal.settings import SettingsError, load_settings
 
@@ -151,3 +151,40 @@ def test_the_in_flight_bound_is_a_whole_number_of_at_least_one() -> None:
             load_settings({"POSTAL_MAX_IN_FLIGHT": value})
         expected = f"POSTAL_MAX_IN_FLIGHT={value!r}: expected a whole number >= 1"
         assert str(caught.value) == expected
+
+
+def test_early_refresh_is_on_by_default_and_each_knob_is_read() -> None:
+    assert load_settings({}).early_refresh() == EarlyRefreshConfig(
+        beta=1.0, min_delta=0.1, max_in_flight=4
+    )
+    settings = load_settings(
+        {
+            "CACHE_EARLY_REFRESH_BETA": "2.5",
+            "CACHE_EARLY_REFRESH_MIN_DELTA": "250ms",
+            "CACHE_EARLY_REFRESH_MAX_IN_FLIGHT": "8",
+        }
+    )
+    assert settings.early_refresh() == EarlyRefreshConfig(beta=2.5, min_delta=0.25, max_in_flight=8)
+    assert load_settings({"CACHE_EARLY_REFRESH_MIN_DELTA": "0"}).early_refresh() is not None
+    assert load_settings({"CACHE_EARLY_REFRESH": "false"}).early_refresh() is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("CACHE_EARLY_REFRESH_BETA", "high", "BETA='high': expected a number such as 1.0"),
+        ("CACHE_EARLY_REFRESH_BETA", "0", "BETA=0: expected a number above 0 and at most 100"),
+        ("CACHE_EARLY_REFRESH_BETA", "101", "BETA=101: expected a number above 0 and at most"),
+        ("CACHE_EARLY_REFRESH_BETA", "nan", "BETA=nan: expected a number above 0"),
+        ("CACHE_EARLY_REFRESH_MIN_DELTA", "2m", "MIN_DELTA: expected a duration of at most 60s"),
+        ("CACHE_EARLY_REFRESH_MIN_DELTA", "100", "MIN_DELTA='100': expected a duration"),
+        ("CACHE_EARLY_REFRESH_MAX_IN_FLIGHT", "0", "IN_FLIGHT='0': expected a whole number >= 1"),
+        ("CACHE_EARLY_REFRESH", "sometimes", "CACHE_EARLY_REFRESH='sometimes': expected true"),
+    ],
+)
+def test_early_refresh_knobs_out_of_bounds_stop_start_up(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({variable: value})
+    assert expected in str(caught.value)
