@@ -429,8 +429,11 @@ async def test_an_import_the_database_failed_in_a_deadlock_is_a_409(
     assert response.json() == {"error": {"code": "import_conflict", "message": message}}
 
 
-async def test_openapi_documents_the_import(api: Api) -> None:
-    schema = (await api.client.get("/openapi.json")).json()
+async def test_openapi_documents_the_import(
+    database_url: str, clean_database: None, cache_url: str, key_prefix: str
+) -> None:
+    async with running_api(database_url, cache_url, key_prefix, POSTAL_DOCS="on") as api:
+        schema = (await api.client.get("/openapi.json")).json()
     operation = schema["paths"][IMPORT]["post"]
     assert "text/csv" in operation["requestBody"]["content"]
     parameters = {parameter["name"] for parameter in operation["parameters"]}
