@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1
-# Postal's container image:  docker build -t postal:0.1.0 .
+# Postal's container image:  docker build -t postal:0.1.0 .   (or `make image`, with podman)
 #
 # Two stages. The builder makes a virtual environment in /opt/venv with Postal and exactly the
 # dependencies the lock names (requirements/main.txt: every package pinned, each file checked
 # against its hash; a C compiler at hand for any of them without a binary wheel on the target
 # platform). Postal's own wheel is built by the setuptools the lock pins
-# (requirements/build.txt), in an environment of its own that stays in the builder. The final stage is a fresh slim Python with that environment copied in and nothing
-# else: no compiler, no pip, no source tree, no tests. It runs as an unprivileged user and writes
+# (requirements/build.txt), in an environment of its own that stays in the builder. The final
+# stage is a fresh slim Python with that environment copied in and nothing else: no compiler, no
+# pip in the environment, no source tree, no tests. It runs as an unprivileged user and writes
 # nothing to its root filesystem, so it runs with `readOnlyRootFilesystem` (deploy/k8s/).
 #
 # Both stages must be the same Python: a virtual environment is tied to its interpreter's path.

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install lock lock-check module-map run test test-fast lint bench bench-http bench-import bench-seed \
-	bench-faults clean
+	bench-faults image clean
 
 install: $(STAMP)
 
@@ -41,10 +41,10 @@ run: install
 	$(BIN)/postal serve
 
 lint: lock-check
-	$(BIN)/ruff check src tests bench testing scripts/lock.py
-	$(BIN)/ruff format --check src tests bench testing scripts/lock.py
+	$(BIN)/ruff check src tests bench testing scripts/lock.py scripts/image.py
+	$(BIN)/ruff format --check src tests bench testing scripts/lock.py scripts/image.py
 	$(BIN)/mypy
-	$(BIN)/mypy --strict scripts/lock.py
+	$(BIN)/mypy --strict scripts/lock.py scripts/image.py
 	$(BIN)/lint-imports --no-cache  # the arrows between rooms: [tool.importlinter] in pyproject
 
 test: lint
@@ -84,6 +84,13 @@ bench-seed: install
 # servers of its own, and a scratch database on PostgreSQL at 127.0.0.1:5432 (user postgres).
 bench-faults: install
 	$(BIN)/postal bench faults --json bench-results/faults.json
+
+# The container image, postal:<version> (IMAGE=... to name it otherwise), built with podman from
+# the Dockerfile. No registry needed: when podman lacks the base image the Dockerfile names, it is
+# made from Debian's packages with mmdebstrap. podman, runc and mmdebstrap are installed with
+# apt-get when missing and running as root. See docs/deploy.md.
+image: install
+	$(BIN)/python scripts/image.py build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
