@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install lock lock-check module-map run test test-fast lint bench bench-http bench-import bench-seed \
-	bench-faults image clean
+	bench-faults image image-test clean
 
 install: $(STAMP)
 
@@ -91,6 +91,12 @@ bench-faults: install
 # apt-get when missing and running as root. See docs/deploy.md.
 image: install
 	$(BIN)/python scripts/image.py build
+
+# Builds the image (leaving nothing behind), then runs it as deployed against the Redis on
+# 127.0.0.1:6379 and the PostgreSQL on 127.0.0.1:5432: a few minutes, so not part of `make test`
+# (where tests/image skips unless POSTAL_IMAGE_TEST=1).
+image-test: install
+	POSTAL_IMAGE_TEST=1 $(BIN)/pytest -s -p no:cacheprovider tests/image  # -s: the build's progress
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

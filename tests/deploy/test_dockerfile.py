@@ -1,7 +1,7 @@
-"""The Dockerfile and .dockerignore, checked without building (no registry to pull a base image
-from here): hadolint's rules, then what the issue asks of the image, from the parsed stages:
-multi-stage, a non-root user in the final stage, no build tools there, only the builder's
-virtual environment copied in, and `postal serve` on 0.0.0.0 as the entry point."""
+"""The Dockerfile and .dockerignore, checked without building (in every run; the build, minutes
+long, is tests/image, opt-in): hadolint's rules, then what the issue asks of the image, from the
+parsed stages: multi-stage, a non-root user in the final stage, no build tools there, only the
+builder's virtual environment copied in, and `postal serve` on 0.0.0.0 as the entry point."""
 
 from __future__ import annotations
 
