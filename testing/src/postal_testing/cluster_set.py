@@ -1,6 +1,7 @@
 """A Redis Cluster on free loopback ports (`ClusterSet`), made by `redis-cli --cluster create`, for
 the tests and benchmarks that must watch slots move and masters fail over: a slot migrated whole
-or held half-moved (so clients really meet ASK), a planned `CLUSTER FAILOVER`, a master killed.
+or held half-moved (so clients really meet ASK), a planned `CLUSTER FAILOVER`, a master killed,
+a master added.
 
 As the rigs of `postal_testing.topologies`: a context manager whose `start()` returns once every
 node reports cluster_state:ok, and whose `cleanup()` stops every server it made.
@@ -96,12 +97,14 @@ class ClusterSet(Rig):
             raise ValueError(f"replicas_per_master cannot be negative: {replicas_per_master}")
         super().__init__()
         self._replicas_per_master = replicas_per_master
+        self._node_timeout_ms = node_timeout_ms
         count = masters * (1 + replicas_per_master)
         ports = distinct_free_ports(2 * count)
         # An explicit bus port: the default (port + 10000) can fall past 65535, or be taken.
+        self._bus_ports = dict(zip(ports[:count], ports[count:], strict=True))
         self.nodes = [
             self._new_server(port, _cluster_node_args(bus_port, node_timeout_ms))
-            for port, bus_port in zip(ports[:count], ports[count:], strict=True)
+            for port, bus_port in self._bus_ports.items()
         ]
         self._replicas_of_killed: dict[Address, list[RedisServer]] = {}
 
@@ -121,6 +124,19 @@ class ClusterSet(Rig):
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
         self._wait_settled("the new cluster")
+
+    def add_master(self) -> RedisServer:
+        """A new master, joined to the cluster (CLUSTER MEET) and known to every node, serving no
+        slot until one is migrated to it (`migrate_slot`)."""
+        port, bus_port = distinct_free_ports(2)
+        node = self._new_server(port, _cluster_node_args(bus_port, self._node_timeout_ms))
+        node.start()
+        self._bus_ports[port] = bus_port
+        self.nodes.append(node)
+        seed = self._first_running()
+        ask(node.address, "CLUSTER", "MEET", seed.host, seed.port, self._bus_ports[seed.port])
+        self._wait_settled(f"after adding port {port}")
+        return node
 
     # -- what the cluster looks like -------------------------------------------------------------
 
