@@ -106,8 +106,7 @@ def invalidator_for(
 
 
 def near_cache_for(cache: CacheClient, settings: Settings) -> NearCache | None:
-    """The near cache with its tracking attached (not started), or None: turned off, or the
-    read role is a cluster, whose tracking is not offered yet."""
+    """The near cache with its tracking attached (not started), or None: turned off."""
     if not settings.near_cache_enabled:
         return None
     near = NearCache(
@@ -116,9 +115,6 @@ def near_cache_for(cache: CacheClient, settings: Settings) -> NearCache | None:
         ttl=settings.near_cache_ttl,
     )
     near.tracking = cache.tracking(near)
-    if near.tracking is None:
-        logger.info("near cache off: the read role is a Redis Cluster")
-        return None
     return near
 
 

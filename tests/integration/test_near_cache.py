@@ -12,86 +12,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import redis.asyncio as redis
 
-from postal.cache import (
-    CacheClient,
-    CacheTimeouts,
-    Guarded,
-    GuardedKey,
-    Invalidator,
-    NearCache,
-    ReadThrough,
-    guarded,
-)
+from postal.cache import CacheClient, CacheTimeouts, Guarded, GuardedKey, NearCache, ReadThrough
 from postal_testing.redis_servers import RedisServer
 from postal_testing.topologies import ReplicaSet
 from tests.integration.helpers import small_profile
-
-HEARTBEAT, DEAD_AFTER = 0.1, 0.4
-KEY = guarded("post", "1")
-
-
-@dataclass
-class Side:
-    """One process's view: its client, near cache, read-through and invalidator."""
-
-    cache: CacheClient
-    near: NearCache
-    reads: ReadThrough
-    invalidator: Invalidator
-
-    async def read(self) -> bytes:
-        return await self.reads.get(KEY, never_loaded)
-
-    async def write(self, payload: bytes) -> None:
-        """A writer's sequence: invalidate (it has committed), then fill the new value."""
-        (generation,) = await self.cache.invalidate_many([KEY])
-        assert await self.cache.fill_guarded(KEY, generation, payload, ttl=60)
-
-
-async def never_loaded() -> tuple[bytes, float]:
-    raise AssertionError("every read is answered by Redis or the near cache here")
-
-
-@asynccontextmanager
-async def side(url: str, prefix: str, *, near_cache: bool = True) -> AsyncIterator[Side]:
-    cache = CacheClient.create(read_url=url, profile=small_profile(), key_prefix=prefix)
-    async with cache:
-        near = NearCache(key_prefix=cache.key(""), max_bytes=1 << 20, ttl=30)
-        tracking = cache.tracking(near, heartbeat=HEARTBEAT, dead_after=DEAD_AFTER)
-        assert tracking is not None
-        near.tracking = tracking if near_cache else None
-        if near_cache:
-            tracking.start()
-        invalidator = Invalidator(cache, give_up_after=60, near=near)
-        reads = ReadThrough(cache, bypass=invalidator.is_pending, near=near)
-        try:
-            yield Side(cache, near, reads, invalidator)
-        finally:
-            await tracking.aclose()
-            await invalidator.aclose()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time given"
-        await asyncio.sleep(0.02)
-
-
-async def served_from_memory(reader: Side) -> bytes:
-    """Two reads: the first may store the entry, the second must then be a near-cache hit."""
-    await reader.read()
-    hits = reader.near.stats().hits
-    payload = await reader.read()
-    assert reader.near.stats().hits == hits + 1, "the second read was not served from memory"
-    return payload
+from tests.integration.near_sides import (
+    DEAD_AFTER,
+    HEARTBEAT,
+    KEY,
+    eventually,
+    never_loaded,
+    served_from_memory,
+    side,
+)
 
 
 async def test_writes_through_another_client_are_never_read_stale(

@@ -130,7 +130,7 @@ FAILED_OUTCOMES = ("timeout", "pool_timeout", "connection_error", "error", "circ
 _READ_GETS = 'role="read",command="GET"'
 _FAILED = f'outcome=~"{"|".join(FAILED_OUTCOMES)}"'
 # Reads a worker's memory answered (the near cache): no GET was sent for them. `or vector(0)`
-# keeps the sums defined where no worker has a near cache (turned off, or a cluster).
+# keeps the sums defined where no worker has a near cache (turned off).
 _NEAR_HITS = f'(sum(rate({NEAR_CACHE_READS}{{outcome="hit"}}[5m])) or vector(0))'
 KEY_EXPRESSIONS: Mapping[str, str] = {
     # Share of cache reads answered with the value, from memory or by Redis; errors and breaker

@@ -3,7 +3,8 @@
 A hit here costs no round trip, no pool and no parse. What keeps it coherent:
 
 - **Who says what changed:** Redis, through the transport's `Tracking` (CLIENT TRACKING, BCAST
-  under the client's key prefix, one connection per server reads go to). This object is its
+  under the client's key prefix, one connection per server reads go to; on a cluster, per
+  master, followed as the slot table changes, each change a flush). This object is its
   listener: an `invalidate` push drops the entries of those keys, applied in the connection's
   receive callback; `invalidate null` (FLUSHALL, FLUSHDB) drops everything.
 - **Only while tracking is live:** `usable()` is false while any tracking connection is down,

@@ -61,7 +61,7 @@ from postal.cache.transport.replicas import (
     wait_commands,
     wait_milliseconds,
 )
-from postal.cache.transport.tracking import Tracking, TrackingListener
+from postal.cache.transport.tracking import FollowingTracking, Tracking, TrackingListener
 from postal.cache.transport.urls import (
     CLUSTER_SCHEME,
     SECRET_QUERY_PARAMETER,
@@ -108,6 +108,7 @@ __all__ = [
     "Connector",
     "DnsCache",
     "DnsLookupError",
+    "FollowingTracking",
     "Kind",
     "ManagedPool",
     "Node",

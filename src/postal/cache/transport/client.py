@@ -29,6 +29,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Final, Self, TypeVar
 
 import redis.exceptions as redis_exc
@@ -55,6 +56,7 @@ from postal.cache.transport.sentinel import SentinelLocator, is_demoted
 from postal.cache.transport.tracking import (
     DEAD_AFTER,
     HEARTBEAT,
+    FollowingTracking,
     NodeTracking,
     Tracking,
     TrackingListener,
@@ -311,20 +313,36 @@ class RedisClient:
         *,
         heartbeat: float = HEARTBEAT,
         dead_after: float = DEAD_AFTER,
-    ) -> Tracking | None:
+    ) -> Tracking:
         """Server-assisted invalidation (`tracking`) of this client's keys (its key prefix), on
-        every server the read role reads from: one server, each replica, or Sentinel's choice.
-        None for a cluster, whose masters come and go with the slot table. Not started."""
-        if not isinstance(self._read, ServerRole):
-            return None
-        return Tracking(
-            [
-                NodeTracking(
-                    node, self._prefix, listener, heartbeat=heartbeat, dead_after=dead_after
-                )
-                for node in self._read.nodes()
-            ]
-        )
+        every server the read role reads from: one server, each replica, or Sentinel's choice;
+        on a cluster, every master the slot table names (and any node an ASK sends reads to),
+        followed as they change. Not started."""
+        read = self._read
+        if isinstance(read, ServerRole):
+            return Tracking(
+                [
+                    NodeTracking(
+                        node, self._prefix, listener, heartbeat=heartbeat, dead_after=dead_after
+                    )
+                    for node in read.nodes()
+                ]
+            )
+
+        def track(node: Node) -> NodeTracking:
+            return NodeTracking(
+                node,
+                self._prefix,
+                listener,
+                heartbeat=heartbeat,
+                dead_after=dead_after,
+                expect_primary=True,
+                on_down=partial(read.note_failure, node),
+            )
+
+        following = FollowingTracking(track, listener)
+        read.watch_nodes(following.follow)
+        return following
 
     def key(self, key: str) -> str:
         return self._prefix + key

@@ -27,6 +27,13 @@ Reads go to masters only. Each master's invalidations wait for that master's rep
 `ReplicaWait` per write node, `NodeFactory.waits_per_node`), so a replica promoted by a
 failover holds every invalidation whose write has returned.
 
+The nodes a read may go to (`read_nodes`: the slot table's masters, and the targets of ASK
+redirections since the table was last read whole) are told to whoever watches them
+(`watch_nodes`: the near cache's tracking) each time they may have changed: once the table is
+read at start-up or again, after a MOVED has updated it, and before a command is sent to a
+node an ASK named, so a watcher hears of a node before any reply from it. (redis-py has an
+event for a refreshed slot table, but none for ASK, whose target is not in the table.)
+
 Multi-key operations must stay within one slot: guarded keys put a value and its generation in
 one slot (`cache.policy.keys`), and `group` splits any other batch by slot.
 """
@@ -90,6 +97,8 @@ class ClusterRole:
         self._last_refresh = -REFRESH_INTERVAL
         self._refresh: asyncio.Task[None] | None = None
         self._warming: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+        self._asked: dict[str, Node] = {}  # ASK targets since the table was last read whole
+        self._node_watchers: list[Callable[[list[Node]], None]] = []
         self._started = False
         self._closed = False
 
@@ -107,6 +116,7 @@ class ClusterRole:
             return
         self._ready = True
         await asyncio.gather(*(self._node(n, warm=False).pool.start() for n in self._primaries()))
+        self._nodes_may_have_changed()
 
     async def aclose(self) -> None:
         self._closed = True  # from here on no refresh, no new node, no warming
@@ -122,6 +132,29 @@ class ClusterRole:
 
     def nodes(self) -> list[Node]:
         return list(self._nodes.values())
+
+    def read_nodes(self) -> list[Node]:
+        """Every node a read may go to now: the masters of the slot table, and the nodes ASK
+        sent commands to since the table was last read whole (a migration's target, which may
+        own no slot yet); none while the table is not known."""
+        if not self._ready or self._closed:
+            return []
+        nodes = {node.name: node for node in map(self._node, self._primaries())}
+        nodes.update(self._asked)
+        return list(nodes.values())
+
+    def watch_nodes(self, watcher: Callable[[list[Node]], None]) -> None:
+        """Call `watcher` with `read_nodes()` now, and again each time they may have changed,
+        before any command goes to a node it has not been told of (synchronously: it must not
+        block)."""
+        self._node_watchers.append(watcher)
+        watcher(self.read_nodes())
+
+    def _nodes_may_have_changed(self) -> None:
+        if self._node_watchers:
+            nodes = self.read_nodes()
+            for watcher in self._node_watchers:
+                watcher(nodes)
 
     def route(self, key: str | None) -> Node:
         """The node owning `key`'s slot (any primary for no key); CacheUnavailable while the
@@ -151,11 +184,15 @@ class ClusterRole:
             except MovedError as moved:
                 self.redirections["moved"] += 1
                 await self._cluster.nodes_manager.move_slot(moved)
+                self._nodes_may_have_changed()  # a new master, or a replica promoted
                 self.refresh_soon()
                 node = self.route(key)
             except AskError as ask:
                 self.redirections["ask"] += 1
                 target = self._node_at(ask.host, ask.port)
+                if target.name not in self._asked:
+                    self._asked[target.name] = target
+                    self._nodes_may_have_changed()  # before its reply can be used
                 return await call(_asking(target))
             except (RedisConnectionError, OSError):
                 self.refresh_soon()  # a node gone: its slots will be someone else's
@@ -189,6 +226,8 @@ class ClusterRole:
         self._ready = True
         for node in self._primaries():
             self._node(node)  # a new master's pool starts warming
+        self._asked.clear()  # a migration still under way is asked for again
+        self._nodes_may_have_changed()
 
     # -- nodes -------------------------------------------------------------------------------
 

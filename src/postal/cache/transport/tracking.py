@@ -23,6 +23,26 @@ the connection. Every time it stops being live, and again when it is confirmed a
 listener hears of it (`tracking_changed`): whatever was cached may have missed an invalidation.
 A connection that fails (refused, reset, `CLIENT KILL`, a restarted Redis, tracking refused by an
 ACL or an old server) is dialled again with a backoff.
+
+Which nodes are tracked:
+
+- `Tracking`: a fixed set, for a role on fixed servers (one server, replicas, Sentinel's choice
+  behind one node): the nodes a read may go to never change.
+- `FollowingTracking`: a Redis Cluster's read role, whose reads go to the master owning each
+  key's slot, and whose masters come and go with the slot table. The role tells it the nodes a
+  read may go to every time the table may have changed (`ClusterRole.watch_nodes`), *before* a
+  read can reach a node it did not name before: a node that joins gets a tracking connection,
+  one that leaves has its own stopped. Every change flushes, and a joining node is not live
+  until its tracking is confirmed (which flushes again), so no entry is ever served while a
+  node that may own its key is untracked, and none read before the change survives it: a
+  slot moved to a new master, a replica promoted by a failover. The role pushes rather than
+  this polling the table because the change must be seen before the reply that follows it
+  (a MOVED, an ASK) is stored, in the same task. A cluster master's heartbeat is `ROLE`
+  rather than PING, and tracking confirmed only on a master: a master demoted while still up
+  (a manual failover) keeps its connection, and would otherwise stay live while the slot
+  table still names it and its keys are written on the new master. And each time a master's
+  tracking connection ends or cannot be made (`on_down`), the slot table is read again (at
+  most once a second): a failover is then followed even when no read meets the failed master.
 """
 
 from __future__ import annotations
@@ -32,7 +52,7 @@ import contextlib
 import logging
 import select
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import hiredis
@@ -47,6 +67,10 @@ INVALIDATE = b"invalidate"
 HEARTBEAT = 0.5  # seconds between two PINGs on a live tracking connection
 DEAD_AFTER = 1.5  # seconds without a PONG after which tracking is not live
 MAX_BACKOFF = 2.0  # seconds between two dials of a tracking connection that keeps failing
+
+
+class NotPrimary(ConnectionError):
+    """A node tracked as a cluster master answered ROLE as something else: it was demoted."""
 
 
 class TrackingListener(Protocol):
@@ -113,12 +137,18 @@ class NodeTracking:
         *,
         heartbeat: float = HEARTBEAT,
         dead_after: float = DEAD_AFTER,
+        expect_primary: bool = False,
+        on_down: Callable[[], None] | None = None,
     ) -> None:
         self.node = node
         self.prefix = prefix
         self.listener = listener
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        # A cluster master: confirmed, and kept live, only while it answers ROLE as a master.
+        self.expect_primary = expect_primary
+        # Called each time the connection ends or cannot be made (a cluster re-reads its slots).
+        self._on_down = on_down
         self.confirmed = False
         self.last_pong = 0.0
         self.connects = 0  # tracking confirmed, counted: the first time and each time again
@@ -138,17 +168,27 @@ class NodeTracking:
         poll = self._poll
         return poll is not None and bool(poll.poll(0))
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"postal-tracking-{self.node.name}")
 
-    async def aclose(self) -> None:
+    def stop(self) -> None:
+        """Stop tracking now (the task is cancelled, the connection aborted); `aclose` waits
+        for the task to end."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.abort()
+
+    async def aclose(self) -> None:
+        self.stop()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def lost(self) -> None:
         was_confirmed = self.confirmed
@@ -172,6 +212,8 @@ class NodeTracking:
                     exc,
                 )
             self.lost()
+            if self._on_down is not None:
+                self._on_down()
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -191,6 +233,8 @@ class NodeTracking:
                 self.client_id = await protocol.send("CLIENT", "ID")
                 prefix = ["PREFIX", self.prefix] if self.prefix else []  # none: every key
                 await protocol.send("CLIENT", "TRACKING", "ON", "BCAST", *prefix)
+                if self.expect_primary:
+                    await self._beat(protocol)  # a replica's tracking is not a master's
             loop = asyncio.get_running_loop()
             assert protocol.transport is not None
             sock = protocol.transport.get_extra_info("socket")
@@ -203,30 +247,86 @@ class NodeTracking:
             while not protocol.closed.done():
                 await asyncio.sleep(self.heartbeat)
                 async with asyncio.timeout(self.dead_after):
-                    await protocol.send("PING")
+                    await self._beat(protocol)
                 self.last_pong = loop.time()
         finally:
             if protocol.transport is not None:
                 protocol.transport.abort()
             self._protocol = None
 
+    async def _beat(self, protocol: _TrackingProtocol) -> None:
+        """One heartbeat: PING; for a cluster master, ROLE, which must still say master."""
+        if not self.expect_primary:
+            await protocol.send("PING")
+            return
+        role = await protocol.send("ROLE")
+        if not role or role[0] != b"master":
+            raise NotPrimary(f"{self.node.name} is no longer a master")
+
 
 class Tracking:
-    """Tracking on every node reads go to; live only while every one of them is."""
+    """Tracking on a fixed set of nodes, those reads go to; live only while every one of them
+    is (and never while there is none)."""
 
     def __init__(self, nodes: Sequence[NodeTracking]) -> None:
         self.nodes = list(nodes)
+        self._started = False
 
     @property
     def live(self) -> bool:
-        return all(node.live for node in self.nodes)
+        nodes = self.nodes
+        return bool(nodes) and all(node.live for node in nodes)
 
     def has_unread(self) -> bool:
         return any(node.has_unread() for node in self.nodes)
 
     def start(self) -> None:
+        self._started = True
         for node in self.nodes:
             node.start()
 
     async def aclose(self) -> None:
         await asyncio.gather(*(node.aclose() for node in self.nodes))
+
+
+class FollowingTracking(Tracking):
+    """Tracking on the nodes a cluster's reads may go to, as they change (`follow`)."""
+
+    def __init__(self, track: Callable[[Node], NodeTracking], listener: TrackingListener) -> None:
+        super().__init__([])
+        self._track = track  # a node's tracking connection, not started
+        self._listener = listener
+        self._stopping: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+        self._closed = False
+        self.changes = 0  # times the set of tracked nodes changed
+
+    def follow(self, nodes: Sequence[Node]) -> None:
+        """Track exactly `nodes` (by name) from now on: start the newcomers' connections, stop
+        those of the nodes gone. Any change flushes: whatever was cached may be of a key whose
+        owner changed, and a newcomer is not live until its tracking is confirmed."""
+        if self._closed:
+            return
+        kept = {tracked.node.name: tracked for tracked in self.nodes}
+        wanted = {node.name: node for node in nodes}
+        gone = [tracked for name, tracked in kept.items() if name not in wanted]
+        new = [self._track(node) for name, node in wanted.items() if name not in kept]
+        if not gone and not new:
+            return
+        # From here on `live` waits for the newcomers' confirmation.
+        self.nodes = [tracked for name, tracked in kept.items() if name in wanted] + new
+        self.changes += 1
+        self._listener.tracking_changed(False)
+        for tracked in gone:
+            tracked.stop()
+            if tracked.started:
+                stopping = asyncio.get_running_loop().create_task(tracked.aclose())
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
+        if self._started:
+            for tracked in new:
+                tracked.start()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await super().aclose()
+        await asyncio.gather(*self._stopping)
