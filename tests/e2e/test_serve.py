@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,45 +37,79 @@ def run_postal(
 class Served:
     base: str
     process: subprocess.Popen[str]
+    log: Path  # where the process prints
     output: str = ""  # everything the process printed, once it has exited
     returncode: int | None = None
 
 
 @contextmanager
 def serving(cwd: Path, *args: str, **env: str) -> Iterator[Served]:
-    port = free_loopback_port()
+    with serving_together(cwd, [args], **env) as (served,):
+        yield served
+
+
+@contextmanager
+def serving_together(
+    cwd: Path, commands: Sequence[Sequence[str]], **env: str
+) -> Iterator[list[Served]]:
+    """A `postal serve ARGS` for each of `commands`, started at once (their start-ups overlap),
+    each ready (its /readyz answers 200) when this yields; all stopped (SIGTERM) at once. What
+    each prints goes to a file (a pipe nobody reads while the test runs would fill, and stall
+    the server), read into `Served.output` once it has exited."""
     environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     environ.update(env)
-    command = [sys.executable, "-m", "postal.cli", "serve", "--port", str(port), *args]
-    process = subprocess.Popen(
-        command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    served = Served(f"http://127.0.0.1:{port}", process)
-    base = served.base
+    servers: list[Served] = []
     try:
+        for args in commands:
+            port = free_loopback_port()
+            command = [sys.executable, "-m", "postal.cli", "serve", "--port", str(port), *args]
+            log = cwd / f"postal-serve-{port}.log"
+            with log.open("w") as printed:
+                process = subprocess.Popen(
+                    command,
+                    cwd=cwd,
+                    env=environ,
+                    stdout=printed,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            servers.append(Served(f"http://127.0.0.1:{port}", process, log))
         deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError("postal serve exited before it was ready")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("postal serve did not become ready in 30 s")
-            time.sleep(0.1)
-        yield served
+        for served in servers:
+            _wait_ready(served, deadline)
+        yield servers
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        for served in servers:
+            if served.process.poll() is None:
+                served.process.send_signal(signal.SIGTERM)
+        for served in servers:
+            _stopped(served)
+
+
+def _wait_ready(served: Served, deadline: float) -> None:
+    while True:
+        if served.process.poll() is not None:
+            raise AssertionError("postal serve exited before it was ready")
         try:
-            served.output = process.communicate(timeout=15)[0]
-        except subprocess.TimeoutExpired:
-            process.kill()
-            served.output = process.communicate()[0]
-        served.returncode = process.returncode
-        print(served.output)  # shown by pytest when the test fails
+            if httpx.get(f"{served.base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("postal serve did not become ready in 30 s")
+        time.sleep(0.1)
+
+
+def _stopped(served: Served) -> None:
+    process = served.process
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    served.returncode = process.returncode
+    served.output = served.log.read_text()
+    print(served.output)  # shown by pytest when the test fails
 
 
 def test_the_embedded_default_serves_posts_and_cleans_up(tmp_path: Path) -> None:
