@@ -40,7 +40,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from postal.cache import Topology
 from postal_bench import cpu_time, loadgen
 from postal_bench.errors import BenchError
 from postal_bench.http import stats as http_stats
@@ -68,12 +67,10 @@ from postal_bench.http.stats import (
 )
 from postal_bench.load import ProgressFn, no_progress, run_tool
 from postal_bench.redis_topologies import (
-    CLUSTER,
     RedisSetup,
     delete_prefix,
     redis_setups,
     require_loopback_servers,
-    topology_name,
     write_keys,
 )
 from postal_bench.stats import RunResult, summarize_run
@@ -270,25 +267,16 @@ class Bench:
 
     async def check_near_caches(self) -> None:
         """Note a Postal whose near cache did not do what its target says: none answered from
-        memory with it on (tracking never live, or a cluster's read role), or some with it
-        off."""
+        memory with it on (tracking never live), or some with it off."""
         for name in self.postals:
             hits = await near_cache_hits(self.servers[name])
             self.near_hits[name] = hits
             if hits is None:
                 self._note(name, "its near cache's reads could not be read from its /metrics")
             elif name == POSTAL and not hits:
-                why = (
-                    "a Redis Cluster read role has none"
-                    if self._on_cluster()
-                    else "tracking never live?"
-                )
-                self._note(name, f"its near cache answered no read ({why})")
+                self._note(name, "its near cache answered no read (tracking never live?)")
             elif name == POSTAL_NEAR_OFF and hits:
                 self._note(name, f"its near cache answered {hits:,} reads, though off")
-
-    def _on_cluster(self) -> bool:
-        return topology_name(Topology.from_url(self.setup.read_url)) == CLUSTER
 
     def _note(self, name: str, note: str) -> None:
         self.notes[name] = f"{self.notes[name]}; {note}" if name in self.notes else note
