@@ -222,6 +222,15 @@ def test_two_workers_serve_and_shut_down_cleanly(tmp_path: Path) -> None:
     assert "with 2 worker(s)" in served.output
 
 
+def test_web_concurrency_is_the_worker_count_when_workers_is_not_given(tmp_path: Path) -> None:
+    with serving(tmp_path, WEB_CONCURRENCY="2") as served:
+        # /status answers from whichever worker took the request: each says how many there are
+        statuses = [httpx.get(f"{served.base}/status").json() for _ in range(6)]
+    assert served.returncode == 0, served.output
+    assert "with 2 worker(s)" in served.output
+    assert {status["workers"] for status in statuses} == {2}
+
+
 def test_a_database_without_a_redis_url_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     env["DATABASE_URL"] = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

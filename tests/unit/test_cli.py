@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 import postal
 from postal.cli import app
+from postal.cli.serve import worker_count
+from postal.settings import load_settings
 
 
 def test_a_bad_setting_stops_serve_with_one_line_and_exit_code_2(
@@ -42,3 +44,30 @@ def test_version_option_names_the_program() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"postal {pyproject_version()}"
+
+
+@pytest.mark.parametrize(
+    ("option", "environment", "expected"),
+    [
+        (None, {}, 1),  # neither: one worker
+        (None, {"WEB_CONCURRENCY": "3"}, 3),  # the platform's variable, read
+        (2, {"WEB_CONCURRENCY": "3"}, 2),  # an explicit --workers wins
+        (1, {}, 1),
+    ],
+)
+def test_the_worker_count_is_workers_else_web_concurrency_else_one(
+    option: int | None, environment: dict[str, str], expected: int
+) -> None:
+    assert worker_count(option, load_settings(environment)) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_web_concurrency_stops_serve_with_exit_code_2(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", value)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"postal: configuration error: WEB_CONCURRENCY={value!r}: expected a whole number >= 1"
+    )

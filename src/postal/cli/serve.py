@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from postal.cli.config import settings_or_exit
+from postal.settings import Settings
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 GRACEFUL_SHUTDOWN = 10  # seconds for requests in flight to finish after SIGTERM
@@ -17,7 +18,14 @@ GRACEFUL_SHUTDOWN = 10  # seconds for requests in flight to finish after SIGTERM
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [default: POSTAL_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: POSTAL_PORT]")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its pools.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Worker processes, each with its pools [default: WEB_CONCURRENCY, else 1].",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn, uvloop, httptools)."""
     import asyncio
@@ -36,6 +44,7 @@ def serve(
 
     settings = settings_or_exit()
     configure_from_settings(settings)
+    workers = worker_count(workers, settings)
     logger = logging.getLogger("postal.serve")
     no_redis = settings.read_redis_url is None and settings.write_redis_url is None
     if no_redis and not settings.embedded_redis:
@@ -95,7 +104,9 @@ def serve(
         # uvicorn re-raises SIGTERM once it has shut down; with the default handler that kills
         # the process on the spot, and the embedded Redis would outlive us. Exit normally instead.
         signal.signal(signal.SIGTERM, _exit_quietly)
-        os.environ["WEB_CONCURRENCY"] = str(workers)  # for /status: the workers inherit it
+        # What was decided, for /status (the workers inherit it); an explicit --workers may
+        # differ from the WEB_CONCURRENCY given.
+        os.environ["WEB_CONCURRENCY"] = str(workers)
         uvicorn.run(
             "postal.app:app_from_environment",
             factory=True,
@@ -115,6 +126,14 @@ def binds_loopback(host: str) -> bool:
     from postal.api.loopback import is_loopback_address
 
     return host.lower() in LOOPBACK_HOSTS or is_loopback_address(host)
+
+
+def worker_count(option: int | None, settings: Settings) -> int:
+    """--workers when given; else WEB_CONCURRENCY (checked by the settings: a whole number of
+    at least 1); else 1."""
+    if option is not None:
+        return option
+    return settings.web_concurrency or 1
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
