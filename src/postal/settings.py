@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     # Move what start-up built into the garbage collector's permanent generation (`runtime.py`):
     # measured, it took a saturated worker's p99 from 68 ms to 17 ms. Off only to compare.
     postal_gc_freeze: bool = True
+    # `/readyz` stays ready while the database is down if the cache serves reads (`api/readiness`);
+    # false: ready only while the database answers.
+    postal_ready_without_database: bool = True
     # `postal serve`'s worker processes when --workers is not given: the name uvicorn, gunicorn
     # and Heroku-style platforms use. Unset: 1.
     web_concurrency: PositiveCount | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as redis
@@ -44,8 +44,11 @@ async def test_reads_survive_a_stopped_redis_and_writes_still_land(
         assert (await api.client.put(url, json=update, headers=AUTH)).status_code == 200
         assert api.state.invalidator.stats().failed >= 1
         assert (await api.client.get(url)).json()["title"] == "after"
-        ready = (await api.client.get("/readyz")).json()
-        assert ready["status"] == "ok"  # the cache is reported, not required
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200  # the database serves every read: ready, degraded
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["degraded"] == ["cache"]
+        assert ready.json()["cache"]["serves"] is False
 
 
 async def test_a_failed_invalidation_is_retried_and_nothing_stale_is_served(
@@ -124,7 +127,7 @@ async def test_database_down_is_503_with_retry_after_and_nothing_hangs(
                 assert response.json()["error"]["code"] == "database_unavailable"
                 assert response.headers["retry-after"] == "1"
             ready = await api.client.get("/readyz")
-            assert ready.status_code == 503
+            assert ready.status_code == 200  # the cache still serves what it holds
             assert ready.json()["database"]["reachable"] is False
             await proxy.pass_through()
 
@@ -165,3 +168,109 @@ async def test_a_write_refused_by_a_database_that_is_down_leaves_the_cache_alone
             assert read.status_code == 200, read.text
             assert read.json() == post
             await proxy.pass_through()
+
+
+@pytest.fixture
+async def proxied_database(database_url: str, clean_database: None) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the session's PostgreSQL; `proxied_url(proxy)` goes through."""
+    url = make_url(database_url)
+    async with FaultProxy(url.port or 5432) as proxy:
+        yield proxy
+
+
+def proxied_url(database_url: str, proxy: FaultProxy) -> str:
+    url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+    return url.render_as_string(hide_password=False)
+
+
+async def test_with_the_database_down_cached_reads_are_served_and_the_pod_stays_ready(
+    database_url: str, proxied_database: FaultProxy, redis_url: str, key_prefix: str
+) -> None:
+    proxy = proxied_database
+    env = {"DATABASE_TIMEOUT": "1s"}
+    async with running_api(proxied_url(database_url, proxy), redis_url, key_prefix, **env) as api:
+        cached, cold = await api.create(title="cached"), await api.create(title="cold")
+        await api.client.get(f"/api/v1/posts/{cached['id']}")
+        await api.client.get("/api/v1/posts")
+        await api.settle()
+        await proxy.refuse()
+
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        document = ready.json()
+        assert document["status"] == "degraded"
+        assert document["degraded"] == ["database"]
+        assert "cached reads are answered" in document["message"]
+        assert document["database"]["reachable"] is False
+        assert document["cache"]["serves"] is True
+
+        for _ in range(3):  # cached: answered, from Redis or from memory
+            read = await api.client.get(f"/api/v1/posts/{cached['id']}")
+            assert read.status_code == 200
+            assert read.json() == cached
+        assert (await api.client.get("/api/v1/posts")).status_code == 200  # the cached page
+
+        miss = await api.client.get(f"/api/v1/posts/{cold['id']}")
+        assert miss.status_code == 503
+        assert miss.headers["retry-after"] == "1"
+        assert miss.json()["error"]["code"] == "database_unavailable"
+        assert miss.json()["error"]["message"] == (
+            f"the database is unavailable, and post {cold['id']} is not in the cache; retry shortly"
+        )
+        update = {"title": "new", "body": "b", "author": "a"}
+        write = await api.client.put(f"/api/v1/posts/{cached['id']}", json=update, headers=AUTH)
+        assert write.status_code == 503
+        assert write.headers["retry-after"] == "1"
+        assert write.json()["error"]["message"] == (
+            "the database is unavailable, and writes need it; retry shortly"
+        )
+        history = await api.client.get(f"/api/v1/posts/{cached['id']}/versions")  # never cached
+        assert history.status_code == 503
+        assert "this read is not in the cache" in history.json()["error"]["message"]
+
+        await proxy.pass_through()
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ok"
+        assert ready.json()["degraded"] == []
+
+
+async def test_with_the_database_and_the_cache_down_the_pod_is_unready(
+    database_url: str, proxied_database: FaultProxy, own_redis: RedisServer, key_prefix: str
+) -> None:
+    proxy = proxied_database
+    env = {"DATABASE_TIMEOUT": "1s"}
+    url = proxied_url(database_url, proxy)
+    async with running_api(url, own_redis.url, key_prefix, **env) as api:
+        await proxy.refuse()
+        own_redis.stop()
+        # The near cache's tracking notices the closed connection at once, or its heartbeat
+        # within 1.5 s: until then the pod may still say the cache serves.
+        deadline = time.monotonic() + 10
+        ready = await api.client.get("/readyz")
+        while ready.status_code == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            ready = await api.client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        document = ready.json()
+        assert document["status"] == "unavailable"
+        assert document["degraded"] == ["database", "cache"]
+        assert document["cache"]["serves"] is False
+        assert document["cache"]["answers"] is False
+        assert document["cache"]["error"]  # why the PING failed, the address masked
+        await proxy.pass_through()
+
+
+async def test_ready_without_the_database_can_be_turned_off(
+    database_url: str, proxied_database: FaultProxy, redis_url: str, key_prefix: str
+) -> None:
+    proxy = proxied_database
+    env = {"DATABASE_TIMEOUT": "1s", "POSTAL_READY_WITHOUT_DATABASE": "false"}
+    async with running_api(proxied_url(database_url, proxy), redis_url, key_prefix, **env) as api:
+        await proxy.refuse()
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["degraded"] == ["database"]
+        assert ready.json()["cache"]["serves"] is True
+        await proxy.pass_through()
+        assert (await api.client.get("/readyz")).status_code == 200

@@ -32,6 +32,8 @@ async def test_readyz_reports_warm_pools(redis_url: str, key_prefix: str) -> Non
     response = await serve_and_get(environ, "/readyz")
     assert response.status_code == 200
     body = response.json()
+    assert (body["status"], body["degraded"]) == ("ok", [])
+    assert body["cache"]["serves"] is True
     assert body["cache"]["connected"] is True
     assert body["cache"]["pools"]["read"]["idle"] == 10
     assert body["cache"]["pools"]["write"]["idle"] == 5
@@ -40,8 +42,18 @@ async def test_readyz_reports_warm_pools(redis_url: str, key_prefix: str) -> Non
 async def test_readyz_is_ready_without_redis(key_prefix: str) -> None:
     environ = {"READ_REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_KEY_PREFIX": key_prefix}
     response = await serve_and_get(environ, "/readyz")
-    assert response.status_code == 200
+    assert response.status_code == 200  # the database answers every read
     assert response.json()["cache"]["connected"] is False
+    assert response.json()["degraded"] == ["cache"]
+
+
+async def test_readyz_is_not_ready_before_start_up(redis_url: str, key_prefix: str) -> None:
+    app = create_app(load_settings({"READ_REDIS_URL": redis_url, "REDIS_KEY_PREFIX": key_prefix}))
+    transport = httpx.ASGITransport(app=app)  # no lifespan: nothing was built
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "starting"
 
 
 @pytest.mark.parametrize(("setting", "frozen"), [("true", True), ("false", False)])

@@ -3,6 +3,11 @@
 Every error a client sees is `{"error": {"code": ..., "message": ..., "field": ...}}` (`field`
 only when one input is to blame), with a 4xx status for bad requests and 503 with Retry-After
 when the database is unavailable. Unknown routes and methods answer in the same shape.
+
+While the database is down, reads of what is cached are still answered (see `readiness`); what
+needs the database gets `database_unavailable`, whose message says why this request needed it
+(a write, or a read of what is not cached). In an outage that is every miss and every write, so
+its log line is rate-limited: one a second at most, saying how many were left out.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from postal.observability.logging import LineBudget
 from postal.posts.errors import (
     DatabaseUnavailable,
     InvalidCursor,
@@ -29,6 +35,12 @@ logger = logging.getLogger("postal.api")
 
 RETRY_AFTER_SECONDS = 1  # a database blip or failover usually clears within a second or two
 JSON = "application/json"
+# Why a request needed the database, in `database_unavailable`'s message.
+WRITES_NEED_IT = "writes need it"
+NOT_CACHED = "this read is not in the cache"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+# The process's outage log: one line a second, however many requests fail (per process).
+_outage_lines = LineBudget(per_second=1.0)
 
 
 class ApiError(Exception):
@@ -81,15 +93,25 @@ def error_response(
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
-def database_unavailable(exc: Exception) -> Response:
-    """503 with Retry-After, logged: what every route answers when the database is away."""
-    logger.warning("database unavailable: %s", exc)
+def database_unavailable(exc: Exception, reason: str = WRITES_NEED_IT) -> Response:
+    """503 with Retry-After, logged (rate-limited): what every route answers when the database
+    is away. `reason` says why the request needed it (`WRITES_NEED_IT`, `NOT_CACHED`, or which
+    post is not cached)."""
+    left_out = _outage_lines.take()
+    if left_out is not None:
+        fields = {"suppressed": left_out} if left_out else None
+        logger.warning("database unavailable: %s", exc, extra=fields)
     return error_response(
         503,
         "database_unavailable",
-        "the database is unavailable; retry shortly",
+        f"the database is unavailable, and {reason}; retry shortly",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+def not_cached(post_id: int) -> str:
+    """`database_unavailable`'s reason for a read of one post."""
+    return f"post {post_id} is not in the cache"
 
 
 def internal_error() -> Response:
@@ -174,7 +196,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_value", str(exc), field="cursor")
 
     async def database_down(request: Request, exc: Exception) -> Response:
-        return database_unavailable(exc)
+        reason = NOT_CACHED if request.method in SAFE_METHODS else WRITES_NEED_IT
+        return database_unavailable(exc, reason)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Starlette's ServerErrorMiddleware sends this, then re-raises for the server to log.

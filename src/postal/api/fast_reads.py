@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postal.api.admission import UNCOUNTED_PATHS, refuse
-from postal.api.errors import database_unavailable, internal_error
+from postal.api.errors import database_unavailable, internal_error, not_cached
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
 from postal.api.loopback import LoopbackOnly
 from postal.api.read_answer import read_answer
@@ -124,7 +124,8 @@ class FastReads:
         try:
             entry = await service.read_post(post_id)
         except DatabaseUnavailable as exc:
-            return await _send(database_unavailable(exc), rid, scope, receive, send)
+            response = database_unavailable(exc, not_cached(post_id))
+            return await _send(response, rid, scope, receive, send)
         except Exception:
             logger.exception("unhandled error on GET %s", scope["path"])
             return await _send(internal_error(), rid, scope, receive, send)

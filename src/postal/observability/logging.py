@@ -198,6 +198,33 @@ def key_prefix(key: str | None) -> str:
     return key.split(":", 1)[0]
 
 
+class LineBudget:
+    """At most `per_second` log lines a second, a second's worth saved up (a token bucket), and
+    how many were left out since the last line allowed: for lines that come once per event
+    when events can come by the thousand (every operation slow under saturation, every request
+    failing in an outage), where a line per event would spend the CPU that is short."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = per_second
+        self._clock = clock
+        self._allowance = per_second
+        self._last = clock()
+        self.suppressed = 0  # left out since the last line allowed
+
+    def take(self) -> int | None:
+        """None: leave this line out (counted). Otherwise the line may be written, and this is
+        how many were left out before it (the count starts again)."""
+        now = self._clock()
+        self._allowance = min(self._rate, self._allowance + (now - self._last) * self._rate)
+        self._last = now
+        if self._allowance < 1:
+            self.suppressed += 1
+            return None
+        self._allowance -= 1
+        left_out, self.suppressed = self.suppressed, 0
+        return left_out
+
+
 class SlowOperationLog:
     """A cache listener that logs every operation at or above `threshold` seconds."""
 
@@ -211,22 +238,19 @@ class SlowOperationLog:
     ) -> None:
         self.threshold = threshold
         self._logger = logger or logging.getLogger(SLOW_LOGGER)
-        self._rate = max_lines_per_second
-        self._clock = clock
-        self._allowance = max_lines_per_second  # a token bucket holding one second's lines
-        self._last = clock()
-        self.suppressed = 0  # slow operations not logged since the last line
+        self._budget = LineBudget(max_lines_per_second, clock)
+
+    @property
+    def suppressed(self) -> int:
+        """Slow operations not logged since the last line."""
+        return self._budget.suppressed
 
     def __call__(self, event: CacheEvent) -> None:
         if event.duration < self.threshold:
             return
-        now = self._clock()
-        self._allowance = min(self._rate, self._allowance + (now - self._last) * self._rate)
-        self._last = now
-        if self._allowance < 1:
-            self.suppressed += 1
+        left_out = self._budget.take()
+        if left_out is None:
             return
-        self._allowance -= 1
         fields = {
             "role": event.role,
             "command": event.command,
@@ -236,7 +260,6 @@ class SlowOperationLog:
             "pool_in_use": event.in_use,
             "pool_idle": event.idle,
         }
-        if self.suppressed:
-            fields["suppressed"] = self.suppressed  # left out since the previous line
-            self.suppressed = 0
+        if left_out:
+            fields["suppressed"] = left_out  # left out since the previous line
         self._logger.warning("slow cache operation", extra=fields)

@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from postal.api.status import cache_report, status_report
+from postal.api.readiness import readiness
+from postal.api.status import status_report
 from postal.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from postal.storage.health import database_reachable
 
 router = APIRouter(tags=["operations"])
 metrics_router = APIRouter(tags=["operations"])
@@ -32,16 +32,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers. The cache's state is reported, not required: reads
-    survive without it."""
-    state = request.app.state
-    problem = await database_reachable(state.engine, READY_CHECK_TIMEOUT)
-    cache = cache_report(state)
-    database: dict[str, Any] = {"reachable": problem is None}
-    if problem is not None:
-        database["error"] = problem
-    body = {"status": "ok" if problem is None else "unavailable", "database": database}
-    return JSONResponse({**body, "cache": cache}, status_code=200 if problem is None else 503)
+    """Ready while this process can serve reads: with the database, or without it from the
+    cache (see `api/readiness.py`); what is degraded is said in the document."""
+    status_code, document = await readiness(request.app.state, READY_CHECK_TIMEOUT)
+    return JSONResponse(document, status_code=status_code)
 
 
 @router.get(STATUS_PATH)

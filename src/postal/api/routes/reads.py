@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from postal.api.errors import ID_MESSAGE, ApiError
+from postal.api.errors import ID_MESSAGE, ApiError, database_unavailable, not_cached
 from postal.api.read_answer import read_answer
+from postal.posts.errors import DatabaseUnavailable
 from postal.posts.models import MAX_ID
 from postal.posts.service import PostService
 
@@ -45,7 +46,10 @@ def parse_post_id(text: str) -> int:
 async def get_post(request: Request) -> Response:
     service: PostService = request.app.state.posts
     post_id = parse_post_id(request.path_params["post_id"])
-    entry = await service.read_post(post_id)
+    try:
+        entry = await service.read_post(post_id)
+    except DatabaseUnavailable as exc:  # said as the fast lane says it
+        return database_unavailable(exc, not_cached(post_id))
     status, headers, body = read_answer(post_id, entry, request.scope["headers"])
     response = Response(body, status_code=status)
     response.raw_headers = headers  # as they are, so that both entrances send the same bytes

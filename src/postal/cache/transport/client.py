@@ -353,6 +353,13 @@ class RedisClient:
         value: bytes | None = await self.run_read("GET", key, timeout, call, is_hit=_is_not_none)
         return value
 
+    async def ping(self, *, timeout: Timeout = USE_DEFAULT) -> None:
+        """One PING on the read role, routed as a read without a key is (the next server in
+        turn that may serve reads), through its breaker, under the GET deadline: whether a read
+        could be answered by Redis now. Raises `CacheError` when not (an open breaker
+        included)."""
+        await self.run_read("PING", None, timeout, command_call("PING"))
+
     async def mget(
         self, keys: Sequence[str], *, timeout: Timeout = USE_DEFAULT
     ) -> list[bytes | None]:
