@@ -76,6 +76,12 @@ def _database_down(row: FaultResult) -> None:
     assert row.evidence["hits_during"] > 0  # cached posts were still served
     assert row.evidence["evicted"] > 0
     assert row.unavailable > 0  # the evicted ones got clear 503s (failed == 0 says nothing else)
+    # The pod stayed ready, saying what is degraded; writes got clear 503s with Retry-After.
+    assert row.evidence["ready_during"] > 0
+    assert row.evidence["unready_during"] == 0
+    assert row.evidence["readyz_degraded_database"] == row.evidence["ready_during"]
+    assert row.evidence["writes_503_retry_after"] > 0
+    assert row.evidence["writes_other_answers"] == 0
 
 
 def _near_tracking_killed(row: FaultResult) -> None:

@@ -20,6 +20,7 @@ from postal.observability.metrics import (
 from postal_bench.errors import BenchError
 from postal_bench.faults.fault import Evidence, Fault, Observed, Shape
 from postal_bench.faults.near_faults import Partitioned, TrackingKilled
+from postal_bench.faults.outage_probe import OutageProbe
 from postal_bench.faults.rig import FaultRig, server_step
 from postal_testing.certs import make_untrusted_pki
 from postal_testing.proxy import FaultProxy
@@ -325,7 +326,9 @@ class TlsUnverified(Fault):
 class DatabaseDown(Fault):
     """The database refuses connections. A quarter of the hot set's cache entries are evicted
     as it goes down, as a real cache's would be (TTLs, memory): reads of those need the
-    database and must get a clear 503, the others are still served from the cache."""
+    database and must get a clear 503, the others are still served from the cache. Meanwhile
+    `/readyz` must stay ready, saying the database is degraded, and writes must get a clear
+    503 (`outage_probe`)."""
 
     name = "database-down"
     summary = "the database refuses connections (open ones closed; a quarter of entries cold)"
@@ -337,6 +340,7 @@ class DatabaseDown(Fault):
         rig.use_redis(server.url)
         self.proxy = await rig.database_proxy()
         self.redis_url, self.key_prefix = server.url, rig.key_prefix
+        self.rig = rig
 
     async def begin(self) -> None:
         client = redis.Redis.from_url(self.redis_url)
@@ -351,16 +355,27 @@ class DatabaseDown(Fault):
         finally:
             await client.aclose()
         await self.proxy.refuse()
+        if self.rig.postal is None:
+            raise BenchError("the database went down before Postal was started")
+        self.probe = OutageProbe(self.rig.postal)
+        self.probe.start()
 
     async def end(self) -> None:
+        self.outage = await self.probe.stop()
         await self.proxy.pass_through()
 
     async def evidence(self, observed: Observed) -> Evidence:
+        outage = self.outage
         return {
             "writes_failed_during": observed.failed_writes_during,
             "evicted": self.evicted,
             "hits_during": observed.during.reads("hit"),
             "hits_after": observed.after.reads("hit"),
+            "ready_during": outage.ready,
+            "unready_during": outage.unready + outage.failed,
+            "readyz_degraded_database": outage.database_degraded,
+            "writes_503_retry_after": outage.writes_unavailable,
+            "writes_other_answers": outage.writes_other,
         }
 
     def missing(self, evidence: Evidence) -> str | None:
@@ -368,6 +383,15 @@ class DatabaseDown(Fault):
             return "no write failed while the database was down"
         if evidence["evicted"] == 0:
             return "no cache entry was evicted, so no read needed the database"
+        if evidence["unready_during"] or not evidence["ready_during"]:
+            return (
+                f"/readyz was not ready {evidence['unready_during']:g} times while the cache"
+                f" served (first: {self.outage.first_unexpected})"
+            )
+        if evidence["readyz_degraded_database"] != evidence["ready_during"]:
+            return '/readyz did not always say degraded: ["database"]'
+        if evidence["writes_other_answers"] or not evidence["writes_503_retry_after"]:
+            return f"a write got no clear 503 with Retry-After ({self.outage.first_unexpected})"
         return None
 
 
