@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal import __version__
+from postal.api.access_log import AccessLog
 from postal.api.errors import install_error_handlers
 from postal.api.fast_reads import PostalApp
 from postal.api.guards import WriteGuard
@@ -217,6 +218,7 @@ def create_app(
     app.measure = partial(HttpMetrics, metrics=metrics, routes=app.router.routes)
     app.max_in_flight = settings.postal_max_in_flight  # admission: `api/admission.py`
     app.loopback_only = settings.loopback_only  # no token: `api/loopback.py`
+    app.access_log = AccessLog() if settings.postal_access_log else None  # `api/access_log.py`
     app.state.settings = settings
     app.state.started_at = time.time()  # for /status's uptime
     install_error_handlers(app)

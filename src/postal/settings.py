@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     # Move what start-up built into the garbage collector's permanent generation (`runtime.py`):
     # measured, it took a saturated worker's p99 from 68 ms to 17 ms. Off only to compare.
     postal_gc_freeze: bool = True
+    # One JSON line per HTTP request (`api/access_log.py`), with its request id. Off: nothing on
+    # the hot path; on, about as much CPU as a cached read itself (measured: docs/operations.md).
+    postal_access_log: bool = False
     # `/readyz` stays ready while the database is down if the cache serves reads (`api/readiness`);
     # false: ready only while the database answers.
     postal_ready_without_database: bool = True

@@ -179,3 +179,22 @@ def test_a_url_password_holding_an_at_sign_is_masked_whole() -> None:
     scrubbed = Redactor().scrub(line)
     assert "r3t" not in scrubbed
     assert json.loads(scrubbed) == {"message": "dial redis://:***@cache:6379/0 failed", "n": 1}
+
+
+def test_lines_without_a_credential_word_are_scrubbed_as_the_patterns_would() -> None:
+    """The word check before `_BEARER` and `_PAIR` only skips what they could not match: over
+    random lines built of credential words in any case, separators, other words and non-ASCII
+    lookalikes (the long s, the Kelvin sign, dotless i), the result is the patterns' own."""
+    rng = random.Random(7)
+    pieces = [
+        "Bearer", "bEaReR", "PASSWORD", "passwd", "Secret", "tOkEn", "requirepass",
+        "MasterAuth", "ſecret", "toKen", "requıre", "=", ": ", " ", '"', "'", ",", ";",
+        "abc", "x1y2", "/api/v1/posts/1", "?q=", "é", "\n",
+    ]  # fmt: skip
+    redactor = Redactor()
+    for _ in range(20_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        # Non-ASCII text always runs both patterns: the same line with a non-ASCII line after
+        # it (a comma, which no masked value holds or starts with, ends them) is the reference.
+        expected = redactor.scrub(line + "\n,é")[: -len("\n,é")]
+        assert redactor.scrub(line) == expected, line

@@ -10,11 +10,11 @@ answers in the same way and with the same errors: both send what `read_answer`
 
 `PostalApp` puts it outside the whole stack FastAPI builds (server errors, FastAPI's telemetry
 and body-limit middlewares, ours), so it answers its own unexpected errors: a 500 in the same
-shape, logged. It is outside the request-id and HTTP-metrics middlewares too, and does their
-work itself for the requests it answers (the id in the log context and the response headers,
-one histogram observation): each middleware layer costs a coroutine and a `send` wrapper per
-request, which under `postal bench http` took Postal's cached GET from above the peer's req/s
-to below it.
+shape, logged. It is outside the request-id, HTTP-metrics and access-log middlewares too, and
+does their work itself for the requests it answers (the id in the log context and the response
+headers, one histogram observation, the access log's line when it is on): each middleware
+layer costs a coroutine and a `send` wrapper per request, which under `postal bench http` took
+Postal's cached GET from above the peer's req/s to below it.
 
 Being the outermost layer, it is also where admission is checked (`api/admission.py`): it counts
 the HTTP requests in flight, its own and the app's, and refuses one over the bound before
@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from postal.api.access_log import AccessLog, AccessLogMiddleware
 from postal.api.admission import UNCOUNTED_PATHS, refuse
 from postal.api.errors import database_unavailable, internal_error, not_cached
 from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
@@ -64,12 +65,14 @@ class FastReads:
         ids: RequestIds | None = None,
         metrics: HttpMetrics | None = None,
         max_in_flight: int | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self.app = app
         self._ids = ids or RequestIds()
         self._metrics = metrics
+        self._access_log = access_log  # None: off, and this lane pays one test for it
         self.max_in_flight = max_in_flight
         self._limit = sys.maxsize if max_in_flight is None else max_in_flight
         self.in_flight = 0  # one event loop per worker: a plain integer, no lock
@@ -103,23 +106,27 @@ class FastReads:
         await refuse(send, self._ids.of(scope).encode("ascii"))
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, post_id: int) -> None:
-        """What the request-id and metrics middlewares would do, around `_get_post`."""
+        """What the request-id, metrics and access-log middlewares would do, around
+        `_get_post`."""
         started = time.perf_counter()
         scope["route"] = ROUTE
         rid = self._ids.of(scope)
         token = request_id.set(rid)
-        status = FAILED_STATUS
+        status, sent = FAILED_STATUS, 0
         try:
-            status = await self._get_post(scope, receive, send, post_id, rid.encode("ascii"))
+            status, sent = await self._get_post(scope, receive, send, post_id, rid.encode("ascii"))
         finally:
             request_id.reset(token)
             if self._metrics is not None:
                 self._metrics.record("GET", TEMPLATE, status, time.perf_counter() - started)
+            if self._access_log is not None:
+                elapsed = time.perf_counter() - started
+                self._access_log.write(scope, status, elapsed, sent, rid)
 
     async def _get_post(
         self, scope: Scope, receive: Receive, send: Send, post_id: int, rid: bytes
-    ) -> int:
-        """Answer the request; the status sent."""
+    ) -> tuple[int, int]:
+        """Answer the request; the status and the body's length sent."""
         service: PostService = scope["app"].state.posts
         try:
             entry = await service.read_post(post_id)
@@ -133,13 +140,15 @@ class FastReads:
         headers.append((HEADER, rid))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        return status
+        return status, len(body)
 
 
-async def _send(response: Response, rid: bytes, scope: Scope, receive: Receive, send: Send) -> int:
+async def _send(
+    response: Response, rid: bytes, scope: Scope, receive: Receive, send: Send
+) -> tuple[int, int]:
     response.raw_headers.append((HEADER, rid))
     await response(scope, receive, send)
-    return response.status_code
+    return response.status_code, len(response.body)
 
 
 class PostalApp(FastAPI):
@@ -149,20 +158,29 @@ class PostalApp(FastAPI):
     `FastReads` records its own requests and refusals in it and gives them ids from the same
     maker. `max_in_flight`, set by `create_app`: the admission bound (None: no bound).
     `loopback_only`, set by `create_app` when there is no token: `LoopbackOnly` goes in front
-    of all of it, so not even a cached read is answered to anyone else."""
+    of all of it, so not even a cached read is answered to anyone else. `access_log`, set by
+    `create_app` when POSTAL_ACCESS_LOG is on: the access log, written by a layer inside the
+    request ids and by `FastReads` for its own requests."""
 
     measure: Callable[[ASGIApp], HttpMetrics] | None = None
     max_in_flight: int | None = None
     loopback_only: bool = False
+    access_log: AccessLog | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = super().build_middleware_stack()
         metrics = None
         if self.measure is not None:
             app = metrics = self.measure(app)
+        if self.access_log is not None:  # off: no layer at all
+            app = AccessLogMiddleware(app, self.access_log)
         ids = RequestIds()
         inner = RequestIdMiddleware(app, ids)
         outer: ASGIApp = FastReads(
-            inner, ids=ids, metrics=metrics, max_in_flight=self.max_in_flight
+            inner,
+            ids=ids,
+            metrics=metrics,
+            max_in_flight=self.max_in_flight,
+            access_log=self.access_log,
         )
         return LoopbackOnly(outer) if self.loopback_only else outer
