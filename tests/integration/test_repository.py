@@ -294,6 +294,19 @@ async def test_list_page_with_a_deleted_cursor(repo: PostRepository) -> None:
     assert [post.id for post in page] == [posts[1].id, posts[0].id]
 
 
+async def test_ids_page_is_list_page_without_the_posts(engine: AsyncEngine) -> None:
+    repo = SqlPostRepository(engine)
+    assert (await repo.ids_page(limit=10), await repo.count()) == ([], 0)
+    posts = [await repo.create(PostContent(f"p{n}", "b", "a")) for n in range(5)]
+    await repo.delete(posts[1].id, expected_version=None)
+    for limit, before_id in [(10, None), (2, None), (2, posts[3].id), (10, posts[0].id)]:
+        page = await repo.list_page(limit=limit, before_id=before_id)
+        assert await repo.ids_page(limit=limit, before_id=before_id) == [p.id for p in page]
+    assert await repo.count() == 4
+    with pytest.raises(ValueError, match="limit"):
+        await repo.ids_page(limit=0)
+
+
 # -- the database unavailable --------------------------------------------------------------------
 
 

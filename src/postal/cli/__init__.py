@@ -1,4 +1,4 @@
-"""The `postal` command: serve, migrate, import, stats, version; one module a command.
+"""The `postal` command: serve, migrate, import, cache, stats, version; one module a command.
 
 Commands of other distributions join it through the `postal.commands` entry point group: the
 benchmarks (`postal-bench`, in the repository's bench/) add `postal bench ...` when installed.
@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from postal.cli.cache import app as cache_app
 from postal.cli.imports import import_posts
 from postal.cli.migrate import migrate
 from postal.cli.serve import serve
@@ -40,6 +41,7 @@ def _options(
 app.command()(serve)
 app.command()(migrate)
 app.command("import")(import_posts)
+app.add_typer(cache_app, name="cache")
 app.command()(stats)
 app.command()(version)
 

@@ -218,7 +218,7 @@ async def standalone_importer(
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database, pool_size=2, timeout=settings.database_timeout)
         stack.push_async_callback(engine.dispose)
-        cache = _cli_cache(settings, read_url, write_url)
+        cache = cli_cache(settings, read_url, write_url)
         stack.push_async_callback(cache.aclose)
         await cache.start()
         invalidator = invalidator_for(cache, settings)
@@ -234,7 +234,7 @@ async def standalone_importer(
         yield importer, invalidator
 
 
-def _cli_cache(settings: Settings, read_url: str, write_url: str) -> CacheClient:
+def cli_cache(settings: Settings, read_url: str, write_url: str) -> CacheClient:
     """A cache client like the service's, with no idle connections kept warm (one step uses it,
     at the end) and no slow-operation log: the cache step's pipelines are slow by design, and the
     report times them."""

@@ -9,12 +9,14 @@ structurally: neither knows of posts); the unit tests pass the in-memory fakes o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from postal.cache import GuardedKey, Loader
+from postal.cache import GuardedKey, Loader, Profile, ReadThroughStats, Timeout
 from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
+
+T = TypeVar("T")
 
 
 class PostRepository(Protocol):
@@ -78,4 +80,63 @@ class CacheInvalidations(Protocol):
         `generations`. True when the cache took it; False when it is pending (retried in the
         background, and meanwhile bypassed by this process's reads). Never raises a cache
         error."""
+        ...
+
+
+class PostIds(Protocol):
+    """Post ids without their posts, for the operators' cache commands (`cache_admin`)."""
+
+    async def ids_page(self, *, limit: int, before_id: int | None = None) -> list[int]:
+        """Newest first: at most `limit` ids below `before_id` (from the newest, when None)."""
+        ...
+
+    async def count(self) -> int:
+        """How many posts there are."""
+        ...
+
+
+class WarmingReads(Protocol):
+    """The read-through's side the warming watches (`postal.cache.ReadThrough`)."""
+
+    def stats(self) -> ReadThroughStats: ...
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the loads in flight and their fills."""
+        ...
+
+
+class BatchInvalidations(Protocol):
+    """Invalidations of many keys in one round trip, through the invalidator: the cache
+    client's batch form (`CacheClient.invalidate_many`) sent by `Invalidator.invalidate_with`."""
+
+    async def invalidate_with(
+        self,
+        keys: Sequence[GuardedKey],
+        generations: Sequence[str],
+        send: Callable[[], Awaitable[T]],
+    ) -> T | None:
+        """`send()`'s result, or None when it raised a cache error: then `keys` and
+        `generations` are pending (retried in the background)."""
+        ...
+
+    def is_pending(self, key: GuardedKey) -> bool:
+        """Whether an invalidation of `key`, or of its generation, has not reached the cache."""
+        ...
+
+
+class CacheBatches(Protocol):
+    """The cache client's batch invalidation (`postal.cache.CacheClient`)."""
+
+    @property
+    def profile(self) -> Profile: ...
+
+    async def invalidate_many(
+        self,
+        keys: Sequence[GuardedKey],
+        generations: Sequence[str] = (),
+        *,
+        timeout: Timeout = ...,
+    ) -> list[int]:
+        """Bump the generations of `keys` and delete them, bump the bare counters
+        `generations`, in one round trip."""
         ...

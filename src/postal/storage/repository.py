@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeAlias
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
@@ -95,6 +95,23 @@ class SqlPostRepository:
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
         return [post_from_row(row) for row in rows]
+
+    async def ids_page(self, *, limit: int, before_id: int | None = None) -> list[int]:
+        """The ids of `list_page`, alone: newest first, at most `limit` below `before_id`."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        query = select(posts.c.id).order_by(posts.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(posts.c.id < before_id)
+        async with self._read() as connection:
+            return list((await connection.execute(query)).scalars())
+
+    async def count(self) -> int:
+        """How many posts there are."""
+        async with self._read() as connection:
+            return int(
+                (await connection.execute(select(func.count()).select_from(posts))).scalar_one()
+            )
 
     async def versions(self, post_id: int) -> list[PostVersion]:
         query = (
