@@ -43,7 +43,11 @@ async def test_writes_through_another_client_are_never_read_stale(
             assert await reader.read() == b"v%d" % version
             assert await reader.read() == b"v%d" % version
         stats = reader.near.stats()
-        assert stats.hits >= 300  # each second read came from memory
+        # Each second read came from memory, unless the first one's reply was refused a place
+        # there because the writer's last push came in while it was being read (that is the
+        # fill-race rule at work, not a miss of the near cache).
+        assert stats.hits + stats.stale_rejected >= 300
+        assert stats.hits >= 150
         assert stats.invalidations >= 300
 
 

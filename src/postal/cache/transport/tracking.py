@@ -151,16 +151,37 @@ class NodeTracking:
         self._on_down = on_down
         self.confirmed = False
         self.last_pong = 0.0
+        # Tracking confirmed, and a heartbeat answered less than `dead_after` seconds ago. A plain
+        # attribute because every near-cache hit reads it: set when tracking is confirmed and at
+        # each heartbeat answered, cleared when the connection goes or by a timer at
+        # `last_pong + dead_after` (`_lapse`), so a hit reads a flag, not a clock.
+        self.live = False
+        self._lapse: asyncio.TimerHandle | None = None
         self.connects = 0  # tracking confirmed, counted: the first time and each time again
         self.client_id: int | None = None  # the connection's CLIENT ID, while it is up
         self._protocol: _TrackingProtocol | None = None
         self._poll: select.poll | None = None
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def live(self) -> bool:
+    def _answered(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A heartbeat (or the confirmation) was answered just now: live until `dead_after`
+        from now, unless answered again."""
+        self.last_pong = loop.time()
+        self.live = True
+        if self._lapse is None:
+            self._lapse = loop.call_at(self.last_pong + self.dead_after, self._check_lapse)
+
+    def _check_lapse(self) -> None:
+        """The timer: no answer for `dead_after` seconds ends `live`; else wait for the new
+        deadline. Timers run before the loop starts the tasks of the requests that arrived
+        with them, so no hit is served past the deadline in the same turn."""
         loop = asyncio.get_running_loop()
-        return self.confirmed and loop.time() - self.last_pong < self.dead_after
+        due = self.last_pong + self.dead_after
+        if loop.time() >= due:
+            self._lapse = None
+            self.live = False
+        else:
+            self._lapse = loop.call_at(due, self._check_lapse)
 
     def has_unread(self) -> bool:
         """Whether bytes wait on the connection that the loop has not handed to the protocol
@@ -193,6 +214,10 @@ class NodeTracking:
     def lost(self) -> None:
         was_confirmed = self.confirmed
         self.confirmed = False
+        self.live = False
+        if self._lapse is not None:
+            self._lapse.cancel()
+            self._lapse = None
         self._poll = None
         if was_confirmed:
             self.listener.tracking_changed(False)
@@ -200,9 +225,9 @@ class NodeTracking:
     async def _run(self) -> None:
         backoff = 0.05
         while True:
+            connects = self.connects
             try:
                 await self._track_once()
-                backoff = 0.05  # it was up: the next failure starts over
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # refused, reset, timed out, tracking refused: dial again
@@ -211,6 +236,8 @@ class NodeTracking:
                     self.node.name,
                     exc,
                 )
+            if self.connects != connects:
+                backoff = 0.05  # it was up: the next failure starts over
             self.lost()
             if self._on_down is not None:
                 self._on_down()
@@ -240,15 +267,19 @@ class NodeTracking:
             sock = protocol.transport.get_extra_info("socket")
             self._poll = select.poll()
             self._poll.register(sock.fileno(), select.POLLIN)
-            self.last_pong = loop.time()
             self.confirmed = True
+            self._answered(loop)
             self.connects += 1
             self.listener.tracking_changed(True)
-            while not protocol.closed.done():
-                await asyncio.sleep(self.heartbeat)
+            while True:
+                # Woken by the connection's end too, so a killed connection is dialled again
+                # at once rather than after the heartbeat's sleep.
+                await asyncio.wait((protocol.closed,), timeout=self.heartbeat)
+                if protocol.closed.done():
+                    raise ConnectionError("connection closed")
                 async with asyncio.timeout(self.dead_after):
                     await self._beat(protocol)
-                self.last_pong = loop.time()
+                self._answered(loop)
         finally:
             if protocol.transport is not None:
                 protocol.transport.abort()
@@ -275,7 +306,12 @@ class Tracking:
     @property
     def live(self) -> bool:
         nodes = self.nodes
-        return bool(nodes) and all(node.live for node in nodes)
+        if not nodes:
+            return False
+        for node in nodes:  # noqa: SIM110 - a loop, not all() and its generator: every hit runs this
+            if not node.live:
+                return False
+        return True
 
     def has_unread(self) -> bool:
         return any(node.has_unread() for node in self.nodes)
