@@ -19,6 +19,7 @@ from postal.cache import (
     CacheTimeouts,
     EarlyRefreshConfig,
     Kind,
+    PipelineConfig,
     PoolConfig,
     Profile,
     TlsConfig,
@@ -216,6 +217,13 @@ class Settings(BaseSettings):
     read_redis_dial_timeout: Duration = 2.0
     read_redis_read_timeout: Duration = 2.0
     read_redis_write_timeout: Duration = 2.0
+    # Automatic pipelining of reads (`cache/transport/autopipeline.py`): concurrent GETs and
+    # MGETs to a node share one connection, written once per event-loop turn. MAX_IN_FLIGHT:
+    # commands unanswered on it, past which reads use the pool; STALE_HEAD: a connection whose
+    # oldest command waited this long takes no more until it is answered.
+    read_redis_autopipeline: bool = True
+    read_redis_pipeline_max_in_flight: PositiveCount = 128
+    read_redis_pipeline_stale_head: Duration = 0.020
 
     # Write pool
     write_redis_pool_size: Count = 20
@@ -269,6 +277,8 @@ class Settings(BaseSettings):
             problems.append(
                 "POSTAL_METRICS_ACCESS=token needs POSTAL_API_TOKEN: set one, or choose open or off"
             )
+        if self.read_redis_pipeline_stale_head <= 0:
+            problems.append("READ_REDIS_PIPELINE_STALE_HEAD: expected a duration above 0")
         if self.redis_breaker_failures < 1:
             problems.append("REDIS_BREAKER_FAILURES=0: expected a whole number >= 1")
         if self.redis_breaker_cooldown <= 0:
@@ -415,6 +425,15 @@ class Settings(BaseSettings):
             max_in_flight=self.cache_early_refresh_max_in_flight,
         )
 
+    def read_pipeline(self) -> PipelineConfig | None:
+        """The read role's automatic pipelining, or None when it is turned off."""
+        if not self.read_redis_autopipeline:
+            return None
+        return PipelineConfig(
+            max_in_flight=self.read_redis_pipeline_max_in_flight,
+            stale_head=self.read_redis_pipeline_stale_head,
+        )
+
     def cache_profile(self) -> Profile:
         return Profile(
             read_pool=self.pool_config("read"),
@@ -425,6 +444,7 @@ class Settings(BaseSettings):
             dns_ttl=self.redis_dns_ttl,
             slow_threshold=self.redis_slow_op_threshold,
             wait_for_replicas=self.redis_wait_for_replicas,
+            read_pipeline=self.read_pipeline(),
             breaker=BreakerConfig(
                 failure_threshold=self.redis_breaker_failures,
                 failure_window=self.redis_breaker_window,

@@ -233,7 +233,8 @@ def _at_rest(stats: PoolStats, config: PoolConfig) -> bool:
 
 
 async def assert_recovers(rig: Rig, *, expect: tuple[bytes | None, ...] = (VALUE,)) -> None:
-    """Poll (bounded) until a GET succeeds, both pools rest, and Redis sees no extra client."""
+    """Poll (bounded) until a GET succeeds, both pools rest, the read pipeline is up again, and
+    Redis sees no extra client."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + SETTLE_TIMEOUT
     last = "no attempt yet"
@@ -247,9 +248,11 @@ async def assert_recovers(rig: Rig, *, expect: tuple[bytes | None, ...] = (VALUE
             stats = rig.client.stats()
             read, write = stats["read"], stats["write"]
             on_server = await server_clients(rig.server)
-            pooled = read.total + write.total
+            pipelines = [p.up for p in rig.client.pipeline_stats()]
+            pooled = read.total + write.total + sum(pipelines)  # one connection per pipeline
             if (
-                _at_rest(read, READ_POOL)
+                all(pipelines)
+                and _at_rest(read, READ_POOL)
                 and _at_rest(write, WRITE_POOL)
                 and on_server == pooled
                 and (rig.proxy is None or rig.proxy.open_connections == pooled)
@@ -258,7 +261,7 @@ async def assert_recovers(rig: Rig, *, expect: tuple[bytes | None, ...] = (VALUE
             last = (
                 f"read [{read}] opening {read.opening} waiting {read.waiting};"
                 f" write [{write}] opening {write.opening} waiting {write.waiting};"
-                f" Redis sees {on_server} clients, the pools hold {pooled}"
+                f" Redis sees {on_server} clients, the pools and pipelines hold {pooled}"
             )
             if rig.proxy is not None:
                 last += f", the proxy {rig.proxy.open_connections}"

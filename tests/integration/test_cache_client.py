@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as redis
@@ -74,9 +75,9 @@ async def test_timeout_none_disables_the_deadline(cache: CacheClient) -> None:
 async def test_the_pool_wait_counts_against_the_deadline(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    async with make_client(
-        redis_url, key_prefix, small_profile(max_size=1, min_idle=1, max_idle=1)
-    ) as client:
+    # Reads through the pool, not the read pipeline (which takes no pooled connection).
+    profile = replace(small_profile(max_size=1, min_idle=1, max_idle=1), read_pipeline=None)
+    async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = await pool.get_connection()  # the only connection, taken
         loop = asyncio.get_running_loop()
@@ -93,6 +94,7 @@ async def test_the_pool_timeout_applies_when_shorter_than_the_deadline(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     profile = small_profile(max_size=1, min_idle=1, max_idle=1, pool_timeout=0.05)
+    profile = replace(profile, read_pipeline=None)  # reads through the pool
     async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = await pool.get_connection()

@@ -89,8 +89,8 @@ from postal.cache.transport import (
     Timeout,
     Value,
     all_of,
-    command_call,
     pipeline_call,
+    read_call,
     script_call,
     scripts_call,
     wait_commands,
@@ -333,7 +333,7 @@ class GuardedOps:
         fill quotes is never the absent counter's 0 (see the module docstring).
         """
         client = self._client
-        mget = command_call("MGET", client.key(key.key), client.key(key.generation_key))
+        mget = read_call("MGET", client.key(key.key), client.key(key.generation_key))
         counter_absent = False
 
         async def call(node: Node) -> Guarded:

@@ -10,6 +10,7 @@ The caching policy (`postal.cache.policy`) sits above and uses only the names ex
 nothing here imports it. Only this package imports redis-py.
 """
 
+from postal.cache.transport.autopipeline import PipelineStats, ReadPipeline
 from postal.cache.transport.breaker import (
     BreakerChange,
     BreakerListener,
@@ -30,6 +31,7 @@ from postal.cache.transport.config import (
     TUNED,
     BreakerConfig,
     CacheTimeouts,
+    PipelineConfig,
     PoolConfig,
     Profile,
     TlsConfig,
@@ -77,6 +79,7 @@ from postal.cache.transport.wire import (
     all_of,
     command_call,
     pipeline_call,
+    read_call,
     script_call,
     scripts_call,
 )
@@ -113,6 +116,8 @@ __all__ = [
     "ManagedPool",
     "Node",
     "Outcome",
+    "PipelineConfig",
+    "PipelineStats",
     "PoolConfig",
     "PoolStats",
     "PoolTimeout",
@@ -120,6 +125,7 @@ __all__ = [
     "PoolWaitListener",
     "PostalConnection",
     "Profile",
+    "ReadPipeline",
     "RedisClient",
     "RedisEndpoint",
     "ReplicaWait",
@@ -140,6 +146,7 @@ __all__ = [
     "mask_url",
     "parse_duration",
     "pipeline_call",
+    "read_call",
     "script_call",
     "scripts_call",
     "wait_commands",

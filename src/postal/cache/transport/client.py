@@ -34,6 +34,7 @@ from typing import Any, Final, Self, TypeVar
 
 import redis.exceptions as redis_exc
 
+from postal.cache.transport.autopipeline import PipelineStats
 from postal.cache.transport.breaker import BreakerListener, BreakerState, CircuitBreaker
 from postal.cache.transport.cluster import ClusterRole
 from postal.cache.transport.config import NO_TLS, TUNED, Profile, TlsConfig
@@ -62,7 +63,7 @@ from postal.cache.transport.tracking import (
     TrackingListener,
 )
 from postal.cache.transport.urls import Kind, Topology
-from postal.cache.transport.wire import Value, all_of, command_call, pipeline_call
+from postal.cache.transport.wire import Value, all_of, command_call, pipeline_call, read_call
 
 T = TypeVar("T")
 
@@ -238,6 +239,11 @@ class RedisClient:
         """One snapshot per node of each role, labelled by role and node."""
         return [node.pool.stats() for node in self.nodes()]
 
+    def pipeline_stats(self) -> list[PipelineStats]:
+        """One snapshot per read-role node's read pipeline (`autopipeline`); empty when off.
+        Reads it serves check no connection out of the pool: `stats()` counts the others."""
+        return [node.pipeline.stats() for node in self.nodes("read") if node.pipeline]
+
     def redirections(self) -> dict[str, int]:
         """Cluster MOVED and ASK redirections followed, both roles together, since start."""
         return {
@@ -349,7 +355,7 @@ class RedisClient:
 
     async def get(self, key: str, *, timeout: Timeout = USE_DEFAULT) -> bytes | None:
         """The value of `key`, or None on a miss; read role, GET deadline."""
-        call = command_call("GET", self.key(key))
+        call = read_call("GET", self.key(key))
         value: bytes | None = await self.run_read("GET", key, timeout, call, is_hit=_is_not_none)
         return value
 
@@ -369,7 +375,7 @@ class RedisClient:
         values: list[bytes | None] = [None] * len(keys)
 
         async def one_slot(indices: list[int]) -> None:
-            call = command_call("MGET", *(full_keys[i] for i in indices))
+            call = read_call("MGET", *(full_keys[i] for i in indices))
             found = await self.run_read("MGET", keys[indices[0]], timeout, call)
             for index, value in zip(indices, found, strict=True):
                 values[index] = value
@@ -524,7 +530,7 @@ class RedisClient:
                 else:
                     breaker.record_success()  # an error reply: Redis is there and answering
             if is_demoted(exc):
-                node.pool.retire_all()  # a replica now (failover): dial whoever is primary
+                node.retire_connections()  # a replica now (failover): dial whoever is primary
             if isinstance(error, (CacheTimeout, CacheUnavailable)):
                 role.note_failure(node)  # a cluster re-reads its slot table
             self._emit(role.name, node, command, key, started, _outcome_of(error), str(error))

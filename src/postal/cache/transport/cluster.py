@@ -115,7 +115,7 @@ class ClusterRole:
             self.refresh_soon()
             return
         self._ready = True
-        await asyncio.gather(*(self._node(n, warm=False).pool.start() for n in self._primaries()))
+        await asyncio.gather(*(self._node(n, warm=False).start() for n in self._primaries()))
         self._nodes_may_have_changed()
 
     async def aclose(self) -> None:
@@ -124,7 +124,7 @@ class ClusterRole:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(node.pool.aclose() for node in self._nodes.values()))
+        await asyncio.gather(*(node.aclose() for node in self._nodes.values()))
         with contextlib.suppress(*TOPOLOGY_ERRORS):
             await self._cluster.aclose()
 
@@ -270,7 +270,7 @@ class ClusterRole:
         self._nodes[name] = node
         if warm and self._started:
             # Warmed in the background; the first caller dials on demand meanwhile.
-            warming = asyncio.get_running_loop().create_task(node.pool.start())
+            warming = asyncio.get_running_loop().create_task(node.start())
             self._warming.add(warming)
             warming.add_done_callback(self._warming.discard)
         return node
@@ -326,4 +326,5 @@ class _AskingPool:
 
 def _asking(node: Node) -> Node:
     """`node` whose connections send ASKING before each command."""
-    return replace(node, pool=_AskingPool(node.pool))  # type: ignore[arg-type]
+    # No read pipeline: ASKING must go before the command on the same connection.
+    return replace(node, pool=_AskingPool(node.pool), pipeline=None)  # type: ignore[arg-type]

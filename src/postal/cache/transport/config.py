@@ -67,6 +67,28 @@ WRITE_POOL = PoolConfig(max_size=20, min_idle=5, max_idle=10)
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Automatic pipelining of the read role's GET and MGET (`autopipeline`): one connection per
+    node that concurrent reads share, written once per turn of the event loop."""
+
+    # Commands sent and not yet answered on the connection; a read finding it full goes to the
+    # pool instead. Bounds the queue a slow reply can hold up, and the buffers.
+    max_in_flight: int = 128
+    # A connection whose oldest unanswered command has waited this long takes no new ones (they
+    # go to the pool) rather than queue behind it: a slow reply holds up only what was sent
+    # before it was seen to be slow. Past the read role's read timeout, the connection is closed.
+    stale_head: float = 20 * MILLISECOND
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError(
+                f"pipeline in-flight limit must be at least 1, got {self.max_in_flight}"
+            )
+        if self.stale_head <= 0:
+            raise ValueError(f"pipeline stale head must be positive, got {self.stale_head}")
+
+
+@dataclass(frozen=True, slots=True)
 class CacheTimeouts:
     """Per-operation deadlines: they bound the whole operation, pool wait included."""
 
@@ -123,6 +145,9 @@ class Profile:
     # When reads go to another server than writes (a replica), each invalidation waits, within
     # the SET deadline, for every replica to apply it (`replicas`).
     wait_for_replicas: bool = True
+    # Reads (GET, MGET) share a pipelined connection per node (`autopipeline`); None: each read
+    # checks a connection out of the read pool.
+    read_pipeline: PipelineConfig | None = PipelineConfig()
 
 
 TUNED = Profile()
@@ -147,4 +172,5 @@ BEFORE = Profile(
     timeouts=CacheTimeouts(get=None, set=None),
     dns_ttl=0.0,
     breaker=None,
+    read_pipeline=None,
 )

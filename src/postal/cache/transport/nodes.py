@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+from postal.cache.transport.autopipeline import ReadPipeline
 from postal.cache.transport.breaker import BreakerListener, BreakerState, CircuitBreaker
 from postal.cache.transport.config import PoolConfig, Profile, TlsConfig
 from postal.cache.transport.connection import Connector, Locate
@@ -50,6 +51,28 @@ class Node:
     # Write role: how many replicas this server's invalidations wait for (`replicas`);
     # None: none (reads cannot see a replica of it).
     replica_wait: ReplicaWait | None = field(default=None, repr=False)
+    # Read role: the connection concurrent GETs and MGETs share (`autopipeline`); None: reads
+    # check a connection out of the pool.
+    pipeline: ReadPipeline | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        """Warm the pool and dial the read pipeline."""
+        if self.pipeline is None:
+            await self.pool.start()
+        else:
+            await asyncio.gather(self.pool.start(), self.pipeline.warm())
+
+    async def aclose(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.aclose()
+        await self.pool.aclose()
+
+    def retire_connections(self) -> None:
+        """Close every connection to this server (a failover made it a replica): the pool's
+        idle ones now and those in use on return, and the read pipeline, which redials."""
+        self.pool.retire_all()
+        if self.pipeline is not None:
+            self.pipeline.retire()
 
     @property
     def is_refusing(self) -> bool:
@@ -102,6 +125,10 @@ class NodeFactory:
             for breaker_listener in self.breaker_listeners:
                 breaker.subscribe(breaker_listener)
         node = Node(self.role, name, endpoint, pool, breaker)
+        if self.role == "read" and self.profile.read_pipeline is not None:
+            node.pipeline = ReadPipeline(
+                self.role, name, connector, self.profile.read_pipeline, config
+            )
         if self.waits_per_node:
             ask = partial(command_call("INFO", "replication"), node)  # ReplicaWait bounds it
             node.replica_wait = ReplicaWait(ask, enabled=True)
@@ -173,10 +200,10 @@ class ServerRole:
         return self.group(keys)
 
     async def start(self) -> None:
-        await asyncio.gather(*(node.pool.start() for node in self._nodes))
+        await asyncio.gather(*(node.start() for node in self._nodes))
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(node.pool.aclose() for node in self._nodes))
+        await asyncio.gather(*(node.aclose() for node in self._nodes))
         if self._on_close is not None:
             await self._on_close()
 

@@ -10,6 +10,11 @@ Imported from here (ruff's banned-api rule keeps them out of every other module)
 - `HiredisRespSerializer` (`redis.connection`): packs commands with hiredis. redis-py's asyncio
   `Connection` packs them in Python, a fifth of a cache hit's CPU in a profile; its sync
   connection already uses this packer. Untyped in 8.2, hence `new_command_packer()`.
+- `BaseParser.parse_error` (`redis._parsers`): turns an error reply's text into redis-py's
+  exception for it (MovedError, AskError, NoScriptError, ReadOnlyError, ResponseError...), as
+  redis-py's own hiredis parser does. The read pipeline (`cache/transport/autopipeline.py`)
+  parses with hiredis itself and hands it to `hiredis.Reader(replyError=...)`, so that its
+  errors are the ones the pool's connections raise. Hence `reply_error_parser()`.
 
 Attributes and overrides, which cannot be imported (used in `cache/transport/connection.py`
 unless said otherwise):
@@ -39,11 +44,13 @@ warning; Postal hands its asyncio clients `redis.asyncio.retry.Retry` only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from redis._parsers import BaseParser
 from redis.connection import HiredisRespSerializer
 
-__all__ = ["REDIS_PY_CHECKED", "new_command_packer"]
+__all__ = ["REDIS_PY_CHECKED", "new_command_packer", "reply_error_parser"]
 
 REDIS_PY_CHECKED = "8.2.0"
 
@@ -55,3 +62,9 @@ def new_command_packer() -> Any:
     """
     packer_class: Any = HiredisRespSerializer  # untyped in redis-py 8.2
     return packer_class()
+
+
+def reply_error_parser() -> Callable[[str], Exception]:
+    """redis-py's exception for an error reply's text (`"MOVED 3999 127.0.0.1:6381"`)."""
+    parse: Callable[[str], Exception] = BaseParser.parse_error
+    return parse

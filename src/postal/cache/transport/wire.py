@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as redis_exc
 
+from postal.cache.transport.deadline import current_operation
+
 if TYPE_CHECKING:
     from postal.cache.transport.nodes import Node
 
@@ -50,6 +52,21 @@ async def _command(args: Sequence[Value], node: Node) -> Any:
         return await connection.read_response()
     finally:
         await pool.release(connection)
+
+
+async def _read(args: Sequence[Value], node: Node) -> Any:
+    """A read (GET, MGET) on `node`'s read pipeline (`autopipeline`), sharing a write and a read
+    with the reads around it; on a pooled connection when the node has none, or when it refuses
+    the read (down, full, a stale head)."""
+    pipeline = node.pipeline
+    if pipeline is not None:
+        reply = pipeline.submit(args)
+        if reply is not None:
+            operation = current_operation.get()
+            if operation is not None:
+                operation.acquired = True  # on the wire: a timeout now is the command's
+            return await reply
+    return await _command(args, node)
 
 
 async def _pipeline(commands: Sequence[Sequence[Value]], node: Node) -> list[Any]:
@@ -165,6 +182,12 @@ def script_call(
 def command_call(*args: Value) -> Callable[[Node], Awaitable[Any]]:
     """A `call` for `_read_op`/`_write_op`: one command on the node it is routed to."""
     return partial(_command, args)
+
+
+def read_call(*args: Value) -> Callable[[Node], Awaitable[Any]]:
+    """A `call` for `run_read`: one read-only command (GET, MGET), pipelined with the
+    concurrent reads to its node when the profile says so (see `_read`)."""
+    return partial(_read, args)
 
 
 def pipeline_call(commands: Sequence[Sequence[Value]]) -> Callable[[Node], Awaitable[list[Any]]]:

@@ -1,0 +1,193 @@
+"""Automatic pipelining of reads (`cache/transport/autopipeline.py`), on real Redis servers.
+
+Counts, not timings: the pipeline's own counters (commands, writes, discarded replies,
+connects), Redis's `INFO commandstats` on a server of the test's own, and the errors each
+waiter gets. A `FaultProxy` holds commands in flight (latency) or swallows them (black hole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as redis
+
+from postal.cache import (
+    CacheClient,
+    CacheTimeout,
+    CacheUnavailable,
+    PipelineConfig,
+    PipelineStats,
+    PoolConfig,
+    Profile,
+)
+from postal_testing.proxy import FaultProxy
+from postal_testing.redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis_server
+
+READERS = 50
+TEST_TIMEOUT = 20.0  # whole test: a hang fails it instead of blocking the run
+# Short socket timeouts, so the stalled-connection watchdog acts within the test.
+READ_POOL = PoolConfig(
+    max_size=5, min_idle=1, max_idle=2, dial_timeout=0.5, read_timeout=0.5, write_timeout=0.5
+)
+WRITE_POOL = PoolConfig(max_size=2, min_idle=1, max_idle=1)
+PROFILE = Profile(read_pool=READ_POOL, write_pool=WRITE_POOL, breaker=None)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RedisServer]:
+    own = RedisServer()
+    own.start()
+    try:
+        yield own
+    finally:
+        own.cleanup()
+
+
+@pytest.fixture
+async def admin(server: RedisServer) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis(host=server.host, port=server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def one(client: CacheClient) -> PipelineStats:
+    (stats,) = client.pipeline_stats()
+    return stats
+
+
+async def get_calls(admin: redis.Redis) -> int:
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll, bounded, until `condition()` holds: what a background task does (a redial, a
+    reply read) has no event to wait on."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 5.0
+    while not condition():
+        if loop.time() > give_up:
+            pytest.fail(f"not {what} within 5 s")
+        await asyncio.sleep(0.01)
+
+
+async def test_concurrent_reads_share_one_write(server: RedisServer, admin: redis.Redis) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            await client.set("k", b"v")
+            assert one(client).up
+            before, calls_before = one(client), await get_calls(admin)
+            values = await asyncio.gather(*(client.get("k") for _ in range(READERS)))
+            after, calls_after = one(client), await get_calls(admin)
+            assert values == [b"v"] * READERS
+            assert calls_after - calls_before == READERS  # each read did reach Redis
+            assert after.commands - before.commands == READERS
+            assert after.writes - before.writes == 1  # ... in one write
+            assert after.bypassed == before.bypassed
+            assert client.stats()["read"].in_use == 0  # no pooled connection was taken
+
+
+async def test_a_deadline_mid_pipeline_discards_exactly_its_reply(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            for name in ("a", "b", "c"):
+                await client.set(name, name.encode())
+            # All three are queued in one turn; b's deadline ends before any reply can arrive
+            # (its timer fires in the next turn, the replies come a round trip later).
+            results = await asyncio.gather(
+                client.get("a"),
+                client.get("b", timeout=1e-6),
+                client.get("c"),
+                return_exceptions=True,
+            )
+            assert results[0] == b"a"
+            assert isinstance(results[1], CacheTimeout)
+            assert "deadline" in str(results[1])
+            assert results[2] == b"c"
+            await until(lambda: one(client).in_flight == 0, "b's reply read")
+            assert one(client).discarded == 1
+            # The stream is still in step: every reader gets its own key's value.
+            again = await asyncio.gather(*(client.get(n) for n in ("b", "a", "c", "b")))
+            assert again == [b"b", b"a", b"c", b"b"]
+            assert one(client).connects == 1
+
+
+async def test_a_killed_connection_fails_every_waiter_and_is_dialled_again(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), FaultProxy(server.port) as proxy:
+        client = CacheClient.create(read_url=proxy.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            await client.set("k", b"v")
+            pipeline_id = client.nodes("read")[0].pipeline.client_id  # type: ignore[union-attr]
+            assert pipeline_id is not None
+            await proxy.add_latency(1.0)  # the reads stay in flight, unanswered, for a second
+            reads = [asyncio.create_task(client.get("k", timeout=5.0)) for _ in range(10)]
+            await until(lambda: one(client).in_flight == 10, "reads queued")
+            assert await admin.client_kill_filter(_id=pipeline_id) == 1
+            results = await asyncio.gather(*reads, return_exceptions=True)
+            assert all(isinstance(r, CacheUnavailable) for r in results), results
+            assert one(client).failures == 1
+            await proxy.pass_through()
+            await until(lambda: one(client).connects == 2, "dialled again")
+            before = one(client).commands
+            assert await client.get("k") == b"v"
+            assert one(client).commands == before + 1  # on the new connection
+
+
+async def test_a_black_holed_redis_bounds_every_waiter_by_its_deadline(
+    server: RedisServer,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), FaultProxy(server.port) as proxy:
+        client = CacheClient.create(read_url=proxy.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            await client.set("k", b"v")
+            await proxy.black_hole()
+            results = await asyncio.gather(
+                *(client.get("k", timeout=0.1) for _ in range(READERS)), return_exceptions=True
+            )
+            assert all(isinstance(r, CacheTimeout) for r in results), results
+            assert one(client).commands >= READERS  # they were queued on the pipeline
+            # Unanswered past the read timeout: the watchdog closes the connection.
+            await until(lambda: one(client).failures >= 1, "stalled connection closed")
+            await proxy.pass_through()
+            await until(lambda: one(client).up, "dialled again")
+            assert await client.get("k") == b"v"
+
+
+async def test_a_full_pipeline_sends_reads_to_the_pool(server: RedisServer) -> None:
+    profile = replace(PROFILE, read_pipeline=PipelineConfig(max_in_flight=4))
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=profile, key_prefix="p:")
+        async with client:
+            await client.set("k", b"v")
+            values = await asyncio.gather(*(client.get("k") for _ in range(10)))
+            assert values == [b"v"] * 10
+            stats = one(client)
+            assert stats.commands == 4
+            assert stats.bypassed == 6
+
+
+async def test_turned_off_every_read_uses_the_pool(server: RedisServer, admin: redis.Redis) -> None:
+    profile = replace(PROFILE, read_pipeline=None)
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=profile, key_prefix="p:")
+        async with client:
+            await client.set("k", b"v")
+            before = await get_calls(admin)
+            assert await asyncio.gather(*(client.get("k") for _ in range(5))) == [b"v"] * 5
+            assert await get_calls(admin) - before == 5
+            assert client.pipeline_stats() == []
+            names = [c["name"] for c in await admin.client_list()]
+            assert "postal-read-pipeline" not in names
