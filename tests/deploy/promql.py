@@ -29,6 +29,7 @@ from postal.observability.metrics import (
     HISTOGRAM_SUFFIXES,
     HISTOGRAMS,
     INVALIDATION_OUTCOMES,
+    READ_PIPELINE_EVENT_NAMES,
     REPLICA_WAIT_OUTCOMES,
     SERIES_NAMES,
 )
@@ -61,6 +62,12 @@ METRIC_LABELS: Mapping[str, Labels] = {
         "node": None,
         "reason": frozenset(reason.value for reason in CloseReason),
     },
+    "postal_read_pipeline_events_total": {
+        "role": ROLES,
+        "node": None,
+        "event": frozenset(READ_PIPELINE_EVENT_NAMES),
+    },
+    "postal_read_pipeline_in_flight": {"role": ROLES, "node": None},
     "postal_cache_fills_total": {"outcome": frozenset(outcome.value for outcome in FillOutcome)},
     "postal_cache_early_refreshes_total": {
         "outcome": frozenset(outcome.value for outcome in RefreshOutcome)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -180,6 +181,7 @@ async def test_pool_waits_are_observed_when_readers_queue(
     async with running_api(
         database_url, redis_url, key_prefix,
         READ_REDIS_POOL_SIZE="1", READ_REDIS_MIN_IDLE="1", READ_REDIS_MAX_IDLE="1",
+        READ_REDIS_AUTOPIPELINE="false",  # reads through the pool, whose waits are the point
     ) as api:  # fmt: skip
         post = await api.create()
         url = f"/api/v1/posts/{post['id']}"
@@ -202,7 +204,8 @@ async def test_a_clusters_nodes_get_their_series_as_the_client_learns_them(
     """Instrumented before it starts, a cluster client knows no node yet, so no pool series; once
     it has read the slot table, each master has its own, and the checkouts that queued on a
     node's one-connection pool are observed under that node."""
-    profile = small_profile(max_size=1, min_idle=1, max_idle=1)
+    # Reads through the pool (the read pipeline takes no pooled connection).
+    profile = replace(small_profile(max_size=1, min_idle=1, max_idle=1), read_pipeline=None)
     cache = make_client(redis_cluster.url, key_prefix, profile)
     metrics = PostalMetrics()
     instrument_cache(metrics, cache, ReadThrough(cache), Invalidator(cache, give_up_after=1.0))
@@ -241,7 +244,8 @@ async def test_no_secret_reaches_the_metrics(
 async def test_the_pool_reports_each_queued_checkout_served_or_not(
     redis_url: str, key_prefix: str
 ) -> None:
-    profile = small_profile(max_size=1, min_idle=1, max_idle=1)
+    # Reads through the pool (the read pipeline takes no pooled connection).
+    profile = replace(small_profile(max_size=1, min_idle=1, max_idle=1), read_pipeline=None)
     events: list[PoolWaitEvent] = []
     async with make_client(redis_url, key_prefix, profile) as cache:
         pool = cache.pool("read")

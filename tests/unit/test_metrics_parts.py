@@ -398,7 +398,7 @@ def test_the_key_expressions_name_only_real_series() -> None:
 
 def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
     # Issue 5's thirteen, the replica waits, the admission refusals, the near cache's and the
-    # early refreshes: renaming one breaks
+    # early refreshes, the read pipeline's: renaming one breaks
     # dashboards and alerts.
     assert {
         "postal_cache_operations_total",
@@ -424,6 +424,8 @@ def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
         "postal_near_cache_bytes",
         "postal_near_cache_entries",
         "postal_near_cache_tracking_live",
+        "postal_read_pipeline_events_total",
+        "postal_read_pipeline_in_flight",
     } == METRIC_NAMES
     assert all(name.startswith("postal_") for name in METRIC_NAMES)
     assert {name + "_bucket" for name in HISTOGRAMS} <= SERIES_NAMES

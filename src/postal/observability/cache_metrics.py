@@ -51,6 +51,7 @@ from postal.observability.metrics import (
     DNS_OUTCOMES,
     INVALIDATION_OUTCOMES,
     LATENCY_BUCKETS,
+    READ_PIPELINE_EVENT_NAMES,
     REPLICA_WAIT_OUTCOMES,
     PostalMetrics,
 )
@@ -211,6 +212,7 @@ class CacheSampler:
         self._breakers = breakers
         self._totals = CumulativeCounters()
         self._nodes: dict[Place, NodeSeries] = {}
+        self._pipelines: dict[Place, dict[str, Any]] = {}
         m = metrics
         self._dns = {outcome: m.dns_lookups.labels(outcome) for outcome in DNS_OUTCOMES}
         self._replica_waits = {
@@ -235,6 +237,17 @@ class CacheSampler:
             for reason, count in pool.closed.items():
                 key = str(reason)
                 totals.advance(series.closed[key], ("closed", *place, key), count)
+        for pipeline in self._cache.pipeline_stats():
+            place = (pipeline.role, pipeline.node)
+            events = self._pipelines.get(place)
+            if events is None:
+                events = self._pipelines[place] = {
+                    name: self._metrics.read_pipeline_events.labels(*place, name)
+                    for name in READ_PIPELINE_EVENT_NAMES
+                }
+            for name, counter in events.items():
+                totals.advance(counter, ("pipeline", *place, name), getattr(pipeline, name))
+            self._metrics.read_pipeline_in_flight.labels(*place).set(pipeline.in_flight)
         for node in self._cache.nodes():
             # A node without a breaker (a profile with none) is always closed, as
             # `CacheClient.breaker_state` has it.

@@ -56,6 +56,8 @@ POOL_WAIT_SECONDS = "postal_pool_wait_seconds"
 POOL_TIMEOUTS = "postal_pool_timeouts_total"
 POOL_OPENED = "postal_pool_connections_opened_total"
 POOL_CLOSED = "postal_pool_connections_closed_total"
+READ_PIPELINE_EVENTS = "postal_read_pipeline_events_total"
+READ_PIPELINE_IN_FLIGHT = "postal_read_pipeline_in_flight"
 CACHE_FILLS = "postal_cache_fills_total"
 CACHE_EARLY_REFRESHES = "postal_cache_early_refreshes_total"
 CACHE_INVALIDATIONS = "postal_cache_invalidations_total"
@@ -83,6 +85,8 @@ METRIC_NAMES = frozenset(
         POOL_TIMEOUTS,
         POOL_OPENED,
         POOL_CLOSED,
+        READ_PIPELINE_EVENTS,
+        READ_PIPELINE_IN_FLIGHT,
         CACHE_FILLS,
         CACHE_EARLY_REFRESHES,
         CACHE_INVALIDATIONS,
@@ -122,6 +126,10 @@ BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
 INVALIDATION_OUTCOMES = ("done", "failed", "retried", "given_up")
 DNS_OUTCOMES = ("cached", "resolved", "stale", "failed")
 REPLICA_WAIT_OUTCOMES = ("confirmed", "behind", "skipped")
+# The read pipeline's counts (`PipelineStats`), one series each.
+READ_PIPELINE_EVENT_NAMES = (
+    "commands", "writes", "receives", "discarded", "bypassed", "connects", "failures",
+)  # fmt: skip
 
 # -- the seed's five key metrics, one PromQL expression each ---------------------------------------
 
@@ -235,6 +243,22 @@ class PostalMetrics:
             " error, shutdown).",
             ("role", "node", "reason"),
             registry=registry,
+        )
+        # Reads on the read pipeline take no pooled connection: these are their equivalent.
+        self.read_pipeline_events = Counter(
+            READ_PIPELINE_EVENTS,
+            "The read pipeline's counts by role, node and event: commands sent, writes (one"
+            " system call each), receives, replies discarded (deadline ended), reads bypassed to"
+            " the pool, connects, failures.",
+            ("role", "node", "event"),
+            registry=registry,
+        )
+        self.read_pipeline_in_flight = Gauge(
+            READ_PIPELINE_IN_FLIGHT,
+            "Reads sent on the read pipeline and not answered yet, by role and node.",
+            ("role", "node"),
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.cache_fills = Counter(
             CACHE_FILLS,
