@@ -35,7 +35,9 @@ READ_POOL = PoolConfig(
     max_size=5, min_idle=1, max_idle=2, dial_timeout=0.5, read_timeout=0.5, write_timeout=0.5
 )
 WRITE_POOL = PoolConfig(max_size=2, min_idle=1, max_idle=1)
-PROFILE = Profile(read_pool=READ_POOL, write_pool=WRITE_POOL, breaker=None)
+PROFILE = Profile(
+    read_pool=READ_POOL, write_pool=WRITE_POOL, breaker=None, read_pipeline=PipelineConfig()
+)
 
 
 @pytest.fixture

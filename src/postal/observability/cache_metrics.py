@@ -237,17 +237,24 @@ class CacheSampler:
             for reason, count in pool.closed.items():
                 key = str(reason)
                 totals.advance(series.closed[key], ("closed", *place, key), count)
-        for pipeline in self._cache.pipeline_stats():
-            place = (pipeline.role, pipeline.node)
+        # Each read node's pipeline series exist from the start, at 0 while the pipeline is off
+        # (READ_REDIS_AUTOPIPELINE=false), as the early refresh's do.
+        for node in self._cache.nodes("read"):
+            place = (node.role, node.name)
             events = self._pipelines.get(place)
             if events is None:
                 events = self._pipelines[place] = {
                     name: self._metrics.read_pipeline_events.labels(*place, name)
                     for name in READ_PIPELINE_EVENT_NAMES
                 }
+            in_flight = self._metrics.read_pipeline_in_flight.labels(*place)
+            if node.pipeline is None:
+                in_flight.set(0)
+                continue
+            pipeline = node.pipeline.stats()
             for name, counter in events.items():
                 totals.advance(counter, ("pipeline", *place, name), getattr(pipeline, name))
-            self._metrics.read_pipeline_in_flight.labels(*place).set(pipeline.in_flight)
+            in_flight.set(pipeline.in_flight)
         for node in self._cache.nodes():
             # A node without a breaker (a profile with none) is always closed, as
             # `CacheClient.breaker_state` has it.
