@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +33,7 @@ from postal.api.http_metrics import HttpMetrics
 from postal.api.openapi import install_openapi
 from postal.api.routes import imports, ops, posts, reads
 from postal.api.routes.ops import METRICS_PATH, STATUS_PATH
+from postal.api.tracing import RequestSpans
 from postal.cache import (
     CacheClient,
     DnsCache,
@@ -45,6 +47,14 @@ from postal.imports.importer import PostImporter
 from postal.observability.cache_metrics import instrument_cache
 from postal.observability.logging import SlowOperationLog
 from postal.observability.metrics import PostalMetrics
+from postal.observability.tracing import (
+    RedisSpans,
+    SqlSpans,
+    TracedNearCache,
+    install_provider,
+    provider_from_environment,
+    tracer_of,
+)
 from postal.posts.cursors import Cursors
 from postal.posts.ports import PostRepository
 from postal.posts.service import CacheTtls, PostService
@@ -55,6 +65,10 @@ from postal.storage.deployment_keys import CURSOR_KEY, deployment_key
 from postal.storage.import_store import SqlImportStore
 from postal.storage.migrate import is_current, upgrade
 from postal.storage.repository import SqlPostRepository
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("postal.app")
 
@@ -106,11 +120,14 @@ def invalidator_for(
     return Invalidator(cache, give_up_after=longest_ttl + 1.0, near=near)
 
 
-def near_cache_for(cache: CacheClient, settings: Settings) -> NearCache | None:
-    """The near cache with its tracking attached (not started), or None: turned off."""
+def near_cache_for(
+    cache: CacheClient, settings: Settings, kind: type[NearCache] = NearCache
+) -> NearCache | None:
+    """The near cache with its tracking attached (not started), or None: turned off. `kind`:
+    `TracedNearCache` when tracing is on."""
     if not settings.near_cache_enabled:
         return None
-    near = NearCache(
+    near = kind(
         key_prefix=cache.key(""),
         max_bytes=settings.near_cache_max_bytes,
         ttl=settings.near_cache_ttl,
@@ -133,9 +150,19 @@ def create_app(
     repository: Callable[[AsyncEngine], PostRepository] = SqlPostRepository,
     profile: Profile | None = None,
     resolver: Resolver | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """The app; `repository` builds the posts repository on the engine (tests wrap it);
-    `profile` and `resolver` go to `build_cache` (benchmarks set them)."""
+    `profile` and `resolver` go to `build_cache` (benchmarks set them). With POSTAL_TRACING on,
+    spans go to `tracer_provider` (tests give one with an in-memory exporter), else to one
+    built from the OTEL_* environment and made the process's global provider."""
+    tracer: Tracer | None = None
+    provider = tracer_provider
+    if settings.postal_tracing:  # `observability/tracing.py`; off: none of this is built
+        if provider is None:
+            provider = provider_from_environment(__version__)
+            install_provider(provider)
+        tracer = tracer_of(provider)
     # Prometheus collectors of this app's own (or, under `postal serve --workers N`, files all
     # workers share): fed by the cache's events and snapshots, and by the HTTP middleware.
     metrics = PostalMetrics.from_environment()
@@ -148,18 +175,28 @@ def create_app(
         async with AsyncExitStack() as stack:
             metrics.forget_dead_workers()
             stack.callback(metrics.close)  # last: a final sample, once the cache has closed
+            if tracer is not None and provider is not None:
+                # Last but one: the spans still batched are exported (ours, flushed; the
+                # caller's, left running).
+                stack.callback(
+                    provider.shutdown if tracer_provider is None else provider.force_flush
+                )
             await prepare_database(settings.database)
             engine = create_engine(
                 settings.database, pool_size=settings.database_pool_size,
                 timeout=settings.database_timeout,
             )  # fmt: skip
             stack.push_async_callback(engine.dispose)
+            if tracer is not None:
+                SqlSpans(tracer, engine).attach(engine)
             cursors = Cursors(await deployment_key(engine, CURSOR_KEY))
             cache = build_cache(settings, profile=profile, resolver=resolver)
+            if tracer is not None:
+                cache.subscribe(RedisSpans(tracer))
             stack.push_async_callback(cache.aclose)
             await cache.start()
             ttls = cache_ttls(settings)
-            near = near_cache_for(cache, settings)
+            near = near_cache_for(cache, settings, NearCache if tracer is None else TracedNearCache)
             if near is not None and near.tracking is not None:
                 near.tracking.start()
                 stack.push_async_callback(near.tracking.aclose)
@@ -219,6 +256,7 @@ def create_app(
     app.max_in_flight = settings.postal_max_in_flight  # admission: `api/admission.py`
     app.loopback_only = settings.loopback_only  # no token: `api/loopback.py`
     app.access_log = AccessLog() if settings.postal_access_log else None  # `api/access_log.py`
+    app.tracing = None if tracer is None else RequestSpans(tracer)  # `api/tracing.py`
     app.state.settings = settings
     app.state.started_at = time.time()  # for /status's uptime
     install_error_handlers(app)

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     # One JSON line per HTTP request (`api/access_log.py`), with its request id. Off: nothing on
     # the hot path; on, about as much CPU as a cached read itself (measured: docs/operations.md).
     postal_access_log: bool = False
+    # OpenTelemetry spans for requests, cache operations and SQL statements, set up from the
+    # OTEL_* environment (`observability/tracing.py`; needs postal[tracing]). Off: no tracer
+    # provider, nothing on the hot path but one test (measured: docs/operations.md).
+    postal_tracing: bool = False
     # `/readyz` stays ready while the database is down if the cache serves reads (`api/readiness`);
     # false: ready only while the database answers.
     postal_ready_without_database: bool = True

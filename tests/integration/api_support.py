@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI
@@ -19,6 +19,9 @@ from postal.posts.models import Post
 from postal.posts.ports import PostRepository
 from postal.settings import load_settings
 from postal.storage.repository import SqlPostRepository
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 TOKEN = "test-token-0123456789abcdefghijklmn"  # 36 characters: at least 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,6 +56,7 @@ async def running_api(
     redis_url: str,
     key_prefix: str,
     repository: Callable[[AsyncEngine], PostRepository] = SqlPostRepository,
+    tracer_provider: TracerProvider | None = None,
     **env: str,
 ) -> AsyncIterator[Api]:
     environ: Mapping[str, str] = {
@@ -62,7 +66,7 @@ async def running_api(
         "POSTAL_API_TOKEN": TOKEN,
         **env,
     }
-    app = create_app(load_settings(environ), repository=repository)
+    app = create_app(load_settings(environ), repository=repository, tracer_provider=tracer_provider)
     async with app.router.lifespan_context(app):
         selects: list[str] = []
 

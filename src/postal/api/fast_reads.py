@@ -12,9 +12,9 @@ answers in the same way and with the same errors: both send what `read_answer`
 and body-limit middlewares, ours), so it answers its own unexpected errors: a 500 in the same
 shape, logged. It is outside the request-id, HTTP-metrics and access-log middlewares too, and
 does their work itself for the requests it answers (the id in the log context and the response
-headers, one histogram observation, the access log's line when it is on): each middleware
-layer costs a coroutine and a `send` wrapper per request, which under `postal bench http` took
-Postal's cached GET from above the peer's req/s to below it.
+headers, one histogram observation, the access log's line and the request's span when they are
+on): each middleware layer costs a coroutine and a `send` wrapper per request, which under
+`postal bench http` took Postal's cached GET from above the peer's req/s to below it.
 
 Being the outermost layer, it is also where admission is checked (`api/admission.py`): it counts
 the HTTP requests in flight, its own and the app's, and refuses one over the bound before
@@ -35,12 +35,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from postal.api.access_log import AccessLog, AccessLogMiddleware
 from postal.api.admission import UNCOUNTED_PATHS, refuse
 from postal.api.errors import database_unavailable, internal_error, not_cached
-from postal.api.http_metrics import FAILED_STATUS, HttpMetrics
+from postal.api.http_metrics import FAILED_STATUS, HttpMetrics, RouteTemplates
 from postal.api.loopback import LoopbackOnly
 from postal.api.read_answer import read_answer
 from postal.api.request_id import HEADER, RequestIdMiddleware, RequestIds
 from postal.api.routes.reads import post_id_or_none
 from postal.api.routes.reads import routes as read_routes
+from postal.api.tracing import RequestSpans, TracingMiddleware
 from postal.observability.logging import request_id
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.service import PostService
@@ -66,6 +67,7 @@ class FastReads:
         metrics: HttpMetrics | None = None,
         max_in_flight: int | None = None,
         access_log: AccessLog | None = None,
+        tracing: RequestSpans | None = None,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
@@ -73,6 +75,7 @@ class FastReads:
         self._ids = ids or RequestIds()
         self._metrics = metrics
         self._access_log = access_log  # None: off, and this lane pays one test for it
+        self._tracing = tracing  # None: off, and so is this one
         self.max_in_flight = max_in_flight
         self._limit = sys.maxsize if max_in_flight is None else max_in_flight
         self.in_flight = 0  # one event loop per worker: a plain integer, no lock
@@ -114,7 +117,16 @@ class FastReads:
         token = request_id.set(rid)
         status, sent = FAILED_STATUS, 0
         try:
-            status, sent = await self._get_post(scope, receive, send, post_id, rid.encode("ascii"))
+            if self._tracing is None:
+                status, sent = await self._get_post(
+                    scope, receive, send, post_id, rid.encode("ascii")
+                )
+            else:
+                status, sent = await self._tracing.serve(
+                    scope,
+                    TEMPLATE,
+                    lambda: self._get_post(scope, receive, send, post_id, rid.encode("ascii")),
+                )
         finally:
             request_id.reset(token)
             if self._metrics is not None:
@@ -160,12 +172,14 @@ class PostalApp(FastAPI):
     `loopback_only`, set by `create_app` when there is no token: `LoopbackOnly` goes in front
     of all of it, so not even a cached read is answered to anyone else. `access_log`, set by
     `create_app` when POSTAL_ACCESS_LOG is on: the access log, written by a layer inside the
-    request ids and by `FastReads` for its own requests."""
+    request ids and by `FastReads` for its own requests. `tracing`, set by `create_app` when
+    POSTAL_TRACING is on: the request spans (`api/tracing.py`), made the same two ways."""
 
     measure: Callable[[ASGIApp], HttpMetrics] | None = None
     max_in_flight: int | None = None
     loopback_only: bool = False
     access_log: AccessLog | None = None
+    tracing: RequestSpans | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = super().build_middleware_stack()
@@ -174,6 +188,8 @@ class PostalApp(FastAPI):
             app = metrics = self.measure(app)
         if self.access_log is not None:  # off: no layer at all
             app = AccessLogMiddleware(app, self.access_log)
+        if self.tracing is not None:  # off: no layer either
+            app = TracingMiddleware(app, self.tracing, RouteTemplates(self.router.routes))
         ids = RequestIds()
         inner = RequestIdMiddleware(app, ids)
         outer: ASGIApp = FastReads(
@@ -182,5 +198,6 @@ class PostalApp(FastAPI):
             metrics=metrics,
             max_in_flight=self.max_in_flight,
             access_log=self.access_log,
+            tracing=self.tracing,
         )
         return LoopbackOnly(outer) if self.loopback_only else outer

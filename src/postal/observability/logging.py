@@ -7,7 +7,9 @@ loggers propagate to the root when `serve` passes `log_config=None`) come out al
   `time` (ISO 8601, UTC), `level`, `logger`, `message`, `request_id` inside a request, and the
   record's structured fields (`extra=`) as keys of their own;
 - on a terminal, the human line `time level logger message key=value ...`;
-- `POSTAL_LOG_FORMAT=json|text` forces one (`auto`, the default, decides as above).
+- `POSTAL_LOG_FORMAT=json|text` forces one (`auto`, the default, decides as above);
+- with tracing on (`POSTAL_TRACING`), `trace_id` and `span_id` on each line written inside a
+  span (`observability/tracing.py`).
 
 Every line, in both formats, goes through a `Redactor` (see `redaction`) before it is written.
 
@@ -158,15 +160,21 @@ def configure_logging(
     *,
     secrets: Iterable[str | None] = (),
     stream: TextIO | None = None,
+    trace_ids: bool = False,
 ) -> None:
     """One handler on the root logger, writing to `stream` (stderr); `secrets` are masked in
-    every line besides what the redactor's patterns catch."""
+    every line besides what the redactor's patterns catch. `trace_ids` (POSTAL_TRACING): the
+    current span's `trace_id` and `span_id` on each line written in one."""
     stream = stream if stream is not None else sys.stderr
     redactor = Redactor(secrets)
     formatter = JsonFormatter(redactor) if use_json(log_format, stream) else TextFormatter(redactor)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
+    if trace_ids:
+        from postal.observability.tracing import TraceIdFilter
+
+        handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -179,7 +187,10 @@ def configure_logging(
 def configure_from_settings(settings: Settings) -> None:
     """`configure_logging` as Postal's settings ask, masking every secret they hold."""
     configure_logging(
-        settings.postal_log_level, settings.postal_log_format, secrets=known_secrets(settings)
+        settings.postal_log_level,
+        settings.postal_log_format,
+        secrets=known_secrets(settings),
+        trace_ids=settings.postal_tracing,
     )
 
 
