@@ -153,6 +153,22 @@ class Settings(BaseSettings):
     # 256th request queues 25-100 ms behind the others (Little's law), longer as load grows, when
     # a refusal that the balancer retries on another pod costs a millisecond.
     postal_max_in_flight: PositiveCount = 256
+    # What a client may hold of a worker (`cli/serve_protocol.py`, docs/operations.md#http-limits).
+    # The request line and headers, in bytes: past it 431. 64 KiB is 8x what browsers and
+    # proxies send at most (8 KiB is nginx's and Node's default buffer) and what Kestrel allows.
+    postal_http_max_header_bytes: PositiveCount = 65_536
+    # Header fields in one request: past it 431 (Kestrel's and Apache's default).
+    postal_http_max_headers: PositiveCount = 100
+    # From a request's first byte to the end of its headers; past it 408 and the connection closes.
+    postal_http_header_timeout: Duration = 10.0
+    # While a body is awaited, each window this long must bring at least
+    # POSTAL_HTTP_BODY_MIN_RATE x its length in bytes (and at least one byte); else 408 and close.
+    postal_http_body_timeout: Duration = 10.0
+    postal_http_body_min_rate: Count = 1024  # bytes a second
+    # An open connection with no request on it (a new one too) is closed after this long.
+    postal_http_keep_alive_timeout: Duration = 5.0
+    # Open connections per worker; one more is answered 503 at once and closed.
+    postal_http_max_connections: PositiveCount = 1000
     # Move what start-up built into the garbage collector's permanent generation (`runtime.py`):
     # measured, it took a saturated worker's p99 from 68 ms to 17 ms. Off only to compare.
     postal_gc_freeze: bool = True
@@ -301,6 +317,9 @@ class Settings(BaseSettings):
                 "CACHE_EARLY_REFRESH_MIN_DELTA: expected a duration of at most"
                 f" {MAX_EARLY_REFRESH_MIN_DELTA:g}s"
             )
+        for knob in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if getattr(self, f"postal_http_{knob}") <= 0:
+                problems.append(f"POSTAL_HTTP_{knob.upper()}: expected a duration above 0")
         if self.postal_max_import_bytes < 1:
             problems.append("POSTAL_MAX_IMPORT_BYTES=0: expected a whole number >= 1")
         problems += self._write_url_problems()

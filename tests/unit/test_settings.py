@@ -4,6 +4,7 @@ import pytest
 
 from postal.cache import CacheTimeouts, EarlyRefreshConfig
 from postal.cache.transport.config import READ_POOL, WRITE_POOL
+from postal.cli.serve_limits import HttpLimits
 from postal.settings import SettingsError, load_settings
 
 
@@ -188,3 +189,37 @@ def test_early_refresh_knobs_out_of_bounds_stop_start_up(
     with pytest.raises(SettingsError) as caught:
         load_settings({variable: value})
     assert expected in str(caught.value)
+
+
+def test_the_http_limits_have_their_defaults_and_refuse_nonsense() -> None:
+    limits = HttpLimits.from_settings(load_settings({}))
+    assert limits == HttpLimits(
+        max_header_bytes=65_536,
+        max_headers=100,
+        header_timeout=10.0,
+        body_timeout=10.0,
+        body_min_rate=1024,
+        keep_alive_timeout=5.0,
+        max_connections=1000,
+    )
+    assert limits.body_window_bytes == 10_240
+    assert (
+        HttpLimits.from_settings(
+            load_settings({"POSTAL_HTTP_BODY_MIN_RATE": "0", "POSTAL_HTTP_BODY_TIMEOUT": "30s"})
+        ).body_window_bytes
+        == 1
+    )  # a rate of 0: the window is an idle timeout
+    bad = {
+        "POSTAL_HTTP_MAX_HEADER_BYTES": ("0", "expected a whole number >= 1"),
+        "POSTAL_HTTP_MAX_HEADERS": ("0", "expected a whole number >= 1"),
+        "POSTAL_HTTP_MAX_CONNECTIONS": ("-5", "expected a whole number >= 1"),
+        "POSTAL_HTTP_BODY_MIN_RATE": ("fast", "expected a whole number >= 0"),
+    }
+    for name, (value, expected) in bad.items():
+        with pytest.raises(SettingsError) as caught:
+            load_settings({name: value})
+        assert str(caught.value) == f"{name}={value!r}: {expected}"
+    for name in ("HEADER_TIMEOUT", "BODY_TIMEOUT", "KEEP_ALIVE_TIMEOUT"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({f"POSTAL_HTTP_{name}": "0"})
+        assert str(caught.value) == f"POSTAL_HTTP_{name}: expected a duration above 0"

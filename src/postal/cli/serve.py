@@ -1,10 +1,10 @@
-"""`postal serve`: the HTTP API on uvicorn (uvloop, httptools), with its workers, the embedded
-Redis of a first run, and the metrics directory that --workers N share."""
+"""`postal serve`: the HTTP API on uvicorn (uvloop, httptools, bounded by `serve_protocol`), with
+its workers, the embedded Redis of a first run, and the metrics directory that --workers N share."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,7 +27,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve the HTTP API (uvicorn, uvloop, httptools)."""
+    """Serve the HTTP API (uvicorn, uvloop, httptools, with Postal's HTTP limits)."""
     import asyncio
     import logging
     import os
@@ -113,11 +113,7 @@ def serve(
             host=bind,
             port=port or settings.postal_port,
             workers=workers,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            **server_options(),
         )
 
 
@@ -134,6 +130,21 @@ def worker_count(option: int | None, settings: Settings) -> int:
     if option is not None:
         return option
     return settings.web_concurrency or 1
+
+
+def server_options() -> dict[str, Any]:
+    """How Postal runs uvicorn, but for the app, the address and the workers: for `postal serve`
+    and for the bare route of `postal bench http`, which must measure the same server. The
+    protocol reads its limits from the environment (`serve_limits.py`)."""
+    from postal.cli.serve_protocol import BoundedHttpToolsProtocol
+
+    return {
+        "loop": "uvloop",
+        "http": BoundedHttpToolsProtocol,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
+    }
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
