@@ -26,7 +26,7 @@ from postal_bench.errors import BenchError, NotLoopback
 from postal_bench.http.apps import BODY_BYTES, constant_body
 from postal_bench.http.bench import run_http_bench
 from postal_bench.http.options import HttpBenchOptions
-from postal_bench.http.servers import ServerProcess, free_port, uvicorn_command
+from postal_bench.http.servers import ServerProcess, free_port, postal_server_command
 from postal_bench.http.stats import (
     COLUMNS,
     FLOOR,
@@ -71,9 +71,9 @@ Transfer/sec:     31.64MB
 
 @pytest.fixture(scope="module")
 def floor_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A floor server (uvicorn, one worker) answering 100-byte bodies, for the whole module."""
+    """A floor server (Postal's server, one worker) answering 100-byte bodies, for the module."""
     port = free_port()
-    command = uvicorn_command("postal_bench.http.apps:floor_app", port, workers=1)
+    command = postal_server_command("postal_bench.http.apps:floor_app", port, workers=1)
     log_dir = tmp_path_factory.mktemp("floor")
     server = ServerProcess("floor", command, port, {BODY_BYTES: "100"}, log_dir)
     server.start()

@@ -10,7 +10,8 @@ reads two variables of its own besides the usual settings:
   or `before` (`postal.cache.transport.config.BEFORE`);
 - `POSTAL_BENCH_DNS_SCRIPT`: the path of a `DnsScript` file; unset, the system resolver.
 
-Everything else (uvloop, httptools, the database, the metrics, the shutdown) is `postal serve`'s.
+Everything else (the server and its HTTP limits, the database, the metrics, the shutdown) is
+`postal serve`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from postal.cache import BEFORE, Profile
-from postal_bench.http.servers import uvicorn_command
+from postal_bench.http.servers import postal_server_command
 
 PROFILE_VARIABLE = "POSTAL_BENCH_PROFILE"
 DNS_SCRIPT_VARIABLE = "POSTAL_BENCH_DNS_SCRIPT"
@@ -30,7 +31,7 @@ FACTORY = "postal_bench.server_child:app_from_environment"
 
 def server_command(port: int, workers: int = 1) -> list[str]:
     """The command that serves this module's app on 127.0.0.1:`port`."""
-    return uvicorn_command(FACTORY, port, workers)
+    return postal_server_command(FACTORY, port, workers)
 
 
 def profile_named(name: str) -> Profile | None:

@@ -4,7 +4,8 @@ HTTP server does with nothing behind it and with what a user would otherwise wri
 Targets, each a real server process on a free loopback port, all uvicorn (uvloop, httptools)
 with the same worker count, started once and measured interleaved run by run:
 
-- `floor`: a bare Starlette route answering constant bytes of the post's size (`http_apps`);
+- `floor`: a bare Starlette route answering constant bytes of the post's size (`http_apps`), on
+  the server `postal serve` runs (Postal's bounded protocol, `servers.postal_server_command`);
 - `peer`: a plain Starlette route doing one redis.asyncio GET per request on a
   BlockingConnectionPool(50), as large as Postal's read pool, answering the post's bytes (on
   Sentinel, replicas or a cluster: redis.asyncio as a user would write it for those);
@@ -54,7 +55,13 @@ from postal_bench.http.postal_target import (
 )
 from postal_bench.http.postal_target import prepare_post as prepare_postal_post
 from postal_bench.http.report import HttpBenchReport
-from postal_bench.http.servers import ServerProcess, free_port, postal_command, uvicorn_command
+from postal_bench.http.servers import (
+    ServerProcess,
+    free_port,
+    postal_command,
+    postal_server_command,
+    uvicorn_command,
+)
 from postal_bench.http.stats import (
     FLOOR,
     ORDER,
@@ -256,7 +263,9 @@ class Bench:
         for name in (FLOOR, PEER):
             if name in self.names:
                 port = free_port()
-                command = uvicorn_command(FACTORIES[name], port, options.workers)
+                # The floor on Postal's own server, the peer on uvicorn as a user runs it.
+                serve = postal_server_command if name == FLOOR else uvicorn_command
+                command = serve(FACTORIES[name], port, options.workers)
                 started.append(self._server(name, command, port, environment))
                 self.paths[name] = path
         await asyncio.gather(*(server.wait_ready(path) for server in started))

@@ -2,9 +2,11 @@
 
 Each target runs in a process of its own, so that the load generator and the server compete for
 the CPU as two processes, as they would in production, never as two coroutines of one loop. All
-three are uvicorn with uvloop and httptools, no access log, and the same worker count: the floor
-and the peer as `python -m uvicorn <factory>`; Postal as `postal serve`, the way it is run for
-real (its own start-up included: migrating SQLite, logging set-up).
+three are uvicorn with uvloop and httptools, no access log, and the same worker count: Postal as
+`postal serve`, the way it is run for real (its own start-up included: migrating SQLite, logging
+set-up); the floor on the same server (`postal_server`: Postal's bounded protocol and options),
+so that it stays the most an app can do there; the peer as `python -m uvicorn <factory>`, as a
+user would run it without Postal.
 
 A server is stopped by the one who started it, in `finally` (Ctrl-C included): SIGTERM to its
 process group, SIGKILL if it has not exited a few seconds later. Children are started in a
@@ -50,6 +52,14 @@ def uvicorn_command(factory: str, port: int, workers: int) -> list[str]:
         "--host", HOST, "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def postal_server_command(factory: str, port: int, workers: int) -> list[str]:
+    """The command serving `factory` on `postal serve`'s server (its bounded protocol and
+    options; `postal_server`): the floor, and Postal where a bench builds the app itself."""
+    return [
+        sys.executable, "-m", "postal_bench.http.postal_server", factory, str(port), str(workers),
     ]  # fmt: skip
 
 
