@@ -185,9 +185,9 @@ async def test_a_slow_head_behind_an_answered_request_gets_its_408() -> None:
 
 
 async def test_a_huge_head_behind_a_request_in_the_same_read_is_still_cut() -> None:
-    """The parser does not say where a request ends within a read, so the head that begins after
-    it in the same read is counted from the next piece on: it is still refused, after the
-    answer to the request before it."""
+    """The parser does not say where a request ends within a read, so the whole read counts
+    against the head that begins after it: refused, after the answer to the request before it
+    (with a 431 if that answer was out before the head ran out of room, else without)."""
     app = PacedApp()
     app.go.set()
     async with serving(app) as port:
@@ -195,8 +195,9 @@ async def test_a_huge_head_behind_a_request_in_the_same_read_is_still_cut() -> N
         received = await asyncio.to_thread(send_and_read, port, blob)
     first, _, second = received.partition(b"\r\n\r\n0")
     assert first.startswith(b"HTTP/1.1 200 ")
-    assert second.startswith(b"HTTP/1.1 431 ")
-    assert b'"code":"header_too_large"' in second
+    if second:
+        assert second.startswith(b"HTTP/1.1 431 ")
+        assert b'"code":"header_too_large"' in second
     assert app.started == 1
 
 

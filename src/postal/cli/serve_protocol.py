@@ -22,11 +22,11 @@ that stalls after its request was answered is cut without a word.
 
 The head is counted per read before it reaches the parser, and a read that would take it past
 the cap is fed only up to the cap, so one head never costs more than the cap in the parser's
-buffers (httptools keeps a header field being received in a bytes object of its own). The bytes
-of a head that begins in the same read as the previous request ends are not counted (the parser
-does not say where in a read a request ends), and such reads are fed a cap at a time, so a
-pipelined head may reach twice the cap, no more. The in-flight bound is not here: it is the app's
-(`api/admission.py`), because it answers after the route is known.
+buffers (httptools keeps a header field being received in a bytes object of its own). When a
+head begins in the same read as the previous request ends (pipelining), the parser does not say
+where: the whole read counts against that head, and reads are fed at most a cap at a time. The
+in-flight bound is not here: it is the app's (`api/admission.py`), because it answers after the
+route is known.
 
 Why by hand: httptools (llhttp) has no limit on a head's size and uvicorn sets none for it (its
 `h11_max_incomplete_event_size` is for its pure-Python h11 protocol only); uvicorn times out a
@@ -166,11 +166,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             bounds.phase = HEAD  # the parser moves it on when the head ends within `data`
             feed(self, data)
         # A request that arrived whole in this read has left the phase IDLE: no timer. Unless
-        # another began after it: uvicorn gives each request a new scope at its first byte, and
-        # hands it to the request's cycle once the head is complete.
+        # another began after it (uvicorn gives each request a new scope at its first byte, and
+        # hands it to the request's cycle once the head is complete): where in the read is not
+        # known, so the whole read counts against that head (only pipelining clients do this).
         phase = bounds.phase
         if phase == IDLE and self.scope is not self.cycle.scope:
             bounds.phase = phase = HEAD
+            bounds.head_bytes = len(data)
         if phase == HEAD:
             if bounds.head_timer is None:
                 bounds.head_timer = self.loop.call_later(
@@ -181,10 +183,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def feed_in_pieces(self, data: bytes) -> None:
         """A read longer than the head has room for: fed a piece at a time, each no longer than
-        that room (or the cap, in a body), so that the head never goes past the cap: once a
-        head has no room left, 431. A head that begins within a piece is counted from the next
-        one (the parser does not say where a request ends within a read), so pieces no longer
-        than the cap keep even that one below twice the cap."""
+        that room (or than the cap, in a body: a head may begin after the body ends, and the
+        whole piece then counts against it), so that a head never goes past the cap: once it
+        has no room left, 431."""
         bounds = self.bounds
         cap = bounds.max_header_bytes
         view = memoryview(data)
