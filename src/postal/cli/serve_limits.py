@@ -59,9 +59,13 @@ class Refusal:
     message: str
     retry_after: bool = False
 
+    @property
+    def body(self) -> bytes:
+        return error_body(self.code, self.message)
+
     def answer(self, default_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The whole response: uvicorn's default headers (`server`, `date`), then ours."""
-        body = error_body(self.code, self.message)
+        body = self.body
         phrase = http.HTTPStatus(self.status).phrase
         lines = [f"HTTP/1.1 {self.status} {phrase}".encode("ascii")]
         lines += [name + b": " + value for name, value in default_headers]
@@ -78,13 +82,9 @@ class Refusal:
         """The response headers, for an answer sent through ASGI rather than as bytes."""
         return [
             (b"content-type", JSON.encode("ascii")),
-            (b"content-length", str(len(error_body(self.code, self.message))).encode("ascii")),
+            (b"content-length", str(len(self.body)).encode("ascii")),
             (b"connection", b"close"),
         ]
-
-    @property
-    def body(self) -> bytes:
-        return error_body(self.code, self.message)
 
 
 @dataclass(frozen=True, slots=True)
