@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis as sync_redis
 
 from tests.e2e.test_serve import Served, serving
 
@@ -57,10 +58,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
 
 
 def serve(directory: Path, redis_url: str, **limits: str) -> Iterator[Server]:
+    """`postal serve` with short limits (and `limits`); its keys are deleted once it stops."""
+    prefix = f"postal-test:{uuid.uuid4().hex[:12]}:"
     environment = {
         "DATABASE_URL": f"sqlite+aiosqlite:///{directory}/postal.db",
         "READ_REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": f"test-http-limits:{uuid.uuid4().hex[:8]}:",
+        "REDIS_KEY_PREFIX": prefix,
         "POSTAL_API_TOKEN": TOKEN,
         "POSTAL_LOG_LEVEL": "WARNING",
         "POSTAL_HTTP_HEADER_TIMEOUT": SHORT,
@@ -68,9 +71,16 @@ def serve(directory: Path, redis_url: str, **limits: str) -> Iterator[Server]:
         "POSTAL_HTTP_KEEP_ALIVE_TIMEOUT": SHORT,
         **limits,
     }
-    with serving(directory, **environment) as served:
-        port = int(served.base.rsplit(":", 1)[1])
-        yield Server(served, "127.0.0.1", port)
+    try:
+        with serving(directory, **environment) as served:
+            port = int(served.base.rsplit(":", 1)[1])
+            yield Server(served, "127.0.0.1", port)
+    finally:
+        client = sync_redis.Redis.from_url(redis_url)
+        with client:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
 
 
 def connect(server: Server) -> socket.socket:
