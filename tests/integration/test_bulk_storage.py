@@ -18,7 +18,7 @@ from postal.storage.db import create_engine
 from postal.storage.import_store import SqlImportStore
 from postal.storage.repository import SqlPostRepository
 from postal.storage.tables import posts
-from tests.support.database import row_counts
+from tests.support.database import row_counts, tag_rows_in_step
 
 EARLY = datetime(2020, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
 NOW = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
@@ -68,6 +68,14 @@ async def test_creates_and_updates_write_posts_and_their_versions(
 ) -> None:
     ids = await write_batches(postgres_engine, method)
     assert ids == [1, 2, 3, 4]  # in the order given, from the identity's sequence
+    # the tag filter's rows: each post's last tags (post 1's updated twice, post 3's replaced)
+    assert await tag_rows_in_step(postgres_engine) == {
+        (1, "a", "ada"),
+        (1, "b", "ada"),
+        (3, "z", "ada"),
+        (4, "a", "ada"),
+        (4, "b", "ada"),
+    }
     repository = SqlPostRepository(postgres_engine)
     one = await repository.get(1)
     assert one is not None
@@ -154,6 +162,7 @@ async def test_auto_is_copy_on_postgresql_and_insert_on_sqlite(
 
 async def test_sqlite_takes_the_insert_path(sqlite_engine: AsyncEngine) -> None:
     ids = await write_batches(sqlite_engine, WriteMethod.INSERT)
+    assert {post_id for post_id, _, _ in await tag_rows_in_step(sqlite_engine)} == {1, 3, 4}
     assert ids == [1, 2, 3, 4]
     repository = SqlPostRepository(sqlite_engine)
     one = await repository.get(1)

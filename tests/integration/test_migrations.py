@@ -6,14 +6,16 @@ queries the tables module, the databases get the migrations, and the two must no
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, select
 
 from postal.posts.errors import DatabaseUnavailable
+from postal.posts.models import ListFilter
 from postal.storage.db import create_engine
 from postal.storage.migrate import (
     MIGRATIONS_DIR,
@@ -24,11 +26,12 @@ from postal.storage.migrate import (
     pending_revision,
     upgrade,
 )
-from postal.storage.tables import metadata
+from postal.storage.repository import SqlPostRepository
+from postal.storage.tables import metadata, post_tags, post_versions, posts
 from tests.support.database import empty_database
 
-HEAD = "0002"
-TABLES = {"posts", "post_versions", "deployment_keys"}
+HEAD = "0003"
+TABLES = {"posts", "post_versions", "post_tags", "deployment_keys"}
 
 
 def sqlite_url(tmp_path: Path) -> str:
@@ -107,3 +110,84 @@ async def test_unreachable_database_is_unavailable() -> None:
     with pytest.raises(DatabaseUnavailable) as raised:
         await is_current(url, timeout=2.0)
     assert "hunter2-secret" not in str(raised.value)
+
+
+# -- 0003: the list's filters, on a database that already has posts ------------------------------
+
+OLD_POSTS = [  # title, author, tags as a release before 0003 stored them
+    ("one", "ada", ["x", "y"]),
+    ("two", "bob", ["y", "y"]),  # the same tag twice: one row
+    ("three", "ada", []),
+    ("four", "ada", ["y", "Ünï"]),
+]
+
+
+async def insert_old_posts(url: str) -> list[int]:
+    """Posts and version rows written at 0002, without post_tags (it did not exist)."""
+    engine = create_engine(url, pool_size=1, timeout=5.0)
+    now = datetime.now(UTC)
+    ids = []
+    try:
+        async with engine.begin() as connection:
+            for title, author, tags in OLD_POSTS:
+                values = {"title": title, "body": "b", "author": author, "tags": tags}
+                result = await connection.execute(
+                    posts.insert()
+                    .values(**values, version=1, created_at=now, updated_at=now)
+                    .returning(posts.c.id)
+                )
+                post_id = result.scalar_one()
+                await connection.execute(
+                    post_versions.insert().values(
+                        post_id=post_id, version=1, created_at=now, **values
+                    )
+                )
+                ids.append(post_id)
+    finally:
+        await engine.dispose()
+    return ids
+
+
+async def check_backfill(url: str) -> None:
+    await upgrade(url, revision="0002")
+    one, two, three, four = await insert_old_posts(url)
+    await upgrade(url)
+    assert await schema_differences(url) == []
+    engine = create_engine(url, pool_size=1, timeout=5.0)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(post_tags))).all()
+        assert {(row.post_id, row.tag, row.author) for row in rows} == {
+            (one, "x", "ada"),
+            (one, "y", "ada"),
+            (two, "y", "bob"),
+            (four, "y", "ada"),
+            (four, "Ünï", "ada"),
+        }
+        assert len(rows) == 5  # post two's "y" once
+        repository = SqlPostRepository(engine)
+
+        async def ids(author: str | None = None, tag: str | None = None) -> list[int]:
+            page = await repository.list_page(limit=10, matching=ListFilter(author, tag))
+            return [post.id for post in page]
+
+        assert await ids(tag="y") == [four, two, one]
+        assert await ids(author="ada") == [four, three, one]
+        assert await ids(author="ada", tag="y") == [four, one]
+        assert await ids(tag="Ünï") == [four]
+        assert await ids(tag="z") == []
+    finally:
+        await engine.dispose()
+    await downgrade(url, revision="0002")  # and back: the posts stay, the table goes
+    assert "post_tags" not in await table_names(url)
+    await upgrade(url)
+    assert await is_current(url)
+
+
+async def test_postgres_upgrade_backfills_the_tags_of_existing_posts() -> None:
+    async with empty_database() as url:
+        await check_backfill(url)
+
+
+async def test_sqlite_upgrade_backfills_the_tags_of_existing_posts(tmp_path: Path) -> None:
+    await check_backfill(sqlite_url(tmp_path))

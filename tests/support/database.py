@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.storage.migrate import upgrade
-from postal.storage.tables import post_versions, posts
+from postal.storage.tables import post_tags, post_versions, posts
 
 HOST, PORT = "127.0.0.1", 5432
 USER = os.environ.get("POSTAL_TEST_PGUSER", "postgres")
@@ -164,3 +164,16 @@ async def row_counts(engine: AsyncEngine) -> tuple[int, int]:
             await connection.execute(select(func.count()).select_from(post_versions))
         ).scalar()
     return int(post_count or 0), int(version_count or 0)
+
+
+async def tag_rows_in_step(engine: AsyncEngine) -> set[tuple[int, str, str]]:
+    """Checks that post_tags says what posts.tags says (each post's distinct tags, with its
+    author), and returns those rows: the tag filter reads one, posts are read from the other."""
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(posts.c.id, posts.c.author, posts.c.tags))).all()
+        expected = {(row.id, tag, row.author) for row in rows for tag in row.tags}
+        found = (await connection.execute(select(post_tags))).all()
+    listed = [(row.post_id, row.tag, row.author) for row in found]
+    assert len(listed) == len(set(listed)), listed
+    assert set(listed) == expected, (listed, expected)
+    return expected

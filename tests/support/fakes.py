@@ -37,7 +37,14 @@ from postal.cache import (
 )
 from postal.imports.ports import ImportConflict, NewPost, PostChange
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
-from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
+from postal.posts.models import (
+    NO_FILTER,
+    ListFilter,
+    Post,
+    PostContent,
+    PostVersion,
+    VersionSummary,
+)
 
 T = TypeVar("T")
 
@@ -99,11 +106,18 @@ class FakePostRepository:
         self.loads += 1
         return self.posts.get(post_id)
 
-    async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
+    async def list_page(
+        self, *, limit: int, before_id: int | None = None, matching: ListFilter = NO_FILTER
+    ) -> list[Post]:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.loads += 1
-        ids = sorted(self.posts, reverse=True)
+        ids = [
+            post_id
+            for post_id in sorted(self.posts, reverse=True)
+            if matching.author in (None, self.posts[post_id].author)
+            and (matching.tag is None or matching.tag in self.posts[post_id].tags)
+        ]
         if before_id is not None:
             ids = [post_id for post_id in ids if post_id < before_id]
         return [self.posts[post_id] for post_id in ids[:limit]]

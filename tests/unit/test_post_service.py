@@ -74,10 +74,10 @@ async def test_a_page_has_a_cursor_only_when_more_follow(
 ) -> None:
     for _ in range(3):
         await service.create(FIRST)
-    first = json.loads(await service.read_page(limit=2))
+    first = json.loads((await service.read_page(limit=2)).body)
     assert [item["id"] for item in first["items"]] == [3, 2]
     assert CURSORS.decode(POSTS, first["next_cursor"]) == 2
-    last = json.loads(await service.read_page(limit=2, cursor=first["next_cursor"]))
+    last = json.loads((await service.read_page(limit=2, cursor=first["next_cursor"])).body)
     assert [item["id"] for item in last["items"]] == [1]
     assert last["next_cursor"] is None
 
@@ -105,12 +105,12 @@ async def test_a_page_stops_at_its_byte_budget_and_one_over_it_is_not_cached(
     )
     for _ in range(5):
         await service.create(PostContent("Post", "x" * 1_000, "ada"))
-    page = await service.read_page(limit=10)
+    page = (await service.read_page(limit=10)).body
     assert len(page) <= budget
     assert [item["id"] for item in json.loads(page)["items"]] == [5, 4]  # two of 1 KB fit
     assert cache.cached(page_key(10, None)) is not None
     await service.create(PostContent("Big", "x" * 5_000, "ada"))  # alone over the budget
-    big = json.loads(await service.read_page(limit=10))
+    big = json.loads((await service.read_page(limit=10)).body)
     assert [item["id"] for item in big["items"]] == [6]  # still shown, with a way on
     assert CURSORS.decode(POSTS, big["next_cursor"]) == 6
     assert cache.cached(page_key(10, None)) is None  # but not cached
@@ -146,7 +146,7 @@ async def test_a_write_makes_every_cached_page_a_miss(
     assert cache.cached(page_key(10, None)) is not None
     await service.create(SECOND)
     assert cache.cached(page_key(10, None)) is None  # the pages' generation moved
-    page = json.loads(await service.read_page(limit=10))
+    page = json.loads((await service.read_page(limit=10)).body)
     assert [item["title"] for item in page["items"]] == ["Second", "First"]
 
 

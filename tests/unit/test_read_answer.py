@@ -23,6 +23,7 @@ def test_a_post_is_200_with_its_body_as_it_is_and_its_etag() -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(BODY)).encode()),
         (b"etag", b'"v3"'),
+        (b"cache-control", b"no-cache"),
     ]
 
 
@@ -30,9 +31,10 @@ def test_a_post_is_200_with_its_body_as_it_is_and_its_etag() -> None:
     "if_none_match",
     ['"v3"', 'W/"v3"', ' "v3" ', '"v1", "v3"', '"v1",W/"v3"', "*", '"v1", *'],
 )
-def test_a_matching_if_none_match_is_304_with_the_etag_alone(if_none_match: str) -> None:
+def test_a_matching_if_none_match_is_304_with_the_etag_and_no_body(if_none_match: str) -> None:
     request = [(b"accept", b"*/*"), (b"if-none-match", if_none_match.encode())]
-    assert read_answer(42, POST, request) == (304, [(b"etag", b'"v3"')], b"")
+    expected = [(b"etag", b'"v3"'), (b"cache-control", b"no-cache")]
+    assert read_answer(42, POST, request) == (304, expected, b"")
 
 
 @pytest.mark.parametrize("if_none_match", ['"v2"', '"v33"', 'W/"v2"', '"v1", "v2"', "v3", ""])

@@ -29,13 +29,19 @@ Header = tuple[bytes, bytes]
 Answer = tuple[int, list[Header], bytes]  # status, headers, body
 
 _JSON: Header = (b"content-type", b"application/json")
+# Every successful read may be stored by the client or a proxy, and must be revalidated before
+# each use (a 304 when unchanged): a max-age would let them serve a post after a write that
+# returned, which the cache itself never does (docs/api.md, "Caching by clients").
+REVALIDATE = "no-cache"
+_REVALIDATE: Header = (b"cache-control", REVALIDATE.encode())
 _IF_NONE_MATCH = b"if-none-match"
 
 
 def read_answer(post_id: int, entry: Entry, request_headers: Iterable[Header]) -> Answer:
     """The answer for `entry` (the post `post_id`, or its negative entry), given the request's
     headers as ASGI gives them (lower-case names): 200 with the body and its ETag; 304 with the
-    ETag alone when any If-None-Match line matches it; 404 in the error shape. The headers keep
+    ETag alone when any If-None-Match line matches it (both with `Cache-Control: no-cache`); 404
+    in the error shape, as every route sends it. The headers keep
     the order each answer has always been sent in."""
     if not entry.found:
         body = error_body("post_not_found", str(PostNotFound(post_id)))
@@ -44,9 +50,9 @@ def read_answer(post_id: int, entry: Entry, request_headers: Iterable[Header]) -
     etag: Header = (b"etag", entry.etag.encode())
     for name, value in request_headers:
         if name == _IF_NONE_MATCH and etag_matches(value.decode("latin-1"), entry.etag):
-            return 304, [etag], b""
+            return 304, [etag, _REVALIDATE], b""
     body = entry.body
-    return 200, [_JSON, (b"content-length", b"%d" % len(body)), etag], body
+    return 200, [_JSON, (b"content-length", b"%d" % len(body)), etag, _REVALIDATE], body
 
 
 def etag_matches(if_none_match: str, tag: str) -> bool:

@@ -6,10 +6,10 @@ anyone could make up positions, each a new cache key (measured: ten requests too
 asked for are the ids some page ended at, bounded by the data, not by the client.
 
 A cursor is 32 URL-safe base64 characters: the position (8 bytes, big-endian) and the first 16
-bytes of HMAC-SHA256 over a kind (`posts`, `versions:42`: a cursor of one list is no cursor of
-another) and the position. The key is the deployment's, shared by every worker and pod: see
-`storage/deployment_keys.py`. Cursors carry nothing secret; they are opaque so that clients
-pass them back as they are.
+bytes of HMAC-SHA256 over a kind (`posts`, `posts?author=ada`, `versions:42`: a cursor of one
+list is no cursor of another, a filter's list included) and the position. The key is the
+deployment's, shared by every worker and pod: see `storage/deployment_keys.py`. Cursors carry
+nothing secret; they are opaque so that clients pass them back as they are.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import binascii
 import hashlib
 import hmac
 from typing import Final
+from urllib.parse import urlencode
 
-from postal.posts.models import MAX_ID
+from postal.posts.models import MAX_ID, ListFilter
 
 KEY_BYTES: Final = 32  # what the deployment's key is made of
 MIN_KEY_BYTES: Final = 16
@@ -28,6 +29,17 @@ MAC_BYTES: Final = 16  # 128 bits: guessing one is out of reach, and the cursor 
 POSITION_BYTES: Final = 8
 CURSOR_CHARS: Final = 32  # base64 of the 24 bytes, unpadded
 POSTS: Final = "posts"
+
+
+def list_kind(matching: ListFilter) -> str:
+    """The kind of a cursor through the list with this filter: `posts` for the whole list (so
+    cursors given out before filters existed still work), `posts?author=...&tag=...` otherwise.
+    Percent-encoded: no author can spell the separator before the tag, so two filters never
+    share a kind, and a cursor of one filter's pages is no cursor of another's."""
+    if matching.is_empty:
+        return POSTS
+    fields = [("author", matching.author), ("tag", matching.tag)]
+    return f"{POSTS}?{urlencode([(name, value) for name, value in fields if value is not None])}"
 
 
 def versions_kind(post_id: int) -> str:

@@ -15,7 +15,7 @@ _NOT_FOUND = b"404 -\n"
 @dataclass(frozen=True, slots=True)
 class Entry:
     status: int  # 200 or 404
-    etag: str | None  # None for pages and negative entries
+    etag: str | None  # None for negative entries (and pages cached before pages had one)
     body: bytes  # empty for a negative entry
 
     @property

@@ -77,3 +77,51 @@ class VersionSummary:
     author: str
     tags: tuple[str, ...]
     created_at: datetime
+
+
+# -- filters of the list ---------------------------------------------------------------------------
+
+FILTER_FIELDS: Final = {"author": MAX_AUTHOR_CHARS, "tag": MAX_TAG_CHARS}
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """The posts a list shows: those by `author` and/or tagged `tag`; None is no condition.
+    Values match exactly as stored (case-sensitive, after the strip a write does). A cursor is
+    signed for its filter (`cursors.list_kind`), a page cached under it (`cache_keys.page_key`)."""
+
+    author: str | None = None
+    tag: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.author is None and self.tag is None
+
+
+NO_FILTER: Final = ListFilter()
+
+
+class InvalidFilter(ValueError):
+    """A filter value no post can have: says which parameter, and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def filter_value(field: str, raw: str) -> str:
+    """`raw` as the `field` (author or tag) a post can have, so that any author or tag a write
+    accepted can be asked for: stripped as writes strip it, 1 to the field's limit of
+    characters, no NUL. `InvalidFilter` otherwise, before anything is read or cached."""
+    limit = FILTER_FIELDS[field]
+    if len(raw) > 4 * limit:  # far over the limit: refused before the strip copies it
+        raise InvalidFilter(field, f"{field} is over {limit} characters")
+    value = raw.strip()  # as the write schemas strip (Unicode whitespace)
+    if not value:
+        raise InvalidFilter(field, f"{field} must not be empty")
+    if len(value) > limit:
+        raise InvalidFilter(field, f"{field} is {len(value)} characters; the limit is {limit}")
+    if NUL in value:
+        raise InvalidFilter(field, f"{field} {NUL_REFUSAL}")
+    return value

@@ -14,7 +14,14 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from postal.cache import GuardedKey, Loader, Profile, ReadThroughStats, Timeout
-from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
+from postal.posts.models import (
+    NO_FILTER,
+    ListFilter,
+    Post,
+    PostContent,
+    PostVersion,
+    VersionSummary,
+)
 
 T = TypeVar("T")
 
@@ -29,8 +36,11 @@ class PostRepository(Protocol):
 
     async def get(self, post_id: int) -> Post | None: ...
 
-    async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
-        """Newest first: at most `limit` posts with `id < before_id` (all, when None)."""
+    async def list_page(
+        self, *, limit: int, before_id: int | None = None, matching: ListFilter = NO_FILTER
+    ) -> list[Post]:
+        """Newest first: at most `limit` posts with `id < before_id` (all, when None), among
+        those `matching` the filter (by that author, with that tag)."""
         ...
 
     async def create(self, content: PostContent, *, created_at: datetime | None = None) -> Post:

@@ -7,6 +7,8 @@ means a hit and a miss can never answer with different bodies for the same versi
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -125,3 +127,10 @@ def version_of_etag(tag: str) -> int | None:
         return None
     digits = tag[2:-1]
     return int(digits) if digits.isdigit() and len(digits) < 10 else None
+
+
+def page_etag(body: bytes) -> str:
+    """The strong ETag of a list page: a digest of its bytes, `"p..."` (never a version's `"v3"`,
+    so If-Match cannot mistake it). Equal bytes, equal tag, whichever process built them."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()[:16]).rstrip(b"=")
+    return f'"p{digest.decode("ascii")}"'

@@ -13,9 +13,12 @@ the request is cancelled during the write. A database that failed before the COM
 (`NothingWritten`: refused connections during an outage, say) cannot have written anything: the
 cache is left alone, so that its entries keep answering reads while the database is down.
 
-List pages are cached under their cursor's position, and cursors are signed (`cursors.py`), so
-the pages that can be cached are the ones this deployment's cursors lead to, each at most
-`max_page_bytes` (a page over it, one post larger than a page, is answered and not cached).
+List pages are cached under their filter and their cursor's position, and cursors are signed
+(`cursors.py`) for their filter, so the pages that can be cached are the ones this deployment's
+cursors lead to, each at most `max_page_bytes` (a page over it, one post larger than a page, is
+answered and not cached). A filtered page is cached only when it shows a post (`_page_ttl`).
+Each page carries an ETag made of its bytes, stored with it, so a hit answers If-None-Match
+without hashing anything.
 Pages of a post's versions carry no bodies and are read from the database, as history is read
 rarely; their cursors are signed the same way.
 
@@ -34,14 +37,15 @@ from typing import TypeVar
 
 from postal.cache import GuardedKey, Loader
 from postal.posts.cache_keys import LIST_GENERATION, page_key, post_key
-from postal.posts.cursors import POSTS, Cursors, versions_kind
+from postal.posts.cursors import Cursors, list_kind, versions_kind
 from postal.posts.entries import NOT_FOUND, Entry, decode_entry, encode_entry
 from postal.posts.errors import DatabaseUnavailable, InvalidCursor, NothingWritten
-from postal.posts.models import Post, PostContent, PostVersion
+from postal.posts.models import NO_FILTER, ListFilter, Post, PostContent, PostVersion
 from postal.posts.ports import CachedReads, CacheInvalidations, PostRepository
 from postal.posts.representation import (
     etag,
     items_within,
+    page_etag,
     page_from_items,
     post_json,
     versions_page_json,
@@ -99,23 +103,44 @@ class PostService:
 
         return await self._read(post_key(post_id), load)
 
-    async def read_page(self, *, limit: int, cursor: str | None = None) -> bytes:
-        """One page of posts, newest first, as its JSON body: at most `limit` posts, fewer when
-        they would take the page over `max_page_bytes`. `cursor`: a page's `next_cursor`;
+    async def read_page(
+        self, *, limit: int, cursor: str | None = None, matching: ListFilter = NO_FILTER
+    ) -> Entry:
+        """One page of posts, newest first, as its entry (200, the page's ETag, its JSON body):
+        at most `limit` posts, fewer when they would take the page over `max_page_bytes`; only
+        those `matching` the filter. `cursor`: a `next_cursor` of this filter's pages;
         `InvalidCursor` for any other, before anything is read or cached."""
-        before_id = None if cursor is None else self._position(POSTS, cursor)
+        kind = list_kind(matching)
+        before_id = None if cursor is None else self._position(kind, cursor)
 
         async def load() -> tuple[bytes, float]:
             # One more than asked tells whether a next page exists, so the last page says so.
-            found = await self._repository.list_page(limit=limit + 1, before_id=before_id)
+            found = await self._repository.list_page(
+                limit=limit + 1, before_id=before_id, matching=matching
+            )
             items = items_within(found[:limit], self._max_page_bytes)
             more = len(found) > len(items)
-            next_cursor = self._cursors.encode(POSTS, found[len(items) - 1].id) if more else None
+            next_cursor = self._cursors.encode(kind, found[len(items) - 1].id) if more else None
             body = page_from_items(items, next_cursor)
-            ttl = self._ttls.page if len(body) <= self._max_page_bytes else 0.0  # 0: not cached
-            return encode_entry(Entry(200, None, body)), ttl
+            ttl = self._page_ttl(body, len(items), matching)
+            return encode_entry(Entry(200, page_etag(body), body)), ttl
 
-        return (await self._read(page_key(limit, before_id), load)).body
+        entry = await self._read(page_key(limit, before_id, matching), load)
+        if entry.etag is None:  # cached by a release whose pages had no ETag (a rolling deploy)
+            return Entry(200, page_etag(entry.body), entry.body)
+        return entry
+
+    def _page_ttl(self, body: bytes, shown: int, matching: ListFilter) -> float:
+        """How long a page is cached; 0: not at all. A page over `max_page_bytes` is not. Nor is
+        a filtered page that shows no post: filter values are the client's to choose, and an
+        empty page for each made-up author would be a key each. So the filtered pages cached are
+        those of authors and tags some post has, bounded by the data, as cursors bound the
+        positions (an empty page costs the database one index probe)."""
+        if len(body) > self._max_page_bytes:
+            return 0.0
+        if shown == 0 and not matching.is_empty:
+            return 0.0
+        return self._ttls.page
 
     def _position(self, kind: str, cursor: str) -> int:
         position = self._cursors.decode(kind, cursor)

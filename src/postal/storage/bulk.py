@@ -14,6 +14,9 @@ few statements whatever its size, in one of two ways (`WriteMethod`), the same r
 `auto` picks COPY on PostgreSQL, which measured about twice as fast (`postal bench import`:
 100,000 rows of ~500 bytes; the figures are in docs/benchmarks.md), and INSERT on SQLite.
 
+Each post's tags go into `post_tags` with it (the tag filter's table), by the batch's method;
+an update replaces the rows of the posts it changed.
+
 Updates of existing posts go the same way with both methods: the batch's rows are locked and
 their versions read first (`current_versions`: `SELECT ... FOR UPDATE` in id order, so two
 imports cannot deadlock within one batch), then one executemany UPDATE, each post moving to its
@@ -32,7 +35,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, bindparam, insert, select, text, update
+from sqlalchemy import BigInteger, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -42,8 +45,8 @@ from postal.imports.ports import ImportConflict, NewPost, PostChange
 from postal.posts.models import Post, PostContent
 
 # The repository's columns and row mappings: a post is read and written here as it is there.
-from postal.storage.repository import POST_COLUMNS, content_values, post_from_row
-from postal.storage.tables import post_versions, posts
+from postal.storage.repository import POST_COLUMNS, content_values, post_from_row, tag_rows
+from postal.storage.tables import post_tags, post_versions, posts
 
 
 class WriteMethod(StrEnum):
@@ -67,6 +70,7 @@ _POST_COPY_COLUMNS = (
     "updated_at",
 )
 _VERSION_COPY_COLUMNS = ("post_id", "version", "title", "body", "author", "tags", "created_at")
+_TAG_COPY_COLUMNS = ("post_id", "tag", "author")
 
 # The sequence is looked up once (MATERIALIZED): called on every row, pg_get_serial_sequence made
 # this take 7 ms per 1,000 ids instead of 1 ms.
@@ -159,6 +163,7 @@ class BulkWriter:
             (post_id, 1, post.content, post.created_at)
             for post_id, post in zip(ids, new, strict=True)
         )
+        await self._add_tags(zip(ids, (post.content for post in new), strict=True))
         return ids
 
     async def _copy_new(self, new: Sequence[NewPost]) -> list[int]:
@@ -174,6 +179,7 @@ class BulkWriter:
             for post_id, content, post in zip(ids, contents, new, strict=True)
         ]
         await self._copy("post_versions", _VERSION_COPY_COLUMNS, version_records)
+        await self._add_tags(zip(ids, (post.content for post in new), strict=True))
         return ids
 
     async def update(
@@ -218,12 +224,29 @@ class BulkWriter:
         )
         await self._connection.execute(statement, rows)
         await self._add_versions(added)
+        # The tags each post ends the batch with (a post changed twice: its last change's).
+        final = {change.post_id: change.content for change in changes}
+        await self._connection.execute(
+            delete(post_tags).where(_id_among(self._connection, list(final), post_tags.c.post_id))
+        )
+        await self._add_tags(final.items())
 
     # -- the pieces -------------------------------------------------------------------------
 
     async def _take_ids(self, count: int) -> list[int]:
         ids: list[int] = (await self._connection.execute(_TAKE_IDS, {"n": count})).scalar_one()
         return ids
+
+    async def _add_tags(self, contents: Iterable[tuple[int, PostContent]]) -> None:
+        """The post_tags rows of posts that have none yet, by COPY or INSERT as the rest."""
+        rows = [row for post_id, content in contents for row in tag_rows(post_id, content)]
+        if not rows:
+            return
+        if self._method is WriteMethod.COPY:
+            records = [(row["post_id"], row["tag"], row["author"]) for row in rows]
+            await self._copy("post_tags", _TAG_COPY_COLUMNS, records)
+            return
+        await self._connection.execute(insert(post_tags), rows)
 
     async def _add_versions(
         self, versions: Iterable[tuple[int, int, PostContent, datetime]]
@@ -264,12 +287,14 @@ async def read_posts(connection: AsyncConnection, post_ids: Sequence[int]) -> li
     return [post_from_row(row) for row in rows]
 
 
-def _id_among(connection: AsyncConnection, post_ids: Sequence[int]) -> ColumnElement[bool]:
+def _id_among(
+    connection: AsyncConnection, post_ids: Sequence[int], column: ColumnElement[int] = posts.c.id
+) -> ColumnElement[bool]:
     if connection.dialect.name == "postgresql":
         # One array parameter: one prepared statement whatever the batch's size.
         ids = bindparam("ids", list(post_ids), type_=ARRAY(BigInteger))
-        return posts.c.id == ids.any_()
-    return posts.c.id.in_(post_ids)
+        return column == ids.any_()
+    return column.in_(post_ids)
 
 
 def _content_record(content: PostContent) -> tuple[str, str, str, str]:

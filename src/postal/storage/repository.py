@@ -11,6 +11,9 @@ Reads are single SELECTs run without BEGIN/COMMIT (autocommit): one statement al
 consistent snapshot, and on PostgreSQL the explicit transaction would cost two more round trips
 on the hot path, `get`.
 
+A post's tags are also rows of `post_tags`, which the tag filter reads: every write here puts
+them in step in its own transaction (`replace_tags`), as the import's bulk writes do.
+
 Database outages become `DatabaseUnavailable` in one place, `db`: reads through `database_errors`,
 writes through `write_transaction`, whose outages before the COMMIT was sent are `NothingWritten`
 (a `DatabaseUnavailable` that says the write cannot have landed).
@@ -23,13 +26,20 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeAlias
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
-from postal.posts.models import Post, PostContent, PostVersion, VersionSummary
+from postal.posts.models import (
+    NO_FILTER,
+    ListFilter,
+    Post,
+    PostContent,
+    PostVersion,
+    VersionSummary,
+)
 from postal.storage.db import database_errors, write_transaction
-from postal.storage.tables import post_versions, posts
+from postal.storage.tables import post_tags, post_versions, posts
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 
@@ -86,12 +96,12 @@ class SqlPostRepository:
             row = result.one_or_none()
         return None if row is None else post_from_row(row)
 
-    async def list_page(self, *, limit: int, before_id: int | None = None) -> list[Post]:
+    async def list_page(
+        self, *, limit: int, before_id: int | None = None, matching: ListFilter = NO_FILTER
+    ) -> list[Post]:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        query = select(*POST_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
-        if before_id is not None:
-            query = query.where(posts.c.id < before_id)
+        query = page_query(matching, before_id).limit(limit)
         async with self._read() as connection:
             rows = (await connection.execute(query)).all()
         return [post_from_row(row) for row in rows]
@@ -164,6 +174,9 @@ class SqlPostRepository:
             )
             post = post_from_row(result.one())
             await _insert_version(connection, post.id, 1, content, now)
+            rows = tag_rows(post.id, content)
+            if rows:
+                await connection.execute(insert(post_tags), rows)
         return post
 
     async def update(
@@ -197,6 +210,46 @@ class SqlPostRepository:
 # -- statements shared by the methods -----------------------------------------------------------
 
 
+def page_query(matching: ListFilter, before_id: int | None) -> Select[Any]:
+    """Newest first below `before_id`, each filter walking an index of its own backwards: the
+    whole list the primary key; by author `ix_posts_author_id`; by tag `post_tags`' index on
+    (tag, post_id); by both its index on (tag, author, post_id). Posts are then read by id."""
+    if matching.tag is None:
+        query = select(*POST_COLUMNS).order_by(posts.c.id.desc())
+        if matching.author is not None:
+            query = query.where(posts.c.author == matching.author)
+        if before_id is not None:
+            query = query.where(posts.c.id < before_id)
+        return query
+    query = (
+        select(*POST_COLUMNS)
+        .select_from(post_tags.join(posts, posts.c.id == post_tags.c.post_id))
+        .where(post_tags.c.tag == matching.tag)
+        .order_by(post_tags.c.post_id.desc())
+    )
+    if matching.author is not None:
+        query = query.where(post_tags.c.author == matching.author)
+    if before_id is not None:
+        query = query.where(post_tags.c.post_id < before_id)
+    return query
+
+
+def tag_rows(post_id: int, content: PostContent) -> list[dict[str, Any]]:
+    """The post_tags rows of a post with `content`: each distinct tag once, with the author."""
+    return [
+        {"post_id": post_id, "tag": tag, "author": content.author}
+        for tag in dict.fromkeys(content.tags)
+    ]
+
+
+async def replace_tags(connection: AsyncConnection, post_id: int, content: PostContent) -> None:
+    """Make post_tags say `content`'s tags for the post, in the write's transaction."""
+    await connection.execute(delete(post_tags).where(post_tags.c.post_id == post_id))
+    rows = tag_rows(post_id, content)
+    if rows:
+        await connection.execute(insert(post_tags), rows)
+
+
 async def _new_version(
     connection: AsyncConnection, post_id: int, content: PostContent, expected_version: int | None
 ) -> Post:
@@ -214,6 +267,7 @@ async def _new_version(
         await _raise_for_missed_write(connection, post_id, expected_version)
     post = post_from_row(row)
     await _insert_version(connection, post_id, post.version, content, now)
+    await replace_tags(connection, post_id, content)
     return post
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
 from postal.api.errors import ApiError
+from postal.api.read_answer import REVALIDATE
 from postal.api.routes.reads import DEFAULT_PAGE, MAX_PAGE
 from postal.api.schemas import PostIn
 from postal.posts.models import Post
@@ -27,6 +28,7 @@ IfMatch = Annotated[
     Header(description='The ETag you read (`"v3"`), or `*`: the write fails with 412 otherwise'),
 ]
 JSON = "application/json"
+REVALIDATE_HEADERS = {"Cache-Control": REVALIDATE}
 _ERROR: dict[int | str, dict[str, Any]] = {
     status: {"description": description}
     for status, description in {
@@ -112,7 +114,7 @@ async def list_versions(
 ) -> Response:
     _refuse_unknown_parameters(request)
     body = await _service(request).version_page(post_id, limit=limit, cursor=cursor)
-    return Response(body, media_type=JSON)
+    return Response(body, media_type=JSON, headers=REVALIDATE_HEADERS)
 
 
 def _refuse_unknown_parameters(request: Request) -> None:
@@ -128,7 +130,8 @@ def _refuse_unknown_parameters(request: Request) -> None:
 )
 async def get_version(request: Request, post_id: PostId, version: VersionNumber) -> Response:
     found = await _service(request).version(post_id, version)
-    return Response(version_json(found), media_type=JSON)
+    # A version never changes, but a delete takes it away: revalidated, as every read is.
+    return Response(version_json(found), media_type=JSON, headers=REVALIDATE_HEADERS)
 
 
 @router.post(

@@ -8,19 +8,27 @@ never reach `get_post`: `api/fast_reads.py` answers them first, with the same `r
 
 from __future__ import annotations
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from postal.api.errors import ID_MESSAGE, ApiError, database_unavailable, not_cached
-from postal.api.read_answer import read_answer
+from postal.api.read_answer import REVALIDATE, etag_matches, read_answer
 from postal.posts.errors import DatabaseUnavailable
-from postal.posts.models import MAX_ID
+from postal.posts.models import (
+    FILTER_FIELDS,
+    MAX_ID,
+    InvalidFilter,
+    ListFilter,
+    filter_value,
+)
 from postal.posts.service import PostService
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 JSON = "application/json"
+LIST_PARAMETERS = {"limit", "cursor", *FILTER_FIELDS}
 
 
 def post_id_or_none(text: str) -> int | None:
@@ -66,15 +74,38 @@ def page_size(text: str | None) -> int:
     return int(text)
 
 
+def list_filter(query: QueryParams) -> ListFilter:
+    """The filter `?author=` and `?tag=` ask for; each at most once, bounded as `filter_value`
+    says (422 otherwise). Absent: no condition."""
+    values: dict[str, str] = {}
+    for field in FILTER_FIELDS:
+        given = query.getlist(field)
+        if len(given) > 1:
+            raise ApiError(422, "invalid_value", f"{field} may be given once", field=field)
+        if given:
+            try:
+                values[field] = filter_value(field, given[0])
+            except InvalidFilter as error:
+                raise ApiError(422, "invalid_value", error.message, field=field) from None
+    return ListFilter(**values)
+
+
 async def list_posts(request: Request) -> Response:
     service: PostService = request.app.state.posts
     query = request.query_params
-    unknown = set(query) - {"limit", "cursor"}
+    unknown = set(query) - LIST_PARAMETERS
     if unknown:
         name = sorted(unknown)[0]
         raise ApiError(422, "unknown_field", f"unknown query parameter: {name}", field=name)
-    body = await service.read_page(limit=page_size(query.get("limit")), cursor=query.get("cursor"))
-    return Response(body, media_type=JSON)
+    entry = await service.read_page(
+        limit=page_size(query.get("limit")), cursor=query.get("cursor"), matching=list_filter(query)
+    )
+    assert entry.etag is not None  # pages always have one
+    headers = {"ETag": entry.etag, "Cache-Control": REVALIDATE}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and etag_matches(if_none_match, entry.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type=JSON, headers=headers)
 
 
 routes = [
