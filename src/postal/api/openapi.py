@@ -91,7 +91,28 @@ READ_PATHS: dict[str, dict[str, Any]] = {
                     "in": "query",
                     "required": False,
                     "schema": {"type": "string"},
-                    "description": "next_cursor from the previous page",
+                    "description": "next_cursor from the previous page (of the same filter)",
+                },
+                {
+                    "name": "author",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "description": "Only this author's posts (exact, case-sensitive)",
+                },
+                {
+                    "name": "tag",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 50},
+                    "description": "Only posts with this tag (exact, case-sensitive)",
+                },
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "A page's ETag: 304 when the page is still the same",
                 },
             ],
             "responses": {
@@ -109,7 +130,8 @@ READ_PATHS: dict[str, dict[str, Any]] = {
                         }
                     },
                 },
-                "422": {"description": "Bad limit or cursor", **_ERROR},
+                "304": {"description": "The page is still the one If-None-Match names"},
+                "422": {"description": "Bad limit, cursor, author or tag", **_ERROR},
                 "503": {"description": "The database is unavailable (and so is the cache)"},
             },
         }
