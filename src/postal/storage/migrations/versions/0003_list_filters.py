@@ -5,9 +5,9 @@ Revises: 0002
 Create Date: 2027-01-15
 
 Added only: a release before this one runs against the upgraded schema unchanged, except that its
-writes do not keep post_tags in step; so upgrade with no older release still writing (or run
-this again after: downgrade to 0002, upgrade). The backfill is one INSERT ... SELECT over the
-JSON arrays, in the migration's transaction.
+writes do not keep post_tags in step; so upgrade with no older release still writing
+(docs/operations.md says how to rebuild the table if one did). The backfill is one INSERT ...
+SELECT over the JSON arrays, in the migration's transaction.
 """
 
 from __future__ import annotations
