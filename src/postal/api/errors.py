@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from postal.observability.logging import LineBudget
 from postal.posts.errors import (
@@ -157,6 +158,25 @@ def _validation_error(exc: RequestValidationError) -> Response:
 ID_MESSAGE = "post_id must be a whole number from 1 to 9223372036854775807"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path. Starlette's 405 names only the methods of
+    the first route that matched the path, and a post's path has two: the Starlette read
+    (`routes/reads.py`) and FastAPI's PUT and DELETE (`routes/posts.py`). Each method is tried
+    on every route through `matches`, the routes' public interface (FastAPI wraps included
+    routers in a route of its own)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -176,6 +196,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(404, "not_found", message, headers=headers)
         if exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
+            headers["Allow"] = ", ".join(allowed_methods(request))
             return error_response(405, "method_not_allowed", message, headers=headers)
         if exc.status_code == 413:
             return error_response(413, "too_large", str(exc.detail), headers=headers)
