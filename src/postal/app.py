@@ -266,7 +266,6 @@ def create_app(
     app.include_router(ops.router)
     if settings.postal_metrics_access != "off":
         app.include_router(ops.metrics_router)
-    install_openapi(app)
     # The request limit leaves room for JSON escaping of a body at the limit (up to 6 bytes per
     # character for control characters) plus the other fields.
     request_limit = 6 * settings.postal_max_body_bytes + 64 * 1024
@@ -274,6 +273,9 @@ def create_app(
     guarded_reads = {STATUS_PATH}  # it names the servers, the key prefix, the pool settings
     if settings.postal_metrics_access == "token":
         guarded_reads.add(METRICS_PATH)
+    install_openapi(
+        app, token_set=settings.api_token is not None, guarded_reads=frozenset(guarded_reads)
+    )
     app.add_middleware(
         WriteGuard,
         token=settings.api_token,

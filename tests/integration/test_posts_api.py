@@ -236,6 +236,34 @@ async def test_openapi_documents_every_route(
     versions = schema["paths"]["/api/v1/posts/{post_id}/versions"]["get"]
     assert {"limit", "cursor"} <= {parameter["name"] for parameter in versions["parameters"]}
     assert docs.status_code == 200
+    operations = {
+        (method, path): operation
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert {operation["operationId"] for operation in operations.values()} == OPERATION_IDS
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for (method, path), operation in operations.items():
+        secured = method != "get" or path == "/status"
+        assert ("security" in operation) == secured, (method, path)
+        for status, answer in operation["responses"].items():
+            content = answer.get("content", {}).get("application/json", {})
+            if status.startswith(("4", "5")) and path != "/readyz":
+                assert content["schema"] == ERROR_BODY or status == "422", (method, path, status)
+            if status.startswith("2") and status != "204" and path != "/metrics":
+                assert content["schema"]["$ref"].startswith("#/components/schemas/"), (path, status)
+    error = schema["components"]["schemas"]["ErrorDetail"]
+    assert error["required"] == ["code", "message"]
+    assert set(error["properties"]) == {"code", "message", "field"}
+
+
+OPERATION_IDS = {
+    "create_post", "get_post", "list_posts", "update_post", "delete_post", "list_versions",
+    "get_version", "restore_version", "import_posts", "get_health", "get_readiness",
+    "get_status", "get_metrics",
+}  # fmt: skip
+ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 
 
 async def test_with_a_token_the_openapi_pages_are_off_unless_asked_for(api: Api) -> None:

@@ -22,7 +22,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from postal.api import documents
 from postal.api.errors import ApiError
+from postal.api.openapi import errors, ok
 from postal.imports.importer import ImportConflict, ImportOptions, ImportReport, PostImporter
 
 logger = logging.getLogger("postal.api.imports")
@@ -34,60 +36,33 @@ _UTF8 = frozenset({"utf-8", "utf8"})
 
 router = APIRouter(prefix="/api/v1/posts", tags=["posts"])
 
-_ROW_ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "line": {"type": "integer", "description": "1-based line of the file (header: 1)"},
-        "column": {"type": ["string", "null"]},
-        "reason": {"type": "string", "description": "missing_field, too_long, bad_date, ..."},
-        "message": {"type": "string"},
-    },
-}
-_REPORT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "committed": {"type": "boolean"},
-        "rows_read": {"type": "integer"},
-        "created": {"type": "integer"},
-        "updated": {"type": "integer"},
-        "invalid": {"type": "integer", "description": "all invalid rows, reported or not"},
-        "errors": {"type": "array", "items": _ROW_ERROR_SCHEMA},
-        "seconds": {"type": "number"},
-        "cache": {
-            "type": ["object", "null"],
-            "description": "the cache step after the commit; pending: Redis did not take it"
-            " all, the service retries in the background",
-        },
-    },
-}
-_ERROR_OBJECT = {
-    "type": "object",
-    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-}
-_ERROR_SCHEMA = {"type": "object", "properties": {"error": _ERROR_OBJECT}}
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Imported: the report", **_json(_REPORT_SCHEMA)},
-    401: {"description": "Missing or wrong bearer token", **_json(_ERROR_SCHEMA)},
-    413: {"description": "The body is over POSTAL_MAX_IMPORT_BYTES", **_json(_ERROR_SCHEMA)},
-    409: {
-        "description": "Another import held some of the same posts (a deadlock the database"
-        " broke): nothing was written; send it again",
-        **_json(_ERROR_SCHEMA),
+    200: ok("Imported: the report", documents.ImportReport),
+    **errors(
+        {
+            409: "Another import held some of the same posts (a deadlock the database broke):"
+            " nothing was written; send it again: `import_conflict`",
+            413: "The body is over POSTAL_MAX_IMPORT_BYTES: `too_large`",
+            415: "The body is not text/csv (UTF-8): `unsupported_media_type`",
+            422: "A query parameter is not a boolean: `invalid_type`",
+            503: "The database is unavailable: `database_unavailable`",
+        }
+    ),
+}
+# Bad rows are a 422 with the report beside the error (the error shape plus `report`).
+_RESPONSES[422] = {
+    "description": "Bad rows or header (`invalid_rows`): nothing was written, and the report says"
+    " where; or a query parameter that is not a boolean (`invalid_type`, without a report)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ImportRefusal"},
+                    {"$ref": "#/components/schemas/ErrorBody"},
+                ]
+            }
+        }
     },
-    415: {"description": "The body is not text/csv (UTF-8)", **_json(_ERROR_SCHEMA)},
-    422: {
-        "description": "Bad rows or header: nothing was written; the report says where",
-        **_json(
-            {"type": "object", "properties": {"error": _ERROR_OBJECT, "report": _REPORT_SCHEMA}}
-        ),
-    },
-    503: {"description": "The database is unavailable", **_json(_ERROR_SCHEMA)},
 }
 _OPENAPI_EXTRA = {
     "requestBody": {
@@ -119,6 +94,7 @@ def _refusal_message(report: ImportReport) -> str:
 
 @router.post(
     "/import",
+    operation_id="import_posts",
     responses=_RESPONSES,
     summary="Import posts from a CSV file (streamed; all or nothing unless skip_invalid)",
     openapi_extra=_OPENAPI_EXTRA,

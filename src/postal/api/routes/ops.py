@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from postal.api.documents import Health, Readiness, Status
+from postal.api.openapi import ok
 from postal.api.readiness import readiness
 from postal.api.status import status_report
 from postal.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -24,13 +26,20 @@ METRICS_PATH = "/metrics"
 READY_CHECK_TIMEOUT = 2.0  # seconds; a probe must answer well within Kubernetes' 1 s default x3
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="get_health", responses={200: ok("Alive", Health)})
 async def healthz() -> dict[str, str]:
     """The process is alive and serving."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    operation_id="get_readiness",
+    responses={
+        200: ok("Ready: `ok`, or `degraded` saying what is", Readiness),
+        503: ok("Not ready: `unavailable` or `starting`", Readiness),
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready while this process can serve reads: with the database, or without it from the
     cache (see `api/readiness.py`); what is degraded is said in the document."""
@@ -38,7 +47,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(document, status_code=status_code)
 
 
-@router.get(STATUS_PATH)
+@router.get(STATUS_PATH, operation_id="get_status", responses={200: ok("The report", Status)})
 async def status(request: Request) -> dict[str, Any]:
     """This process at a glance, for operators and `postal stats`: version, uptime, masked
     URLs, pool settings and deadlines, pool, breaker, read-through and invalidator state.
@@ -46,7 +55,12 @@ async def status(request: Request) -> dict[str, Any]:
     return status_report(request.app.state)
 
 
-@metrics_router.get(METRICS_PATH, response_class=PlainTextResponse)
+@metrics_router.get(
+    METRICS_PATH,
+    operation_id="get_metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "The metrics, in Prometheus' text format"}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics in the text format: this process's, or every worker's under `postal
     serve --workers N`. Open by default (it holds no secret, and Prometheus scrapes it without

@@ -6,12 +6,14 @@ overwrite version 4 without seeing it first; the mismatch is a 412 with the curr
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
+from postal.api.documents import PostOut, VersionOut, VersionPage
 from postal.api.errors import ApiError
+from postal.api.openapi import errors, ok
 from postal.api.read_answer import REVALIDATE
 from postal.api.routes.reads import DEFAULT_PAGE, MAX_PAGE
 from postal.api.schemas import PostIn
@@ -29,17 +31,36 @@ IfMatch = Annotated[
 ]
 JSON = "application/json"
 REVALIDATE_HEADERS = {"Cache-Control": REVALIDATE}
-_ERROR: dict[int | str, dict[str, Any]] = {
-    status: {"description": description}
-    for status, description in {
-        401: "Missing or wrong bearer token",
-        404: "No such post or version",
-        412: "If-Match does not name the current version",
-        413: "The body is over the size limit",
-        422: "Invalid input",
-        503: "The database is unavailable",
-    }.items()
+# Each route's own error answers; api/openapi.py adds what the middlewares answer (401, 403,
+# 413 before the body is read, 503 overloaded, 500).
+_DATABASE_DOWN = {503: "The database is unavailable: `database_unavailable`"}
+_CREATE = {
+    400: "Malformed JSON: `malformed_json`",
+    413: "The post's body is over POSTAL_MAX_BODY_BYTES: `too_large`",
+    422: "Invalid input, `field` names it: `invalid_type`, `too_short`, `too_long`,"
+    " `unknown_field`, `nul_character`, `missing_field`, `invalid_value`",
+    **_DATABASE_DOWN,
 }
+_UPDATE = {
+    **_CREATE,
+    400: "Malformed JSON (`malformed_json`), or several ETags in If-Match (`invalid_value`)",
+    422: f"{_CREATE[422]}; or a bad post_id: `invalid_id`",
+}
+# Delete and restore have no body.
+_BY_ID = {
+    400: "Several ETags in If-Match: `invalid_value`",
+    422: "A bad post_id or version, `field` names it: `invalid_id`, `out_of_range`, `invalid_type`",
+    **_DATABASE_DOWN,
+}
+_NOT_FOUND = {404: "No such post: `post_not_found`"}
+_VERSION_NOT_FOUND = {404: "No such post (`post_not_found`) or version (`version_not_found`)"}
+_CONFLICT = {412: "If-Match does not name the current version: `version_conflict`"}
+_READ = {
+    422: "A bad path or query parameter, `field` names it: `invalid_id`, `out_of_range`,"
+    " `invalid_type`, `invalid_value`, `too_long`, `unknown_field`",
+    **_DATABASE_DOWN,
+}
+_THE_POST = "The post, at its new version; the ETag header names it"
 
 
 def _service(request: Request) -> PostService:
@@ -76,13 +97,27 @@ def _post_response(post: Post, status: int = 200) -> Response:
     return Response(post_json(post), status_code=status, media_type=JSON, headers=headers)
 
 
-@router.post("", status_code=201, responses=_ERROR, summary="Create a post (version 1)")
+@router.post(
+    "",
+    status_code=201,
+    operation_id="create_post",
+    responses={
+        201: ok("The post, version 1; Location names it, ETag its version", PostOut, etag=True),
+        **errors(_CREATE),
+    },
+    summary="Create a post (version 1)",
+)
 async def create_post(request: Request, post: PostIn) -> Response:
     created = await _service(request).create(_checked(request, post).content())
     return _post_response(created, 201)
 
 
-@router.put("/{post_id}", responses=_ERROR, summary="Replace a post's content (a new version)")
+@router.put(
+    "/{post_id}",
+    operation_id="update_post",
+    responses={200: ok(_THE_POST, PostOut, etag=True), **errors(_UPDATE | _NOT_FOUND | _CONFLICT)},
+    summary="Replace a post's content (a new version)",
+)
 async def update_post(
     request: Request, post_id: PostId, post: PostIn, if_match: IfMatch = None
 ) -> Response:
@@ -92,7 +127,13 @@ async def update_post(
     return _post_response(updated)
 
 
-@router.delete("/{post_id}", status_code=204, responses=_ERROR, summary="Delete a post")
+@router.delete(
+    "/{post_id}",
+    status_code=204,
+    operation_id="delete_post",
+    responses=errors(_BY_ID | _NOT_FOUND | _CONFLICT),
+    summary="Delete a post",
+)
 async def delete_post(request: Request, post_id: PostId, if_match: IfMatch = None) -> Response:
     await _service(request).delete(post_id, expected=_expected_version(if_match))
     return Response(status_code=204)
@@ -106,7 +147,8 @@ Cursor = Annotated[
 
 @router.get(
     "/{post_id}/versions",
-    responses=_ERROR,
+    operation_id="list_versions",
+    responses={200: ok("A page of versions", VersionPage), **errors(_READ | _NOT_FOUND)},
     summary="A post's versions, oldest first, a page at a time, without their bodies",
 )
 async def list_versions(
@@ -126,7 +168,10 @@ def _refuse_unknown_parameters(request: Request) -> None:
 
 
 @router.get(
-    "/{post_id}/versions/{version}", responses=_ERROR, summary="One version of a post, its body too"
+    "/{post_id}/versions/{version}",
+    operation_id="get_version",
+    responses={200: ok("The version", VersionOut), **errors(_READ | _VERSION_NOT_FOUND)},
+    summary="One version of a post, its body too",
 )
 async def get_version(request: Request, post_id: PostId, version: VersionNumber) -> Response:
     found = await _service(request).version(post_id, version)
@@ -136,7 +181,11 @@ async def get_version(request: Request, post_id: PostId, version: VersionNumber)
 
 @router.post(
     "/{post_id}/versions/{version}/restore",
-    responses=_ERROR,
+    operation_id="restore_version",
+    responses={
+        200: ok(_THE_POST, PostOut, etag=True),
+        **errors(_BY_ID | _VERSION_NOT_FOUND | _CONFLICT),
+    },
     summary="Make an old version current again, as a new version",
 )
 async def restore_version(
