@@ -31,16 +31,21 @@ Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS),
     Storable,
+    Field(description=f"1 to {MAX_TITLE_CHARS} characters once surrounding whitespace is stripped"),
 ]
 Author = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_AUTHOR_CHARS),
     Storable,
+    Field(
+        description=f"1 to {MAX_AUTHOR_CHARS} characters once surrounding whitespace is stripped"
+    ),
 ]
 Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_CHARS),
     Storable,
+    Field(description=f"1 to {MAX_TAG_CHARS} characters once surrounding whitespace is stripped"),
 ]
 Body = Annotated[str, StringConstraints(min_length=1), Storable]
 
