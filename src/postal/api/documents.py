@@ -17,6 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from postal.cache import (
+    BreakerConfig,
+    CacheTimeouts,
+    InvalidatorStats,
+    NearCacheStats,
+    PoolConfig,
+    PoolStats,
+    ReadThroughStats,
+)
 from postal.imports.csv_fields import RowProblem
 from postal.posts.models import MAX_ID
 
@@ -148,16 +157,16 @@ class Health(Closed):
 
 
 class CacheReport(Closed):
-    """The cache's pools, breakers and counters; the nested counters are listed in
-    docs/operations.md."""
+    """The cache's pools, breakers and counters: the cache's own stats dataclasses, as
+    `api/status.py` sends them (`dataclasses.asdict`)."""
 
     connected: bool
     breaker: dict[str, Literal["closed", "open", "half_open"]]
-    pools: dict[str, dict[str, Any]]
-    nodes: list[dict[str, Any]]
-    reads: dict[str, Any]
-    near: dict[str, Any] | None
-    invalidations: dict[str, Any]
+    pools: dict[str, PoolStats] = Field(description="Per role, summed over its nodes")
+    nodes: list[dict[str, Any]] = Field(description="Each node's pool stats, and its `breaker`")
+    reads: ReadThroughStats
+    near: NearCacheStats | None = Field(description="null without a near cache")
+    invalidations: InvalidatorStats
     dns: dict[str, Any]
 
 
@@ -195,9 +204,9 @@ class RedisUrls(Closed):
 
 
 class StatusConfig(Closed):
-    pools: dict[str, dict[str, Any]]
-    deadlines: dict[str, Any]
-    breaker: dict[str, Any] | None
+    pools: dict[str, PoolConfig]
+    deadlines: CacheTimeouts
+    breaker: BreakerConfig | None
     dns_ttl: float | None
     slow_threshold: float | None
 
