@@ -7,7 +7,7 @@
 
 Three files, resolved once and cut three ways so that they always agree:
 - dev.txt: everything `make install` puts in .venv (the product, its extras, every PEP 735 group);
-- main.txt: the product alone, for the container image;
+- main.txt: the product and its `tracing` extra (so the image can trace), for the container image;
 - build.txt: what builds Postal's wheel (setuptools), for the container image's builder.
 main.txt and build.txt are compiled with dev.txt as their constraints, so a package has one
 version in all three.
@@ -54,7 +54,10 @@ FILES = {
         ["pyproject.toml", "--all-extras", "--group", "dev"],
         "everything `make install` puts in .venv",
     ),
-    "main.txt": (["pyproject.toml"], "the product alone, for the container image"),
+    "main.txt": (
+        ["pyproject.toml", "--extra", "tracing"],
+        "the product and its tracing extra, for the container image",
+    ),
     "build.txt": (["--group", "build"], "what builds Postal's wheel"),
 }
 
