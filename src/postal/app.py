@@ -185,6 +185,7 @@ def create_app(
             engine = create_engine(
                 settings.database, pool_size=settings.database_pool_size,
                 timeout=settings.database_timeout,
+                idle_in_transaction=settings.database_idle_in_transaction_timeout,
             )  # fmt: skip
             stack.push_async_callback(engine.dispose)
             if tracer is not None:
@@ -223,6 +224,7 @@ def create_app(
                 repository(engine), reads_, invalidator, ttls,
                 cursors=cursors, max_page_bytes=settings.postal_max_page_bytes,
             )  # fmt: skip
+            app.state.import_slots = imports.ImportSlots(settings.postal_max_concurrent_imports)
             app.state.importer = PostImporter(
                 SqlImportStore(engine),
                 cache,

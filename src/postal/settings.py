@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     postal_max_body_bytes: Count = DEFAULT_MAX_BODY_BYTES
     # A CSV import's whole request body (streamed, never held whole); more is a 413. 1 GiB.
     postal_max_import_bytes: Count = 1_073_741_824
+    # CSV imports one worker runs at once; one more is refused at once with 429 and
+    # Retry-After, before its body is read. Each holds a pooled database connection from its
+    # first batch to its end, so the pool must keep room for everything else (checked below).
+    postal_max_concurrent_imports: PositiveCount = 2
+    # An import's whole body must have arrived within this (then 408, nothing written): a client
+    # that trickles its file must not hold a transaction and a connection for as long as it
+    # likes. 10 minutes is POSTAL_MAX_IMPORT_BYTES (1 GiB) at 1.8 MB/s.
+    postal_import_body_timeout: Duration = 600.0
     # HTTP requests one worker has in flight (health probes and /metrics aside); one more gets a
     # fast 503 (`api/admission.py`). 256 is five times the read pool (50), so that a normal burst is
     # never refused: the benchmarks drive 100 keep-alive connections per worker (at most 100 in
@@ -190,6 +198,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     database_pool_size: Count = 10
     database_timeout: Duration = 5.0  # connect and statement timeout; then 503 with Retry-After
+    # PostgreSQL ends a session left idle inside a transaction this long
+    # (idle_in_transaction_session_timeout): an import waiting for a client that stopped sending
+    # between two batches, or any transaction a bug left open. 0: never.
+    database_idle_in_transaction_timeout: Duration = 30.0
     postal_data_dir: str = "var"  # the embedded default's SQLite file and Redis live here
 
     # Read-through cache
@@ -322,6 +334,14 @@ class Settings(BaseSettings):
                 problems.append(f"POSTAL_HTTP_{knob.upper()}: expected a duration above 0")
         if self.postal_max_import_bytes < 1:
             problems.append("POSTAL_MAX_IMPORT_BYTES=0: expected a whole number >= 1")
+        if self.postal_max_concurrent_imports >= self.database_pool_size:
+            problems.append(
+                f"POSTAL_MAX_CONCURRENT_IMPORTS={self.postal_max_concurrent_imports},"
+                f" DATABASE_POOL_SIZE={self.database_pool_size}: expected fewer imports than"
+                " pooled connections (each import holds one), so that reads and writes keep one"
+            )
+        if self.postal_import_body_timeout <= 0:
+            problems.append("POSTAL_IMPORT_BODY_TIMEOUT: expected a duration above 0")
         problems += self._write_url_problems()
         if "{" in self.redis_key_prefix or "}" in self.redis_key_prefix:
             problems.append(

@@ -216,7 +216,10 @@ async def standalone_importer(
     from postal.storage.import_store import SqlImportStore
 
     async with AsyncExitStack() as stack:
-        engine = create_engine(settings.database, pool_size=2, timeout=settings.database_timeout)
+        engine = create_engine(
+            settings.database, pool_size=2, timeout=settings.database_timeout,
+            idle_in_transaction=settings.database_idle_in_transaction_timeout,
+        )  # fmt: skip
         stack.push_async_callback(engine.dispose)
         cache = cli_cache(settings, read_url, write_url)
         stack.push_async_callback(cache.aclose)

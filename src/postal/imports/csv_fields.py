@@ -27,6 +27,11 @@ _WHITESPACE: Final = (
 )
 _MAX_ID_DIGITS: Final = len(str(MAX_ID))
 _SHOWN_CHARS: Final = 40  # of a bad value, in a message
+# Of a whole message: each is built to stay far below it, and cut there whatever it holds, so a
+# report of 100 errors stays a few tens of kilobytes whatever the file (one 2.9 MB field of `|`
+# once made a 25 MB message by listing each empty tag).
+MAX_MESSAGE_CHARS: Final = 300
+_LISTED: Final = 5  # items a message names before it only counts the rest
 
 
 class RowProblem(StrEnum):
@@ -47,6 +52,7 @@ class RowProblem(StrEnum):
     UNKNOWN_COLUMN = "unknown_column"  # header problems, reported on the header's line
     MISSING_COLUMN = "missing_column"
     DUPLICATE_COLUMN = "duplicate_column"
+    TOO_MANY_COLUMNS = "too_many_columns"  # a header of more than MAX_COLUMNS names
     EMPTY_FILE = "empty_file"  # no header at all
 
 
@@ -55,7 +61,12 @@ class RowError:
     line: int  # 1-based physical line where the record starts (the header is line 1)
     column: str | None  # None when the whole row is to blame
     reason: RowProblem
-    message: str
+    message: str  # at most MAX_MESSAGE_CHARS: cut, with "...", if longer
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE_CHARS:
+            cut = self.message[: MAX_MESSAGE_CHARS - 3] + "..."
+            object.__setattr__(self, "message", cut)  # frozen: set once, here
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -137,28 +148,41 @@ def read_body(field: str | None, limit: int, line: int, errors: list[RowError]) 
 
 
 def read_tags(field: str | None, line: int, errors: list[RowError]) -> tuple[str, ...]:
-    """Tags separated by TAG_SEPARATOR, each stripped; none when the field is empty."""
+    """Tags separated by TAG_SEPARATOR, each stripped; none when the field is empty.
+
+    More than MAX_TAGS is refused from a count of the separators, before the field is split:
+    a field of a million separators is never made into a million strings.
+    """
     if field is None:
         return ()
     written = field.strip(_WHITESPACE)
     if not written:
         return ()
+    count = written.count(TAG_SEPARATOR) + 1
+    if count > MAX_TAGS:
+        message = f"{count} tags, the limit is {MAX_TAGS}"
+        errors.append(RowError(line, "tags", RowProblem.BAD_TAGS, message))
+        return ()
     tags = tuple(tag.strip(_WHITESPACE) for tag in written.split(TAG_SEPARATOR))
-    problems = []
-    if len(tags) > MAX_TAGS:
-        problems.append(f"{len(tags)} tags, the limit is {MAX_TAGS}")
     if "" in tags:
-        empty = [str(number) for number, tag in enumerate(tags, 1) if not tag]
-        which = f"tag {empty[0]} is" if len(empty) == 1 else f"tags {', '.join(empty)} are"
-        problems.append(f"{which} empty (tags are separated by {TAG_SEPARATOR})")
-    if problems:
-        errors.append(RowError(line, "tags", RowProblem.BAD_TAGS, "; ".join(problems)))
+        empty = [number for number, tag in enumerate(tags, 1) if not tag]
+        which = "tag" if len(empty) == 1 else "tags"
+        message = f"{which} {_listed(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+        message += f" (tags are separated by {TAG_SEPARATOR})"
+        errors.append(RowError(line, "tags", RowProblem.BAD_TAGS, message))
     if max(map(len, tags)) > MAX_TAG_CHARS:
         sizes = [(n, len(tag)) for n, tag in enumerate(tags, 1) if len(tag) > MAX_TAG_CHARS]
-        listed = ", ".join(f"tag {number} is {size} characters" for number, size in sizes)
-        message = f"{listed}, the limit is {MAX_TAG_CHARS}"
+        listed = ", ".join(f"tag {n} is {size} characters" for n, size in sizes[:_LISTED])
+        more = f" and {len(sizes) - _LISTED} more" if len(sizes) > _LISTED else ""
+        message = f"{listed}{more}, the limit is {MAX_TAG_CHARS}"
         errors.append(RowError(line, "tags", RowProblem.TOO_LONG, message))
     return tags
+
+
+def _listed(numbers: list[int]) -> str:
+    """`1, 2, 5`, or `1, 2, 3, 4, 5 and 7 more`: a message names a few and counts the rest."""
+    shown = ", ".join(map(str, numbers[:_LISTED]))
+    return shown if len(numbers) <= _LISTED else f"{shown} and {len(numbers) - _LISTED} more"
 
 
 def read_created_at(field: str | None, line: int, errors: list[RowError]) -> datetime | None:

@@ -44,6 +44,7 @@ from postal.imports.csv_fields import (
     shown,
 )
 from postal.imports.csv_scan import RecordScan
+from postal.imports.csv_width import lines_for_csv, needs_checking, wide_fields
 from postal.imports.id_set import SeenIds
 from postal.posts.models import (
     DEFAULT_MAX_BODY_BYTES,
@@ -56,6 +57,8 @@ from postal.posts.models import (
 __all__ = [
     "COLUMNS",
     "DEFAULT_MAX_BODY_BYTES",
+    "MAX_COLUMNS",
+    "MAX_HEADER_BYTES",
     "RECORD_SLACK_BYTES",
     "REQUIRED_COLUMNS",
     "TAG_SEPARATOR",
@@ -68,6 +71,12 @@ __all__ = [
 
 COLUMNS: Final = ("id", "title", "body", "author", "tags", "created_at")
 REQUIRED_COLUMNS: Final = ("title", "body", "author")
+# The header row: a few column names, even with others to ignore. Refused past these, before
+# anything else is done with it: a 2 MB header of a million unknown names once cost seconds of
+# the event loop and half a gigabyte of errors.
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_COLUMNS: Final = 1000
+HEADER_ERRORS_LISTED: Final = 10  # header problems listed one by one; the rest are counted
 # A record may be this much larger than twice the body limit (a body whose quotes are all doubled):
 # room for the other columns. Anything larger is refused without being held in memory.
 RECORD_SLACK_BYTES: Final = 1024 * 1024
@@ -109,6 +118,7 @@ class CsvRowReader:
         ignore_unknown_columns: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_record_bytes: int | None = None,
+        max_header_bytes: int = MAX_HEADER_BYTES,
     ) -> None:
         self.ignore_unknown_columns = ignore_unknown_columns
         self.max_body_bytes = max_body_bytes
@@ -117,6 +127,7 @@ class CsvRowReader:
             if max_record_bytes is None
             else max_record_bytes
         )
+        self.max_header_bytes = min(max_header_bytes, self.max_record_bytes)
         # Process-wide, and only ever raised: records over max_record_bytes are refused anyway.
         csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
         self.rows_read = 0  # data records seen, good and bad
@@ -197,11 +208,12 @@ class CsvRowReader:
             return
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size <= self.max_record_bytes:
+        limit = self._limit()
+        if self._pending_size <= limit:
             return
         held = b"".join(self._pending)
         without_bom = len(held) - len(_BOM) if held.startswith(_BOM) else len(held)
-        if self._at_start and without_bom <= self.max_record_bytes:
+        if self._at_start and without_bom <= limit:
             self._pending = [held]  # the BOM is not part of the record
             return
         self._pending, self._pending_size = [], 0
@@ -212,10 +224,17 @@ class CsvRowReader:
         if self.columns is None:  # the header: nothing to follow
             self._oversized(self._scan.line, results, unterminated=False)
 
+    def _limit(self) -> int:
+        """The most bytes the record being read may take: the header's limit, then a row's."""
+        return self.max_header_bytes if self.columns is None else self.max_record_bytes
+
     def _oversized(self, line: int, results: list[_Result], *, unterminated: bool) -> None:
         if unterminated:
             message = "a quoted field starts here and is never closed"
             error = RowError(line, None, RowProblem.UNTERMINATED_QUOTE, message)
+        elif self.columns is None:
+            message = f"the header row is over {self.max_header_bytes} bytes"
+            error = RowError(line, None, RowProblem.TOO_LONG, message)
         else:
             message = f"the record is over {self.max_record_bytes} bytes"
             error = RowError(line, None, RowProblem.TOO_LONG, message)
@@ -243,8 +262,12 @@ class CsvRowReader:
         suspect = suspect or NUL in text
         lines = text.split("\n")  # the last is "": with its LF, the probe line
         last = len(lines) - 1
-        reader = csv.reader(map(operator.add, lines, repeat("\n")))
-        measure = len(data) > self.max_record_bytes  # else no record here can be over it
+        checked = needs_checking(text)  # a record here may have far too many fields: csv_width
+        if checked:
+            reader = csv.reader(lines_for_csv(text, self._most_fields))
+        else:
+            reader = csv.reader(map(operator.add, lines, repeat("\n")))
+        measure = len(data) > self._limit()  # else no record here can be over it
         done = 0  # lines taken by finished records
         unfinished = False
         while True:
@@ -262,8 +285,11 @@ class CsvRowReader:
             start, done = done, end
             if fields or malformed:
                 line = self._line + start
-                if measure and self._size(lines, start, end) > self.max_record_bytes:
+                wide = wide_fields(fields) if checked else None
+                if measure and self._size(lines, start, end) > self._limit():
                     self._oversized(line, results, unterminated=False)
+                elif wide is not None:
+                    self._too_wide(wide, line, results)
                 elif malformed is not None:
                     self._malformed(line, malformed, results)
                 elif self.columns is None:
@@ -284,6 +310,19 @@ class CsvRowReader:
         self._scan.advance(data[offset + 1 :])
         self._keep(data[offset + 1 :], results)
 
+    def _most_fields(self) -> int:
+        """The most fields the next record may have: the header's limit, then its width."""
+        return MAX_COLUMNS if self.columns is None else self._width
+
+    def _too_wide(self, fields: int, line: int, results: list[_Result]) -> None:
+        """A record with more fields than it may have, counted without csv making them."""
+        if self.columns is None:
+            message = f"the header names {fields} columns, the limit is {MAX_COLUMNS}"
+            self._fail([RowError(line, None, RowProblem.TOO_MANY_COLUMNS, message)])
+        self.rows_read += 1
+        message = f"{fields} fields; the header has {self._width}"
+        results.append(RowError(line, None, RowProblem.WRONG_COLUMN_COUNT, message))
+
     @staticmethod
     def _size(lines: list[str], start: int, end: int) -> int:
         """A record's size in bytes, as read (LFs within it included)."""
@@ -302,6 +341,9 @@ class CsvRowReader:
         results.append(error)
 
     def _read_header(self, fields: list[str], line: int) -> None:
+        if len(fields) > MAX_COLUMNS:
+            message = f"the header names {len(fields)} columns, the limit is {MAX_COLUMNS}"
+            self._fail([RowError(line, None, RowProblem.TOO_MANY_COLUMNS, message)])
         errors: list[RowError] = []
         index: dict[str, int] = {}
         for position, written in enumerate(fields):
@@ -327,7 +369,7 @@ class CsvRowReader:
                 message = f"the required column {name} is missing"
                 errors.append(RowError(line, name, RowProblem.MISSING_COLUMN, message))
         if errors:
-            self._fail(errors)
+            self._fail(_capped(errors))
         self.columns = tuple(fields)
         self._index = index
         self._width = len(fields)
@@ -373,3 +415,16 @@ class CsvRowReader:
             message = f"id {post_id} is also on line {first}: one row per post"
             errors.append(RowError(line, "id", RowProblem.DUPLICATE_ID, message))
         return post_id
+
+
+def _capped(errors: list[RowError]) -> list[RowError]:
+    """At most HEADER_ERRORS_LISTED header problems, in column order; when some must be left
+    out, a missing column comes first (the problem a user is least likely to spot alone), and
+    the last one listed counts the rest."""
+    if len(errors) <= HEADER_ERRORS_LISTED:
+        return errors
+    errors = sorted(errors, key=lambda error: error.reason != RowProblem.MISSING_COLUMN)
+    listed = errors[: HEADER_ERRORS_LISTED - 1]
+    first_unlisted = errors[len(listed)]
+    message = f"and {len(errors) - len(listed)} more problems with the header, not listed"
+    return [*listed, RowError(first_unlisted.line, None, first_unlisted.reason, message)]

@@ -4,16 +4,18 @@
     report = await importer.run(chunks)            # chunks: an async iterable of bytes
     if not report.committed: print(report.errors)  # nothing was written
 
-- Streaming: the bytes go through `CsvRowReader` chunk by chunk; rows are written `batch_size` at a
+- Streaming: the bytes go through `CsvRowReader` chunk by chunk (cut to FEED_BYTES, whatever the
+  source's chunks); rows are written `batch_size` at a
   time, or fewer when their text reaches `batch_chars` (large bodies); what is kept for the whole
   file is the ids of the posts touched (8 bytes each, in an `array`), the ids read (`SeenIds`)
   and at most `max_reported_errors` errors. Memory stays flat whatever the file's size.
 - One transaction for the whole file: a unit of work the `ImportStore` gives (`ports`), which
-  the importer commits or rolls back. By default all or nothing: at the first bad row nothing
-  more is written, but the rest of the file is still read and checked so that the report lists
-  every bad row (the first `max_reported_errors` by line, and the total), then the transaction is
-  rolled back. With `skip_invalid`, good rows are written, bad ones skipped and reported, and it
-  commits.
+  the importer commits or rolls back. It begins with the first batch written, so an upload that
+  has sent no batch yet (a header, then nothing) holds no database connection. By default all or
+  nothing: at the first bad row nothing more is written, but the rest of the file is still read
+  and checked so that the report lists every bad row (the first `max_reported_errors` by line,
+  and the total), then the transaction is rolled back. With `skip_invalid`, good rows are
+  written, bad ones skipped and reported, and it commits.
 - A row without `id` creates a post (version 1, its created_at the row's or now). A row with `id`
   makes its content that post's next version (updated_at now; the post's created_at does not
   change, and a created_at on such a row is ignored: history is not rewritten by an import). An
@@ -37,7 +39,7 @@ import contextlib
 import heapq
 import time
 from array import array
-from collections.abc import AsyncIterable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +67,10 @@ __all__ = [
 ]
 
 DEFAULT_TTL_JITTER = 0.1  # as the read path's default (CACHE_TTL_JITTER)
+# The parser is fed at most this much at a time, whatever size of chunk the source gives (an
+# HTTP server may hand over what one socket read returned): it decodes and splits each piece
+# whole, so its memory follows the piece's size, not the chunk's.
+FEED_BYTES = 64 * 1024
 DEFAULT_BATCH_CHARS = 4 * 1024 * 1024  # characters of text per batch, at most (and one row more)
 
 
@@ -255,12 +261,13 @@ class PostImporter:
         options = state.options
         try:
             async for chunk in chunks:
-                for row in _good_rows(state.reader.feed(chunk), state):
-                    batch.append(row)
-                    batch_chars += _text_size(row)
-                    if len(batch) >= options.batch_size or batch_chars >= options.batch_chars:
-                        await writes.submit(self._flush(uow, batch, state))
-                        batch, batch_chars = [], 0
+                for piece in _pieces(chunk):
+                    for row in _good_rows(state.reader.feed(piece), state):
+                        batch.append(row)
+                        batch_chars += _text_size(row)
+                        if len(batch) >= options.batch_size or batch_chars >= options.batch_chars:
+                            await writes.submit(self._flush(uow, batch, state))
+                            batch, batch_chars = [], 0
                 if progress is not None:
                     progress(state.progress())
             batch += _good_rows(state.reader.close(), state)
@@ -344,6 +351,16 @@ class _OneWriteAtATime:
         write.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await write
+
+
+def _pieces(chunk: bytes) -> Iterator[bytes]:
+    """`chunk` in slices of at most FEED_BYTES (itself when it is no larger)."""
+    if len(chunk) <= FEED_BYTES:
+        yield chunk
+        return
+    view = memoryview(chunk)
+    for start in range(0, len(chunk), FEED_BYTES):
+        yield bytes(view[start : start + FEED_BYTES])
 
 
 def _good_rows(parsed: Sequence[ImportRow | RowError], state: _Run) -> list[ImportRow]:

@@ -5,10 +5,11 @@
   back after the commit, to warm the cache with.
 - `ImportUnitOfWork`: one import's transaction, as an async context manager. Inside it the
   importer checks ids and writes its batches, then ends it with `commit()` or `rollback()`, as
-  it decides. Leaving the block without either rolls back, and so does leaving it with an
-  exception, cancellation included: an interrupted import leaves the database as it was.
-  A database that fails or does not answer, at any point until the block has been left, comes
-  out of it as `DatabaseUnavailable`.
+  it decides. The transaction begins with the first batch, not on entering the block: until an
+  import has rows to write it holds no connection, no transaction and no lock. Leaving the block
+  without either rolls back, and so does leaving it with an exception, cancellation included: an
+  interrupted import leaves the database as it was. A database that fails or does not answer, at
+  any point until the block has been left, comes out of it as `DatabaseUnavailable`.
 - `ImportCache` and `ImportInvalidations`: the parts of `postal.cache`'s `CacheClient` and
   `Invalidator` that the cache step uses after the commit (they satisfy these structurally).
 
@@ -52,7 +53,8 @@ class ImportUnitOfWork(Protocol):
     """One import's transaction; see the module docstring."""
 
     async def __aenter__(self) -> Self:
-        """Begin the transaction (on the database, now)."""
+        """Enter the block; the database is not asked anything until the first statement,
+        which begins the transaction."""
         ...
 
     async def __aexit__(
@@ -85,7 +87,9 @@ class ImportUnitOfWork(Protocol):
         is its updated_at and the version row's created_at; created_at stays as it was."""
         ...
 
-    async def commit(self) -> None: ...
+    async def commit(self) -> None:
+        """Commit what was written; nothing if no statement began the transaction."""
+        ...
 
     async def rollback(self) -> None: ...
 

@@ -43,16 +43,24 @@ _MEMORY_DATABASES: Final = ("", ":memory:")
 CLIENT_TIMEOUT_MARGIN: Final = 0.5  # seconds after the server's statement timeout
 
 
-def create_engine(url: str, *, pool_size: int, timeout: float) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int, timeout: float, idle_in_transaction: float = 0.0
+) -> AsyncEngine:
     """An engine for `url`; `timeout` (seconds, > 0) bounds connecting, each statement and the
-    wait for a pooled connection (SQLite: the wait for the write lock)."""
+    wait for a pooled connection (SQLite: the wait for the write lock). `idle_in_transaction`
+    (seconds; 0: never): PostgreSQL ends a session idle this long inside a transaction, which
+    frees its connection and its locks; SQLite has no such setting."""
     if pool_size < 1:
         raise ValueError(f"pool_size must be >= 1, got {pool_size}")
     if timeout <= 0:
         raise ValueError(f"timeout must be a number of seconds above 0, got {timeout}")
+    if idle_in_transaction < 0:
+        raise ValueError(f"idle_in_transaction must not be negative, got {idle_in_transaction}")
     parsed = make_url(url)
     if parsed.drivername == POSTGRES_DRIVER:
-        return _postgres_engine(parsed, pool_size=pool_size, timeout=timeout)
+        return _postgres_engine(
+            parsed, pool_size=pool_size, timeout=timeout, idle_in_transaction=idle_in_transaction
+        )
     if parsed.drivername == SQLITE_DRIVER:
         return _sqlite_engine(parsed, pool_size=pool_size, timeout=timeout)
     raise ValueError(
@@ -61,10 +69,16 @@ def create_engine(url: str, *, pool_size: int, timeout: float) -> AsyncEngine:
     )
 
 
-def _postgres_engine(url: URL, *, pool_size: int, timeout: float) -> AsyncEngine:
+def _postgres_engine(
+    url: URL, *, pool_size: int, timeout: float, idle_in_transaction: float
+) -> AsyncEngine:
+    server_settings = {  # milliseconds; 0 turns a timeout off
+        "statement_timeout": str(round(timeout * 1000)),
+        "idle_in_transaction_session_timeout": str(round(idle_in_transaction * 1000)),
+    }
     connect_args: dict[str, Any] = {
         "timeout": timeout,  # asyncpg: TCP connect and the start-up handshake
-        "server_settings": {"statement_timeout": str(round(timeout * 1000))},  # milliseconds
+        "server_settings": server_settings,
         # The backstop for a server that stopped answering; a little later than the server's
         # own timeout, which cancels the statement cleanly and keeps the connection.
         "command_timeout": timeout + CLIENT_TIMEOUT_MARGIN,
