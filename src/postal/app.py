@@ -117,7 +117,12 @@ def invalidator_for(
     ttls = cache_ttls(settings)
     longest_ttl = max(ttls.post, ttls.page, ttls.not_found) * (1 + settings.cache_ttl_jitter)
     # After the longest TTL, whatever a failed invalidation left behind has expired.
-    return Invalidator(cache, give_up_after=longest_ttl + 1.0, near=near)
+    return Invalidator(
+        cache,
+        give_up_after=longest_ttl + 1.0,
+        near=near,
+        max_pending_keys=settings.cache_max_pending_invalidations,
+    )
 
 
 def near_cache_for(

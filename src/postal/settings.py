@@ -210,6 +210,10 @@ class Settings(BaseSettings):
     not_found_cache_ttl: Duration = 5.0
     cache_ttl_jitter: float = 0.1  # each TTL is stretched by up to this fraction, at random
     cache_max_pending_fills: Count = 1000
+    # Keys whose invalidation Redis did not take, remembered one by one per process to be
+    # retried; past this (an import while Redis is down), one coarse invalidation of the whole
+    # cache is retried instead (`cache/policy/invalidation.py`): memory stays bounded.
+    cache_max_pending_invalidations: Count = 10_000
     # The near cache (`cache/policy/near.py`): entries in each worker's memory, dropped when
     # Redis says their keys changed. Its TTL stays below the Redis TTLs', so an entry Redis let
     # expire without deleting it yet (no invalidation sent) does not outlive it by much.

@@ -14,11 +14,14 @@ from postal.cache import (
     jittered,
 )
 from postal.cache.policy.guard import (
+    counter_and_epoch,
     fill_many_arguments,
+    generation_of,
     invalidation_commands,
     read_guarded,
     stamp,
 )
+from postal.cache.policy.keys import SLOTS, all_epoch_keys, epoch_key, hash_slot
 
 
 def test_a_key_and_its_generation_share_a_hash_tag() -> None:
@@ -89,8 +92,16 @@ def test_a_batch_fill_stamps_each_value_with_its_own_expiry() -> None:
         GuardedFill(guarded("post", "2"), 0, b"b", ttl=0.0001),  # rounded up to 1 ms
     ]
     names, arguments = fill_many_arguments(fills, lambda key: "p:" + key, 1_700_000_000_000)
-    assert names == ["p:post:{1}", "p:post:{1}:gen", "p:post:{2}", "p:post:{2}:gen"]
-    assert arguments == [4, b"4 1700000060000\na", 60_000, 0, b"0 1700000000001\nb", 1]
+    epochs = [f"p:{epoch_key('post:{1}')}", f"p:{epoch_key('post:{2}')}"]
+    assert names == [
+        "p:post:{1}",
+        "p:post:{1}:gen",
+        epochs[0],
+        "p:post:{2}",
+        "p:post:{2}:gen",
+        epochs[1],
+    ]
+    assert arguments == [4, 0, b"4 1700000060000\na", 60_000, 0, 0, b"0 1700000000001\nb", 1]
 
 
 def test_a_counter_that_is_not_an_integer_is_an_error() -> None:
@@ -111,8 +122,53 @@ def test_invalidation_bumps_keeps_alive_and_deletes_in_that_order() -> None:
         ("INCR", "p:post:{1}:gen"),
         ("PEXPIRE", "p:post:{1}:gen", ttl_ms),
         ("DEL", "p:post:{1}"),
+        ("SET", f"p:{epoch_key('post:{1}')}", 0, "NX", "PX", ttl_ms),  # there, never touched
         ("SET", "p:list:{all}:gen", start, "NX"),
         ("INCR", "p:list:{all}:gen"),
         ("PEXPIRE", "p:list:{all}:gen", ttl_ms),
     ]
     assert invalidation_commands([], [], str) == []
+
+
+# -- the slots' epochs: the coarse invalidation ----------------------------------------------------
+
+
+def test_each_slot_has_one_epoch_in_that_slot() -> None:
+    epochs = all_epoch_keys()
+    assert len(set(epochs)) == SLOTS
+    assert [hash_slot(key) for key in epochs] == list(range(SLOTS))
+    for ident in ("42", "pages", "all", "9223372036854775807"):
+        key = guarded("post", ident)
+        assert hash_slot(key.epoch_key) == hash_slot(key.key) == hash_slot(key.generation_key)
+        assert key.epoch_key == epoch_key(key.key)
+    assert GuardedKey("posts:list:{pages}:20:first", "posts:list:{pages}:gen").epoch_key == (
+        epoch_key("x{pages}")
+    )
+
+
+def test_slots_are_redis_clusters_own() -> None:
+    from redis.crc import key_slot  # the reference: redis-py's own CRC16
+
+    for key in ("post:{42}", "postal:post:{42}:gen", "no tag", "{}", "a{}b{c}", "{x"):
+        assert hash_slot(key) == key_slot(key.encode())
+
+
+def test_the_epoch_namespace_is_reserved() -> None:
+    with pytest.raises(ValueError, match="epoch"):
+        guarded("epoch", "1")
+
+
+def test_a_generation_is_the_counter_while_the_epoch_is_zero() -> None:
+    assert generation_of(7, 0) == 7
+    assert counter_and_epoch(generation_of(7, 3)) == (7, 3)
+    assert generation_of(2**63 - 1, 0) < generation_of(0, 1)  # never overlap
+    assert read_guarded(stamp(7, b"x"), b"7", b"0") == Guarded(b"x", 7)  # an epoch at 0 is none
+
+
+def test_a_value_stamped_before_its_slot_epoch_moved_is_a_miss() -> None:
+    old = stamp(generation_of(7, 0), b"x")
+    assert read_guarded(old, b"7", b"1") == Guarded(None, generation_of(7, 1))
+    new = stamp(generation_of(7, 1), b"y")
+    assert read_guarded(new, b"7", b"1") == Guarded(b"y", generation_of(7, 1))
+    with pytest.raises(CacheError, match="not an integer"):
+        read_guarded(new, b"7", b"garbage")

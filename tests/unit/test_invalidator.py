@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
-from postal.cache import CacheUnavailable, GuardedKey, Invalidator, guarded
+from postal.cache import CacheUnavailable, GuardedKey, Invalidator, all_epoch_keys, guarded
+from postal.cache.policy.invalidation import RETRY_BATCH
 from tests.support.loop import spin_until
 
 POST = guarded("post", "1")
@@ -255,3 +256,103 @@ def test_refuses_unusable_settings(
             retry_interval=retry_interval,
             max_retry_interval=max_retry_interval,
         )
+
+
+# -- bounded: past max_pending_keys, one coarse invalidation ---------------------------------------
+
+
+@pytest.fixture
+async def capped(cache: FakeCache, fake_time: FakeTime) -> AsyncIterator[Invalidator]:
+    made = Invalidator(
+        cache,
+        give_up_after=GIVE_UP_AFTER,
+        retry_interval=0.2,
+        max_retry_interval=1.0,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+        max_pending_keys=100,
+    )
+    yield made
+    await made.aclose()
+
+
+def posts(first: int, count: int) -> list[GuardedKey]:
+    return [guarded("post", str(number)) for number in range(first, first + count)]
+
+
+async def test_pending_keys_stay_within_the_cap(capped: Invalidator, cache: FakeCache) -> None:
+    cache.down = True
+    for first in range(0, 100, 10):
+        await capped.invalidate(posts(first, 10))
+    assert capped.stats().pending_keys == 100
+    assert capped.stats().coarse == 0
+    assert capped.is_pending(guarded("post", "5"))
+    assert not capped.is_pending(guarded("post", "500"))
+
+
+async def test_past_the_cap_every_slot_epoch_is_pending_instead_of_the_keys(
+    capped: Invalidator, cache: FakeCache, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_time.freeze()
+    cache.down = True
+    await capped.invalidate(posts(0, 60))
+    with caplog.at_level(logging.WARNING, logger="postal.cache.invalidation"):
+        await capped.invalidate(posts(60, 60), ["list:{all}:gen"])
+    stats = capped.stats()
+    assert (stats.coarse, stats.pending_keys) == (1, 0)
+    assert stats.pending_generations == len(all_epoch_keys()) + 1
+    assert "every cache entry will be invalidated at once" in caplog.text
+    # every key, even one no write named, is bypassed until the epochs' bumps land
+    assert all(capped.is_pending(key) for key in posts(10_000, 50))
+    assert capped.is_pending(PAGE)
+
+
+async def test_the_coarse_invalidation_is_retried_in_batches_each_epoch_once(
+    capped: Invalidator, cache: FakeCache, fake_time: FakeTime
+) -> None:
+    cache.down = True
+    await capped.invalidate(posts(0, 150))
+    cache.down = False
+    await settle(lambda: capped.stats().pending_generations == 0)
+    sent = [counter for keys, counters in cache.invalidated for counter in counters]
+    assert sorted(sent) == sorted(all_epoch_keys())  # each once
+    assert all(len(keys) + len(counters) <= RETRY_BATCH for keys, counters in cache.invalidated)
+    assert not capped.is_pending(guarded("post", "3"))
+    assert capped.stats().retried == len(all_epoch_keys())
+
+
+async def test_a_retry_takes_the_oldest_batch_and_stops_at_what_failed_after_it_began(
+    invalidator: Invalidator, cache: FakeCache, fake_time: FakeTime
+) -> None:
+    fake_time.freeze()  # the retrier waits until the stage is set
+    cache.down = True
+    first, second = posts(0, RETRY_BATCH), posts(RETRY_BATCH, RETRY_BATCH)
+    await invalidator.invalidate(first)
+    await invalidator.invalidate(second)
+    await invalidator.invalidate(first[:1])  # fails again: moves to the end
+    cache.down = False
+    gate = asyncio.Event()
+    cache.gates[cache.calls + 1] = gate  # the retry's first batch waits
+    fake_time.thaw()
+    await settle(lambda: cache.calls == 4)
+    cache.down = True  # meanwhile a write of second[0] fails: it failed after the retry began
+    await invalidator.invalidate(second[:1])
+    cache.down = False
+    gate.set()
+    await settle(lambda: invalidator.stats().pending_keys == 0)
+    batches = [keys for keys, _ in cache.invalidated]
+    assert batches[0] == first[1:] + second[:1]  # the oldest first, RETRY_BATCH of them
+    assert batches[1] == second[1:] + first[:1]  # then the rest, in failure order
+    assert batches[2] == second[:1]  # the one that failed during the retry: the next attempt
+
+
+async def test_expired_entries_are_dropped_from_the_front(
+    invalidator: Invalidator, cache: FakeCache, fake_time: FakeTime
+) -> None:
+    cache.down = True
+    await invalidator.invalidate(posts(0, 3))
+    await settle(lambda: fake_time.now >= GIVE_UP_AFTER / 2)
+    await invalidator.invalidate(posts(0, 1))  # refreshed: moves to the end, lives longer
+    await settle(lambda: invalidator.stats().pending_keys == 1)
+    assert invalidator.is_pending(guarded("post", "0"))
+    assert invalidator.stats().given_up == 2

@@ -167,3 +167,20 @@ def test_an_entry_larger_than_the_bound_is_not_stored() -> None:
     cache = near(max_bytes=100)
     assert not store(cache, "1", b"z" * 200)
     assert cache.stats().entries == 0
+
+
+def test_a_slot_epoch_bump_drops_that_slot_entries_only() -> None:
+    cache = near()
+    keys = [guarded("post", str(number)) for number in range(200)]
+    for key in keys:
+        found = Guarded(b"x", 0)
+        assert cache.put(key.key, key.generation_key, found, cache.sequence, key.epoch_key)
+    bumped = keys[0].epoch_key
+    same_slot = [key for key in keys if key.epoch_key == bumped]
+    cache.invalidated([f"{PREFIX}{bumped}".encode()])  # the coarse invalidation, in one slot
+    assert [served(cache, key.key) for key in same_slot] == [None] * len(same_slot)
+    others = [key for key in keys if key.epoch_key != bumped]
+    assert all(served(cache, key.key) == b"x" for key in others)
+    cache.invalidated([f"{PREFIX}{key.epoch_key}".encode() for key in others])
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes) == (0, 0)

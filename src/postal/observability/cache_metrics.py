@@ -273,6 +273,7 @@ class CacheSampler:
             "failed": invalidations.failed,
             "retried": invalidations.retried,
             "given_up": invalidations.given_up,
+            "coarse": invalidations.coarse,
         }
         for outcome, count in counts.items():
             totals.advance(self._invalidations[outcome], ("invalidations", outcome), count)

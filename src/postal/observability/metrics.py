@@ -122,8 +122,9 @@ BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN = 0, 1, 2
 
 # Label values beyond the lists, kept because folding them into another would hide them:
 # cache outcome `circuit_open` (refused by the open breaker, no I/O), fill outcome `bypassed` (an
-# invalidation of the key was pending, so no fill), invalidation outcome `given_up`.
-INVALIDATION_OUTCOMES = ("done", "failed", "retried", "given_up")
+# invalidation of the key was pending, so no fill), invalidation outcomes `given_up` and `coarse`
+# (too many keys pending: the whole cache invalidated at once instead, once it lands).
+INVALIDATION_OUTCOMES = ("done", "failed", "retried", "given_up", "coarse")
 DNS_OUTCOMES = ("cached", "resolved", "stale", "failed")
 REPLICA_WAIT_OUTCOMES = ("confirmed", "behind", "skipped")
 # The read pipeline's counts (`PipelineStats`), one series each.
@@ -276,7 +277,8 @@ class PostalMetrics:
         self.cache_invalidations = Counter(
             CACHE_INVALIDATIONS,
             "Cache invalidations: done and failed count writes; retried and given_up count the"
-            " keys a background retry then invalidated, or dropped.",
+            " keys a background retry then invalidated, or dropped; coarse counts the times too"
+            " many keys were pending and the whole cache was to be invalidated instead.",
             ("outcome",),
             registry=registry,
         )

@@ -11,7 +11,7 @@ from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
 from postal.cache.policy.fallback import ReadThrough, ReadThroughStats
 from postal.cache.policy.guard import GENERATION_TTL, UNFILLABLE, Guarded, GuardedFill
 from postal.cache.policy.invalidation import Invalidator, InvalidatorStats
-from postal.cache.policy.keys import GuardedKey, guarded, jittered
+from postal.cache.policy.keys import GuardedKey, all_epoch_keys, guarded, jittered
 from postal.cache.policy.near import NearCache, NearCacheStats
 from postal.cache.policy.refresh import (
     EarlyRefreshConfig,
@@ -43,6 +43,7 @@ __all__ = [
     "ReadThrough",
     "ReadThroughStats",
     "RefreshOutcome",
+    "all_epoch_keys",
     "guarded",
     "jittered",
     "refresh_due",

@@ -163,7 +163,7 @@ class ReadThrough:
         if found.payload is not None:
             self._hits += 1
             if near is not None and sequence >= 0:
-                near.put(key.key, key.generation_key, found, sequence)
+                near.put(key.key, key.generation_key, found, sequence, key.epoch_key)
             if refresher is not None:
                 refresher.consider(key, found, load)
             return found.payload

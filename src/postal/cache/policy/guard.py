@@ -17,6 +17,11 @@ TTL ends. The guard:
 - a fill is a script that writes only if the counter still equals the generation the reader saw;
 - an invalidation increments the counter, then deletes the value.
 
+- every value is guarded by its hash slot's epoch too (`keys`): the generation a reader sees,
+  stamps and quotes is `epoch << 64 | counter` (`generation_of`), which is the counter alone while
+  the epoch is 0 (absent): bumping every slot's epoch turns every stored value into a miss and
+  every fill in flight into a refusal, without knowing their keys (the coarse invalidation).
+
 So a fill for a load that began before an invalidation finds the counter moved and writes nothing;
 and a value that slipped in anyway (a fill that won its race against the DEL) carries an old stamp
 and reads as a miss. Correctness comes from the stamp and the script, so the invalidation needs no
@@ -115,6 +120,22 @@ GENERATION_TTL = 24 * HOUR
 
 STAMP_SEPARATOR = b"\n"
 EXPIRY_SEPARATOR = b" "  # between the generation and the expiry, inside the stamp
+# A generation is `epoch << EPOCH_SHIFT | counter`: Redis counters (INCR) stay below 2**63, so
+# the two never overlap, and with the epoch at 0 the generation is the counter, stamped as before.
+EPOCH_SHIFT = 64
+COUNTER_MASK = (1 << EPOCH_SHIFT) - 1
+
+
+def generation_of(counter: int, epoch: int) -> int:
+    """The generation a value must be stamped with while its key's counter and its slot's epoch
+    are these."""
+    return epoch << EPOCH_SHIFT | counter
+
+
+def counter_and_epoch(generation: int) -> tuple[int, int]:
+    """`generation_of`'s arguments back, for the scripts, which compare each with its key."""
+    return generation & COUNTER_MASK, generation >> EPOCH_SHIFT
+
 
 # A new counter starts at a random number below 2^47: far from any generation a load in flight
 # could quote from the counter's previous life, and small enough for a bump to stay exact in a
@@ -152,19 +173,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def read_guarded(value: bytes | None, generation: bytes | None) -> Guarded:
-    """Interpret an MGET of (value, generation counter); cheap on a hit (two partitions and an
-    int(), no JSON).
+def read_guarded(
+    value: bytes | None, generation: bytes | None, epoch: bytes | None = None
+) -> Guarded:
+    """Interpret an MGET of (value, generation counter, slot epoch); cheap on a hit (two
+    partitions and an int(), no JSON).
 
-    Raises CacheError when the counter is not an integer: a corrupted or foreign key, which no
+    Raises CacheError when a counter is not an integer: a corrupted or foreign key, which no
     fill could ever match.
     """
-    current = 0
-    if generation is not None:
-        try:
-            current = int(generation)
-        except ValueError:
-            raise CacheError(f"generation counter is not an integer: {generation[:20]!r}") from None
+    current = generation_of(_counter(generation), _counter(epoch))
     if value is None:
         return Guarded(None, current)
     stamped, separator, payload = value.partition(STAMP_SEPARATOR)
@@ -181,13 +199,26 @@ def read_guarded(value: bytes | None, generation: bytes | None) -> Guarded:
         return Guarded(None, current)  # not a stamp of ours
 
 
-# KEYS[1] value, KEYS[2] its generation counter; ARGV[1] the generation the reader saw,
-# ARGV[2] the stamped value, ARGV[3] the TTL in milliseconds. 1: written, 0: stale, not written.
+def _counter(value: bytes | None) -> int:
+    """A counter as MGET returns it: absent is 0."""
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise CacheError(f"generation counter is not an integer: {value[:20]!r}") from None
+
+
+# KEYS[1] value, KEYS[2] its generation counter, KEYS[3] its slot's epoch; ARGV[1] and ARGV[4]
+# the counter and the epoch the reader saw (`counter_and_epoch`), ARGV[2] the stamped value,
+# ARGV[3] the TTL in milliseconds. 1: written, 0: stale, not written.
 FILL_SCRIPT = Script.of(
     """\
 local current = redis.call('GET', KEYS[2])
 if current == false then current = '0' end
-if current ~= ARGV[1] then return 0 end
+local epoch = redis.call('GET', KEYS[3])
+if epoch == false then epoch = '0' end
+if current ~= ARGV[1] or epoch ~= ARGV[4] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
@@ -204,20 +235,27 @@ return ARGV[1]
 """
 )
 
-# The batch forms. KEYS: each key's value then its counter, pairs after pairs, then (invalidation
-# only) bare counters; ARGV[1] the number of pairs, ARGV[2] the counters' TTL in milliseconds,
-# ARGV[3] where a counter created by the bump starts. Returns each pair's new generation.
+# The batch forms. KEYS: each key's value, its counter and its slot's epoch, triples after
+# triples, then (invalidation only) bare counters; ARGV[1] the number of triples, ARGV[2] the
+# counters' TTL in milliseconds, ARGV[3] where a counter created by the bump starts. Returns each
+# triple's new counter and its epoch, flat. The epoch is made to exist (at 0, which an absent
+# epoch reads as, so no value is invalidated by it; never touched if present, which would make
+# CLIENT TRACKING drop the slot's entries from every near cache): during a slot's migration Redis
+# refuses a multi-key command some of whose keys are missing (TRYAGAIN), so a slot's keys had
+# better be all there.
 INVALIDATE_MANY_SCRIPT = Script.of(
     """\
-local pairs, ttl, start = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local keys, ttl, start = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local generations = {}
-for i = 1, pairs do
-  redis.call('SET', KEYS[2 * i], start, 'NX')
-  generations[i] = redis.call('INCR', KEYS[2 * i])
-  redis.call('PEXPIRE', KEYS[2 * i], ttl)
-  redis.call('DEL', KEYS[2 * i - 1])
+for i = 1, keys do
+  redis.call('SET', KEYS[3 * i - 1], start, 'NX')
+  generations[2 * i - 1] = redis.call('INCR', KEYS[3 * i - 1])
+  redis.call('PEXPIRE', KEYS[3 * i - 1], ttl)
+  redis.call('DEL', KEYS[3 * i - 2])
+  redis.call('SET', KEYS[3 * i], '0', 'NX', 'PX', ttl)
+  generations[2 * i] = redis.call('GET', KEYS[3 * i])
 end
-for i = 2 * pairs + 1, #KEYS do
+for i = 3 * keys + 1, #KEYS do
   redis.call('SET', KEYS[i], start, 'NX')
   redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ttl)
@@ -226,16 +264,19 @@ return generations
 """
 )
 
-# KEYS as above (pairs only); ARGV: for each pair its generation, stamped value and TTL in
-# milliseconds. Returns how many were written (the others' generation had moved: stale).
+# KEYS as above (triples only); ARGV: for each triple the counter and epoch its fill quotes, the
+# stamped value and the TTL in milliseconds. Returns how many were written (the others' counter
+# or epoch had moved: stale).
 FILL_MANY_SCRIPT = Script.of(
     """\
 local written = 0
-for i = 1, #KEYS / 2 do
-  local current = redis.call('GET', KEYS[2 * i])
+for i = 1, #KEYS / 3 do
+  local current = redis.call('GET', KEYS[3 * i - 1])
   if current == false then current = '0' end
-  if current == ARGV[3 * i - 2] then
-    redis.call('SET', KEYS[2 * i - 1], ARGV[3 * i - 1], 'PX', ARGV[3 * i])
+  local epoch = redis.call('GET', KEYS[3 * i])
+  if epoch == false then epoch = '0' end
+  if current == ARGV[4 * i - 3] and epoch == ARGV[4 * i - 2] then
+    redis.call('SET', KEYS[3 * i - 2], ARGV[4 * i - 1], 'PX', ARGV[4 * i])
     written = written + 1
   end
 end
@@ -273,6 +314,8 @@ def invalidation_commands(
             ("INCR", counter),
             ("PEXPIRE", counter, ttl_ms),
             ("DEL", name(key.key)),
+            # The slot's epoch made to exist, as INVALIDATE_MANY_SCRIPT does (see there).
+            ("SET", name(key.epoch_key), 0, "NX", "PX", ttl_ms),
         ]
     for generation_key in generations:
         counter = name(generation_key)
@@ -286,7 +329,7 @@ def invalidate_many_arguments(
     """INVALIDATE_MANY_SCRIPT's KEYS and ARGV; `name` adds the client's key prefix."""
     names: list[str] = []
     for key in keys:
-        names += (name(key.key), name(key.generation_key))
+        names += (name(key.key), name(key.generation_key), name(key.epoch_key))
     names += (name(generation_key) for generation_key in generations)
     return names, [len(keys), round(GENERATION_TTL * 1000), generation_start()]
 
@@ -301,10 +344,18 @@ def fill_many_arguments(
     for fill in fills:
         if fill.ttl <= 0:
             raise ValueError(f"a fill needs a positive TTL, got {fill.ttl}")
-        names += (name(fill.key.key), name(fill.key.generation_key))
+        key = fill.key
+        names += (name(key.key), name(key.generation_key), name(key.epoch_key))
+        counter, epoch = counter_and_epoch(fill.generation)
         ttl_ms = max(1, round(fill.ttl * 1000))
-        arguments += (fill.generation, stamp(fill.generation, fill.payload, now + ttl_ms), ttl_ms)
+        arguments += (counter, epoch, stamp(fill.generation, fill.payload, now + ttl_ms), ttl_ms)
     return names, arguments
+
+
+def generations_of(replies: Sequence[Any]) -> list[int]:
+    """INVALIDATE_MANY_SCRIPT's reply (each key's new counter, then its epoch) as generations."""
+    counters, epochs = replies[0::2], replies[1::2]
+    return [generation_of(int(c), _counter(e)) for c, e in zip(counters, epochs, strict=True)]
 
 
 def has_payload(found: Guarded) -> bool:
@@ -324,7 +375,7 @@ class GuardedOps:
         self._client = client
 
     async def get(self, key: GuardedKey, timeout: Timeout) -> Guarded:
-        """One MGET of value and counter on the read role, under the GET deadline.
+        """One MGET of value, counter and slot epoch on the read role, under the GET deadline.
 
         The event says "GET" (hit or miss, a stale stamp being a miss), like a plain GET's, so
         hit-rate metrics count guarded and plain reads alike.
@@ -333,18 +384,25 @@ class GuardedOps:
         fill quotes is never the absent counter's 0 (see the module docstring).
         """
         client = self._client
-        mget = read_call("MGET", client.key(key.key), client.key(key.generation_key))
+        names = (client.key(key.key), client.key(key.generation_key), client.key(key.epoch_key))
+        mget = read_call("MGET", *names)
         counter_absent = False
+        epoch_seen = 0
 
         async def call(node: Node) -> Guarded:
-            nonlocal counter_absent
-            value, generation = await mget(node)
+            nonlocal counter_absent, epoch_seen
+            value, generation, epoch = await mget(node)
             counter_absent = generation is None
-            return read_guarded(value, generation)
+            found = read_guarded(value, generation, epoch)
+            epoch_seen = counter_and_epoch(found.generation)[1]
+            return found
 
         found: Guarded = await client.run_read("GET", key.key, timeout, call, is_hit=has_payload)
         if found.payload is None and counter_absent:
-            return Guarded(None, await self.open_generation(key))
+            opened = await self.open_generation(key)
+            if opened == UNFILLABLE:
+                return Guarded(None, UNFILLABLE)
+            return Guarded(None, generation_of(opened, epoch_seen))
         return found
 
     async def open_generation(self, key: GuardedKey) -> int:
@@ -371,9 +429,11 @@ class GuardedOps:
         if ttl <= 0:
             raise ValueError(f"a fill needs a positive TTL, got {ttl}")
         client = self._client
-        names = (client.key(key.key), client.key(key.generation_key))
+        names = (client.key(key.key), client.key(key.generation_key), client.key(key.epoch_key))
+        counter, epoch = counter_and_epoch(generation)
         ttl_ms = max(1, round(ttl * 1000))
-        arguments = (generation, stamp(generation, payload, now_ms() + ttl_ms), ttl_ms)
+        stamped = stamp(generation, payload, now_ms() + ttl_ms)
+        arguments = (counter, stamped, ttl_ms, epoch)
         call = script_call(FILL_SCRIPT, names, arguments)
         written: int = await client.run_write("EVALSHA", key.key, timeout, call)
         return written == 1
@@ -419,7 +479,7 @@ class GuardedOps:
         the first key."""
         groups = _by_slot(self._client, keys, generations)
         if len(groups) <= 1:
-            return await self._invalidate_one_slot(keys, generations, timeout)
+            return generations_of(await self._invalidate_one_slot(keys, generations, timeout))
         return await self._invalidate_by_slot(keys, groups, timeout)
 
     async def _invalidate_by_slot(
@@ -437,14 +497,14 @@ class GuardedOps:
             names, arguments = invalidate_many_arguments(slot_keys, counters, client.key)
             parts.append((slot_keys[0].key if slot_keys else counters[0], names, arguments))
 
-        def alone(index: int, left: Timeout) -> Awaitable[list[int]]:
+        def alone(index: int, left: Timeout) -> Awaitable[list[Any]]:
             key_indices, counters = groups[index]
             return self._invalidate_one_slot([keys[i] for i in key_indices], counters, left)
 
         replies = await self._per_slot(INVALIDATE_MANY_SCRIPT, parts, timeout, alone, wait=True)
         new_generations = [0] * len(keys)
         for (key_indices, _), bumped in zip(groups, replies, strict=True):
-            for index, generation in zip(key_indices, bumped, strict=True):
+            for index, generation in zip(key_indices, generations_of(bumped), strict=True):
                 new_generations[index] = generation
         return new_generations
 
@@ -500,14 +560,15 @@ class GuardedOps:
 
     async def _invalidate_one_slot(
         self, keys: Sequence[GuardedKey], generations: Sequence[str], timeout: Timeout
-    ) -> list[int]:
+    ) -> list[Any]:
+        """INVALIDATE_MANY_SCRIPT on one slot's keys: its reply (`generations_of` reads it)."""
         if not keys and not generations:
             return []
         client = self._client
         names, arguments = invalidate_many_arguments(keys, generations, client.key)
         wait_ms = wait_milliseconds(client.write_deadline(timeout))
 
-        async def call(node: Node) -> tuple[list[int], int, list[Any] | None, ReplicaWait | None]:
+        async def call(node: Node) -> tuple[list[Any], int, list[Any] | None, ReplicaWait | None]:
             wanted = await _replicas(node)
             if not wanted:
                 bumped = await script_call(INVALIDATE_MANY_SCRIPT, names, arguments)(node)

@@ -15,6 +15,19 @@ Other processes are not told: until the retry lands they may serve the old value
 best anyone can do while Redis does not take writes. A successful invalidation of a key clears a
 pending one for it only if the failure came before that invalidation started: its bump then came
 after the failed write's commit, and covers it.
+
+Bounded. While Redis is down, every write adds its keys (a bulk import, a key a row). Past
+`max_pending_keys` the keys are dropped and one coarse invalidation takes their place: every
+hash slot's epoch (`keys.all_epoch_keys`, 16,384 bare counters, whatever the number of keys)
+becomes pending. Once those bumps land, every value stored before them reads as a miss and every
+fill quoting an older epoch is refused (`guard`), in every process, on one Redis or a cluster
+(each slot's epoch lives in that slot); until they land, `is_pending` is true for every key, so
+this process reads everything from the database. The price: the whole cache misses once.
+
+The pending tables are kept in the order of their latest failure (a key that fails again moves
+to the end), so a retry sends the oldest batch, then the next, without copying the table, and
+stops at the first entry that failed after it began; the give-up deadline follows that order
+too, so expired entries are dropped from the front.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from postal.cache.policy.keys import GuardedKey
+from postal.cache.policy.keys import GuardedKey, all_epoch_keys
 from postal.cache.policy.near import NearCache
 from postal.cache.transport import CacheError
 
@@ -39,6 +52,9 @@ T = TypeVar("T")
 
 RETRY_BATCH = 500  # keys (or counters) per retry pipeline, so a long outage's backlog is chunked
 LAST_ATTEMPT_TIMEOUT = 1.0  # seconds `aclose()` spends on a final attempt
+# Keys remembered one by one; past this, the coarse invalidation (see the module docstring).
+# About 300 bytes a key: 10,000 are 3 MB, and a retry of them is 20 batches.
+DEFAULT_MAX_PENDING_KEYS = 10_000
 
 
 class Invalidates(Protocol):
@@ -62,6 +78,7 @@ class InvalidatorStats:
     retries: int  # background attempts (each a pipeline of up to RETRY_BATCH items)
     retried: int  # pending keys and counters a retry then invalidated
     given_up: int  # pending keys and counters dropped after give_up_after
+    coarse: int  # times too many keys were pending: every slot's epoch made pending instead
     pending_keys: int
     pending_generations: int
 
@@ -79,12 +96,16 @@ class Invalidator:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         near: NearCache | None = None,
+        max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     ) -> None:
         if give_up_after <= 0 or retry_interval <= 0 or max_retry_interval < retry_interval:
             raise ValueError(
                 "give_up_after and retry_interval must be positive,"
                 " and max_retry_interval at least retry_interval"
             )
+        if max_pending_keys < 0:
+            raise ValueError(f"max_pending_keys must not be negative, got {max_pending_keys}")
+        self._max_pending_keys = max_pending_keys
         self._cache = cache
         self._near = near  # this process's near cache: its own writes evict there at once
         self._give_up_after = give_up_after
@@ -98,7 +119,7 @@ class Invalidator:
         self._retrier: asyncio.Task[None] | None = None
         self._closed = False
         self._done = self._failed = self._retries = self._retried = self._given_up = 0
-        self._begun = 0
+        self._coarse = self._begun = 0
 
     # -- the writer's side -------------------------------------------------------------------
 
@@ -157,20 +178,33 @@ class Invalidator:
         return self._begun
 
     def is_pending(self, key: GuardedKey) -> bool:
-        """Whether an invalidation of `key`, or of the generation that guards it, has not
-        reached Redis yet: if so, what the cache holds for it may be stale."""
-        return key in self._pending_keys or key.generation_key in self._pending_generations
+        """Whether an invalidation of `key`, of the generation that guards it, or of its slot's
+        epoch (the coarse invalidation) has not reached Redis yet: if so, what the cache holds
+        for it may be stale."""
+        counters = self._pending_generations
+        return (
+            key in self._pending_keys or key.generation_key in counters or key.epoch_key in counters
+        )
 
     # -- the background side -----------------------------------------------------------------
 
     def _remember(self, keys: Sequence[GuardedKey], generations: Sequence[str]) -> None:
-        """Mark as pending, a later failure refreshing the give-up time; start the retrier."""
+        """Mark as pending, a later failure refreshing the give-up time and moving the entry to
+        the end; past `max_pending_keys`, the coarse invalidation. Start the retrier."""
         self._failures += 1
         pending = _Pending(self._failures, self._clock() + self._give_up_after)
-        for key in keys:
-            self._pending_keys[key] = pending
-        for generation_key in generations:
-            self._pending_generations[generation_key] = pending
+        if len(self._pending_keys) + len(keys) > self._max_pending_keys:
+            self._coarse += 1
+            logger.warning(
+                "cache invalidations: more than %d keys pending, every cache entry will be"
+                " invalidated at once instead (every slot's epoch bumped)",
+                self._max_pending_keys,
+            )
+            self._pending_keys.clear()  # covered: the epochs' bumps come after their commits
+            generations = [*generations, *all_epoch_keys()]
+        else:
+            _mark(self._pending_keys, keys, pending)
+        _mark(self._pending_generations, generations, pending)
         if not self._closed and (self._retrier is None or self._retrier.done()):
             # A fresh context: the retrier outlives the request that started it and retries
             # other requests' keys too, so it must not carry that request's id into its logs.
@@ -208,14 +242,15 @@ class Invalidator:
                 interval = min(interval * 2, self._max_retry_interval)
 
     async def _attempt(self) -> bool:
-        """One pass over everything pending, in batches; False at the first batch that fails."""
+        """One pass over what was pending when it began, oldest first, a batch at a time (never
+        a copy of the tables); False at the first batch that fails."""
         started = self._failures
-        keys = list(self._pending_keys)
-        generations = list(self._pending_generations)
-        while keys or generations:
-            key_batch, keys = keys[:RETRY_BATCH], keys[RETRY_BATCH:]
+        while True:
+            key_batch = _oldest(self._pending_keys, RETRY_BATCH, started)
             room = RETRY_BATCH - len(key_batch)
-            generation_batch, generations = generations[:room], generations[room:]
+            generation_batch = _oldest(self._pending_generations, room, started)
+            if not key_batch and not generation_batch:
+                return True
             self._retries += 1
             try:
                 await self._cache.invalidate(key_batch, generation_batch)
@@ -223,7 +258,6 @@ class Invalidator:
                 logger.info("cache invalidation retry failed: error=%s", exc)
                 return False
             self._retried += self._settle(key_batch, generation_batch, started)
-        return True
 
     async def aclose(self) -> None:
         """Stop retrying, after one last attempt bounded by LAST_ATTEMPT_TIMEOUT."""
@@ -253,6 +287,7 @@ class Invalidator:
             retries=self._retries,
             retried=self._retried,
             given_up=self._given_up,
+            coarse=self._coarse,
             pending_keys=len(self._pending_keys),
             pending_generations=len(self._pending_generations),
         )
@@ -274,8 +309,30 @@ def _settle(table: dict[Item, _Pending], done: Sequence[Item], started: int) -> 
     return settled
 
 
+def _mark(table: dict[Item, _Pending], items: Sequence[Item], pending: _Pending) -> None:
+    """Each of `items` pending as `pending`, at the end of `table`: the latest failure last."""
+    for item in items:
+        table.pop(item, None)
+        table[item] = pending
+
+
+def _oldest(table: dict[Item, _Pending], limit: int, started: int) -> list[Item]:
+    """Up to `limit` items from the front of `table` that failed no later than `started`."""
+    batch: list[Item] = []
+    for item, pending in table.items():
+        if len(batch) >= limit or pending.failed_at > started:
+            break
+        batch.append(item)
+    return batch
+
+
 def _expire(table: dict[Item, _Pending], now: float) -> int:
-    expired = [item for item, pending in table.items() if pending.give_up_at <= now]
-    for item in expired:
+    """Drop the entries whose give-up time has come: at the front, in failure order."""
+    expired = 0
+    while table:
+        item, pending = next(iter(table.items()))
+        if pending.give_up_at > now:
+            break
         del table[item]
-    return len(expired)
+        expired += 1
+    return expired

@@ -78,9 +78,10 @@ class NearCache:
         self._max_bytes = max_bytes
         self._ttl = ttl
         self._clock = clock
-        # full key -> (the read, expires at, its generation's full key, bytes counted)
-        self._entries: OrderedDict[str, tuple[Guarded, float, str, int]] = OrderedDict()
-        self._by_generation: dict[str, set[str]] = {}  # generation key -> the entries it guards
+        # full key -> (the read, expires at, the full keys of its generation and epoch, bytes)
+        self._entries: OrderedDict[str, tuple[Guarded, float, tuple[str, ...], int]] = OrderedDict()
+        # a generation or epoch key -> the entries it guards
+        self._by_generation: dict[str, set[str]] = {}
         self._bytes = 0
         self.sequence = 0  # moves on every invalidation, flush and own write
         self.tracking: Tracking | None = None
@@ -112,9 +113,18 @@ class NearCache:
         self._hits += 1
         return entry[0]
 
-    def put(self, key: str, generation_key: str, found: Guarded, sequence: int) -> bool:
+    def put(
+        self,
+        key: str,
+        generation_key: str,
+        found: Guarded,
+        sequence: int,
+        epoch_key: str | None = None,
+    ) -> bool:
         """Store the hit `found` that a read taken at `sequence` returned, unless anything was
-        invalidated since (or tracking is not usable now). Keys without the client's prefix."""
+        invalidated since (or tracking is not usable now). Keys without the client's prefix. A
+        change to the generation or to the epoch (the coarse invalidation bumps every slot's)
+        drops it."""
         payload = found.payload
         if payload is None:
             raise ValueError("only a hit is stored in the near cache")
@@ -127,9 +137,10 @@ class NearCache:
             return False
         if full in self._entries:
             self._drop(full)
-        generation = self._prefix + generation_key
-        self._entries[full] = (found, self._clock() + self._ttl, generation, size)
-        self._by_generation.setdefault(generation, set()).add(full)
+        guards = tuple(self._prefix + guard for guard in (generation_key, epoch_key) if guard)
+        self._entries[full] = (found, self._clock() + self._ttl, guards, size)
+        for guard in guards:
+            self._by_generation.setdefault(guard, set()).add(full)
         self._bytes += size
         self._stores += 1
         while self._bytes > self._max_bytes:
@@ -176,13 +187,14 @@ class NearCache:
         self._flushes += 1
 
     def _drop(self, key: str) -> None:
-        _, _, generation, size = self._entries.pop(key)
+        _, _, guards, size = self._entries.pop(key)
         self._bytes -= size
-        guarded = self._by_generation.get(generation)
-        if guarded is not None:
-            guarded.discard(key)
-            if not guarded:
-                del self._by_generation[generation]
+        for guard in guards:
+            guarded = self._by_generation.get(guard)
+            if guarded is not None:
+                guarded.discard(key)
+                if not guarded:
+                    del self._by_generation[guard]
 
     def stats(self) -> NearCacheStats:
         tracking = self.tracking

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from postal.cache.policy.guard import Guarded
+from postal.cache.policy.guard import Guarded, counter_and_epoch
 from postal.cache.policy.keys import GuardedKey, jittered
 
 logger = logging.getLogger("postal.cache.refresh")
@@ -68,7 +68,7 @@ LOAD_TIME_WEIGHT = 0.2
 HORIZON = 40.0
 # What a guarded read says when the key has no generation counter: an absent counter reads as 0,
 # and counters are created at a random start above it (`guard.generation_start`).
-NO_GENERATION = 0
+NO_GENERATION = 0  # (the counter part of a generation: `guard.counter_and_epoch`)
 
 
 def refresh_due(*, now: float, expires_at: float, delta: float, beta: float, rand: float) -> bool:
@@ -183,7 +183,7 @@ class EarlyRefresher:
         now = self._clock()
         if expires_at - now > self._horizon:
             return
-        if found.generation <= NO_GENERATION:
+        if counter_and_epoch(found.generation)[0] <= NO_GENERATION:
             return  # read with no counter: nothing a fill may quote (`guard`)
         rand = self._rng()
         if not refresh_due(
