@@ -22,18 +22,13 @@ import logging
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import Any
 
 from postal.api.access_log import AccessLog
 from postal.api.fast_reads import FastReads
 from postal.observability.logging import configure_logging
 from postal.posts.entries import Entry
-
-BODY = b'{"id":1,"title":"t","body":"' + b"x" * 900 + b'"}'  # a ~1 KB post
-ENTRY = Entry(200, '"v1"', BODY)
+from postal_bench.fast_lane import ENTRY, cpu_per_request, inner
 
 
 class CachedPosts:
@@ -43,45 +38,16 @@ class CachedPosts:
         return ENTRY
 
 
-async def _inner(scope: Any, receive: Any, send: Any) -> None:
-    raise AssertionError("the fast lane answers every request here")
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def _send(message: Any) -> None:
-    return None
-
-
-def _scope(app: Any) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "method": "GET",
-        "path": "/api/v1/posts/1",
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 50000),
-        "app": app,
-    }
-
-
 async def _run(lane: FastReads, requests: int) -> float:
     """CPU seconds a request over `requests` calls of `lane`."""
-    app = SimpleNamespace(state=SimpleNamespace(posts=CachedPosts()))
-    scopes = [_scope(app) for _ in range(requests)]
-    started = time.process_time()
-    for scope in scopes:
-        await lane(scope, _receive, _send)
-    return (time.process_time() - started) / requests
+    return await cpu_per_request(lane, CachedPosts(), requests)
 
 
 def measure(requests: int, runs: int) -> dict[str, float]:
     """Median CPU microseconds a request, with the access log off and on."""
     lanes: dict[str, Callable[[], FastReads]] = {
-        "off": lambda: FastReads(_inner),
-        "on": lambda: FastReads(_inner, access_log=AccessLog()),
+        "off": lambda: FastReads(inner),
+        "on": lambda: FastReads(inner, access_log=AccessLog()),
     }
     results: dict[str, list[float]] = {name: [] for name in lanes}
     for _ in range(runs):

@@ -19,9 +19,7 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 # What a worker has imported (FastAPI brings OpenTelemetry's API, before and after tracing
@@ -30,9 +28,7 @@ import postal.app  # noqa: F401
 from postal.api.fast_reads import FastReads
 from postal.cache import NearCache
 from postal.posts.entries import Entry
-
-BODY = b'{"id":1,"title":"t","body":"' + b"x" * 900 + b'"}'  # a ~1 KB post
-ENTRY = Entry(200, '"v1"', BODY)
+from postal_bench.fast_lane import ENTRY, cpu_per_request, inner
 
 
 class CachedPosts:
@@ -46,47 +42,18 @@ class CachedPosts:
         return ENTRY
 
 
-async def _inner(scope: Any, receive: Any, send: Any) -> None:
-    raise AssertionError("the fast lane answers every request here")
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def _send(message: Any) -> None:
-    return None
-
-
-def _scope(app: Any) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "method": "GET",
-        "path": "/api/v1/posts/1",
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 50000),
-        "app": app,
-    }
-
-
 def _near(kind: type[NearCache] = NearCache) -> NearCache:
     return kind(key_prefix="bench:", max_bytes=1 << 20, ttl=10.0)
 
 
 async def _run(lane: FastReads, near: NearCache, requests: int) -> float:
     """CPU seconds a request over `requests` calls of `lane`."""
-    app = SimpleNamespace(state=SimpleNamespace(posts=CachedPosts(near)))
-    scopes = [_scope(app) for _ in range(requests)]
-    started = time.process_time()
-    for scope in scopes:
-        await lane(scope, _receive, _send)
-    return (time.process_time() - started) / requests
+    return await cpu_per_request(lane, CachedPosts(near), requests)
 
 
 def _lanes(only: str | None) -> dict[str, Callable[[], tuple[FastReads, NearCache]]]:
     lanes: dict[str, Callable[[], tuple[FastReads, NearCache]]] = {
-        "off": lambda: (FastReads(_inner), _near())
+        "off": lambda: (FastReads(inner), _near())
     }
     if only == "off":
         return lanes
@@ -107,7 +74,7 @@ def _lanes(only: str | None) -> dict[str, Callable[[], tuple[FastReads, NearCach
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Dropped()))
     spans = RequestSpans(tracer_of(provider))
-    lanes["on"] = lambda: (FastReads(_inner, tracing=spans), _near(TracedNearCache))
+    lanes["on"] = lambda: (FastReads(inner, tracing=spans), _near(TracedNearCache))
     return lanes
 
 
