@@ -246,3 +246,55 @@ async def test_a_slow_answer_within_the_trusted_age_keeps_replicas_settled(
     primary.release()
     await answered()
     assert wait.online() == frozenset({A, B})  # the answers were never more than STALE_AFTER apart
+
+
+async def test_a_lost_replica_is_unfit_until_an_answer_asked_after_the_loss_settles_it(
+    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+) -> None:
+    wait.online()
+    await answered()
+    asked = primary.asked
+    clock.now += REFRESH / 4  # the last answer is recent: it would vouch for A on its own
+    wait.lost([A])  # e.g. A restarted, loaded old data, and is answering again
+    assert wait.online() == frozenset({B})
+    await answered()
+    assert primary.asked == asked + 1  # asked at once, not a refresh later
+    # The answer lists A online again (it re-synced quickly): new from now, so a refresh more.
+    assert wait.online() == frozenset({B})
+    clock.now += REFRESH
+    assert wait.online() == frozenset({A, B})
+
+
+async def test_an_answer_asked_before_the_loss_does_not_vouch_for_the_lost_replica(
+    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+) -> None:
+    wait.online()
+    await answered()
+    clock.now += REFRESH
+    primary.busy = True
+    wait.online()  # a question on its way, asked before the loss
+    await answered()
+    clock.now += 0.1
+    wait.lost([A])
+    primary.release()  # its answer, listing A, arrives after the loss
+    await answered()
+    clock.now += 2 * REFRESH
+    assert A not in (wait.online() or frozenset())
+    await answered()  # the next question, asked after the loss, lists A: new from its answer
+    assert wait.online() == frozenset({B})
+    clock.now += REFRESH
+    assert wait.online() == frozenset({A, B})
+
+
+async def test_a_lost_replica_the_primary_no_longer_lists_stays_unfit(
+    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+) -> None:
+    wait.online()
+    await answered()
+    wait.lost([A])
+    primary.online = (B,)  # restarted and not re-attached yet
+    await answered()
+    for _ in range(3):
+        clock.now += REFRESH
+        assert wait.online() == frozenset({B})
+        await answered()

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -174,6 +174,9 @@ class ReadPipeline:
         self._closing = False
         self._first_attempt = asyncio.Event()  # set once the first dial succeeded or failed
         self.client_id: int | None = None  # the connection's CLIENT ID, while it is up
+        # Told when a connection that was up is lost, whatever the reason (its node may come
+        # back restarted: `Node.on_lost`); not at shutdown.
+        self.on_lost: Callable[[], None] | None = None
         self.commands = 0
         self.writes = 0
         self.receives = 0
@@ -263,6 +266,8 @@ class ReadPipeline:
     def lost(self, protocol: _PipelineProtocol) -> None:
         if self._protocol is protocol:
             self._protocol = None
+            if not self._closing and self.on_lost is not None:
+                self.on_lost()
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"

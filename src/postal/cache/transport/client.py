@@ -136,6 +136,8 @@ class RedisClient:
         self._excused_timeouts = 0
         if wait_for_replicas and reads_from_replicas and isinstance(read, ServerRole):
             read.in_sync = self._replica_in_sync
+            for node in read.nodes():
+                node.on_lost = partial(self._replica_lost, node)
 
     @classmethod
     def create(
@@ -169,7 +171,8 @@ class RedisClient:
         # A cluster's masters each wait for their own replicas (for a failover's sake: reads
         # go to masters); they are learnt from the slot table, so each node has its own wait.
         factories[1].waits_per_node = write.kind is Kind.CLUSTER and profile.wait_for_replicas
-        waits = write.kind is Kind.SENTINEL or not read.same_servers(write)
+        reads_from_replicas = not read.same_servers(write)
+        waits = write.kind is Kind.SENTINEL or reads_from_replicas
         waits = waits and profile.wait_for_replicas and write.kind is not Kind.CLUSTER
         return cls(
             read=_build_role("read", read, factories[0]),
@@ -181,6 +184,7 @@ class RedisClient:
             wait_for_replicas=profile.wait_for_replicas
             and waits
             and write.kind is not Kind.CLUSTER,
+            reads_from_replicas=reads_from_replicas,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -471,6 +475,12 @@ class RedisClient:
             for primary in self._write.nodes()
         )
 
+    def _replica_lost(self, node: Node) -> None:
+        """A connection to the replica `node` was lost: unfit until the primary vouches for it
+        again (`ReplicaWait.lost`)."""
+        addresses = self._dns.known_addresses(node.endpoint.host)
+        self._replica_wait.lost((address, node.endpoint.port) for address in addresses)
+
     def _ask_replication(self) -> Awaitable[Any]:
         """INFO replication on the write role's primary (for `ReplicaWait`)."""
         return command_call("INFO", "replication")(self._write.route(None))
@@ -531,6 +541,8 @@ class RedisClient:
                     breaker.record_success()  # an error reply: Redis is there and answering
             if is_demoted(exc):
                 node.retire_connections()  # a replica now (failover): dial whoever is primary
+            if _is_connection_lost(exc):
+                node.connection_lost()  # it may come back restarted (a replica: unfit till then)
             if isinstance(error, (CacheTimeout, CacheUnavailable)):
                 role.note_failure(node)  # a cluster re-reads its slot table
             self._emit(role.name, node, command, key, started, _outcome_of(error), str(error))
@@ -676,6 +688,14 @@ def _map_error(
     if isinstance(exc, (redis_exc.ConnectionError, OSError)):
         return CacheUnavailable(f"{where}: {exc}")
     return CacheError(f"{where}: {exc}")
+
+
+def _is_connection_lost(exc: BaseException) -> bool:
+    """Reset, closed by the server or refused; not a deadline or a socket timeout (a slow
+    server, or this process's own loop, is no sign of a restart)."""
+    if isinstance(exc, (TimeoutError, redis_exc.TimeoutError)):
+        return False
+    return isinstance(exc, (redis_exc.ConnectionError, OSError))
 
 
 def _outcome_of(error: CacheError) -> Outcome:

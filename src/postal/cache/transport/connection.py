@@ -80,6 +80,15 @@ class PostalConnection(Connection):
             return False
         return not reader.at_eof() and reader.exception() is None
 
+    @property
+    def closed_by_peer(self) -> bool:
+        """Still open on our side, with an EOF or an error from the server waiting on it: the
+        server closed or reset it (a restart, its `timeout`), not we (a deadline disconnects)."""
+        reader = self._reader
+        if not self.is_connected or reader is None:
+            return False
+        return reader.at_eof() or reader.exception() is not None
+
     def pack_command(self, *args: Any) -> list[bytes]:
         """hiredis packs the command: redis-py's asyncio connection packs in Python (a fifth
         of a cache hit's CPU in a profile), while its sync one already uses this packer."""

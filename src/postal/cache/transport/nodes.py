@@ -54,6 +54,16 @@ class Node:
     # Read role: the connection concurrent GETs and MGETs share (`autopipeline`); None: reads
     # check a connection out of the pool.
     pipeline: ReadPipeline | None = field(default=None, repr=False)
+    # Told when a connection to this server is lost rather than closed by us (the read
+    # pipeline's, or a pooled one's mid-command): the server may come back restarted. Set by
+    # the client for replicas (`ReplicaWait.lost`); None: nobody asks.
+    on_lost: Callable[[], None] | None = field(default=None, repr=False)
+    losses: int = field(default=0, repr=False)  # connections lost so far (`connection_lost`)
+
+    def connection_lost(self) -> None:
+        self.losses += 1
+        if self.on_lost is not None:
+            self.on_lost()
 
     async def start(self) -> None:
         """Warm the pool and dial the read pipeline."""
@@ -125,10 +135,12 @@ class NodeFactory:
             for breaker_listener in self.breaker_listeners:
                 breaker.subscribe(breaker_listener)
         node = Node(self.role, name, endpoint, pool, breaker)
+        pool.on_lost = node.connection_lost
         if self.role == "read" and self.profile.read_pipeline is not None:
             node.pipeline = ReadPipeline(
                 self.role, name, connector, self.profile.read_pipeline, config
             )
+            node.pipeline.on_lost = node.connection_lost
         if self.waits_per_node:
             ask = partial(command_call("INFO", "replication"), node)  # ReplicaWait bounds it
             node.replica_wait = ReplicaWait(ask, enabled=True)
@@ -185,8 +197,19 @@ class ServerRole:
         return fallback
 
     async def run(self, node: Node, key: str | None, call: Callable[[Node], Awaitable[T]]) -> T:
-        """`call` on `node`: a server role has no redirections to follow."""
-        return await call(node)
+        """`call` on `node`: a server role has no redirections to follow.
+
+        On replicas, a reply is refused (`CacheUnavailable`) when a connection to its server was
+        found lost while it was on its way: the pool's checkout finds a connection the server
+        closed only after the read was routed, and a new one may then reach a replica that
+        restarted with old data (`ReplicaWait.lost`)."""
+        if self.in_sync is None:
+            return await call(node)
+        losses = node.losses
+        result = await call(node)
+        if node.losses != losses:
+            raise CacheUnavailable(f"{node.name}: a connection to it was lost during the read")
+        return result
 
     def group(self, keys: Sequence[str]) -> list[list[int]]:
         """Indices of `keys` that may go in one multi-key command: here, all of them."""

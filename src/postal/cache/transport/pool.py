@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -133,6 +134,8 @@ class ManagedPool:
         self._opened = 0
         self._closed_by_reason: dict[str, int] = {}
         self._wait_listeners: list[PoolWaitListener] = []
+        # Told when a connection is found closed by the server (`Node.on_lost`).
+        self.on_lost: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -442,6 +445,8 @@ class ManagedPool:
 
     def _close_later(self, connection: PostalConnection, reason: CloseReason) -> None:
         self._closed_by_reason[reason] = self._closed_by_reason.get(reason, 0) + 1
+        if reason is CloseReason.ERROR and connection.closed_by_peer and self.on_lost is not None:
+            self.on_lost()  # found dead while idle: no command failed to say so
         if not connection.is_connected:
             return
         task = asyncio.ensure_future(self._close(connection, reason))

@@ -46,7 +46,14 @@ snapshot. The rules for when that list is not known:
   question itself; it never waits for it;
 - an answer that comes more than `2 x refresh` after the one before cannot vouch for the time in
   between (a replica may have been cut off and re-synced unseen): every replica it lists counts
-  as online from then on, and waits `refresh` like a new one.
+  as online from then on, and waits `refresh` like a new one;
+- a replica this process lost a connection to (`lost`: reset, closed, refused) may have been
+  restarted, and a restarted replica serves what it loaded from disk, or its old data set while
+  it re-syncs, before the primary has listed it as anything. Left to the answers alone, it
+  would serve for up to `refresh` from an answer given before the restart (the read pipeline
+  dials it again within 50 ms). So it is unfit from the loss on, until an answer to a question
+  asked after the loss lists it online, and then waits `refresh` like a new one. The next
+  question is asked at once.
 
 Written by hand: redis-py sends WAIT but leaves knowing how many replicas to wait for, and what
 to do when they do not answer, to the caller.
@@ -58,7 +65,7 @@ import asyncio
 import contextvars
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +152,12 @@ class ReplicaWait:
         self._online_at = float("-inf")  # when the last answer came
         self._next_question_at = float("-inf")  # when `online()` may ask again
         self._known_until = float("-inf")
+        # Replica (ip, port) -> the number of the last loss of a connection to it (`lost`); it
+        # stays unfit until an answer to a question asked after that loss lists it. Numbers,
+        # not times: "asked after" must hold even where the clock did not move in between.
+        # One entry per address of the configured replicas at most.
+        self._lost: dict[tuple[str, int], int] = {}
+        self._losses = 0
         self._asking: asyncio.Future[int] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._confirmed = self._behind = self._skipped = 0
@@ -189,6 +202,17 @@ class ReplicaWait:
             return frozenset()
         settled = now - self._refresh
         return frozenset(r for r, since in self._online_since.items() if since <= settled)
+
+    def lost(self, replicas: Iterable[tuple[str, int]]) -> None:
+        """A connection to these replicas (ip, port) was lost: they may come back restarted,
+        with data that missed invalidations. Unfit from now until an answer to a question asked
+        after now lists them online, and `refresh` after that (see the module); asks at once."""
+        self._losses += 1
+        for replica in replicas:
+            self._lost[replica] = self._losses
+            if self._online_since is not None:
+                self._online_since.pop(replica, None)
+        self._next_question_at = self._clock()
 
     def watch(self) -> None:
         """Ask INFO replication every `refresh` in the background, from now until `close`: for
@@ -244,19 +268,27 @@ class ReplicaWait:
         self._skipped += 1
 
     async def _ask(self) -> int:
+        losses_seen = self._losses  # losses numbered up to this one happened before asking
         async with asyncio.timeout(ASK_TIMEOUT):
             reply = await self._info()
         self._replicas = replicas_attached(reply)
-        self._note_online(replicas_online(reply))
+        self._note_online(replicas_online(reply), losses_seen)
         if self._replicas:  # none: asked again next time (see the module)
             self._known_until = self._clock() + self._refresh
         return self._replicas
 
-    def _note_online(self, online: frozenset[tuple[str, int]]) -> None:
+    def _note_online(self, online: frozenset[tuple[str, int]], losses_seen: int) -> None:
         now = self._clock()
+        lost = self._lost
+        # A replica lost after this question was asked: the answer may predate its restart.
+        online = frozenset(r for r in online if lost.get(r, 0) <= losses_seen)
+        # Lost before it was asked, and listed: back, and new from now (not in `before`).
+        back = {r for r in online if r in lost}
+        for replica in back:
+            del lost[replica]
         before = self._online_since
         if before is None:  # the first answer ever: see the module
-            self._online_since = dict.fromkeys(online, float("-inf"))
+            self._online_since = {r: now if r in back else float("-inf") for r in online}
         elif now - self._online_at > STALE_AFTER * self._refresh:  # a gap: all new from now
             self._online_since = dict.fromkeys(online, now)
         else:
