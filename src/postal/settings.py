@@ -257,7 +257,7 @@ class Settings(BaseSettings):
     # MGETs to a node share one connection, written once per event-loop turn. MAX_IN_FLIGHT:
     # commands unanswered on it, past which reads use the pool; STALE_HEAD: a connection whose
     # oldest command waited this long takes no more until it is answered.
-    read_redis_autopipeline: bool = False  # off until the replica-restart question is settled
+    read_redis_autopipeline: bool = True
     read_redis_pipeline_max_in_flight: PositiveCount = 128
     read_redis_pipeline_stale_head: Duration = 0.020
 

@@ -18,6 +18,12 @@ def small_profile(**read_changes: object) -> Profile:
     return Profile(read_pool=replace(read, **read_changes), write_pool=write)  # type: ignore[arg-type]
 
 
+def pooled_profile(**read_changes: object) -> Profile:
+    """`small_profile` with every read on a pooled connection (no read pipeline): for tests of
+    the pool's own behaviour, which the pipeline's one shared connection would bypass."""
+    return replace(small_profile(**read_changes), read_pipeline=None)
+
+
 _ONE_CONNECTION = PoolConfig(
     max_size=1, min_idle=1, max_idle=1, pool_timeout=2.0, dial_timeout=2.0, read_timeout=2.0,
     write_timeout=2.0,

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as redis
 
 from postal.cache import CacheClient, CacheUnavailable, DnsCache
-from tests.integration.helpers import small_profile
+from tests.integration.helpers import pooled_profile
 
 
 class CountingResolver:
@@ -33,7 +33,7 @@ async def test_a_thousand_new_connections_within_the_ttl_cost_one_lookup(
     resolver = CountingResolver("127.0.0.1")
     dns = DnsCache(resolver, ttl=60.0)
     # max idle 0: every operation dials a new connection (the "before" pool's behaviour).
-    profile = small_profile(max_size=10, min_idle=0, max_idle=0, max_idle_grace=0.0)
+    profile = pooled_profile(max_size=10, min_idle=0, max_idle=0, max_idle_grace=0.0)
     async with CacheClient.create(
         read_url=hostname_url(redis_url, "redis.test"),
         profile=profile,
@@ -52,7 +52,7 @@ async def test_a_failed_dial_makes_the_next_one_resolve_again(
     # First answer: an address where nothing listens (Redis "moved"); then the right one.
     resolver = CountingResolver("127.0.0.2", "127.0.0.1")
     dns = DnsCache(resolver, ttl=60.0)
-    read_only = small_profile(min_idle=0)
+    read_only = pooled_profile(min_idle=0)
     profile = replace(read_only, write_pool=replace(read_only.write_pool, min_idle=0))
     async with CacheClient.create(
         read_url=hostname_url(redis_url, "redis.test"),
@@ -76,7 +76,7 @@ async def test_every_resolved_address_is_tried_in_turn(
 
     async with CacheClient.create(
         read_url=hostname_url(redis_url, "redis.test"),
-        profile=small_profile(min_idle=1),
+        profile=pooled_profile(min_idle=1),
         dns=DnsCache(two_addresses, ttl=60.0),
         key_prefix=key_prefix,
     ) as client:

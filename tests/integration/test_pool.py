@@ -12,7 +12,7 @@ import redis.asyncio as redis
 
 from postal.cache import CacheClient, CloseReason
 from postal_testing.redis_servers import running_redis
-from tests.integration.helpers import eventually, make_client, small_profile
+from tests.integration.helpers import eventually, make_client, pooled_profile
 
 
 async def client_names(raw_redis: redis.Redis) -> list[dict[str, str]]:
@@ -24,7 +24,7 @@ async def test_min_idle_connections_are_open_and_initialised_at_start(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     before = {c["id"] for c in await client_names(raw_redis)}
-    async with make_client(redis_url, key_prefix, small_profile(min_idle=4)) as client:
+    async with make_client(redis_url, key_prefix, pooled_profile(min_idle=4)) as client:
         stats = client.stats()
         assert (stats["read"].idle, stats["read"].opened, stats["read"].in_use) == (4, 4, 0)
         assert (stats["write"].idle, stats["write"].opened) == (1, 1)
@@ -39,7 +39,7 @@ async def test_min_idle_is_refilled_in_the_background(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     async with make_client(
-        redis_url, key_prefix, small_profile(min_idle=3, idle_time=0.1)
+        redis_url, key_prefix, pooled_profile(min_idle=3, idle_time=0.1)
     ) as client:
         pool = client.pool("read")
         await eventually(lambda: pool.stats().closed.get(CloseReason.IDLE_TIME, 0) >= 3)
@@ -50,7 +50,7 @@ async def test_min_idle_is_refilled_in_the_background(
 async def test_with_no_grace_max_idle_is_enforced_on_release(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    profile = small_profile(max_size=10, max_idle=3, max_idle_grace=0.0)
+    profile = pooled_profile(max_size=10, max_idle=3, max_idle_grace=0.0)
     async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(8)]
@@ -65,7 +65,7 @@ async def test_with_no_grace_max_idle_is_enforced_on_release(
 async def test_surplus_idle_connections_are_closed_after_the_grace_not_at_once(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    profile = small_profile(max_size=10, max_idle=3, max_idle_grace=0.3)
+    profile = pooled_profile(max_size=10, max_idle=3, max_idle_grace=0.3)
     async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(8)]
@@ -83,7 +83,7 @@ async def test_surplus_idle_connections_are_closed_after_the_grace_not_at_once(
 async def test_idle_time_is_enforced_by_the_reaper(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    profile = small_profile(min_idle=0, max_idle=5, idle_time=0.1)
+    profile = pooled_profile(min_idle=0, max_idle=5, idle_time=0.1)
     async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(4)]
@@ -97,7 +97,7 @@ async def test_idle_time_is_enforced_by_the_reaper(
 async def test_lifetime_never_closes_a_connection_in_use(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    profile = small_profile(min_idle=1, max_idle=2, max_lifetime=0.1, lifetime_jitter=0.0)
+    profile = pooled_profile(min_idle=1, max_idle=2, max_lifetime=0.1, lifetime_jitter=0.0)
     async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         connection = await pool.get_connection()
@@ -117,7 +117,7 @@ async def test_an_expired_idle_connection_is_not_handed_out(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     # A long maintenance interval: only the check at checkout can catch the expiry.
-    profile = small_profile(
+    profile = pooled_profile(
         min_idle=1, max_idle=1, max_lifetime=0.05, lifetime_jitter=0.0, maintenance_interval=60.0
     )
     async with make_client(redis_url, key_prefix, profile) as client:
@@ -134,7 +134,7 @@ async def test_an_expired_idle_connection_is_not_handed_out(
 async def test_lifetimes_are_jittered(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    profile = small_profile(min_idle=5, max_idle=5, max_lifetime=100.0, lifetime_jitter=0.1)
+    profile = pooled_profile(min_idle=5, max_idle=5, max_lifetime=100.0, lifetime_jitter=0.1)
     async with make_client(redis_url, key_prefix, profile) as client:
         pool = client.pool("read")
         held = [await pool.get_connection() for _ in range(5)]
@@ -153,7 +153,7 @@ async def test_the_pool_is_fair_under_contention(
 
     Fairness is judged by counts, not by wait times: on two shared cores a single stall of the
     event loop makes any one wait long, whatever the pool does."""
-    profile = small_profile(max_size=10, min_idle=10, max_idle=10, pool_timeout=4.0)
+    profile = pooled_profile(max_size=10, min_idle=10, max_idle=10, pool_timeout=4.0)
     client = make_client(redis_url, key_prefix, profile)
     await client.start()
     await client.set("fair", b"x" * 1024)
@@ -182,7 +182,7 @@ async def test_stats_and_repr_show_the_pool_state(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
     async with make_client(
-        redis_url, key_prefix, small_profile(max_size=4, min_idle=2, max_idle=3)
+        redis_url, key_prefix, pooled_profile(max_size=4, min_idle=2, max_idle=3)
     ) as client:
         pool = client.pool("read")
         held = await pool.get_connection()
@@ -198,7 +198,7 @@ async def test_stats_and_repr_show_the_pool_state(
 async def test_close_fails_waiters_and_closes_everything(
     redis_url: str, key_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    client = make_client(redis_url, key_prefix, small_profile(max_size=1, min_idle=1, max_idle=1))
+    client = make_client(redis_url, key_prefix, pooled_profile(max_size=1, min_idle=1, max_idle=1))
     await client.start()
     pool = client.pool("read")
     held = await pool.get_connection()
@@ -217,7 +217,7 @@ async def test_close_fails_waiters_and_closes_everything(
 
 async def test_start_does_not_fail_when_redis_is_down(key_prefix: str) -> None:
     async with CacheClient.create(
-        read_url="redis://127.0.0.1:1/0", profile=small_profile(), key_prefix=key_prefix
+        read_url="redis://127.0.0.1:1/0", profile=pooled_profile(), key_prefix=key_prefix
     ) as client:
         assert client.stats()["read"].total == 0
 
@@ -225,7 +225,7 @@ async def test_start_does_not_fail_when_redis_is_down(key_prefix: str) -> None:
 async def test_an_idle_connection_closed_by_the_server_is_not_handed_out(key_prefix: str) -> None:
     # A server of its own: the test kills every connection named postal-read on it.
     with running_redis() as server:
-        client = make_client(server.url, key_prefix, small_profile(min_idle=3, max_idle=3))
+        client = make_client(server.url, key_prefix, pooled_profile(min_idle=3, max_idle=3))
         await client.start()
         admin = redis.Redis.from_url(server.url)
         try:

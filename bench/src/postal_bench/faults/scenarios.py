@@ -189,9 +189,13 @@ class PoolExhausted(Fault):
     async def set_up(self, rig: FaultRig) -> None:
         server = await rig.redis()
         rig.use_redis(server.url)
-        # The settings require min idle <= max idle <= pool size.
+        # The settings require min idle <= max idle <= pool size. Reads take the pool, not
+        # the read pipeline, whose one connection is not the point here.
         rig.environment.update(
-            READ_REDIS_POOL_SIZE="1", READ_REDIS_MIN_IDLE="1", READ_REDIS_MAX_IDLE="1"
+            READ_REDIS_POOL_SIZE="1",
+            READ_REDIS_MIN_IDLE="1",
+            READ_REDIS_MAX_IDLE="1",
+            READ_REDIS_AUTOPIPELINE="false",
         )
 
     async def evidence(self, observed: Observed) -> Evidence:

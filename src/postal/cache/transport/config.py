@@ -145,10 +145,9 @@ class Profile:
     # When reads go to another server than writes (a replica), each invalidation waits, within
     # the SET deadline, for every replica to apply it (`replicas`).
     wait_for_replicas: bool = True
-    # Reads (GET, MGET) share a pipelined connection per node (`autopipeline`); None (the
-    # default until the open question in docs/architecture.md is settled): each read checks a
-    # connection out of the read pool.
-    read_pipeline: PipelineConfig | None = None
+    # Reads (GET, MGET) share a pipelined connection per node (`autopipeline`); None: each
+    # read checks a connection out of the read pool.
+    read_pipeline: PipelineConfig | None = PipelineConfig()
 
 
 TUNED = Profile()
