@@ -367,6 +367,32 @@ def test_the_floor_targets_are_issue_16s(
     assert check.line().count("NOT met") + check.line().count("not measured") == (not met)
 
 
+@pytest.mark.parametrize(
+    ("open_p99", "closed_p99", "met"),
+    [(1.0, 1.5, True), (1.0, 1.51, False), (1.51, 1.0, False), (None, 1.2, True)],
+)
+def test_the_p99_bound_holds_in_both_loops(
+    open_p99: float | None, closed_p99: float, met: bool
+) -> None:
+    """The closed loop (100 connections, where the issue measured its tails) counts too."""
+    check = FloorCheck(POSTAL, 0.9, open_p99, closed_p99)
+    assert check.p99_met is met
+    assert f"{closed_p99:.2f}x in the closed loop" in check.line()
+    assert check.to_json()["closed_p99_vs_floor"] == closed_p99
+
+
+def test_the_closed_loop_p99_ratio_is_the_median_of_per_run_ratios() -> None:
+    def run(closed_p99: float) -> HttpRun:
+        closed = RunResult(1000, 0, 1.0, 0.001, closed_p99, None)
+        return HttpRun(closed, RunResult(100, 0, 0.1, 0.001, 0.002, None))
+
+    floor = [run(0.004), run(0.004), run(0.005)]
+    postal = [run(0.006), run(0.008), run(0.005)]  # 1.5x, 2x, 1x
+    by_name = {FLOOR: floor, POSTAL: postal}
+    [summary] = [s for s in summarize(by_name) if s.name == POSTAL]
+    assert summary.closed_p99_vs_floor == pytest.approx(1.5)
+
+
 def test_each_run_is_shown_when_there_are_several() -> None:
     def run(rps: float, p99: float) -> HttpRun:
         closed = RunResult(int(rps), 0, 1.0, None, None, None)

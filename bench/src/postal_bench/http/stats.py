@@ -88,6 +88,9 @@ class TargetSummary:
     note: str | None = None
     topology: str = ""  # the Redis behind it (single, cluster...); "" for the floor: none
     cpu_per_request: float | None = None  # server CPU seconds a request, median of runs
+    # The closed loop's p99 (100 connections back to back: mostly queueing) against the
+    # floor's, median of per-run ratios; the p99 columns are the open loop's.
+    closed_p99_vs_floor: float | None = None
 
 
 def _paired(runs: Sequence[HttpRun], reference: Sequence[HttpRun] | None) -> list[HttpRun]:
@@ -113,10 +116,12 @@ def summarize_target(
     peer = _paired(runs, by_name.get(PEER))
     floor = _paired(runs, by_name.get(FLOOR))
 
-    def ratios(reference: Sequence[HttpRun], p99: bool) -> float | None:
+    def ratios(reference: Sequence[HttpRun], p99: bool, closed: bool = False) -> float | None:
         if not reference:
             return None
         pairs = zip(runs, reference, strict=True)
+        if closed:
+            return median([ratio(run.closed.p99, ref.closed.p99) for run, ref in pairs])
         if p99:
             return median([ratio(run.open.p99, ref.open.p99) for run, ref in pairs])
         return median([ratio(run.rps, ref.rps) for run, ref in pairs])
@@ -137,6 +142,7 @@ def summarize_target(
         note=note,
         topology="" if name == FLOOR else topology,
         cpu_per_request=median([run.cpu_per_request for run in runs]),
+        closed_p99_vs_floor=ratios(floor, p99=True, closed=True),
     )
 
 
@@ -293,6 +299,7 @@ def summary_json(summary: TargetSummary, description: str) -> dict[str, object]:
         "req_per_s_vs_floor": summary.rps_vs_floor,
         "p99_vs_peer": summary.p99_vs_peer,
         "p99_vs_floor": summary.p99_vs_floor,
+        "closed_p99_vs_floor": summary.closed_p99_vs_floor,
         "note": summary.note,
         "runs": [
             {

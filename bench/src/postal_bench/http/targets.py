@@ -6,7 +6,8 @@ Two sets, each on the medians and median per-run ratios of `http.stats`:
   peer's req/s, with an open-loop p99 under 5 ms;
 - against the floor (a bare route on the same server, same bytes), the near cache's: with the near
   cache on, at least 0.8x the floor's req/s and a p99 at most 1.5x the floor's; with it off, at
-  least 0.5x and at most 3x.
+  least 0.5x and at most 3x. The p99 bound holds in both loops: the open loop's (at 1,000 req/s)
+  and the closed loop's (100 connections back to back, where the issue measured its tails).
 
 A target whose figures were not measured (the target, or its reference, not in `--targets`) is
 "not measured", never met.
@@ -97,7 +98,8 @@ class FloorCheck:
 
     name: str  # POSTAL or POSTAL_NEAR_OFF
     rps_vs_floor: float | None
-    p99_vs_floor: float | None
+    p99_vs_floor: float | None  # the open loop's
+    closed_p99_vs_floor: float | None = None  # the closed loop's
 
     @property
     def rps_target(self) -> float:
@@ -113,7 +115,8 @@ class FloorCheck:
 
     @property
     def p99_met(self) -> bool | None:
-        return None if self.p99_vs_floor is None else self.p99_vs_floor <= self.p99_target
+        measured = [r for r in (self.p99_vs_floor, self.closed_p99_vs_floor) if r is not None]
+        return None if not measured else all(r <= self.p99_target for r in measured)
 
     @property
     def met(self) -> bool:
@@ -123,7 +126,8 @@ class FloorCheck:
         return (
             f"{self.name} ({FLOOR_LABELS[self.name]}): req/s {show_ratio(self.rps_vs_floor)}"
             f" of the floor's (>= {self.rps_target:g}x): {verdict(self.rps_met)};"
-            f" p99 {show_ratio(self.p99_vs_floor)} the floor's"
+            f" p99 {show_ratio(self.p99_vs_floor)} the floor's in the open loop,"
+            f" {show_ratio(self.closed_p99_vs_floor)} in the closed loop"
             f" (<= {self.p99_target:g}x): {verdict(self.p99_met)}"
         )
 
@@ -133,6 +137,7 @@ class FloorCheck:
             "rps_vs_floor": self.rps_vs_floor,
             "rps_target": self.rps_target,
             "p99_vs_floor": self.p99_vs_floor,
+            "closed_p99_vs_floor": self.closed_p99_vs_floor,
             "p99_target": self.p99_target,
             "met": self.met,
             "line": self.line(),
@@ -149,5 +154,9 @@ def check_floor_targets(
         if postal is None:
             checks.append(FloorCheck(name, None, None))
         else:
-            checks.append(FloorCheck(name, postal.rps_vs_floor, postal.p99_vs_floor))
+            checks.append(
+                FloorCheck(
+                    name, postal.rps_vs_floor, postal.p99_vs_floor, postal.closed_p99_vs_floor
+                )
+            )
     return checks
