@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from dataclasses import replace
 
+import redis as sync_redis
 import redis.asyncio as redis
 
 from postal.cache import CacheClient, CacheTimeouts, Guarded, GuardedKey, NearCache, ReadThrough
@@ -66,6 +68,30 @@ async def test_a_process_never_reads_its_own_write_stale(redis_url: str, key_pre
 
             assert await one.invalidator.invalidate_with([KEY], (), invalidate_and_fill)
             assert await one.read() == new
+
+
+async def test_invalidations_still_unread_on_the_socket_are_applied_before_a_hit(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A write that returned before this process's loop read its invalidation: the hit that
+    follows at once must not serve what it replaced, and the near cache stays usable."""
+    async with side(redis_url, key_prefix) as reader, side(redis_url, key_prefix) as writer:
+        await eventually(reader.near.usable)
+        await writer.write(b"v0")
+        for version in range(1, 51):
+            assert await served_from_memory(reader) == b"v%d" % (version - 1)
+            await asyncio.sleep(0)  # a new turn of the loop: its first `catch_up` is to come
+            # A blocking client on this thread: the loop reads nothing while the write is made
+            # and while its push arrives, so the push waits unread in the socket's buffer, as
+            # one that came after the loop's poll read a request and before its task ran.
+            with sync_redis.Redis.from_url(redis_url) as blocking:
+                blocking.incr(reader.cache.key(KEY.generation_key))
+                time.sleep(0.005)  # noqa: ASYNC251 - blocking the loop is the point
+            invalidations = reader.near.stats().invalidations
+            assert reader.near.usable()  # read and applied now, not skipped
+            assert reader.near.stats().invalidations == invalidations + 1
+            assert reader.near.get(KEY.key) is None
+            await writer.write(b"v%d" % version)
 
 
 class HeldReads(CacheClient):

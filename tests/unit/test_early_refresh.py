@@ -320,8 +320,8 @@ def test_delta_follows_the_mean_load_time_above_its_floor() -> None:
 class LiveTracking:
     live = True
 
-    def has_unread(self) -> bool:
-        return False
+    def catch_up(self) -> bool:
+        return True
 
 
 async def test_a_hit_near_its_expiry_answers_at_once_and_refreshes_behind() -> None:

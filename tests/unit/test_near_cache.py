@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from postal.cache import Guarded, NearCache, guarded
-from postal.cache.policy.near import ENTRY_OVERHEAD
+from postal.cache.policy.near import ENTRY_OVERHEAD, RECENT_INVALIDATIONS
 
 PREFIX = "p:"
 
@@ -17,8 +17,8 @@ class LiveTracking:
     live = True
     unread = False
 
-    def has_unread(self) -> bool:
-        return self.unread
+    def catch_up(self) -> bool:  # what waited unread was applied, unless it could not be
+        return not self.unread
 
 
 class Clock:
@@ -67,14 +67,52 @@ def test_a_shared_generation_drops_every_entry_it_guards() -> None:
     assert cache.stats().entries == 0
 
 
-def test_a_reply_read_while_something_was_invalidated_is_not_stored() -> None:
+@pytest.mark.parametrize(
+    "changed", [b"p:post:{1}", b"p:post:{1}:gen", b"p:epoch:{1}"], ids=["value", "gen", "epoch"]
+)
+def test_a_reply_read_while_its_key_was_invalidated_is_not_stored(changed: bytes) -> None:
     cache = near()
     key = guarded("post", "1")
     taken = cache.sequence  # before the GET is sent
-    cache.invalidated([b"p:post:{2}"])  # any key: one counter for all
-    assert not cache.put(key.key, key.generation_key, Guarded(b"old", 0), taken)
+    cache.invalidated([b"p:post:{2}", changed])
+    assert not cache.put(key.key, key.generation_key, Guarded(b"old", 0), taken, "epoch:{1}")
     assert served(cache, key.key) is None
     assert cache.stats().stale_rejected == 1
+
+
+def test_a_reply_is_stored_when_only_other_keys_changed_meanwhile() -> None:
+    # Every miss's fill is a write under the prefix: with one counter for all keys, a steady
+    # share of misses left no read able to store.
+    cache = near()
+    key = guarded("post", "1")
+    taken = cache.sequence
+    for n in range(2, 50):
+        cache.invalidated([f"p:post:{{{n}}}".encode(), f"p:post:{{{n}}}:gen".encode()])
+    cache.evict(["post:{77}"])  # an own write of another post
+    assert cache.put(key.key, key.generation_key, Guarded(b"v", 0), taken, "epoch:{1}")
+    assert served(cache, key.key) == b"v"
+
+
+def test_a_reply_read_before_a_flush_is_not_stored() -> None:
+    cache = near()
+    key = guarded("post", "1")
+    taken = cache.sequence
+    cache.invalidated(None)
+    assert not cache.put(key.key, key.generation_key, Guarded(b"old", 0), taken)
+    assert cache.put(key.key, key.generation_key, Guarded(b"new", 0), cache.sequence)
+
+
+def test_a_reply_older_than_the_remembered_invalidations_is_not_stored() -> None:
+    cache = near()
+    key = guarded("post", "1")
+    taken = cache.sequence
+    cache.invalidated([b"p:post:{1}"])  # the one that matters...
+    for n in range(RECENT_INVALIDATIONS):  # ...pushed out of the history by others
+        cache.invalidated([f"p:other:{n}".encode()])
+    assert not cache.put(key.key, key.generation_key, Guarded(b"old", 0), taken)
+    later = cache.sequence
+    cache.invalidated([b"p:other:x"])
+    assert cache.put(key.key, key.generation_key, Guarded(b"new", 0), later)
 
 
 def test_own_writes_evict_at_once() -> None:
@@ -101,7 +139,7 @@ def test_everything_goes_when_redis_flushes_or_tracking_changes(event: str) -> N
     assert served(cache, "post:{1}") is None
 
 
-def test_not_usable_while_tracking_is_not_live_or_has_unread_bytes() -> None:
+def test_not_usable_while_tracking_is_not_live_or_cannot_catch_up() -> None:
     cache = near()
     tracking = cache.tracking
     assert cache.usable()

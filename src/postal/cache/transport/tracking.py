@@ -13,9 +13,15 @@ a key under the prefix changes (written, deleted, expired, evicted), whoever cha
   connection: one connection, one parser.
 - Hand-written rather than redis-py's connection: the pushes are applied in the protocol's
   receive callback (`data_received`), synchronously, so that they land before any request that
-  arrived in the same turn of the event loop runs, and `has_unread()` can tell a reader, in one
-  system call, that bytes are waiting that may hold an invalidation. redis-py reads in a task,
-  a turn of the loop later. The parser is hiredis's, the command packer redis-py's.
+  arrived in the same turn of the event loop runs; and `catch_up()` applies, before a hit is
+  served, whatever bytes wait on the socket that the loop has not handed over yet: an
+  invalidation may be among them, sent before a write returned to a client who now reads. It
+  reads them itself, from a duplicate of the socket's descriptor (one `poll` when nothing
+  waits), rather than have the reader skip the near cache: under a steady stream of
+  invalidations (every fill is a write under the prefix) something nearly always waits, and
+  the near cache was then skipped for most reads. Over TLS the bytes cannot be read beside the
+  transport, and the reader skips the near cache as before. redis-py reads in a task, a turn of
+  the loop later. The parser is hiredis's, the command packer redis-py's.
 
 A node's tracking is *live* while the connection is up, tracking was confirmed, and a PING sent
 every `heartbeat` seconds was answered within `dead_after`; a PING not answered in time aborts
@@ -51,6 +57,7 @@ import asyncio
 import contextlib
 import logging
 import select
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
@@ -67,6 +74,8 @@ INVALIDATE = b"invalidate"
 HEARTBEAT = 0.5  # seconds between two PINGs on a live tracking connection
 DEAD_AFTER = 1.5  # seconds without a PONG after which tracking is not live
 MAX_BACKOFF = 2.0  # seconds between two dials of a tracking connection that keeps failing
+CATCH_UP_READS = 8  # reads of the socket one `catch_up` makes at most; more waiting: skip
+CATCH_UP_CHUNK = 65536  # bytes a read takes at most
 
 
 class NotPrimary(ConnectionError):
@@ -161,6 +170,10 @@ class NodeTracking:
         self.client_id: int | None = None  # the connection's CLIENT ID, while it is up
         self._protocol: _TrackingProtocol | None = None
         self._poll: select.poll | None = None
+        # A duplicate of the connection's socket, for `catch_up` to read what the loop has not
+        # yet: its own descriptor, so it can never be another connection's after a close. None
+        # while down, and over TLS.
+        self._unread: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _answered(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -183,11 +196,27 @@ class NodeTracking:
         else:
             self._lapse = loop.call_at(due, self._check_lapse)
 
-    def has_unread(self) -> bool:
-        """Whether bytes wait on the connection that the loop has not handed to the protocol
-        yet: an invalidation may be among them."""
+    def catch_up(self) -> bool:
+        """Apply now what waits unread on the connection (see the module); whether nothing
+        is left unread. False over TLS, at the connection's end, or when more keeps coming
+        than `CATCH_UP_READS` reads take: the caller then skips the near cache."""
         poll = self._poll
-        return poll is not None and bool(poll.poll(0))
+        if poll is None or not poll.poll(0):
+            return True
+        unread, protocol = self._unread, self._protocol
+        if unread is None or protocol is None:
+            return False
+        try:
+            for _ in range(CATCH_UP_READS):
+                data = unread.recv(CATCH_UP_CHUNK)
+                if not data:
+                    return False  # the server closed it: the transport sees the end next
+                protocol.data_received(data)
+        except (BlockingIOError, InterruptedError):
+            return True  # all read and applied
+        except OSError:
+            return False  # reset: the transport sees the error next
+        return not poll.poll(0)
 
     @property
     def started(self) -> bool:
@@ -219,8 +248,15 @@ class NodeTracking:
             self._lapse.cancel()
             self._lapse = None
         self._poll = None
+        self._close_unread()
         if was_confirmed:
             self.listener.tracking_changed(False)
+
+    def _close_unread(self) -> None:
+        # The duplicate keeps the socket open: closed with the connection, never after.
+        unread, self._unread = self._unread, None
+        if unread is not None:
+            unread.close()
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -265,8 +301,14 @@ class NodeTracking:
             loop = asyncio.get_running_loop()
             assert protocol.transport is not None
             sock = protocol.transport.get_extra_info("socket")
+            if protocol.transport.get_extra_info("sslcontext") is None:
+                self._unread = sock.dup()
+                self._unread.setblocking(False)
+                descriptor = self._unread.fileno()
+            else:
+                descriptor = sock.fileno()  # TLS: polled only (`catch_up` says False)
             self._poll = select.poll()
-            self._poll.register(sock.fileno(), select.POLLIN)
+            self._poll.register(descriptor, select.POLLIN)
             self.confirmed = True
             self._answered(loop)
             self.connects += 1
@@ -281,6 +323,8 @@ class NodeTracking:
                     await self._beat(protocol)
                 self._answered(loop)
         finally:
+            self._poll = None
+            self._close_unread()
             if protocol.transport is not None:
                 protocol.transport.abort()
             self._protocol = None
@@ -302,6 +346,7 @@ class Tracking:
     def __init__(self, nodes: Sequence[NodeTracking]) -> None:
         self.nodes = list(nodes)
         self._started = False
+        self._caught_up = False  # nothing was left unread when asked earlier in this loop turn
 
     @property
     def live(self) -> bool:
@@ -313,8 +358,27 @@ class Tracking:
                 return False
         return True
 
-    def has_unread(self) -> bool:
-        return any(node.has_unread() for node in self.nodes)
+    def catch_up(self) -> bool:
+        """`NodeTracking.catch_up` on every node: whether nothing is left unread on any.
+
+        Once per turn of the event loop: a request's task runs in a turn after the one in
+        which its bytes were read, so every invalidation that reached this host before the
+        request did was either ready at the poll that read the request (and applied then, in
+        the receive callback) or is read by the first `catch_up` of the turn. Asking again for
+        each request of the turn cost a `poll` system call each, 6% of a busy worker's CPU.
+        The turn's end is marked by a callback that runs before anything read after it."""
+        if self._caught_up:
+            return True
+        caught_up = True
+        for node in self.nodes:
+            caught_up = node.catch_up() and caught_up  # every node, even after one fails
+        if caught_up:
+            self._caught_up = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        return caught_up
+
+    def _next_turn(self) -> None:
+        self._caught_up = False
 
     def start(self) -> None:
         self._started = True
