@@ -254,7 +254,7 @@ class Settings(BaseSettings):
     read_redis_read_timeout: Duration = 2.0
     read_redis_write_timeout: Duration = 2.0
     # Automatic pipelining of reads (`cache/transport/autopipeline.py`): concurrent GETs and
-    # MGETs to a node share one connection, written once per event-loop turn. MAX_IN_FLIGHT:
+    # MGETs to a node share one connection, batched per event-loop turn when dense. MAX_IN_FLIGHT:
     # commands unanswered on it, past which reads use the pool; STALE_HEAD: a connection whose
     # oldest command waited this long takes no more until it is answered.
     read_redis_autopipeline: bool = True

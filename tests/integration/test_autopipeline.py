@@ -23,6 +23,7 @@ from postal.cache import (
     PoolConfig,
     Profile,
 )
+from postal.cache.transport.autopipeline import DENSE_TURN
 from postal_testing.proxy import FaultProxy
 from postal_testing.redis_servers import RedisServer
 
@@ -92,9 +93,49 @@ async def test_concurrent_reads_share_one_write(server: RedisServer, admin: redi
             assert values == [b"v"] * READERS
             assert calls_after - calls_before == READERS  # each read did reach Redis
             assert after.commands - before.commands == READERS
-            assert after.writes - before.writes == 1  # ... in one write
+            # The turn's first DENSE_TURN at once, the rest in one write at its end...
+            assert after.writes - before.writes == DENSE_TURN + 1
             assert after.bypassed == before.bypassed
             assert client.stats()["read"].in_use == 0  # no pooled connection was taken
+            # ... and after a turn that dense, the next turn's all in one write.
+            values = await asyncio.gather(*(client.get("k") for _ in range(READERS)))
+            assert values == [b"v"] * READERS
+            assert one(client).writes - after.writes == 1
+
+
+async def test_a_lone_read_is_written_at_once_not_at_the_turns_end(server: RedisServer) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            await client.set("k", b"v")
+            for _ in range(3):
+                await asyncio.sleep(0.01)  # quiet turns: nothing is batched
+                writes = one(client).writes
+                read = asyncio.ensure_future(client.get("k"))
+                await asyncio.sleep(0)  # the read's task runs and sends; the turn goes on
+                assert one(client).writes == writes + 1
+                assert await read == b"v"
+
+
+async def test_reads_written_at_once_and_in_batches_get_their_own_replies(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    # Waves across turns, each past DENSE_TURN, some waves right after a dense turn: every
+    # reply must reach its own reader, whichever way its command went out.
+    keys = [f"k{n}" for n in range(3 * DENSE_TURN)]
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            for key in keys:
+                await client.set(key, key.encode())
+            reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
+            for wave in range(6):
+                for key in keys[: (wave + 1) * 4]:
+                    reads.append((key, asyncio.ensure_future(client.get(key))))
+                await asyncio.sleep(0)
+            for key, read in reads:
+                assert await read == key.encode()
+            assert one(client).writes < len(reads)  # some were batched
 
 
 async def test_a_deadline_mid_pipeline_discards_exactly_its_reply(
