@@ -203,6 +203,13 @@ def hit_rate_cell(runs: Sequence[ProfileRun]) -> str:
     return f"{show_share(overall)} ({show_share(answered)})"
 
 
+def reads_cell(runs: Sequence[ProfileRun]) -> str:
+    """Reads the near cache answered, and GETs sent to Redis (the cache GET rows' count)."""
+    near = median([run.items.cache.near_hits for run in runs])
+    gets = median([run.items.cache.gets for run in runs])
+    return f"{show_count(near)} / {show_count(gets)}"
+
+
 def errors_cell(runs: Sequence[ProfileRun]) -> str:
     return f"{sum(run.request_errors for run in runs)} / {sum(run.cache_errors for run in runs)}"
 
@@ -241,6 +248,12 @@ ROWS = (
         lambda run: run.items.cache.hit_rate,
         show_share,
         cell=hit_rate_cell,
+    ),
+    RowSpec(
+        "reads: near cache / Redis GETs",
+        lambda run: run.items.cache.near_hits,
+        show_count,
+        cell=reads_cell,
     ),
     RowSpec("Redis connections opened", lambda run: run.connections_opened, show_count, "lower"),
     RowSpec("... accepted by the proxy", lambda run: run.proxy_accepted, show_count, "lower"),
@@ -386,6 +399,7 @@ def phase_json(phase: Phase) -> dict[str, object]:
         "latency_ms": {f"p{q:g}": _ms(value) for q, value in phase.latency.items()},
         "cache": {
             "gets": cache.gets,
+            "near_hits": cache.near_hits,
             "hits": cache.hits,
             "misses": cache.misses,
             "timed": cache.timed,
