@@ -3,7 +3,8 @@
 Every test that takes `api` runs twice: on one Redis (`redis`) and on a Redis Cluster of three
 masters (`cluster`), so the whole posts API suite holds on both. `api_redis` is a plain redis-py
 client on whichever the test's `api` uses, to look at or tamper with what the service stored.
-`own_redis` is a Redis server of the test's own.
+`own_redis` is a Redis server of the test's own; `two_servers` two, to make a primary and a
+replica of.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def two_servers() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """Two Redis servers of the test's own, started, not yet replicating; removed afterwards."""
+    primary, replica = RedisServer(), RedisServer()
+    try:
+        primary.start()
+        replica.start()
+        yield primary, replica
+    finally:
+        replica.cleanup()
+        primary.cleanup()
 
 
 @pytest.fixture(params=["redis", "cluster"])

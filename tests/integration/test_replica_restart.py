@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -33,19 +32,6 @@ OLD, NEW = b"old", b"new"
 WATCHED = 1.0  # seconds of reads after the restart: the last answer's age is below a refresh
 
 
-@pytest.fixture
-def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary, replica = RedisServer(), RedisServer()
-    try:
-        primary.start()
-        replica.start()
-        replica.replicate(primary)
-        yield primary, replica
-    finally:
-        replica.cleanup()
-        primary.cleanup()
-
-
 async def put_old_on_disk_and_new_in_memory(
     primary: RedisServer, replica: RedisServer, key: str
 ) -> None:
@@ -60,9 +46,10 @@ async def put_old_on_disk_and_new_in_memory(
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["pool", "read-pipeline"])
 async def test_a_replica_restarted_with_old_data_serves_none_of_it(
-    servers: tuple[RedisServer, RedisServer], key_prefix: str, pipelined: bool
+    two_servers: tuple[RedisServer, RedisServer], key_prefix: str, pipelined: bool
 ) -> None:
-    primary, replica = servers
+    primary, replica = two_servers
+    await asyncio.to_thread(replica.replicate, primary)
     await put_old_on_disk_and_new_in_memory(primary, replica, key_prefix + KEY)
     profile = replace(
         small_profile(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 import pytest
@@ -38,20 +38,8 @@ class Pair:
 
 
 @pytest.fixture
-def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary, replica = RedisServer(), RedisServer()
-    try:
-        primary.start()
-        replica.start()
-        yield primary, replica
-    finally:
-        replica.cleanup()
-        primary.cleanup()
-
-
-@pytest.fixture
-async def pair(servers: tuple[RedisServer, RedisServer]) -> AsyncIterator[Pair]:
-    primary, replica = servers
+async def pair(two_servers: tuple[RedisServer, RedisServer]) -> AsyncIterator[Pair]:
+    primary, replica = two_servers
     async with FaultProxy(primary.port) as link:
         # In a thread: the proxy forwarding the sync runs on this event loop.
         await asyncio.to_thread(replica.replicate, primary, via_port=link.port)

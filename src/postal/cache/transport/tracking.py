@@ -216,6 +216,11 @@ class NodeTracking:
             return True  # all read and applied
         except OSError:
             return False  # reset: the transport sees the error next
+        except hiredis.ProtocolError:  # a stream that cannot be parsed: this connection is done
+            logger.warning("tracking connection to %s sent what cannot be parsed", self.node.name)
+            if protocol.transport is not None:
+                protocol.transport.abort()  # lost: flushed, and dialled again
+            return False
         return not poll.poll(0)
 
     @property
