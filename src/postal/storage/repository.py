@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeAlias
 
-from sqlalchemy import Row, Select, delete, func, insert, select, update
+from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postal.posts.errors import PostNotFound, VersionConflict, VersionNotFound
@@ -66,6 +66,11 @@ _VERSION_COLUMNS = (
 # A list of versions leaves the body out (`VersionSummary`): not even read from the database.
 _SUMMARY_COLUMNS = tuple(column for column in _VERSION_COLUMNS if column.name != "body")
 
+# `get`, every cache miss's query, built once: SQLAlchemy memoizes a statement's cache key on the
+# statement object, so building it per call (and its `id = ...` clause) cost a miss about 5% of
+# its CPU in a profile, for the same SQL each time.
+_GET_POST = select(*POST_COLUMNS).where(posts.c.id == bindparam("post_id"))
+
 
 class SqlPostRepository:
     """`PostRepository` on SQLAlchemy Core: PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
@@ -92,7 +97,7 @@ class SqlPostRepository:
 
     async def get(self, post_id: int) -> Post | None:
         async with self._read() as connection:
-            result = await connection.execute(select(*POST_COLUMNS).where(posts.c.id == post_id))
+            result = await connection.execute(_GET_POST, {"post_id": post_id})
             row = result.one_or_none()
         return None if row is None else post_from_row(row)
 
