@@ -52,7 +52,8 @@ from postal.cache.transport import Tracking
 ENTRY_OVERHEAD = 240  # bytes an entry costs beyond its key and payload: dict slot, tuple, set
 # Keys whose last invalidation is remembered (for `put`'s check); past it the oldest is
 # forgotten, and reads sent before it can no longer store. 16,384 keys is seconds of invalidations
-# at the busiest rates seen, against milliseconds a read takes; about 2 MiB at most.
+# at the busiest rates seen, against milliseconds a read takes. Not counted in `max_bytes`:
+# 2.75 MiB measured for 16,384 keys of the form "postal:post:{n}:gen", more for longer keys.
 RECENT_INVALIDATIONS = 16_384
 
 
