@@ -75,10 +75,7 @@ class PostalConnection(Connection):
         EOF or an error on the stream; checking costs no system call and saves a request a
         failed command.
         """
-        reader = self._reader
-        if not self.is_connected or reader is None:
-            return False
-        return not reader.at_eof() and reader.exception() is None
+        return self.is_connected and self._reader is not None and not self.closed_by_peer
 
     @property
     def closed_by_peer(self) -> bool:
