@@ -96,19 +96,3 @@ def processes_named(name: str) -> float | None:
         if command == name:
             total += _cpu_of(stat)
     return total
-
-
-def child_listening_on(port: int) -> int | None:
-    """The pid of this process's child whose command line says `--port <port>`, if any."""
-    parent = os.getpid()
-    wanted = f"\0--port\0{port}\0".encode()
-    for entry in PROC.glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rpartition(")")[2].split()[1]) != parent:
-                continue
-            if wanted in (entry / "cmdline").read_bytes():
-                return int(entry.name)
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not readable
-    return None

@@ -160,7 +160,7 @@ class CpuMark:
         """The counters now, and the connections the proxy has accepted so far."""
         stats = await proxy.stats()
         mark = cls(
-            server=cpu_time.process_cpu(server_pid),
+            server=cpu_time.tree_cpu(server_pid),
             proxy=stats.cpu_s,
             load=time.process_time(),
             redis=cpu_time.processes_named("redis-server"),
@@ -227,7 +227,7 @@ class SeedBench:
         self, server: ServerProcess, paths: Sequence[str], label: str, progress: StepProgress
     ) -> Phase:
         """One measured load, with the scrapes, proxy counts and CPU marks around it."""
-        server_pid = cpu_time.child_listening_on(server.port)
+        server_pid = server.pid
         first = await scrape(server)
         mark, accepted = await CpuMark.take(server_pid, self.proxy)
         started = time.perf_counter()
