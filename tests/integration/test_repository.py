@@ -13,15 +13,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.posts.errors import DatabaseUnavailable, PostNotFound, VersionConflict, VersionNotFound
 from postal.posts.models import ListFilter, Post, PostContent
 from postal.posts.ports import PostRepository
 from postal.storage.db import create_engine, database_errors
+from postal.storage.driver import driver_fetchrow
 from postal.storage.repository import SqlPostRepository, page_query
 from tests.support.database import tag_rows_in_step, terminate_connections
 
@@ -496,6 +498,66 @@ async def test_other_errors_are_not_unavailability(postgres_engine: AsyncEngine)
         await repo.create(PostContent(title="x" * 201, body="", author="a"))
     assert not isinstance(raised.value, DatabaseUnavailable)
     assert await repo.list_page(limit=1, before_id=None) == []  # nothing half-written
+
+
+# -- get on PostgreSQL's driver -----------------------------------------------------------------
+
+
+async def test_postgres_get_goes_around_sqlalchemy_unless_statements_are_listened_to(
+    postgres_engine: AsyncEngine,
+) -> None:
+    repo = SqlPostRepository(postgres_engine)  # nothing listens yet: `get` uses the driver
+    post = await repo.create(FIRST)
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(postgres_engine.sync_engine, "before_cursor_execute", listen)
+    try:
+        assert await repo.get(post.id) == post  # the same Post as through SQLAlchemy
+        assert await repo.get(post.id + 1) is None
+        assert seen == []  # decided when the repository was built
+        await repo.list_page(limit=1, before_id=None)
+        assert len(seen) == 1  # other reads go through SQLAlchemy
+        listened = SqlPostRepository(postgres_engine)  # built while a listener is attached
+        assert await listened.get(post.id) == post
+        assert len(seen) == 2
+        assert "FROM posts" in seen[1]
+    finally:
+        event.remove(postgres_engine.sync_engine, "before_cursor_execute", listen)
+
+
+async def test_driver_statement_timeout_is_unavailable(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="statement timeout"):
+            await driver_fetchrow(engine, "SELECT pg_sleep(3)")
+        assert time.monotonic() - started < 1.5
+        assert dict(await driver_fetchrow(engine, "SELECT 1 AS one")) == {"one": 1}  # recovered
+    finally:
+        await engine.dispose()
+
+
+async def test_driver_statement_cancelled_mid_way_leaves_no_connection_behind(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url, pool_size=1, timeout=5.0)
+    try:
+        sleeping = asyncio.ensure_future(driver_fetchrow(engine, "SELECT pg_sleep(5)"))
+        await asyncio.sleep(0.2)
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+        # The interrupted connection was closed, not handed back with a statement still running:
+        # the pool's only slot is free, and the next statement runs at once.
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        started = time.monotonic()
+        assert dict(await driver_fetchrow(engine, "SELECT 2 AS two")) == {"two": 2}
+        assert time.monotonic() - started < 1.0
+    finally:
+        await engine.dispose()
 
 
 # -- engines -------------------------------------------------------------------------------------

@@ -190,6 +190,14 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         raise unavailable from error
 
 
+def unavailable_while_connecting(engine: AsyncEngine, error: Exception) -> DatabaseUnavailable:
+    """Any error while connecting, as `DatabaseUnavailable` (see `database_errors`): for a
+    connection taken from the pool without SQLAlchemy's wrapping, whose errors are the driver's
+    own (asyncpg's, or SQLAlchemy's adapter around them, the driver's as its cause)."""
+    cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+    return _unavailable(engine, cause, DatabaseUnavailable)
+
+
 def _as_unavailable(
     engine: AsyncEngine, error: Exception, kind: type[DatabaseUnavailable]
 ) -> DatabaseUnavailable | None:
