@@ -190,10 +190,10 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         raise unavailable from error
 
 
-def unavailable_while_connecting(engine: AsyncEngine, error: Exception) -> DatabaseUnavailable:
-    """Any error while connecting, as `DatabaseUnavailable` (see `database_errors`): for a
-    connection taken from the pool without SQLAlchemy's wrapping, whose errors are the driver's
-    own (asyncpg's, or SQLAlchemy's adapter around them, the driver's as its cause)."""
+def driver_unavailable(engine: AsyncEngine, error: Exception) -> DatabaseUnavailable:
+    """`error` as `DatabaseUnavailable` (see `database_errors`), for a connection taken from the
+    pool without SQLAlchemy's wrapping that could not be had or was found dead: its errors are
+    the driver's own (asyncpg's, or SQLAlchemy's adapter around them, the driver's as its cause)."""
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
     return _unavailable(engine, cause, DatabaseUnavailable)
 

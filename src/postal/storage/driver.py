@@ -8,7 +8,8 @@ here, measured with 20 reads at a time on this machine. The pool, its timeout an
 connections' set-up (statement timeout, JSON codecs) are the engine's, as for any statement.
 
 What SQLAlchemy does around a failed statement is done here too:
-- outages map as in `db.database_errors`, any error while connecting included;
+- outages map as in `db.database_errors`, any error while connecting or on a connection found
+  dead included;
 - a connection whose statement failed or was interrupted (a cancelled request) is invalidated,
   not handed back: what state the driver left it in is not known;
 - a connection found dead (a PostgreSQL restart, a failover, a killed backend) invalidates every
@@ -28,13 +29,16 @@ from asyncpg import exceptions as pg_errors
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postal.storage.db import database_errors, unavailable_while_connecting
+from postal.storage.db import database_errors, driver_unavailable
 
 SQLALCHEMY_CHECKED: Final = "2.1.9"  # the version `Pool._invalidate` was read in
 
-# The connection itself is gone: refused, reset, closed, or its backend terminated.
+# The connection itself is gone: refused, reset, closed, or its backend terminated. asyncpg
+# raises InternalClientError ("another operation is in progress") when a statement is sent on a
+# connection whose backend was terminated and whose close it has not processed yet.
 _DISCONNECTS: Final = (
     OSError,
+    pg_errors.InternalClientError,
     pg_errors.PostgresConnectionError,
     pg_errors.InterfaceError,
     pg_errors.AdminShutdownError,
@@ -50,17 +54,17 @@ async def driver_fetchrow(engine: AsyncEngine, sql: str, *arguments: Any) -> Any
         except exc.TimeoutError:
             raise  # no pooled connection came free in time: `database_errors` says so
         except Exception as error:
-            raise unavailable_while_connecting(engine, error) from error
+            raise driver_unavailable(engine, error) from error
         try:
             driver = connection.driver_connection
-            if driver is None:  # only a connection already closed has none
+            if driver is None or driver.is_closed():  # seen closed: not worth sending on
                 raise ConnectionError("connection is closed")
             return await driver.fetchrow(sql, *arguments)
-        except BaseException as error:
-            if isinstance(error, _DISCONNECTS):
-                engine.sync_engine.pool._invalidate(connection, error)
-            else:
-                connection.invalidate()
+        except _DISCONNECTS as error:
+            engine.sync_engine.pool._invalidate(connection, error)
+            raise driver_unavailable(engine, error) from error
+        except BaseException:
+            connection.invalidate()
             raise
         finally:
             connection.close()
