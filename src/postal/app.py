@@ -261,6 +261,7 @@ def create_app(
     app.state.metrics = metrics
     app.measure = partial(HttpMetrics, metrics=metrics, routes=app.router.routes)
     app.max_in_flight = settings.postal_max_in_flight  # admission: `api/admission.py`
+    app.turn_budget = settings.postal_turn_budget or None  # `api/turn_budget.py`; 0: off
     app.loopback_only = settings.loopback_only  # no token: `api/loopback.py`
     app.access_log = AccessLog() if settings.postal_access_log else None  # `api/access_log.py`
     app.tracing = None if tracer is None else RequestSpans(tracer)  # `api/tracing.py`

@@ -78,6 +78,7 @@ METRIC_LABELS: Mapping[str, Labels] = {
     "postal_replica_waits_total": {"outcome": frozenset(REPLICA_WAIT_OUTCOMES)},
     "postal_http_request_duration_seconds": {"method": None, "route": None, "status": None},
     "postal_http_requests_refused_total": {},
+    "postal_http_requests_deferred_total": {},
     "postal_near_cache_reads_total": {"outcome": frozenset({"hit", "miss"})},
     "postal_near_cache_evictions_total": {"reason": frozenset({"size", "ttl", "invalidated"})},
     "postal_near_cache_flushes_total": {},

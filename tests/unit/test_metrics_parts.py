@@ -417,6 +417,7 @@ def test_the_names_are_the_issues_and_every_metric_is_exposed() -> None:
         "postal_replica_waits_total",
         "postal_http_request_duration_seconds",
         "postal_http_requests_refused_total",
+        "postal_http_requests_deferred_total",
         "postal_near_cache_reads_total",
         "postal_near_cache_evictions_total",
         "postal_near_cache_flushes_total",

@@ -18,7 +18,8 @@ on): each middleware layer costs a coroutine and a `send` wrapper per request, w
 
 Being the outermost layer, it is also where admission is checked (`api/admission.py`): it counts
 the HTTP requests in flight, its own and the app's, and refuses one over the bound before
-anything else is done for it.
+anything else is done for it. Then an admitted request starts within the loop-turn budget
+(`api/turn_budget.py`), or in a later turn.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from postal.api.request_id import HEADER, RequestIdMiddleware, RequestIds
 from postal.api.routes.reads import post_id_or_none
 from postal.api.routes.reads import routes as read_routes
 from postal.api.tracing import RequestSpans, TracingMiddleware
+from postal.api.turn_budget import TurnBudget
 from postal.observability.logging import request_id
 from postal.posts.errors import DatabaseUnavailable
 from postal.posts.service import PostService
@@ -56,8 +58,9 @@ TEMPLATE: str = ROUTE.path_format
 
 
 class FastReads:
-    """The outermost layer: admission, then the fast lane, else `app`. `max_in_flight`: the
-    bound on HTTP requests in flight (None: no bound); `in_flight`: how many there are now."""
+    """The outermost layer: admission, the turn budget, then the fast lane, else `app`.
+    `max_in_flight`: the bound on HTTP requests in flight (None: no bound); `in_flight`: how
+    many there are now. `turn_budget`: None, requests start as soon as they arrive."""
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class FastReads:
         max_in_flight: int | None = None,
         access_log: AccessLog | None = None,
         tracing: RequestSpans | None = None,
+        turn_budget: TurnBudget | None = None,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
@@ -78,6 +82,7 @@ class FastReads:
         self._tracing = tracing  # None: off, and so is this one
         self.max_in_flight = max_in_flight
         self._limit = sys.maxsize if max_in_flight is None else max_in_flight
+        self._turn_budget = turn_budget
         self.in_flight = 0  # one event loop per worker: a plain integer, no lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,6 +98,9 @@ class FastReads:
             return
         self.in_flight += 1
         try:
+            put_off = self._turn_budget is not None and await self._turn_budget.wait()
+            if put_off and self._metrics is not None:
+                self._metrics.deferred()
             if scope["method"] == "GET" and path.startswith(PREFIX):
                 post_id = post_id_or_none(path[len(PREFIX) :])
                 if post_id is not None:
@@ -173,13 +181,15 @@ class PostalApp(FastAPI):
     of all of it, so not even a cached read is answered to anyone else. `access_log`, set by
     `create_app` when POSTAL_ACCESS_LOG is on: the access log, written by a layer inside the
     request ids and by `FastReads` for its own requests. `tracing`, set by `create_app` when
-    POSTAL_TRACING is on: the request spans (`api/tracing.py`), made the same two ways."""
+    POSTAL_TRACING is on: the request spans (`api/tracing.py`), made the same two ways.
+    `turn_budget`, set by `create_app`: POSTAL_TURN_BUDGET in seconds (None: off)."""
 
     measure: Callable[[ASGIApp], HttpMetrics] | None = None
     max_in_flight: int | None = None
     loopback_only: bool = False
     access_log: AccessLog | None = None
     tracing: RequestSpans | None = None
+    turn_budget: float | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = super().build_middleware_stack()
@@ -199,5 +209,6 @@ class PostalApp(FastAPI):
             max_in_flight=self.max_in_flight,
             access_log=self.access_log,
             tracing=self.tracing,
+            turn_budget=None if self.turn_budget is None else TurnBudget(self.turn_budget),
         )
         return LoopbackOnly(outer) if self.loopback_only else outer

@@ -123,6 +123,7 @@ class HttpMetrics:
         self._templates = RouteTemplates(routes)
         self._bound: dict[tuple[str, str, int], HistogramBatch] = {}
         self._refused = metrics.batches.counter(metrics.http_requests_refused)
+        self._deferred = metrics.batches.counter(metrics.http_requests_deferred)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,6 +158,10 @@ class HttpMetrics:
     def refused(self) -> None:
         """One request refused by admission control; called by the outermost layer."""
         self._refused.inc()
+
+    def deferred(self) -> None:
+        """One request whose start the turn budget put off to a later turn of the loop."""
+        self._deferred.inc()
 
     def _bind(self, key: tuple[str, str, int]) -> HistogramBatch:
         method, route, status = key

@@ -66,6 +66,7 @@ DNS_LOOKUPS = "postal_dns_lookups_total"
 REPLICA_WAITS = "postal_replica_waits_total"
 HTTP_REQUEST_SECONDS = "postal_http_request_duration_seconds"
 HTTP_REQUESTS_REFUSED = "postal_http_requests_refused_total"
+HTTP_REQUESTS_DEFERRED = "postal_http_requests_deferred_total"
 NEAR_CACHE_READS = "postal_near_cache_reads_total"
 NEAR_CACHE_EVICTIONS = "postal_near_cache_evictions_total"
 NEAR_CACHE_FLUSHES = "postal_near_cache_flushes_total"
@@ -95,6 +96,7 @@ METRIC_NAMES = frozenset(
         REPLICA_WAITS,
         HTTP_REQUEST_SECONDS,
         HTTP_REQUESTS_REFUSED,
+        HTTP_REQUESTS_DEFERRED,
         NEAR_CACHE_READS,
         NEAR_CACHE_EVICTIONS,
         NEAR_CACHE_FLUSHES,
@@ -313,6 +315,12 @@ class PostalMetrics:
             HTTP_REQUESTS_REFUSED,
             "HTTP requests refused by admission control (503 overloaded: the worker had"
             " POSTAL_MAX_IN_FLIGHT requests in flight); not in the request duration histogram.",
+            registry=registry,
+        )
+        self.http_requests_deferred = Counter(
+            HTTP_REQUESTS_DEFERRED,
+            "HTTP requests whose start was put off to a later turn of the worker's event loop,"
+            " because the turn had spent POSTAL_TURN_BUDGET starting others.",
             registry=registry,
         )
 

@@ -1,0 +1,94 @@
+"""The loop-turn budget (`api/turn_budget.py`) on a real event loop, with a clock the test sets:
+which requests start in this turn, which in the next, and in what order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from postal.api.turn_budget import TurnBudget
+
+BUDGET = 0.25  # s, exact in binary: sums of its halves and quarters compare exactly
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_within_the_budget_requests_start_at_once() -> None:
+    clock = Clock()
+    budget = TurnBudget(BUDGET, clock)
+    assert await budget.wait() is False  # the turn's first: the budget starts now
+    clock.now += BUDGET / 2
+    assert await budget.wait() is False
+    clock.now += BUDGET / 2
+    assert await budget.wait() is False  # at the budget exactly: still this turn
+
+
+async def test_past_the_budget_a_request_starts_in_the_next_turn() -> None:
+    clock = Clock()
+    budget = TurnBudget(BUDGET, clock)
+    turns = 0
+
+    def count_turn() -> None:
+        nonlocal turns
+        turns += 1
+        asyncio.get_running_loop().call_soon(count_turn)
+
+    assert await budget.wait() is False
+    clock.now += BUDGET * 1.5
+    asyncio.get_running_loop().call_soon(count_turn)
+    assert await budget.wait() is True  # put off, then started
+    assert turns == 1  # in the next turn, not later
+
+
+async def test_put_off_requests_start_in_the_order_they_came() -> None:
+    clock = Clock()
+    budget = TurnBudget(BUDGET, clock)
+    started: list[int] = []
+    assert await budget.wait() is False
+    clock.now += BUDGET * 2  # this turn's budget is spent
+
+    async def request(number: int) -> None:
+        await budget.wait()
+        started.append(number)
+        clock.now += BUDGET * 0.625  # each takes 5/8 of a budget: two start a turn
+
+    await asyncio.gather(*(request(number) for number in range(6)))
+    assert started == list(range(6))
+
+
+async def test_each_later_turn_starts_at_most_what_its_budget_allows() -> None:
+    clock = Clock()
+    budget = TurnBudget(BUDGET, clock)
+    turn = 0
+    started_in: list[int] = []
+
+    def next_turn() -> None:
+        nonlocal turn
+        turn += 1
+        asyncio.get_running_loop().call_soon(next_turn)
+
+    assert await budget.wait() is False
+    clock.now += BUDGET * 2
+    asyncio.get_running_loop().call_soon(next_turn)
+
+    async def request() -> None:
+        await budget.wait()
+        started_in.append(turn)
+        clock.now += BUDGET * 0.625
+
+    await asyncio.gather(*(request() for _ in range(6)))
+    # A turn's first starts at 0, its second at 5/8 of the budget, its third would at 10/8: past
+    # it, so it waits for the next turn. Six requests take three turns, two in each.
+    assert [started_in.count(t) for t in sorted(set(started_in))] == [2, 2, 2]
+
+
+def test_a_budget_is_a_duration_above_zero() -> None:
+    with pytest.raises(ValueError, match="above 0"):
+        TurnBudget(0)
