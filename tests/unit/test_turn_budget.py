@@ -89,6 +89,28 @@ async def test_each_later_turn_starts_at_most_what_its_budget_allows() -> None:
     assert [started_in.count(t) for t in sorted(set(started_in))] == [2, 2, 2]
 
 
+def test_a_budget_left_mid_turn_by_a_stopped_loop_still_starts_requests_on_the_next() -> None:
+    clock = Clock()
+    budget = TurnBudget(BUDGET, clock)
+
+    loop = asyncio.new_event_loop()
+
+    async def first() -> None:
+        assert await budget.wait() is False  # the budget starts; its turn's end is due...
+        loop.stop()  # ...on a loop that stops before running it
+
+    started = loop.create_task(first())
+    loop.run_forever()
+    assert started.done()
+    loop.close()
+    clock.now += BUDGET * 2
+
+    async def on_another_loop() -> bool:
+        return await asyncio.wait_for(budget.wait(), timeout=1.0)
+
+    assert asyncio.run(on_another_loop()) is False  # a new turn, not a wait for the old one
+
+
 def test_a_budget_is_a_duration_above_zero() -> None:
     with pytest.raises(ValueError, match="above 0"):
         TurnBudget(0)

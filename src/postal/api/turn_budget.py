@@ -40,6 +40,9 @@ class TurnBudget:
         self.budget = budget
         self._clock = clock
         self._first_start = -1.0  # this turn's first request started then; < 0: none yet
+        # The loop `_next_turn` is due on: a budget used on another loop (a test's next one)
+        # must not wait for a callback that a stopped loop will never run.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def wait(self) -> bool:
         """Return once this request may start: at once while this turn's budget lasts, else in
@@ -50,10 +53,14 @@ class TurnBudget:
             if self._first_start < 0:  # the turn's first request: the budget starts now
                 self._first_start = now
                 # Runs at the next turn's start, before the requests put off in this one.
-                asyncio.get_running_loop().call_soon(self._next_turn)
+                self._loop = asyncio.get_running_loop()
+                self._loop.call_soon(self._next_turn)
                 return deferred
             if now - self._first_start <= self.budget:
                 return deferred
+            if asyncio.get_running_loop() is not self._loop:  # its turn will never end
+                self._first_start = -1.0
+                continue
             deferred = True
             await asyncio.sleep(0)  # to the back of the queue: the next turn
 
