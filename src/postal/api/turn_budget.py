@@ -14,10 +14,10 @@ yielding is queued before those the next poll brings) and are already counted by
 
 Below saturation the budget is never reached: one request takes microseconds to start, and the
 first request of every turn starts at once. Measured with `postal bench seed`'s load (100
-connections back to back on one worker, docs/benchmarks.md): at 2 ms, the slow cache GETs of the
-load's first turns are gone (99.1-100% within 10 ms against 93.6-98.8%) at the same throughput
-and request p50 and p99; at 1 ms, request p99 falls from about 50 to 30 ms and p50 rises from
-about 3 to 5.
+connections back to back on one worker, 3 runs each, docs/operations.md#the-loop-turn-budget):
+at 2 ms, 100% of the cache GETs within 10 ms in each run against 98.3-98.9% with no budget, at
+the same throughput and request p50 and p99; at 1 ms, request p99 falls from about 45 to 28 ms
+and p50 rises from about 2.6 to 4.8.
 
 Why by hand: asyncio and uvloop run every ready callback of a turn (there is no budget to set),
 uvicorn starts a request's task as soon as its head is parsed, and Starlette has no hook before
