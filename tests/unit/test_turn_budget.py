@@ -20,6 +20,25 @@ class Clock:
         return self.now
 
 
+class Turns:
+    """The event loop's turns since `start()`: a callback that runs once a turn, counting."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._handle: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        self._handle = asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = asyncio.get_running_loop().call_soon(self._tick)
+
+
 async def test_within_the_budget_requests_start_at_once() -> None:
     clock = Clock()
     budget = TurnBudget(BUDGET, clock)
@@ -33,18 +52,13 @@ async def test_within_the_budget_requests_start_at_once() -> None:
 async def test_past_the_budget_a_request_starts_in_the_next_turn() -> None:
     clock = Clock()
     budget = TurnBudget(BUDGET, clock)
-    turns = 0
-
-    def count_turn() -> None:
-        nonlocal turns
-        turns += 1
-        asyncio.get_running_loop().call_soon(count_turn)
-
+    turns = Turns()
     assert await budget.wait() is False
     clock.now += BUDGET * 1.5
-    asyncio.get_running_loop().call_soon(count_turn)
+    turns.start()
     assert await budget.wait() is True  # put off, then started
-    assert turns == 1  # in the next turn, not later
+    turns.stop()
+    assert turns.count == 1  # in the next turn, not later
 
 
 async def test_put_off_requests_start_in_the_order_they_came() -> None:
@@ -66,24 +80,19 @@ async def test_put_off_requests_start_in_the_order_they_came() -> None:
 async def test_each_later_turn_starts_at_most_what_its_budget_allows() -> None:
     clock = Clock()
     budget = TurnBudget(BUDGET, clock)
-    turn = 0
+    turns = Turns()
     started_in: list[int] = []
-
-    def next_turn() -> None:
-        nonlocal turn
-        turn += 1
-        asyncio.get_running_loop().call_soon(next_turn)
-
     assert await budget.wait() is False
     clock.now += BUDGET * 2
-    asyncio.get_running_loop().call_soon(next_turn)
+    turns.start()
 
     async def request() -> None:
         await budget.wait()
-        started_in.append(turn)
+        started_in.append(turns.count)
         clock.now += BUDGET * 0.625
 
     await asyncio.gather(*(request() for _ in range(6)))
+    turns.stop()
     # A turn's first starts at 0, its second at 5/8 of the budget, its third would at 10/8: past
     # it, so it waits for the next turn. Six requests take three turns, two in each.
     assert [started_in.count(t) for t in sorted(set(started_in))] == [2, 2, 2]
