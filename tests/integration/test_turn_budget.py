@@ -48,3 +48,25 @@ async def test_with_the_budget_off_nothing_is_put_off(
     async with running_api(database_url, redis_url, key_prefix, POSTAL_TURN_BUDGET="0") as api:
         await burst(api)
         assert await deferred(api) == 0
+
+
+async def test_requests_put_off_count_against_admission(
+    database_url: str, clean_database: None, redis_url: str, key_prefix: str
+) -> None:
+    # Put off, a request is in flight: with room for 5, a burst of 40 past a tiny budget has
+    # the rest refused at once rather than queued without bound.
+    env = {"POSTAL_TURN_BUDGET": "1us", "POSTAL_MAX_IN_FLIGHT": "5"}
+    async with running_api(database_url, redis_url, key_prefix, **env) as api:
+        post = await api.create(title="bounded")
+        url = f"/api/v1/posts/{post['id']}"
+        assert (await api.client.get(url)).status_code == 200
+        await api.settle()
+        responses = await asyncio.gather(*(api.client.get(url) for _ in range(BURST)))
+        statuses = [response.status_code for response in responses]
+        assert set(statuses) == {200, 503}
+        assert statuses.count(200) >= 5
+        assert all(
+            response.json()["error"]["code"] == "overloaded"
+            for response in responses
+            if response.status_code == 503
+        )
