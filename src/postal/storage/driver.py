@@ -14,7 +14,8 @@ What SQLAlchemy does around a failed statement is done here too:
   not handed back: what state the driver left it in is not known;
 - a connection found dead (a PostgreSQL restart, a failover, a killed backend) invalidates every
   connection the pool opened before it, as SQLAlchemy does on a disconnect
-  (`Pool._invalidate`, listed in docs/private-names.md): they died with it, and each would
+  (`Pool._invalidate`, listed in docs/private-names.md with the version it was read in, which
+  tests/unit/test_private_names.py holds the lock to): they died with it, and each would
   otherwise fail one more request.
 
 What it cannot do: anything listening to the engine's statements (the tracing's spans) does not
@@ -30,8 +31,6 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postal.storage.db import database_errors, driver_unavailable
-
-SQLALCHEMY_CHECKED: Final = "2.1.9"  # the version `Pool._invalidate` was read in
 
 # The connection itself is gone: refused, reset, closed, or its backend terminated. asyncpg
 # raises InternalClientError ("another operation is in progress") when a statement is sent on a
