@@ -25,6 +25,7 @@ from postal.cache import (
     ReadThrough,
     guarded,
 )
+from postal.cache.policy.fallback import UNGUARDED_JOIN_WINDOW
 from tests.support.loop import spin_until
 
 KEY = guarded("thing", "1")
@@ -200,6 +201,64 @@ async def test_a_cache_error_loads_alone_and_fills_nothing(cache: FakeCache) -> 
     stats = reads.stats()
     assert (stats.cache_errors, stats.loads, stats.fills_done, stats.coalesced) == (3, 3, 0, 0)
     assert cache.values == {}
+
+
+class Ticks:
+    """A monotonic clock the test sets."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_without_a_generation_a_load_is_shared_only_just_after_it_began(
+    cache: FakeCache,
+) -> None:
+    """Redis cannot say the generation, and the database is slow: a reader who comes a window
+    after a load began may have seen another process's write since; it gets a load of its own,
+    not the older one's answer."""
+    ticks = Ticks()
+    reads = ReadThrough(cache, local_writes=lambda: 0, monotonic=ticks)
+    cache.read_error = CacheTimeout("GET on read: deadline of 100ms expired")
+    gate = asyncio.Event()
+    old = CountingLoader(b"v1", gate=gate)
+    first = asyncio.create_task(reads.get(KEY, old))
+    await settle(lambda: old.calls == 1)
+    ticks.now = UNGUARDED_JOIN_WINDOW / 2
+    joined = asyncio.create_task(reads.get(KEY, CountingLoader(b"never")))
+    await settle(lambda: reads.stats().coalesced == 1)  # within the window: shared
+    ticks.now = UNGUARDED_JOIN_WINDOW * 1.01  # the database has v2 by now
+    new = CountingLoader(b"v2")
+    late = asyncio.create_task(reads.get(KEY, new))
+    await settle(late.done)  # while the first load still waits: not joined to it
+    assert late.result() == b"v2"
+    gate.set()
+    assert await asyncio.gather(first, joined) == [b"v1", b"v1"]
+    await reads.drain(1.0)
+    stats = reads.stats()
+    assert (old.calls, new.calls, stats.coalesced, stats.fills_done) == (1, 1, 1, 0)
+    assert cache.values == {}
+
+
+async def test_without_a_generation_a_read_after_a_local_write_loads_anew(
+    cache: FakeCache,
+) -> None:
+    writes = [0]
+    reads = ReadThrough(cache, local_writes=lambda: writes[0], monotonic=Ticks())
+    cache.read_error = CacheTimeout("GET on read: deadline of 100ms expired")
+    gate = asyncio.Event()
+    old = CountingLoader(b"v1", gate=gate)
+    first = asyncio.create_task(reads.get(KEY, old))
+    await settle(lambda: old.calls == 1)
+    writes[0] += 1  # this process committed a write, which has returned to its client
+    late = asyncio.create_task(reads.get(KEY, CountingLoader(b"v2")))  # in the same window
+    await settle(late.done)
+    assert late.result() == b"v2"
+    gate.set()
+    assert await first == b"v1"
+    assert reads.stats().coalesced == 0
 
 
 async def test_a_pending_invalidation_bypasses_the_cache_entirely(cache: FakeCache) -> None:

@@ -20,9 +20,11 @@
 4. A cache error, timeout or open breaker: the generation is unknown, so no fill. Loads are
    still shared, by (key, `local_writes()`): a count of this process's writes, which moves once
    a write has committed and before it returns, so nobody who arrives after one of its writes
-   joins a load that began before it. (Writes from other processes cannot be seen without the
-   generation: with Redis unreachable, a shared load is as fresh as the database was when it
-   began, a few milliseconds.) Without `local_writes`, each such read loads alone.
+   joins a load that began before it. Writes from other processes cannot be seen without the
+   generation, so a load is joined only within UNGUARDED_JOIN_WINDOW of its start: a shared
+   read is at most that much older than its reader, however long the database takes (a load
+   that waits seconds for a pooled connection would otherwise answer, for seconds, readers who
+   came after another process's write). Without `local_writes`, each such read loads alone.
 5. The caller never sees a cache error; only the loader's own exceptions reach it.
 
 Why hand-written: the parts exist separately, never together. async-lru coalesces concurrent
@@ -57,8 +59,15 @@ from postal.cache.transport import CacheError, CacheTimeout
 
 logger = logging.getLogger("postal.cache.fill")
 
-# (key, the generation read, True) or, with the generation unknown, (key, local writes, False)
-_FlightKey = tuple[GuardedKey, int, bool]
+# (key, the generation read, GUARDED) or, with the generation unknown, (key, this process's
+# writes so far, the UNGUARDED_JOIN_WINDOW the load began in: a count of windows, never negative)
+_FlightKey = tuple[GuardedKey, int, int]
+GUARDED = -1
+# Point 4: how long after it began a load with no generation to go by may still be joined. It
+# bounds how much older than its reader such a shared read can be; and per key and process, the
+# loads to one a window (100 a second), against the thousands of reads a second of a hot key
+# that sharing spares the database while Redis is away.
+UNGUARDED_JOIN_WINDOW = 0.01  # seconds
 
 
 class GuardedCache(Protocol):
@@ -105,9 +114,11 @@ class ReadThrough:
         early_refresh: EarlyRefreshConfig | None = None,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`rng` draws the TTL jitter and the early refresh's chances; `clock` is the wall clock
-        (Unix seconds) the early refresh compares the stamped expiries with."""
+        (Unix seconds) the early refresh compares the stamped expiries with; `monotonic` times
+        the join window of loads with no generation (point 4)."""
         if max_pending_fills < 0:
             raise ValueError(f"max_pending_fills must not be negative, got {max_pending_fills}")
         if ttl_jitter < 0:
@@ -118,6 +129,7 @@ class ReadThrough:
         self._ttl_jitter = ttl_jitter
         self._bypass = bypass
         self._local_writes = local_writes
+        self._monotonic = monotonic
         self._rng = rng
         self._refresher: EarlyRefresher | None = None
         if early_refresh is not None:
@@ -157,7 +169,8 @@ class ReadThrough:
         except CacheError:
             # Without the generation no fill can be guarded, and a load already in flight cannot
             # be shown to have started after the last write this caller may have seen (it could
-            # have read the database before that write committed): load alone, fill nothing.
+            # have read the database before that write committed): fill nothing, and join only
+            # a load that began after this process's last write and just now (point 4).
             self._cache_errors += 1
             return await self._load_unguarded(key, load)
         if found.payload is not None:
@@ -170,7 +183,7 @@ class ReadThrough:
         self._misses += 1
         generation = found.generation
         return await self._shared(
-            (key, generation, True), lambda: self._load_then_fill(key, generation, load)
+            (key, generation, GUARDED), lambda: self._load_then_fill(key, generation, load)
         )
 
     async def _read(self, key: GuardedKey) -> Guarded:
@@ -187,11 +200,12 @@ class ReadThrough:
             return await self._cache.get_guarded(key)
 
     async def _load_unguarded(self, key: GuardedKey, load: Loader) -> bytes:
-        """A load with no generation to go by, and no fill: shared by `local_writes()` if given,
-        else alone (see the module docstring, point 4)."""
+        """A load with no generation to go by, and no fill: shared by `local_writes()` and the
+        join window if given, else alone (see the module docstring, point 4)."""
         if self._local_writes is None:
             return await self._load_alone(load)
-        flight_key = (key, self._local_writes(), False)
+        window = int(self._monotonic() / UNGUARDED_JOIN_WINDOW)
+        flight_key = (key, self._local_writes(), window)
         return await self._shared(flight_key, lambda: self._load_alone(load))
 
     async def _load_alone(self, load: Loader) -> bytes:
