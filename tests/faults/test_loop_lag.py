@@ -8,6 +8,8 @@ could be what let the deadlines expire. The timeouts are timeouts to the caller 
 
 And a read-through whose GET timed out only because the loop was behind asks Redis again
 rather than send the read to the database; one that Redis itself made late still goes there.
+So does a write's invalidation, which would otherwise be left to a background retry while other
+processes serve the old value; one that Redis made late is left pending.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from postal.cache import (
     CacheClient,
     CacheTimeout,
     CacheTimeouts,
+    Invalidator,
     Profile,
     ReadThrough,
     guarded,
@@ -161,3 +164,30 @@ async def test_a_read_timed_out_by_redis_still_goes_to_the_database(
     assert payload == b"from the database"
     stats = reads.stats()
     assert (stats.late_retries, stats.cache_errors, LOADS) == (0, 1, [1])
+
+
+async def test_an_invalidation_timed_out_by_a_late_loop_is_sent_again_before_it_returns(
+    cache_with_a_post: CacheClient,
+) -> None:
+    key = guarded("post", "1")
+    invalidator = Invalidator(cache_with_a_post, give_up_after=60.0)
+    try:
+        invalidation = asyncio.ensure_future(invalidator.invalidate([key]))
+        await asyncio.sleep(0)  # its pipeline is sent: it waits for the reply now
+        time.sleep(0.3)  # noqa: ASYNC251 - past the 200 ms SET deadline; Redis is not late
+        assert await invalidation is True  # taken: not left to a background retry
+        stats = invalidator.stats()
+        assert (stats.late_retries, stats.failed, stats.pending_keys) == (1, 0, 0)
+        assert (await cache_with_a_post.get_guarded(key)).payload is None
+    finally:
+        await invalidator.aclose()
+
+
+async def test_an_invalidation_timed_out_by_redis_is_left_pending(slow_cache: CacheClient) -> None:
+    invalidator = Invalidator(slow_cache, give_up_after=60.0)  # Redis late, the loop idle
+    try:
+        assert await invalidator.invalidate([guarded("post", "1")]) is False
+        stats = invalidator.stats()
+        assert (stats.late_retries, stats.failed, stats.pending_keys) == (0, 1, 1)
+    finally:
+        await invalidator.aclose()

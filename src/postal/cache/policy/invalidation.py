@@ -12,7 +12,10 @@ the cache may now hold, or be about to be filled with, the old value. So the `In
   the invalidation moot (set it to the longest TTL, jitter included).
 
 Other processes are not told: until the retry lands they may serve the old value, which is the
-best anyone can do while Redis does not take writes. A successful invalidation of a key clears a
+best anyone can do while Redis does not take writes. So a failure must mean that: an
+invalidation that timed out only because this process's event loop was behind (a saturated
+worker, `CacheTimeout.loop_behind`), not Redis, is sent once more at once, before the write
+returns, as a read in that case is (`fallback`). A successful invalidation of a key clears a
 pending one for it only if the failure came before that invalidation started: its bump then came
 after the failed write's commit, and covers it.
 
@@ -43,7 +46,7 @@ from typing import Protocol, TypeVar
 
 from postal.cache.policy.keys import GuardedKey, all_epoch_keys
 from postal.cache.policy.near import NearCache
-from postal.cache.transport import CacheError
+from postal.cache.transport import CacheError, CacheTimeout
 
 logger = logging.getLogger("postal.cache.invalidation")
 
@@ -78,6 +81,7 @@ class InvalidatorStats:
     retries: int  # background attempts (each a pipeline of up to RETRY_BATCH items)
     retried: int  # pending keys and counters a retry then invalidated
     given_up: int  # pending keys and counters dropped after give_up_after
+    late_retries: int  # sent again at once: the first timed out because this loop was behind
     coarse: int  # times too many keys were pending: every slot's epoch made pending instead
     pending_keys: int
     pending_generations: int
@@ -119,7 +123,7 @@ class Invalidator:
         self._retrier: asyncio.Task[None] | None = None
         self._closed = False
         self._done = self._failed = self._retries = self._retried = self._given_up = 0
-        self._coarse = self._begun = 0
+        self._coarse = self._begun = self._late_retries = 0
 
     # -- the writer's side -------------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class Invalidator:
             touched = [*(k.key for k in keys), *(k.generation_key for k in keys), *generations]
             near.evict(touched)  # this process's next read must not be served the old entry
         try:
-            result = await send()
+            result = await self._sent(send)
         except CacheError as exc:
             self._failed += 1
             logger.warning(
@@ -170,6 +174,19 @@ class Invalidator:
         self._done += 1
         self._settle(keys, generations, started)
         return result
+
+    async def _sent(self, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()`, and once more at once if it timed out only because this process's event
+        loop was behind: Redis most likely took it, or would have. Pending, the write would
+        return while other processes may still serve the old value, until a retry 0.2 s or more
+        later. Repeating an invalidation is always safe: one more bump, one more DEL."""
+        try:
+            return await send()
+        except CacheTimeout as exc:
+            if not exc.loop_behind:
+                raise
+            self._late_retries += 1
+            return await send()
 
     def begun(self) -> int:
         """How many invalidations this process has begun: one per write, once it has committed
@@ -287,6 +304,7 @@ class Invalidator:
             retries=self._retries,
             retried=self._retried,
             given_up=self._given_up,
+            late_retries=self._late_retries,
             coarse=self._coarse,
             pending_keys=len(self._pending_keys),
             pending_generations=len(self._pending_generations),
