@@ -124,7 +124,7 @@ async def test_fault_under_load(fault: type[Fault], clean_database: str) -> None
     options = FaultOptions(faults=(fault,), database_url=clean_database, **PHASES)
     report = await run_faults(options, no_progress)
     (row,) = report.rows
-    details = f"{row.examples}; Postal's log: {row.postal_log[:5]}"
+    details = f"{row.examples}; Postal's log: {row.postal_log}; the writer's: {row.writer_log}"
 
     assert row.reads > 0
     assert row.failed == 0, details

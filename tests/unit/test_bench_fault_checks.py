@@ -25,6 +25,7 @@ from postal_bench.faults.report import (
     count_failures,
     during_fault,
     hit_ratio,
+    log_excerpt,
     recovery_time,
     within_bound,
 )
@@ -193,3 +194,16 @@ def test_faults_are_chosen_by_name_in_the_matrix_order() -> None:
     assert FAULT_NAMES[-2:] == ("near-tracking-killed", "near-partitioned")
     with pytest.raises(BenchError, match="unknown fault nope"):
         faults_named("refused,nope")
+
+
+def _line(logger: str, message: str) -> str:
+    return json.dumps({"level": "WARNING", "logger": logger, "message": message})
+
+
+def test_a_log_excerpt_shows_each_loggers_first_line_before_the_many_of_one() -> None:
+    reconnects = [_line("postal.cache.tracking", f"reconnect {i}") for i in range(30)]
+    rare = _line("postal.cache.invalidation", "cache invalidation failed, will retry")
+    lines = [*reconnects[:25], rare, "Traceback (most recent call last):", *reconnects[25:]]
+    excerpt = log_excerpt(lines, 5)
+    assert excerpt == [*reconnects[:3], rare, "Traceback (most recent call last):"]
+    assert log_excerpt(lines[:2], 5) == lines[:2]

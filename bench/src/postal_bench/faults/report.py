@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -81,8 +82,10 @@ class FaultResult:
     # Seconds from the start of the measured load (after the warm-up): began, ended, stopped.
     timeline: dict[str, float | None] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
-    postal_log: list[str] = field(default_factory=list)  # Postal's warnings, first lines
+    postal_log: list[str] = field(default_factory=list)  # Postal's warnings (`log_excerpt`)
     postal_log_lines: int = 0
+    writer_log: list[str] = field(default_factory=list)  # the writer's Postal's, if any
+    writer_log_lines: int = 0
 
     def problems(self) -> list[str]:
         """The targets this row misses, in words; empty when it meets them all."""
@@ -113,6 +116,31 @@ class FaultResult:
         document["stale_within_bound"] = self.stale_within_bound
         document["problems"] = self.problems()
         return document
+
+
+def log_excerpt(lines: Sequence[str], limit: int) -> list[str]:
+    """At most `limit` of a server's log `lines`, in their order: the first line of each logger
+    first, so that a rare warning is not hidden behind the many a fault makes expected (a
+    tracking reconnect every 0.25 s), then the earliest of the rest."""
+    first_of: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        first_of.setdefault(_logger_of(line), index)
+    chosen = set(sorted(first_of.values())[:limit])
+    for index in range(len(lines)):
+        if len(chosen) >= limit:
+            break
+        chosen.add(index)
+    return [lines[index] for index in sorted(chosen)]
+
+
+def _logger_of(line: str) -> str:
+    """The logger of a JSON log line; "" for a line that is not one (a traceback's)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return ""
+    logger = record.get("logger") if isinstance(record, dict) else None
+    return logger if isinstance(logger, str) else ""
 
 
 def _overlaps(sent: float, ended: float, window: tuple[float, float] | None) -> bool:
@@ -323,3 +351,5 @@ def render_report(report: FaultReport, console: Console) -> None:
                 say(f"    {kind}: {example}", markup=False, highlight=False)
             for line in row.postal_log[:5]:
                 say(f"    postal log | {line}", markup=False, highlight=False)
+            for line in row.writer_log[:5]:
+                say(f"    writer log | {line}", markup=False, highlight=False)

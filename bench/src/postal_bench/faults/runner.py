@@ -46,6 +46,7 @@ from postal_bench.faults.report import (
     describe_stale,
     during_fault,
     hit_ratio,
+    log_excerpt,
     phase_p99,
     recovery_time,
     within_bound,
@@ -199,6 +200,7 @@ async def run_fault(
             writer=rig.writer,
         )
         log_from = postal.server.log_position()
+        writer_from = None if rig.writer is None else rig.writer.server.log_position()
         cpu_started, load_started = time.process_time(), time.perf_counter()
         load.start()
         try:
@@ -249,6 +251,9 @@ async def run_fault(
         if load.scrape_errors:
             examples["scrape"] = f"{len(load.scrape_errors)} lost, first: {load.scrape_errors[0]}"
         log = postal.server.log_since(log_from)
+        writer_log = []
+        if rig.writer is not None and writer_from is not None:
+            writer_log = rig.writer.server.log_since(writer_from)
         during_from = marks.began if marks.began is not None else marks.started
         during_until = marks.during_until if marks.during_until is not None else marks.stopped
         return FaultResult(
@@ -282,8 +287,10 @@ async def run_fault(
             stale_oldest=max((read.age for read in stale), default=None),
             timeline=_relative(marks),
             examples=examples,
-            postal_log=log[:LOG_EXCERPT],
+            postal_log=log_excerpt(log, LOG_EXCERPT),
             postal_log_lines=len(log),
+            writer_log=log_excerpt(writer_log, LOG_EXCERPT),
+            writer_log_lines=len(writer_log),
         )
 
 
