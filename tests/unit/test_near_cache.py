@@ -115,6 +115,32 @@ def test_a_reply_older_than_the_remembered_invalidations_is_not_stored() -> None
     assert cache.put(key.key, key.generation_key, Guarded(b"new", 0), later)
 
 
+class InvalidationWaiting(LiveTracking):
+    """Tracking with an invalidation of `keys` waiting unread: `catch_up` applies it."""
+
+    def __init__(self, cache: NearCache, keys: list[bytes]) -> None:
+        self.cache = cache
+        self.waiting: list[bytes] | None = keys
+
+    def catch_up(self) -> bool:
+        keys, self.waiting = self.waiting, None
+        if keys is not None:
+            self.cache.invalidated(keys)
+        return True
+
+
+def test_a_reply_is_not_stored_when_its_keys_invalidation_was_waiting_unread() -> None:
+    """The write's INCR and DEL pushed while the GET's reply was on its way, and read only as
+    `put` asks whether tracking is usable: the reply is older than the write, and refused."""
+    cache = near()
+    key = guarded("post", "1")
+    taken = cache.sequence  # the GET is sent
+    cache.tracking = InvalidationWaiting(cache, [b"p:post:{1}", b"p:post:{1}:gen"])  # type: ignore[assignment]
+    assert not cache.put(key.key, key.generation_key, Guarded(b"v1", 0), taken)
+    assert served(cache, "post:{1}") is None
+    assert cache.stats().stale_rejected == 1
+
+
 def test_own_writes_evict_at_once() -> None:
     cache = near()
     store(cache, "1")

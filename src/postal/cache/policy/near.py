@@ -148,7 +148,10 @@ class NearCache:
             raise ValueError("only a hit is stored in the near cache")
         full = self._prefix + key
         guards = tuple(self._prefix + guard for guard in (generation_key, epoch_key) if guard)
-        if self._changed_since(sequence, full, guards) or not self.usable():
+        # `usable()` first: it applies what waits unread on the tracking connection, which may
+        # be this very key's invalidation; asked after the check, it let such a reply in (seen
+        # under `postal bench faults`: a version served from memory after its write returned).
+        if not self.usable() or self._changed_since(sequence, full, guards):
             self._stale += 1
             return False
         size = len(payload) + len(full) + ENTRY_OVERHEAD
