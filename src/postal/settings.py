@@ -164,11 +164,9 @@ class Settings(BaseSettings):
     postal_max_in_flight: PositiveCount = 256
     # How long a turn of a worker's event loop may spend starting new HTTP requests; the rest
     # start in the next turn, after the replies that came in meanwhile (`api/turn_budget.py`).
-    # 0: no budget (the default). 2 ms is never reached below saturation, and under `postal bench
-    # seed`'s load kept its cache GETs within the round trip plus a few ms at no cost in
-    # throughput; it stays off by default until a stale read seen once with it on, in the
-    # near-tracking-killed fault row, is explained (docs/operations.md#the-loop-turn-budget).
-    postal_turn_budget: Duration = 0.0
+    # 0: no budget. 2 ms is never reached below saturation, and under `postal bench seed`'s
+    # load kept its cache GETs within the round trip plus a few ms at no cost in throughput.
+    postal_turn_budget: Duration = 0.002
     # What a client may hold of a worker (`cli/serve_protocol.py`, docs/operations.md#http-limits).
     # The request line and headers, in bytes: past it 431. 64 KiB is 8x what browsers and
     # proxies send at most (8 KiB is nginx's and Node's default buffer) and what Kestrel allows.
