@@ -48,6 +48,7 @@ from typing import Protocol
 from postal.cache.policy.events import FillEvent, FillListener, FillOutcome
 from postal.cache.policy.guard import UNFILLABLE, Guarded
 from postal.cache.policy.keys import GuardedKey, jittered
+from postal.cache.policy.late_loop import once_more_if_late
 from postal.cache.policy.near import NearCache
 from postal.cache.policy.refresh import (
     EarlyRefreshConfig,
@@ -55,7 +56,7 @@ from postal.cache.policy.refresh import (
     EarlyRefreshStats,
     Loader,
 )
-from postal.cache.transport import CacheError, CacheTimeout
+from postal.cache.transport import CacheError
 
 logger = logging.getLogger("postal.cache.fill")
 
@@ -186,18 +187,14 @@ class ReadThrough:
             (key, generation, GUARDED), lambda: self._load_then_fill(key, generation, load)
         )
 
-    async def _read(self, key: GuardedKey) -> Guarded:
+    def _read(self, key: GuardedKey) -> Awaitable[Guarded]:
         """The guarded read, asked once more when it timed out only because this process's
-        event loop was behind (`CacheTimeout.loop_behind`): Redis most likely answered in time,
-        and the database is the costliest place to send a read exactly when the worker is
-        saturated. A second late timeout, or any other error, goes to the database as before."""
-        try:
-            return await self._cache.get_guarded(key)
-        except CacheTimeout as exc:
-            if not exc.loop_behind:
-                raise
-            self._late_retries += 1
-            return await self._cache.get_guarded(key)
+        event loop was behind (`late_loop`). A second late timeout, or any other error, goes to
+        the database as before."""
+        return once_more_if_late(lambda: self._cache.get_guarded(key), self._count_late_retry)
+
+    def _count_late_retry(self) -> None:
+        self._late_retries += 1
 
     async def _load_unguarded(self, key: GuardedKey, load: Loader) -> bytes:
         """A load with no generation to go by, and no fill: shared by `local_writes()` and the

@@ -45,8 +45,9 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from postal.cache.policy.keys import GuardedKey, all_epoch_keys
+from postal.cache.policy.late_loop import once_more_if_late
 from postal.cache.policy.near import NearCache
-from postal.cache.transport import CacheError, CacheTimeout
+from postal.cache.transport import CacheError
 
 logger = logging.getLogger("postal.cache.invalidation")
 
@@ -155,7 +156,7 @@ class Invalidator:
             touched = [*(k.key for k in keys), *(k.generation_key for k in keys), *generations]
             near.evict(touched)  # this process's next read must not be served the old entry
         try:
-            result = await self._sent(send)
+            result = await once_more_if_late(send, self._count_late_retry)
         except CacheError as exc:
             self._failed += 1
             logger.warning(
@@ -175,18 +176,11 @@ class Invalidator:
         self._settle(keys, generations, started)
         return result
 
-    async def _sent(self, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()`, and once more at once if it timed out only because this process's event
-        loop was behind: Redis most likely took it, or would have. Pending, the write would
-        return while other processes may still serve the old value, until a retry 0.2 s or more
-        later. Repeating an invalidation is always safe: one more bump, one more DEL."""
-        try:
-            return await send()
-        except CacheTimeout as exc:
-            if not exc.loop_behind:
-                raise
-            self._late_retries += 1
-            return await send()
+    def _count_late_retry(self) -> None:
+        """An invalidation timed out only because this loop was behind, and is sent once more
+        (`late_loop`): pending, its write would return while other processes may still serve
+        the old value. Repeating an invalidation is always safe: one more bump, one more DEL."""
+        self._late_retries += 1
 
     def begun(self) -> int:
         """How many invalidations this process has begun: one per write, once it has committed
