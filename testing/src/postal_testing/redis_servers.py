@@ -150,12 +150,16 @@ class RedisServer:
         # counts for WAIT only then).
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if b"master_link_status:up" in self.info(b"replication") and (
-                b"state=online" in primary.info(b"replication")
-            ):
+            mine, theirs = self.info(b"replication"), primary.info(b"replication")
+            if b"master_link_status:up" in mine and b"state=online" in theirs:
                 return
             time.sleep(0.02)
-        raise RuntimeError(f"replica on port {self.port} did not sync in {START_TIMEOUT}s")
+        # Where it stopped, so that a failure says more than that it did (seen once in CI).
+        raise RuntimeError(
+            f"replica on port {self.port} did not sync in {START_TIMEOUT}s; replica:"
+            f" {_replication_state(mine)}; primary on port {primary.port}:"
+            f" {_replication_state(theirs)}"
+        )
 
     def info(self, section: bytes) -> bytes:
         """The text of INFO `section` (a bulk string reply: `$<length>` CRLF, text, CRLF)."""
@@ -193,3 +197,18 @@ def running_redis(extra_args: Sequence[str] = ()) -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+def _replication_state(info: bytes) -> str:
+    """The lines of an INFO replication text that say how far a sync got."""
+    wanted = (
+        b"role:",
+        b"master_link_status:",
+        b"master_sync_in_progress:",
+        b"master_last_io_seconds_ago:",
+        b"master_link_down_since_seconds:",
+        b"connected_slaves:",
+        b"slave0:",
+    )
+    lines = [line.strip() for line in info.splitlines() if line.startswith(wanted)]
+    return ", ".join(line.decode(errors="replace") for line in lines)
