@@ -5,25 +5,18 @@ from __future__ import annotations
 import pytest
 
 from postal.cache import BEFORE, TUNED, BreakerChange, BreakerConfig, BreakerState, CircuitBreaker
+from tests.support.clock import SetClock
 
 THRESHOLD, COOLDOWN = 3, 1.0
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> SetClock:
+    return SetClock(100.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def breaker(clock: FakeClock) -> CircuitBreaker:
+def breaker(clock: SetClock) -> CircuitBreaker:
     return CircuitBreaker(THRESHOLD, COOLDOWN, clock, name="read")
 
 
@@ -54,7 +47,7 @@ def test_threshold_consecutive_failures_open_it(breaker: CircuitBreaker) -> None
 
 
 def test_after_the_cooldown_exactly_one_probe_goes_through(
-    breaker: CircuitBreaker, clock: FakeClock
+    breaker: CircuitBreaker, clock: SetClock
 ) -> None:
     fail(breaker, THRESHOLD)
     clock.now += COOLDOWN - 0.001
@@ -68,7 +61,7 @@ def test_after_the_cooldown_exactly_one_probe_goes_through(
     assert not breaker.allow()  # however long it takes
 
 
-def test_a_successful_probe_closes_it(breaker: CircuitBreaker, clock: FakeClock) -> None:
+def test_a_successful_probe_closes_it(breaker: CircuitBreaker, clock: SetClock) -> None:
     fail(breaker, THRESHOLD)
     clock.now += COOLDOWN
     assert breaker.allow()
@@ -80,7 +73,7 @@ def test_a_successful_probe_closes_it(breaker: CircuitBreaker, clock: FakeClock)
 
 
 def test_a_failed_probe_opens_it_for_a_fresh_cooldown(
-    breaker: CircuitBreaker, clock: FakeClock
+    breaker: CircuitBreaker, clock: SetClock
 ) -> None:
     fail(breaker, THRESHOLD)
     clock.now += COOLDOWN + 5.0
@@ -95,7 +88,7 @@ def test_a_failed_probe_opens_it_for_a_fresh_cooldown(
 
 
 def test_an_abandoned_probe_frees_the_slot_for_the_next_call(
-    breaker: CircuitBreaker, clock: FakeClock
+    breaker: CircuitBreaker, clock: SetClock
 ) -> None:
     fail(breaker, THRESHOLD)
     clock.now += COOLDOWN
@@ -106,7 +99,7 @@ def test_an_abandoned_probe_frees_the_slot_for_the_next_call(
     assert not breaker.allow()
 
 
-def test_late_results_while_open_change_nothing(breaker: CircuitBreaker, clock: FakeClock) -> None:
+def test_late_results_while_open_change_nothing(breaker: CircuitBreaker, clock: SetClock) -> None:
     fail(breaker, THRESHOLD)
     breaker.record_success()  # an operation started before it opened, ending well
     breaker.record_failure()  # ...or badly: the cooldown is not extended
@@ -115,7 +108,7 @@ def test_late_results_while_open_change_nothing(breaker: CircuitBreaker, clock: 
     assert breaker.allow()
 
 
-def test_listeners_see_every_change(breaker: CircuitBreaker, clock: FakeClock) -> None:
+def test_listeners_see_every_change(breaker: CircuitBreaker, clock: SetClock) -> None:
     changes: list[BreakerChange] = []
     breaker.subscribe(changes.append)
     fail(breaker, THRESHOLD)
@@ -144,7 +137,7 @@ def test_the_tuned_profile_has_a_breaker_and_the_before_profile_none() -> None:
     assert BEFORE.breaker is None
 
 
-def test_a_burst_of_failures_right_after_a_success_does_not_open_it(clock: FakeClock) -> None:
+def test_a_burst_of_failures_right_after_a_success_does_not_open_it(clock: SetClock) -> None:
     breaker = CircuitBreaker(THRESHOLD, COOLDOWN, clock, failure_window=0.25)
     breaker.record_success()
     clock.now += 0.01
@@ -155,7 +148,7 @@ def test_a_burst_of_failures_right_after_a_success_does_not_open_it(clock: FakeC
     assert breaker.state is BreakerState.OPEN
 
 
-def test_a_success_inside_the_window_starts_it_again(clock: FakeClock) -> None:
+def test_a_success_inside_the_window_starts_it_again(clock: SetClock) -> None:
     breaker = CircuitBreaker(THRESHOLD, COOLDOWN, clock, failure_window=0.25)
     clock.now += 0.2
     fail(breaker, THRESHOLD)

@@ -6,14 +6,7 @@ import pytest
 
 from postal.cache import DnsCache
 from postal.cache.transport.dns import DnsLookupError
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import SetClock
 
 
 class CountingResolver:
@@ -33,7 +26,7 @@ class CountingResolver:
 
 
 async def test_answers_from_the_cache_within_the_ttl() -> None:
-    clock = FakeClock()
+    clock = SetClock(1000.0)
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]})
     dns = DnsCache(resolver, ttl=30.0, clock=clock)
     for _ in range(1000):
@@ -44,7 +37,7 @@ async def test_answers_from_the_cache_within_the_ttl() -> None:
 
 
 async def test_resolves_again_after_the_ttl() -> None:
-    clock = FakeClock()
+    clock = SetClock(1000.0)
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]})
     dns = DnsCache(resolver, ttl=30.0, clock=clock)
     await dns.resolve("redis.test", 6379)
@@ -59,7 +52,7 @@ async def test_resolves_again_after_the_ttl() -> None:
 
 async def test_a_zero_ttl_resolves_every_time() -> None:
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]})
-    dns = DnsCache(resolver, ttl=0.0, clock=FakeClock())
+    dns = DnsCache(resolver, ttl=0.0, clock=SetClock(1000.0))
     for _ in range(5):
         await dns.resolve("redis.test", 6379)
     assert len(resolver.calls) == 5
@@ -67,7 +60,7 @@ async def test_a_zero_ttl_resolves_every_time() -> None:
 
 async def test_concurrent_lookups_of_one_name_coalesce() -> None:
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]}, delay=0.01)
-    dns = DnsCache(resolver, ttl=30.0, clock=FakeClock())
+    dns = DnsCache(resolver, ttl=30.0, clock=SetClock(1000.0))
     answers = await asyncio.gather(*(dns.resolve("redis.test", 6379) for _ in range(100)))
     assert all(answer == ["10.0.0.7"] for answer in answers)
     assert resolver.calls == ["redis.test"]
@@ -75,7 +68,7 @@ async def test_concurrent_lookups_of_one_name_coalesce() -> None:
 
 async def test_a_cancelled_caller_does_not_cancel_the_shared_lookup() -> None:
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]}, delay=0.02)
-    dns = DnsCache(resolver, ttl=30.0, clock=FakeClock())
+    dns = DnsCache(resolver, ttl=30.0, clock=SetClock(1000.0))
     impatient = asyncio.ensure_future(dns.resolve("redis.test", 6379))
     patient = asyncio.ensure_future(dns.resolve("redis.test", 6379))
     await asyncio.sleep(0.005)
@@ -85,7 +78,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_lookup() -> None:
 
 
 async def test_serves_the_last_good_answer_when_a_lookup_fails() -> None:
-    clock = FakeClock()
+    clock = SetClock(1000.0)
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]})
     dns = DnsCache(resolver, ttl=30.0, clock=clock)
     await dns.resolve("redis.test", 6379)
@@ -101,7 +94,7 @@ async def test_serves_the_last_good_answer_when_a_lookup_fails() -> None:
 async def test_a_failed_lookup_with_nothing_known_raises_dns_lookup_error() -> None:
     resolver = CountingResolver({})
     resolver.fail = True
-    dns = DnsCache(resolver, ttl=30.0, clock=FakeClock())
+    dns = DnsCache(resolver, ttl=30.0, clock=SetClock(1000.0))
     with pytest.raises(DnsLookupError, match=r"cannot resolve redis\.test"):
         await dns.resolve("redis.test", 6379)
     assert dns.stats().failed == 1
@@ -109,7 +102,7 @@ async def test_a_failed_lookup_with_nothing_known_raises_dns_lookup_error() -> N
 
 async def test_forget_makes_the_next_dial_resolve_again() -> None:
     resolver = CountingResolver({"redis.test": ["10.0.0.7"]})
-    dns = DnsCache(resolver, ttl=30.0, clock=FakeClock())
+    dns = DnsCache(resolver, ttl=30.0, clock=SetClock(1000.0))
     await dns.resolve("redis.test", 6379)
     resolver.answers["redis.test"] = ["10.0.0.9"]  # Redis moved
     dns.forget("redis.test")
@@ -119,7 +112,7 @@ async def test_forget_makes_the_next_dial_resolve_again() -> None:
 
 async def test_ip_addresses_are_never_looked_up() -> None:
     resolver = CountingResolver({})
-    dns = DnsCache(resolver, ttl=30.0, clock=FakeClock())
+    dns = DnsCache(resolver, ttl=30.0, clock=SetClock(1000.0))
     assert await dns.resolve("127.0.0.1", 6379) == ["127.0.0.1"]
     assert await dns.resolve("::1", 6379) == ["::1"]
     assert resolver.calls == []

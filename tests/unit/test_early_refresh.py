@@ -24,6 +24,7 @@ from postal.cache import (
     guarded,
     refresh_due,
 )
+from tests.support.clock import SetClock
 from tests.support.loop import spin_until
 
 KEY = guarded("post", "1")
@@ -81,14 +82,6 @@ def test_a_config_out_of_bounds_is_refused(config: dict[str, float]) -> None:
 # -- the refresher, over a fake -------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Draws:
     """The injected random: `value` every time, counting the draws."""
 
@@ -105,7 +98,7 @@ class FakeCache:
     """Values by key with their generation and expiry (stamped from `clock` at the fill, as the
     guard stamps them), counters by generation key; the fill is guarded as the script is."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: SetClock) -> None:
         self.clock = clock
         self.values: dict[str, tuple[int, bytes, float]] = {}
         self.generations: dict[str, int] = {}
@@ -186,7 +179,7 @@ async def settle(check: Callable[[], bool]) -> None:
 
 
 async def test_far_from_its_expiry_a_hit_draws_nothing_and_starts_nothing() -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.0)  # a draw of 0 would always refresh
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.0)  # a draw of 0 would always refresh
     refreshes = refresher(cache, draws)  # horizon: 40 * beta * 100 ms = 4 s
     database = Database()
     refreshes.consider(KEY, near_expiry(left=4.01), database.load)
@@ -201,7 +194,7 @@ async def test_far_from_its_expiry_a_hit_draws_nothing_and_starts_nothing() -> N
 
 
 async def test_a_refresh_loads_once_and_fills_quoting_the_generation_seen() -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.5)  # due within 69 ms of the expiry
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.5)  # due within 69 ms of the expiry
     refreshes = refresher(cache, draws)
     database = Database(b"v2")
     refreshes.consider(KEY, near_expiry(left=0.1), database.load)  # 100 ms left: not yet
@@ -220,7 +213,7 @@ async def test_a_refresh_loads_once_and_fills_quoting_the_generation_seen() -> N
 
 
 async def test_an_invalidation_during_the_refresh_wins() -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.0)
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.0)
     refreshes = refresher(cache, draws)
     database = Database(b"old")
     database.hold = True
@@ -234,7 +227,7 @@ async def test_an_invalidation_during_the_refresh_wins() -> None:
 
 
 async def test_past_the_bound_refreshes_are_dropped_not_queued() -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.0)
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.0)
     refreshes = refresher(cache, draws, max_in_flight=2)
     database = Database()
     database.hold = True
@@ -255,7 +248,7 @@ async def test_past_the_bound_refreshes_are_dropped_not_queued() -> None:
 async def test_failures_are_logged_and_counted_never_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.0)
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.0)
     refreshes = refresher(cache, draws)
     database = Database()
     database.error = ConnectionRefusedError("database down")
@@ -275,7 +268,7 @@ async def test_failures_are_logged_and_counted_never_raised(
 
 
 async def test_a_pending_invalidation_or_an_uncacheable_load_fills_nothing() -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.0)
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.0)
     pending: set[GuardedKey] = set()
     refreshes = refresher(cache, draws, bypass=pending)
     pending.add(KEY)  # an invalidation of the key failed here and is being retried
@@ -288,7 +281,7 @@ async def test_a_pending_invalidation_or_an_uncacheable_load_fills_nothing() -> 
 
 
 async def test_drain_cancels_what_is_still_running_when_time_is_up() -> None:
-    cache, draws = FakeCache(Clock()), Draws(0.0)
+    cache, draws = FakeCache(SetClock(NOW)), Draws(0.0)
     refreshes = refresher(cache, draws)
     database = Database()
     database.hold = True
@@ -300,7 +293,7 @@ async def test_drain_cancels_what_is_still_running_when_time_is_up() -> None:
 
 
 def test_delta_follows_the_mean_load_time_above_its_floor() -> None:
-    refreshes = refresher(FakeCache(Clock()), Draws(0.5), min_delta=0.1)
+    refreshes = refresher(FakeCache(SetClock(NOW)), Draws(0.5), min_delta=0.1)
     assert refreshes.delta == 0.1  # nothing loaded yet: the floor
     refreshes.observe_load(0.002)  # a primary-key lookup: below the floor
     assert refreshes.delta == 0.1
@@ -309,7 +302,7 @@ def test_delta_follows_the_mean_load_time_above_its_floor() -> None:
     for _ in range(50):
         refreshes.observe_load(2.0)
     assert refreshes.delta == pytest.approx(2.0, rel=1e-3)
-    unfloored = refresher(FakeCache(Clock()), Draws(0.5), min_delta=0.0)
+    unfloored = refresher(FakeCache(SetClock(NOW)), Draws(0.5), min_delta=0.0)
     unfloored.observe_load(0.002)
     assert unfloored.delta == 0.002
 
@@ -325,7 +318,7 @@ class LiveTracking:
 
 
 async def test_a_hit_near_its_expiry_answers_at_once_and_refreshes_behind() -> None:
-    clock = Clock()
+    clock = SetClock(NOW)
     cache = FakeCache(clock)
     draws = Draws(0.5)
     reads = ReadThrough(
@@ -349,7 +342,7 @@ async def test_a_hit_near_its_expiry_answers_at_once_and_refreshes_behind() -> N
 
 
 async def test_a_hit_from_the_near_cache_refreshes_the_redis_entry_too() -> None:
-    clock = Clock()
+    clock = SetClock(NOW)
     cache = FakeCache(clock)
     near = NearCache(key_prefix="p:", max_bytes=1 << 20, ttl=10.0, clock=lambda: 0.0)
     near.tracking = LiveTracking()  # type: ignore[assignment]
@@ -378,7 +371,7 @@ async def test_a_hit_from_the_near_cache_refreshes_the_redis_entry_too() -> None
 
 
 async def test_off_no_hit_is_ever_refreshed_early() -> None:
-    clock = Clock()
+    clock = SetClock(NOW)
     cache = FakeCache(clock)
     reads = ReadThrough(cache, ttl_jitter=0.0, rng=Draws(0.0), clock=clock)
     database = Database(b"v1")

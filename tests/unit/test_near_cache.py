@@ -9,6 +9,7 @@ import pytest
 
 from postal.cache import Guarded, NearCache, guarded
 from postal.cache.policy.near import ENTRY_OVERHEAD, RECENT_INVALIDATIONS
+from tests.support.clock import SetClock
 
 PREFIX = "p:"
 
@@ -21,15 +22,12 @@ class LiveTracking:
         return not self.unread
 
 
-class Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def near(max_bytes: int = 10_000_000, ttl: float = 10.0, clock: Clock | None = None) -> NearCache:
-    cache = NearCache(key_prefix=PREFIX, max_bytes=max_bytes, ttl=ttl, clock=clock or Clock())
+def near(
+    max_bytes: int = 10_000_000, ttl: float = 10.0, clock: SetClock | None = None
+) -> NearCache:
+    cache = NearCache(
+        key_prefix=PREFIX, max_bytes=max_bytes, ttl=ttl, clock=clock or SetClock(100.0)
+    )
     cache.tracking = LiveTracking()  # type: ignore[assignment]
     return cache
 
@@ -180,7 +178,7 @@ def test_not_usable_while_tracking_is_not_live_or_cannot_catch_up() -> None:
 
 
 def test_entries_expire_at_their_own_ttl() -> None:
-    clock = Clock()
+    clock = SetClock(100.0)
     cache = near(ttl=10.0, clock=clock)
     store(cache, "1")
     clock.now += 9.9

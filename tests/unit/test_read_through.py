@@ -26,6 +26,7 @@ from postal.cache import (
     guarded,
 )
 from postal.cache.policy.fallback import UNGUARDED_JOIN_WINDOW
+from tests.support.clock import SetClock
 from tests.support.loop import spin_until
 
 KEY = guarded("thing", "1")
@@ -203,23 +204,13 @@ async def test_a_cache_error_loads_alone_and_fills_nothing(cache: FakeCache) -> 
     assert cache.values == {}
 
 
-class Ticks:
-    """A monotonic clock the test sets."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_without_a_generation_a_load_is_shared_only_just_after_it_began(
     cache: FakeCache,
 ) -> None:
     """Redis cannot say the generation, and the database is slow: a reader who comes a window
     after a load began may have seen another process's write since; it gets a load of its own,
     not the older one's answer."""
-    ticks = Ticks()
+    ticks = SetClock()
     reads = ReadThrough(cache, local_writes=lambda: 0, monotonic=ticks)
     cache.read_error = CacheTimeout("GET on read: deadline of 100ms expired")
     gate = asyncio.Event()
@@ -246,7 +237,7 @@ async def test_without_a_generation_a_read_after_a_local_write_loads_anew(
     cache: FakeCache,
 ) -> None:
     writes = [0]
-    reads = ReadThrough(cache, local_writes=lambda: writes[0], monotonic=Ticks())
+    reads = ReadThrough(cache, local_writes=lambda: writes[0], monotonic=SetClock())
     cache.read_error = CacheTimeout("GET on read: deadline of 100ms expired")
     gate = asyncio.Event()
     old = CountingLoader(b"v1", gate=gate)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from postal.cache.transport.replicas import STALE_AFTER, ReplicaWait
+from tests.support.clock import SetClock
 
 REFRESH = 1.0
 A = ("127.0.0.1", 7001)
@@ -49,26 +50,18 @@ class FakePrimary:
         self._released.set()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def primary() -> FakePrimary:
     return FakePrimary()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SetClock:
+    return SetClock(100.0)
 
 
 @pytest.fixture
-async def wait(primary: FakePrimary, clock: Clock) -> AsyncIterator[ReplicaWait]:
+async def wait(primary: FakePrimary, clock: SetClock) -> AsyncIterator[ReplicaWait]:
     replica_wait = ReplicaWait(primary.info, enabled=True, refresh=REFRESH, clock=clock)
     yield replica_wait
     replica_wait.close()
@@ -89,7 +82,7 @@ async def test_before_any_answer_every_replica_may_serve(
 
 
 async def test_while_the_first_question_keeps_failing_every_replica_may_serve(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     primary.error = ConnectionError("refused")
     for _ in range(4):
@@ -108,7 +101,7 @@ async def test_the_first_answer_counts_its_replicas_as_settled(
 
 
 async def test_a_failed_question_keeps_the_last_answer_while_it_is_recent(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -123,7 +116,7 @@ async def test_a_failed_question_keeps_the_last_answer_while_it_is_recent(
 
 
 async def test_a_failed_question_is_not_asked_again_before_a_refresh(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     primary.error = ConnectionError("refused")
     wait.online()
@@ -139,7 +132,7 @@ async def test_a_failed_question_is_not_asked_again_before_a_refresh(
 
 
 async def test_questions_failing_past_the_trusted_age_fail_closed(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -155,7 +148,7 @@ async def test_questions_failing_past_the_trusted_age_fail_closed(
 
 
 async def test_a_question_hanging_past_the_trusted_age_fails_closed(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     # The reviewer's case: a busy Lua script holds INFO; the last answer must not serve on.
     wait.online()
@@ -170,7 +163,7 @@ async def test_a_question_hanging_past_the_trusted_age_fails_closed(
 
 
 async def test_an_answer_after_a_failure_does_not_settle_replicas_at_once(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -192,7 +185,7 @@ async def test_an_answer_after_a_failure_does_not_settle_replicas_at_once(
 
 
 async def test_after_a_quiet_spell_the_old_answer_is_not_served(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -206,7 +199,7 @@ async def test_after_a_quiet_spell_the_old_answer_is_not_served(
 
 
 async def test_a_replica_that_joins_later_waits_a_refresh(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     primary.online = (A,)
     wait.online()
@@ -222,7 +215,7 @@ async def test_a_replica_that_joins_later_waits_a_refresh(
 
 
 async def test_a_replica_no_longer_listed_stops_serving_at_the_next_answer(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -234,7 +227,7 @@ async def test_a_replica_no_longer_listed_stops_serving_at_the_next_answer(
 
 
 async def test_a_slow_answer_within_the_trusted_age_keeps_replicas_settled(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -249,7 +242,7 @@ async def test_a_slow_answer_within_the_trusted_age_keeps_replicas_settled(
 
 
 async def test_a_lost_replica_is_unfit_until_an_answer_asked_after_the_loss_settles_it(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -266,7 +259,7 @@ async def test_a_lost_replica_is_unfit_until_an_answer_asked_after_the_loss_sett
 
 
 async def test_an_answer_asked_before_the_loss_does_not_vouch_for_the_lost_replica(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()
@@ -287,7 +280,7 @@ async def test_an_answer_asked_before_the_loss_does_not_vouch_for_the_lost_repli
 
 
 async def test_a_lost_replica_the_primary_no_longer_lists_stays_unfit(
-    wait: ReplicaWait, primary: FakePrimary, clock: Clock
+    wait: ReplicaWait, primary: FakePrimary, clock: SetClock
 ) -> None:
     wait.online()
     await answered()

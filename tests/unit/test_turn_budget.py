@@ -8,16 +8,9 @@ import asyncio
 import pytest
 
 from postal.api.turn_budget import TurnBudget
+from tests.support.clock import SetClock
 
 BUDGET = 0.25  # s, exact in binary: sums of its halves and quarters compare exactly
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Turns:
@@ -40,7 +33,7 @@ class Turns:
 
 
 async def test_within_the_budget_requests_start_at_once() -> None:
-    clock = Clock()
+    clock = SetClock()
     budget = TurnBudget(BUDGET, clock)
     assert await budget.wait() is False  # the turn's first: the budget starts now
     clock.now += BUDGET / 2
@@ -50,7 +43,7 @@ async def test_within_the_budget_requests_start_at_once() -> None:
 
 
 async def test_past_the_budget_a_request_starts_in_the_next_turn() -> None:
-    clock = Clock()
+    clock = SetClock()
     budget = TurnBudget(BUDGET, clock)
     turns = Turns()
     assert await budget.wait() is False
@@ -62,7 +55,7 @@ async def test_past_the_budget_a_request_starts_in_the_next_turn() -> None:
 
 
 async def test_put_off_requests_start_in_the_order_they_came() -> None:
-    clock = Clock()
+    clock = SetClock()
     budget = TurnBudget(BUDGET, clock)
     started: list[int] = []
     assert await budget.wait() is False
@@ -78,7 +71,7 @@ async def test_put_off_requests_start_in_the_order_they_came() -> None:
 
 
 async def test_each_later_turn_starts_at_most_what_its_budget_allows() -> None:
-    clock = Clock()
+    clock = SetClock()
     budget = TurnBudget(BUDGET, clock)
     turns = Turns()
     started_in: list[int] = []
@@ -99,7 +92,7 @@ async def test_each_later_turn_starts_at_most_what_its_budget_allows() -> None:
 
 
 def test_a_budget_left_mid_turn_by_a_stopped_loop_still_starts_requests_on_the_next() -> None:
-    clock = Clock()
+    clock = SetClock()
     budget = TurnBudget(BUDGET, clock)
 
     loop = asyncio.new_event_loop()
