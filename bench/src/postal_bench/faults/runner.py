@@ -200,7 +200,8 @@ async def run_fault(
             writer=rig.writer,
         )
         log_from = postal.server.log_position()
-        writer_from = None if rig.writer is None else rig.writer.server.log_position()
+        writer_server = None if rig.writer is None else rig.writer.server
+        writer_from = 0 if writer_server is None else writer_server.log_position()
         cpu_started, load_started = time.process_time(), time.perf_counter()
         load.start()
         try:
@@ -251,9 +252,7 @@ async def run_fault(
         if load.scrape_errors:
             examples["scrape"] = f"{len(load.scrape_errors)} lost, first: {load.scrape_errors[0]}"
         log = postal.server.log_since(log_from)
-        writer_log = []
-        if rig.writer is not None and writer_from is not None:
-            writer_log = rig.writer.server.log_since(writer_from)
+        writer_log = [] if writer_server is None else writer_server.log_since(writer_from)
         during_from = marks.began if marks.began is not None else marks.started
         during_until = marks.during_until if marks.during_until is not None else marks.stopped
         return FaultResult(
