@@ -163,10 +163,11 @@ class Settings(BaseSettings):
     # a refusal that the balancer retries on another pod costs a millisecond.
     postal_max_in_flight: PositiveCount = 256
     # How long a turn of a worker's event loop may spend starting new HTTP requests; the rest
-    # start in the next turn, after the replies that came in meanwhile (`api/turn_budget.py`).
-    # 0: no budget. 2 ms is never reached below saturation, and under `postal bench seed`'s
-    # load kept its cache GETs within the round trip plus a few ms at no cost in throughput.
-    postal_turn_budget: Duration = 0.002
+    # wait in line and start in later turns, after the replies that came in meanwhile
+    # (`api/turn_budget.py`). 0: no budget. 1 ms is never reached below saturation; under
+    # `postal bench seed`'s load it kept 99.5% of the cache GETs within 10 ms, and under
+    # `postal bench http` hits kept 0.93x the bare route's req/s (docs/operations.md).
+    postal_turn_budget: Duration = 0.001
     # What a client may hold of a worker (`cli/serve_protocol.py`, docs/operations.md#http-limits).
     # The request line and headers, in bytes: past it 431. 64 KiB is 8x what browsers and
     # proxies send at most (8 KiB is nginx's and Node's default buffer) and what Kestrel allows.

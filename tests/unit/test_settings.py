@@ -225,8 +225,8 @@ def test_the_http_limits_have_their_defaults_and_refuse_nonsense() -> None:
         assert str(caught.value) == f"POSTAL_HTTP_{name}: expected a duration above 0"
 
 
-def test_the_turn_budget_defaults_to_two_ms_and_refuses_nonsense() -> None:
-    assert load_settings({}).postal_turn_budget == 0.002
+def test_the_turn_budget_defaults_to_one_ms_and_refuses_nonsense() -> None:
+    assert load_settings({}).postal_turn_budget == 0.001
     assert load_settings({"POSTAL_TURN_BUDGET": "0"}).postal_turn_budget == 0  # off
     assert load_settings({"POSTAL_TURN_BUDGET": "500us"}).postal_turn_budget == 0.0005
     for bad in ("2s", "-1ms", "soon"):

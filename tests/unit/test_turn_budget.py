@@ -1,11 +1,15 @@
 """The loop-turn budget (`api/turn_budget.py`) on a real event loop, with a clock the test sets:
-which requests start in this turn, which in the next, and in what order."""
+which requests start in this turn, which in the next, in what order, and behind what."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from collections.abc import Callable
 
 import pytest
+import uvloop
 
 from postal.api.turn_budget import TurnBudget
 from tests.support.clock import SetClock
@@ -89,6 +93,84 @@ async def test_each_later_turn_starts_at_most_what_its_budget_allows() -> None:
     # A turn's first starts at 0, its second at 5/8 of the budget, its third would at 10/8: past
     # it, so it waits for the next turn. Six requests take three turns, two in each.
     assert [started_in.count(t) for t in sorted(set(started_in))] == [2, 2, 2]
+
+
+async def test_a_request_that_comes_while_others_wait_joins_the_line() -> None:
+    clock = SetClock()
+    budget = TurnBudget(BUDGET, clock)
+    started: list[str] = []
+
+    async def request(name: str) -> None:
+        await budget.wait()
+        started.append(name)
+
+    async def first() -> None:
+        assert await budget.wait() is False
+        clock.now += BUDGET * 2  # it takes the whole budget
+
+    in_one_turn = [asyncio.create_task(first()), asyncio.create_task(request("put off"))]
+    await asyncio.sleep(0)  # they have run: the first started, the second waits in line
+    assert started == []
+    # The next turn's budget has room, but a request is ahead in line: the newcomer goes behind.
+    await asyncio.gather(*in_one_turn, request("newcomer"))
+    assert started == ["put off", "newcomer"]
+
+
+def put_off_request_and_reply(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """One turn starts a request, spends the budget, puts off a second one, and lasts 2 ms
+    while a reply comes in on a socket; what resumes first in the turns after it."""
+    clock = SetClock()
+    budget = TurnBudget(BUDGET, clock)
+    order: list[str] = []
+    ours, theirs = socket.socketpair()
+
+    async def scenario() -> None:
+        reply = loop.create_future()
+
+        def on_reply() -> None:  # the reply's I/O callback, as a protocol's data_received
+            theirs.recv(16)
+            if not reply.done():
+                reply.set_result(None)
+
+        loop.add_reader(theirs.fileno(), on_reply)
+
+        async def reader() -> None:
+            await reply
+            order.append("reply's reader")
+
+        async def first() -> None:
+            assert await budget.wait() is False
+            clock.now += BUDGET * 2  # it takes the whole budget
+            ours.send(b"+OK\r\n")  # and its reply arrives meanwhile
+
+        async def put_off() -> None:
+            assert await budget.wait() is True
+            order.append("request put off")
+
+        waiting_reader = asyncio.create_task(reader())
+        await asyncio.sleep(0)
+        # In one turn: the first starts, the second is put off, then the turn runs on for 2 ms.
+        tasks = [asyncio.create_task(first()), asyncio.create_task(put_off())]
+        loop.call_soon(time.sleep, 0.002)
+        await asyncio.gather(waiting_reader, *tasks)
+        loop.remove_reader(theirs.fileno())
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()
+    return order
+
+
+@pytest.mark.parametrize(
+    "make_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_request_put_off_starts_after_the_replies_read_in_its_turn(
+    make_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    assert put_off_request_and_reply(make_loop()) == ["reply's reader", "request put off"]
 
 
 def test_a_budget_left_mid_turn_by_a_stopped_loop_still_starts_requests_on_the_next() -> None:
