@@ -116,6 +116,36 @@ async def test_a_request_that_comes_while_others_wait_joins_the_line() -> None:
     assert started == ["put off", "newcomer"]
 
 
+async def test_a_request_cancelled_while_it_waits_takes_no_place_in_a_batch() -> None:
+    clock = SetClock()
+    budget = TurnBudget(BUDGET, clock)
+    started: list[str] = []
+
+    async def request(name: str) -> None:
+        await budget.wait()
+        started.append(name)
+        clock.now += BUDGET * 0.625  # two start a turn: the first batches hold two each
+
+    async def first() -> None:
+        assert await budget.wait() is False
+        clock.now += BUDGET * 2
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []  # what the loop's callbacks raised: nothing, here
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        in_one_turn = [asyncio.create_task(first())]
+        in_one_turn += [asyncio.create_task(request(name)) for name in ("a", "b", "c")]
+        await asyncio.sleep(0)  # all three wait in line
+        in_one_turn[1].cancel()  # "a" goes away before its release
+        await asyncio.wait_for(asyncio.gather(*in_one_turn, return_exceptions=True), 1.0)
+    finally:
+        loop.set_exception_handler(None)
+    assert started == ["b", "c"]
+    assert budget.waiting == 0  # nothing is counted as released or in line for "a"
+    assert errors == []
+
+
 def put_off_request_and_reply(loop: asyncio.AbstractEventLoop) -> list[str]:
     """One turn starts a request, spends the budget, puts off a second one, and lasts 2 ms
     while a reply comes in on a socket; what resumes first in the turns after it."""
