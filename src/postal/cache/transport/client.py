@@ -54,6 +54,7 @@ from postal.cache.transport.nodes import Node, NodeFactory, ServerRole, node_nam
 from postal.cache.transport.pool import ManagedPool, PoolStats, total_of
 from postal.cache.transport.replicas import ReplicaWait, ReplicaWaitStats
 from postal.cache.transport.sentinel import SentinelLocator, is_demoted
+from postal.cache.transport.shared_deadlines import SharedDeadlines
 from postal.cache.transport.tracking import (
     DEAD_AFTER,
     HEARTBEAT,
@@ -133,6 +134,7 @@ class RedisClient:
             for node in write.nodes():
                 node.replica_wait = self._replica_wait
         self._loop_lag = LoopLag()
+        self._deadlines = SharedDeadlines()  # one timer for all operations' deadlines
         self._excused_timeouts = 0
         if wait_for_replicas and reads_from_replicas and isinstance(read, ServerRole):
             read.in_sync = self._replica_in_sync
@@ -523,7 +525,7 @@ class RedisClient:
         operation = Operation(deadline=None if limit is None else loop.time() + limit)
         token = current_operation.set(operation)
         try:
-            async with asyncio.timeout_at(operation.deadline):
+            async with self._deadlines.bound(operation.deadline):
                 result = await role.run(node, full_key, call)
         except (redis_exc.RedisError, OSError, TimeoutError, CacheError) as exc:
             current_operation.reset(token)  # listeners run outside the operation
@@ -671,7 +673,7 @@ def _map_error(
     where = f"{command} on {role} ({node})"
     if isinstance(exc, CacheError):
         return type(exc)(f"{where}: {exc}")
-    if isinstance(exc, TimeoutError):  # our deadline, from asyncio.timeout
+    if isinstance(exc, TimeoutError):  # our deadline (`shared_deadlines`)
         if limit is None:
             return CacheTimeout(f"{where}: timed out")
         if operation.acquired:
