@@ -13,6 +13,7 @@ belongs on.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 from postal.cache import GuardedKey, guarded
@@ -20,8 +21,12 @@ from postal.posts.cursors import list_kind
 from postal.posts.models import NO_FILTER, ListFilter
 
 LIST_GENERATION = "posts:list:{pages}:gen"
+# The posts whose keys are kept made: building one (`guarded`: checks, three strings, the
+# slot's CRC) took 1.4 µs of every read, a kept one 0.1 µs. About 2.5 MB at most.
+POST_KEYS_KEPT = 8192
 
 
+@functools.lru_cache(maxsize=POST_KEYS_KEPT)
 def post_key(post_id: int) -> GuardedKey:
     return guarded("post", str(post_id))
 
