@@ -27,7 +27,9 @@ Measured on 2026-12-07 (docs/operations.md#the-loop-turn-budget): under `postal 
 0.86x the bare route's req/s, this one at 1 ms 0.93x and 0.93x; under `postal bench seed`, with
 this one at 1 ms, 99.3-99.7% of each run's cache GETs took 10 ms or less, against 85-92% with
 the first version at 2 ms. With the near cache off (every hit a Redis GET) 1 ms gave 0.45-0.50x
-against 0.50-0.57x: shorter turns batch fewer pipelined GETs per write.
+against 0.50-0.57x: shorter turns batch fewer pipelined GETs per write. Since a Redis-served
+read costs less (one timer for all the operations' deadlines, `cache/transport/shared_deadlines`),
+0.52-0.57x at 1 ms.
 
 Below saturation the budget is never reached: one request takes microseconds to start, the first
 request of every turn starts at once, and so does every request while nobody waits.
