@@ -68,6 +68,33 @@ def test_a_block_that_ends_in_time_is_not_cancelled_and_is_dropped(make_loop: Ma
 
 
 @LOOPS
+def test_a_block_with_a_long_deadline_still_running_holds_no_ended_one(
+    make_loop: MakeLoop,
+) -> None:
+    async def main() -> None:
+        deadlines = SharedDeadlines()
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        async def long() -> None:  # a bulk import's batch, say
+            async with deadlines.bound(loop.time() + 60.0):
+                await done.wait()
+
+        task = asyncio.create_task(long())
+        await asyncio.sleep(0)
+        most = 0
+        for _ in range(5000):
+            await sleep_under(deadlines, 0.05, 0)
+            most = max(most, len(deadlines))
+        assert not task.done()
+        assert most <= 2  # the long one and the last short one
+        done.set()
+        await task
+
+    run(make_loop, main)
+
+
+@LOOPS
 def test_a_deadline_earlier_than_the_armed_one_expires_on_time(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()

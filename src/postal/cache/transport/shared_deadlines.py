@@ -12,7 +12,10 @@ and a flag; the timer is armed again only when a block's deadline comes before t
 where it drops the blocks that have ended and cancels those that have not.
 
 Bounded: ended blocks leave the heap when they reach its head, at the next block's entry or when
-the timer fires, so it holds at most the blocks entered within the longest deadline in use.
+the timer fires. The head is the earliest deadline, and a block still running there leaves by
+its deadline at the latest; so an ended block stays at most until the deadline of one entered
+before it, and the heap holds about the blocks entered within one deadline's length (a block
+with a long deadline sits deep in the heap and holds nothing up).
 
 Why by hand: asyncio, uvloop and the libraries on them (`async_timeout`, anyio's cancel scopes)
 arm a timer per scope; none shares one.
