@@ -138,20 +138,19 @@ async def test_reads_written_at_once_and_in_batches_get_their_own_replies(
             assert one(client).writes < len(reads)  # some were batched
 
 
-async def test_a_deadline_mid_pipeline_discards_exactly_its_reply(
-    server: RedisServer, admin: redis.Redis
-) -> None:
-    async with asyncio.timeout(TEST_TIMEOUT):
-        client = CacheClient.create(read_url=server.url, profile=PROFILE, key_prefix="p:")
+async def test_a_deadline_mid_pipeline_discards_exactly_its_reply(server: RedisServer) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), FaultProxy(server.port) as proxy:
+        client = CacheClient.create(read_url=proxy.url, profile=PROFILE, key_prefix="p:")
         async with client:
             for name in ("a", "b", "c"):
                 await client.set(name, name.encode())
-            # All three are queued in one turn; b's deadline ends before any reply can arrive
-            # (its timer fires in the next turn, the replies come a round trip later).
+            # All three are queued in one turn, their replies held 0.1 s by the proxy: b's
+            # deadline ends while they are on their way, a's and c's do not.
+            await proxy.add_latency(0.1)
             results = await asyncio.gather(
-                client.get("a"),
-                client.get("b", timeout=1e-6),
-                client.get("c"),
+                client.get("a", timeout=5.0),
+                client.get("b", timeout=0.02),
+                client.get("c", timeout=5.0),
                 return_exceptions=True,
             )
             assert results[0] == b"a"
@@ -161,6 +160,7 @@ async def test_a_deadline_mid_pipeline_discards_exactly_its_reply(
             await until(lambda: one(client).in_flight == 0, "b's reply read")
             assert one(client).discarded == 1
             # The stream is still in step: every reader gets its own key's value.
+            await proxy.pass_through()
             again = await asyncio.gather(*(client.get(n) for n in ("b", "a", "c", "b")))
             assert again == [b"b", b"a", b"c", b"b"]
             assert one(client).connects == 1
