@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import cast
 
 import pytest
 import redis.asyncio as redis
 
 from postal.cache import (
+    USE_DEFAULT,
     CacheClient,
+    CacheError,
     CacheTimeout,
     CacheUnavailable,
     PipelineConfig,
@@ -24,6 +27,7 @@ from postal.cache import (
     Profile,
 )
 from postal.cache.transport.autopipeline import DENSE_TURN
+from postal.cache.transport.wire import Value, read_call
 from postal_testing.proxy import FaultProxy
 from postal_testing.redis_servers import RedisServer
 
@@ -136,6 +140,24 @@ async def test_reads_written_at_once_and_in_batches_get_their_own_replies(
             for key, read in reads:
                 assert await read == key.encode()
             assert one(client).writes < len(reads)  # some were batched
+
+
+async def test_a_read_that_cannot_be_sent_fails_alone_and_leaves_the_replies_in_step(
+    server: RedisServer,
+) -> None:
+    # A waiter queued for a command never written would take the next read's reply.
+    keys = [f"k{n}" for n in range(READERS)]
+    async with asyncio.timeout(TEST_TIMEOUT):
+        client = CacheClient.create(read_url=server.url, profile=PROFILE, key_prefix="p:")
+        async with client:
+            for key in keys:
+                await client.set(key, key.encode())
+            unsendable = read_call("GET", cast(Value, object()))
+            with pytest.raises(CacheError, match="GET"):
+                await client.run_read("GET", None, USE_DEFAULT, unsendable)
+            assert one(client).in_flight == 0
+            values = await asyncio.gather(*(client.get(key) for key in keys))
+            assert values == [key.encode() for key in keys]
 
 
 async def test_a_deadline_mid_pipeline_discards_exactly_its_reply(server: RedisServer) -> None:

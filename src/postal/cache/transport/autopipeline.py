@@ -45,16 +45,15 @@ from typing import Any, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import DataError, InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from postal.cache.transport.config import PipelineConfig, PoolConfig
 from postal.cache.transport.connection import Connector
-from postal.cache.transport.redis_internals import new_command_packer, reply_error_parser
+from postal.cache.transport.redis_internals import reply_error_parser
 
 logger = logging.getLogger("postal.cache.autopipeline")
 
-_PACKER = new_command_packer()
 _PARSE_ERROR = reply_error_parser()
 WRITE_BUFFER_LIMIT = 1024 * 1024  # bytes the socket may hold unsent before reads go to the pool
 DENSE_TURN = 8  # commands in one turn from which the rest, and the next turn's, are batched
@@ -80,6 +79,18 @@ class PipelineStats:
     failures: int  # times it was lost (reset, killed, stalled, refused)
 
 
+def _pack(args: Sequence[Any]) -> bytes:
+    """One read command in the protocol, by hiredis itself: redis-py's packer wraps the same call
+    in per-argument Python that cost 1.2 µs of its 1.6 a GET or MGET (measured in-process). A
+    read's arguments are the command's name and keys (str or bytes); anything hiredis cannot
+    send is redis-py's `DataError`, as through the pool."""
+    try:
+        packed: bytes = hiredis.pack_command(tuple(args))
+    except TypeError as exc:
+        raise DataError(str(exc)) from None
+    return packed
+
+
 class _PipelineProtocol(asyncio.Protocol):
     """One multiplexed connection: commands out in batches, replies to waiters in order."""
 
@@ -103,9 +114,9 @@ class _PipelineProtocol(asyncio.Protocol):
 
     def send(self, args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue `args` and write them at once or at the turn's end (see the module)."""
+        packed = _pack(args)  # first: a command that cannot be sent queues no waiter
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self.waiting.append((waiter, self._loop.time()))
-        packed = _PACKER.pack(*args)
         self._turn_commands += 1
         if not self._turn_scheduled:
             self._turn_scheduled = True
@@ -113,9 +124,9 @@ class _PipelineProtocol(asyncio.Protocol):
         # Never at once while commands wait in the buffer: Redis answers in the order written,
         # and the waiters are queued in the order sent.
         if self._out or self._batching or self._turn_commands > DENSE_TURN:
-            self._out.extend(packed)
+            self._out.append(packed)
         else:
-            self._write(packed)
+            self._write([packed])
         return waiter
 
     def _end_turn(self) -> None:
