@@ -11,11 +11,7 @@ import pytest
 import uvloop
 
 from postal.cache.transport.shared_deadlines import SharedDeadlines
-
-LOOPS = pytest.mark.parametrize(
-    "make_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
-)
-MakeLoop = Callable[[], asyncio.AbstractEventLoop]
+from tests.support.loop import ON_EACH_LOOP, MakeLoop
 
 
 def run(make_loop: MakeLoop, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -35,7 +31,7 @@ async def sleep_under(deadlines: SharedDeadlines, limit: float, sleep: float) ->
     return loop.time() - started
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_a_block_past_its_deadline_raises_timeout_error_and_the_task_goes_on(
     make_loop: MakeLoop,
 ) -> None:
@@ -54,7 +50,7 @@ def test_a_block_past_its_deadline_raises_timeout_error_and_the_task_goes_on(
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_a_block_that_ends_in_time_is_not_cancelled_and_is_dropped(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()
@@ -67,7 +63,7 @@ def test_a_block_that_ends_in_time_is_not_cancelled_and_is_dropped(make_loop: Ma
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_a_block_with_a_long_deadline_still_running_holds_no_ended_one(
     make_loop: MakeLoop,
 ) -> None:
@@ -94,7 +90,7 @@ def test_a_block_with_a_long_deadline_still_running_holds_no_ended_one(
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_a_deadline_earlier_than_the_armed_one_expires_on_time(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()
@@ -110,7 +106,7 @@ def test_a_deadline_earlier_than_the_armed_one_expires_on_time(make_loop: MakeLo
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_many_blocks_expire_each_at_its_own_deadline(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()
@@ -127,7 +123,7 @@ def test_many_blocks_expire_each_at_its_own_deadline(make_loop: MakeLoop) -> Non
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_a_cancellation_from_outside_stays_a_cancellation(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()
@@ -140,7 +136,7 @@ def test_a_cancellation_from_outside_stays_a_cancellation(make_loop: MakeLoop) -
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_cancelled_from_outside_as_the_deadline_passes_stays_a_cancellation(
     make_loop: MakeLoop,
 ) -> None:
@@ -168,7 +164,7 @@ def test_cancelled_from_outside_as_the_deadline_passes_stays_a_cancellation(
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_a_deadline_already_past_expires_at_the_first_await(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()
@@ -180,7 +176,7 @@ def test_a_deadline_already_past_expires_at_the_first_await(make_loop: MakeLoop)
     run(make_loop, main)
 
 
-@LOOPS
+@ON_EACH_LOOP
 def test_no_deadline_never_expires_and_holds_nothing(make_loop: MakeLoop) -> None:
     async def main() -> None:
         deadlines = SharedDeadlines()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
-import uvloop
 
 from postal.api.turn_budget import TurnBudget
 from tests.support.clock import SetClock
+from tests.support.loop import ON_EACH_LOOP, MakeLoop
 
 BUDGET = 0.25  # s, exact in binary: sums of its halves and quarters compare exactly
 
@@ -194,11 +193,9 @@ def put_off_request_and_reply(loop: asyncio.AbstractEventLoop) -> list[str]:
     return order
 
 
-@pytest.mark.parametrize(
-    "make_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
-)
+@ON_EACH_LOOP
 def test_a_request_put_off_starts_after_the_replies_read_in_its_turn(
-    make_loop: Callable[[], asyncio.AbstractEventLoop],
+    make_loop: MakeLoop,
 ) -> None:
     assert put_off_request_and_reply(make_loop()) == ["reply's reader", "request put off"]
 
