@@ -55,7 +55,7 @@ class Bound:
         self._task = task
         self._cancelling = task.cancelling()
         if self.when is not None:
-            self._deadlines.add(self, self.when)
+            self._deadlines.add(self, self.when, task.get_loop())
         return self
 
     async def __aexit__(
@@ -104,8 +104,9 @@ class SharedDeadlines:
         """Blocks held: those entered and not dropped yet (ended ones included)."""
         return len(self._heap)
 
-    def add(self, bound: Bound, when: float) -> None:
-        loop = asyncio.get_running_loop()
+    def add(self, bound: Bound, when: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold `bound`, due at `when`, on `loop`: its task's (asked of the task, not of
+        `asyncio.get_running_loop()`, which asks the process id on every call in 3.11)."""
         if loop is not self._loop:
             self._adopt(loop)
         heap = self._heap
