@@ -143,11 +143,12 @@ def test_cancelled_from_outside_as_the_deadline_passes_stays_a_cancellation(
     async def main() -> None:
         deadlines = SharedDeadlines()
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.02
         caught: list[BaseException] = []
 
         async def blocked() -> None:
             try:
-                async with deadlines.bound(loop.time() + 0.02):
+                async with deadlines.bound(deadline):
                     await asyncio.sleep(5.0)
             except BaseException as exc:
                 caught.append(exc)
@@ -155,7 +156,11 @@ def test_cancelled_from_outside_as_the_deadline_passes_stays_a_cancellation(
 
         task = asyncio.create_task(blocked())
         await asyncio.sleep(0)
-        loop.call_at(loop.time() + 0.02, task.cancel)  # in the turn the deadline expires it
+        # The same `when` as the deadline's timer: both loops run every timer due in one pass,
+        # so the cancellation lands in the turn the deadline expires the task, before the task
+        # runs again. (A `when` read from the clock later may fall a millisecond after, in a
+        # later pass, where the task has already left with its TimeoutError.)
+        loop.call_at(deadline, task.cancel)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert len(caught) == 1
