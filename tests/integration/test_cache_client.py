@@ -38,9 +38,11 @@ async def test_set_get_mget_delete_round_trip(
 async def test_set_with_ttl_expires(
     cache: CacheClient, raw_redis: redis.Redis, key_prefix: str
 ) -> None:
-    await cache.set("short", b"x", ttl=0.05)
+    # Sent in milliseconds (EX would round 0.9 s to 1 s, or refuse 0): a time to live short
+    # of a second, and long enough that a stall between the two calls cannot expire it.
+    await cache.set("short", b"x", ttl=0.9)
     ttl_ms = await raw_redis.pttl(f"{key_prefix}short")
-    assert 0 < ttl_ms <= 50
+    assert 0 < ttl_ms <= 900
     await cache.set("forever", b"x")
     assert await raw_redis.pttl(f"{key_prefix}forever") == -1
 
