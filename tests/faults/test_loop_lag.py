@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import pytest
@@ -46,15 +47,36 @@ PROFILE = Profile(
 )
 
 
-@pytest.fixture
-async def slow_cache(redis_url: str, key_prefix: str) -> AsyncIterator[CacheClient]:
+# For the tests where Redis alone is late: a stall of this process for half a deadline would
+# excuse the timeout as the loop's, and a test process can stall 50 ms (a full collection), so
+# deadlines no everyday stall reaches half of, and replies later still.
+REDIS_LATE = replace(PROFILE, timeouts=CacheTimeouts(get=0.5, set=1.0))
+
+
+@contextlib.asynccontextmanager
+async def late_replies(
+    redis_url: str, key_prefix: str, profile: Profile, each_way: float
+) -> AsyncIterator[CacheClient]:
+    """A client whose Redis replies come `each_way` * 2 seconds late (a proxy between)."""
     upstream = urlsplit(redis_url).port
     assert upstream is not None
     async with FaultProxy(upstream) as proxy:
-        cache = CacheClient.create(read_url=proxy.url, profile=PROFILE, key_prefix=key_prefix)
+        cache = CacheClient.create(read_url=proxy.url, profile=profile, key_prefix=key_prefix)
         async with cache:
-            await proxy.add_latency(0.15)  # each way: replies 300 ms late
+            await proxy.add_latency(each_way)
             yield cache
+
+
+@pytest.fixture
+async def slow_cache(redis_url: str, key_prefix: str) -> AsyncIterator[CacheClient]:
+    async with late_replies(redis_url, key_prefix, PROFILE, 0.15) as cache:  # 300 ms late
+        yield cache
+
+
+@pytest.fixture
+async def late_redis(redis_url: str, key_prefix: str) -> AsyncIterator[CacheClient]:
+    async with late_replies(redis_url, key_prefix, REDIS_LATE, 0.75) as cache:  # 1.5 s late
+        yield cache
 
 
 @contextlib.contextmanager
@@ -156,10 +178,10 @@ async def test_a_read_timed_out_by_a_late_loop_is_asked_again_not_sent_to_the_da
 
 
 async def test_a_read_timed_out_by_redis_still_goes_to_the_database(
-    slow_cache: CacheClient,
+    late_redis: CacheClient,
 ) -> None:
     LOADS.clear()
-    reads = ReadThrough(slow_cache)  # Redis late (the proxy), the loop idle
+    reads = ReadThrough(late_redis)  # Redis late (the proxy), the loop idle
     payload = await reads.get(guarded("post", "1"), load_from_the_database)
     assert payload == b"from the database"
     stats = reads.stats()
@@ -183,8 +205,11 @@ async def test_an_invalidation_timed_out_by_a_late_loop_is_sent_again_before_it_
         await invalidator.aclose()
 
 
-async def test_an_invalidation_timed_out_by_redis_is_left_pending(slow_cache: CacheClient) -> None:
-    invalidator = Invalidator(slow_cache, give_up_after=60.0)  # Redis late, the loop idle
+async def test_an_invalidation_timed_out_by_redis_is_left_pending(
+    late_redis: CacheClient,
+) -> None:
+    # Redis late, the loop idle
+    invalidator = Invalidator(late_redis, give_up_after=60.0)
     try:
         assert await invalidator.invalidate([guarded("post", "1")]) is False
         stats = invalidator.stats()
