@@ -3,8 +3,8 @@
 Without a breaker every read of a black-holed Redis waits out its whole GET deadline before it
 falls back to the loader. With one, after `THRESHOLD` such reads the read role fails fast and the
 read-through goes straight to the loader; once Redis answers again and the cooldown has passed, a
-probe closes the breaker and hits come back. The bounds below are on behaviour (a read that did
-not wait for the deadline takes well under half of it), not benchmarks.
+probe closes the breaker and hits come back. What is checked is behaviour (reads refused by the
+breaker, counted; reads that paid the deadline, which took about its length), not benchmarks.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from postal_testing.proxy import FaultProxy
 
 GET_DEADLINE = 0.2  # seconds: wide margins on a noisy machine
 THRESHOLD = 3
-COOLDOWN = 0.5
+COOLDOWN = 1.0  # the 20 fast reads stay inside it, however the machine stalls them
 SOCKET_TIMEOUT = 1.0  # dials into the black hole give up after this
 TEST_TIMEOUT = 30.0
 POOL = PoolConfig(
@@ -92,14 +92,24 @@ async def test_an_open_breaker_stops_reads_paying_the_deadline_and_a_probe_close
         assert rig.reads.stats().hits == 1
 
         await rig.proxy.black_hole()
-        paying = [await rig.timed_get() for _ in range(THRESHOLD)]
+        # THRESHOLD reads pay the deadline and open it. A timeout through which this test's
+        # process stalled for half the deadline is the loop's, not Redis's (cache.loop_lag):
+        # the breaker takes no verdict from it, and one more read pays.
+        paying: list[float] = []
+        while rig.cache.breaker_state("read") is not BreakerState.OPEN:
+            assert len(paying) < THRESHOLD + rig.cache.excused_timeouts, paying
+            paying.append(await rig.timed_get())
+        assert len(paying) == THRESHOLD + rig.cache.excused_timeouts
         # Each waited for its deadline (asyncio timers never fire early), not much longer.
         assert all(GET_DEADLINE * 0.9 <= took < GET_DEADLINE + 0.5 for took in paying), paying
-        assert rig.cache.breaker_state("read") is BreakerState.OPEN
 
+        breaker = rig.cache.breaker("read")
+        assert breaker is not None
+        rejected = breaker.stats().rejected
         failing_fast = [await rig.timed_get() for _ in range(20)]
-        assert max(failing_fast) < GET_DEADLINE / 2, failing_fast
-        assert rig.reads.stats().cache_errors == THRESHOLD + 20
+        # None of them went to Redis: each was refused by the breaker and went to the loader.
+        assert breaker.stats().rejected - rejected == 20, failing_fast
+        assert rig.reads.stats().cache_errors == len(paying) + 20
         assert rig.reads.stats().fills_done == 1  # nothing filled without a generation
 
         await rig.proxy.pass_through()
@@ -111,7 +121,5 @@ async def test_an_open_breaker_stops_reads_paying_the_deadline_and_a_probe_close
             await rig.timed_get()
             await asyncio.sleep(0.05)
         assert rig.cache.breaker_state("read") is BreakerState.CLOSED
-        breaker = rig.cache.breaker("read")
-        assert breaker is not None
         assert breaker.stats().opened >= 1
         assert rig.cache.breaker_state("write") is BreakerState.CLOSED
