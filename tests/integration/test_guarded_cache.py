@@ -221,8 +221,9 @@ async def test_an_error_reply_is_a_cache_error_that_does_not_trip_the_breaker(
 
 async def test_the_breaker_opens_per_role_and_fails_fast(key_prefix: str) -> None:
     closed_port = free_port()  # nothing listens there: every dial is refused
+    cooldown = 1.0  # no probe let in before the refusal below, however the machine stalls
     profile = replace(
-        small_profile(min_idle=0), breaker=BreakerConfig(3, failure_window=0.0, cooldown=0.2)
+        small_profile(min_idle=0), breaker=BreakerConfig(3, failure_window=0.0, cooldown=cooldown)
     )
     profile = replace(profile, write_pool=replace(profile.write_pool, min_idle=0))
     client = make_client(f"redis://127.0.0.1:{closed_port}/0", key_prefix, profile)
@@ -241,7 +242,7 @@ async def test_the_breaker_opens_per_role_and_fails_fast(key_prefix: str) -> Non
         read_breaker = client.breaker("read")
         assert read_breaker is not None
         assert read_breaker.stats().rejected == 1
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(cooldown)
         with pytest.raises(CacheUnavailable) as probe:  # the probe is let through, and fails
             await client.get("k")
         assert not isinstance(probe.value, CircuitOpen)

@@ -141,9 +141,10 @@ async def test_an_invalidation_while_redis_is_unreachable_is_bypassed_then_retri
     async with FaultProxy(upstream) as proxy:
         client = make_client(proxy.url, key_prefix, PROFILE)
         async with client:
-            # The first retry comes after the read below: that read must be the bypass at work.
+            # The first retry comes after the read below (2 s: longer than any stall of this
+            # process): that read must be the bypass at work.
             invalidator = Invalidator(
-                client, give_up_after=30.0, retry_interval=0.5, max_retry_interval=1.0
+                client, give_up_after=30.0, retry_interval=2.0, max_retry_interval=2.0
             )
             reads = ReadThrough(client, bypass=invalidator.is_pending)
             source = Source(b"v1")
