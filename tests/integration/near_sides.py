@@ -20,7 +20,10 @@ from postal.cache import (
 )
 from tests.integration.helpers import small_profile
 
-HEARTBEAT, DEAD_AFTER = 0.1, 0.4
+# A heartbeat each 0.1 s, and tracking not live after 1 s without a PONG: short, for the
+# tests that wait for a lapse, with room for a stall of the test's process (past the margin,
+# a read would bypass memory for a turn and a served_from_memory check would fail).
+HEARTBEAT, DEAD_AFTER = 0.1, 1.0
 KEY = guarded("post", "1")
 
 Loader = Callable[[], Awaitable[tuple[bytes, float]]]
