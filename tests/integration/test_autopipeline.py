@@ -39,6 +39,9 @@ TEST_TIMEOUT = 20.0  # whole test: a hang fails it instead of blocking the run
 READ_POOL = PoolConfig(
     max_size=5, min_idle=1, max_idle=2, dial_timeout=0.5, read_timeout=0.5, write_timeout=0.5
 )
+# For the tests that hold replies on the proxy for a second or more: the stalled-connection
+# watchdog (the read timeout) out of their way.
+UNWATCHED_POOL = replace(READ_POOL, read_timeout=5.0)
 WRITE_POOL = PoolConfig(max_size=2, min_idle=1, max_idle=1)
 # The stale-head rule (no read queued behind one this old) reads the real clock: a stall of
 # the suite's process in the middle of a gather would send the rest of it to the pool. Out of
@@ -194,8 +197,8 @@ async def test_a_killed_connection_fails_every_waiter_and_is_dialled_again(
     server: RedisServer, admin: redis.Redis
 ) -> None:
     # The reads wait a second on the proxy: past the read timeout's watchdog, which would end
-    # them as timeouts if CLIENT KILL came late. Lengthened: what is tested is the kill.
-    profile = replace(PROFILE, read_pool=replace(READ_POOL, read_timeout=5.0))
+    # them as timeouts if CLIENT KILL came late. Out of the way: what is tested is the kill.
+    profile = replace(PROFILE, read_pool=UNWATCHED_POOL)
     async with asyncio.timeout(TEST_TIMEOUT), FaultProxy(server.port) as proxy:
         client = CacheClient.create(read_url=proxy.url, profile=profile, key_prefix="p:")
         async with client:
@@ -254,7 +257,7 @@ async def test_a_read_behind_a_stale_head_goes_to_the_pool(server: RedisServer) 
     # behind it, where a slow reply would hold it too, but runs on a pooled connection.
     profile = replace(
         PROFILE,
-        read_pool=replace(READ_POOL, read_timeout=5.0),  # the watchdog out of the way
+        read_pool=UNWATCHED_POOL,
         read_pipeline=replace(PIPELINE, stale_head=0.05),
     )
     async with asyncio.timeout(TEST_TIMEOUT), FaultProxy(server.port) as proxy:
